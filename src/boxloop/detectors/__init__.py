@@ -1,0 +1,33 @@
+"""Detector registry: one plain dict from name to builder, and `create_detector`.
+
+Builders are imported lazily so that `import boxloop.detectors` stays cheap and a broken optional
+model never stops the others from loading.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from boxloop.detectors.base import Detector
+
+# name -> "module:function"; each builder takes (num_classes, **kwargs) and returns a Detector.
+DETECTORS: dict[str, str] = {
+    "fcos": "boxloop.detectors.fcos:build_fcos",
+    "faster_rcnn": "boxloop.detectors.faster_rcnn:build_faster_rcnn",
+    "retinanet": "boxloop.detectors.retinanet:build_retinanet",
+}
+
+
+def create_detector(name: str, num_classes: int, **kwargs: Any) -> Detector:
+    """Build a detector by registry name; `kwargs` go to its builder (backbone, sizes, ...)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    module_name, func = DETECTORS[name].split(":")
+    builder = getattr(importlib.import_module(module_name), func)
+    return builder(num_classes=num_classes, **kwargs)
+
+
+__all__ = ["DETECTORS", "Detector", "create_detector"]
