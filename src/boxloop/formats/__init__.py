@@ -5,13 +5,20 @@ image root, '/'-separated), the class names the files declare or use (in file or
 warnings a user should read (a dropped degenerate box, a clipped box). An image with an annotation
 of zero boxes is a negative; an image with no annotation at all is unlabelled and is simply absent
 from `annotations`.
+
+Written by hand here: the checks every loader shares (degenerate boxes dropped and boxes leaving the
+image clipped, each with a warning; unknown class names listed with their files; image paths that
+escape the images folder refused; image stems matched once) and `load`/`dump`/`detect_format`, which
+dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PureWindowsPath
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from boxloop.structures import Annotation
 
@@ -33,3 +40,224 @@ class LoadResult:
     annotations: dict[str, Annotation]
     classes: list[str]
     warnings: list[str] = field(default_factory=list)
+
+
+# -- shared checks (written by hand; every loader runs its boxes and names through these) -----------
+
+_MAX_LISTED = 30
+
+
+def listing(items: Sequence[str], limit: int = _MAX_LISTED) -> str:
+    """'a, b, c' or 'a, b, ... and 12 more': error messages name what is wrong without a flood."""
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _box_text(xyxy: np.ndarray) -> str:
+    return "[" + ", ".join(f"{float(v):g}" for v in xyxy) + "]"
+
+
+# Overflow below this many pixels is clipped without a warning: YOLO's 6 decimals put a box that
+# touches the border of a 640 px image up to 3e-4 px outside it.
+CLIP_TOLERANCE_PX = 0.01
+
+
+def clean_boxes(ann: Annotation, where: str, warnings: list[str], quiet: bool = False) -> Annotation:
+    """Drop boxes with NaN/inf or zero/negative size, clip boxes that leave the image.
+
+    Every change is reported in `warnings` (one line per box, numbered as in the file, naming
+    `where`) unless `quiet`, in which case one summary line is added. A box wholly outside the image
+    is dropped after clipping. An image size with a zero means unknown: nothing is clipped.
+    """
+    if len(ann) == 0:
+        return ann
+    xyxy = ann.boxes.xyxy
+    keep = ann.boxes.nondegenerate()
+    notes: list[str] = []
+    for i in np.flatnonzero(~keep):
+        notes.append(f"{where}: box {i + 1} ({ann.labels[i]!r} {_box_text(xyxy[i])}) has a non-finite "
+                     "coordinate or zero/negative width or height; dropped")
+    w, h = ann.image_size
+    if w > 0 and h > 0:
+        inside = ann.boxes.inside()
+        clipped = ann.boxes.clip()
+        overflow = np.abs(clipped.xyxy - xyxy).max(axis=1) if len(xyxy) else np.zeros(0)
+        for i in np.flatnonzero(keep & ~inside):
+            if clipped.nondegenerate()[i] and overflow[i] <= CLIP_TOLERANCE_PX:
+                continue
+            if clipped.nondegenerate()[i]:
+                notes.append(f"{where}: box {i + 1} ({ann.labels[i]!r} {_box_text(xyxy[i])}) leaves the "
+                             f"{w}x{h} image; clipped to {_box_text(clipped.xyxy[i])}")
+            else:
+                keep[i] = False
+                notes.append(f"{where}: box {i + 1} ({ann.labels[i]!r} {_box_text(xyxy[i])}) lies wholly "
+                             f"outside the {w}x{h} image; dropped")
+        if not inside[keep].all():
+            ann = replace(ann, boxes=clipped)
+    if not keep.all():
+        ann = ann.select(keep)
+    if notes:
+        if quiet:
+            warnings.append(f"{where}: {len(notes)} box(es) dropped or clipped (degenerate or outside the image)")
+        else:
+            warnings.extend(notes)
+    return ann
+
+
+def check_classes(used: Mapping[str, list[str]], classes: Sequence[str] | None, source: str | Path) -> None:
+    """Raise FormatError listing every unknown class name and the files that use it."""
+    if classes is None:
+        return
+    known = set(classes)
+    unknown = {name: files for name, files in used.items() if name not in known}
+    if unknown:
+        parts = [f"{name!r} in {listing(sorted(set(files)), 5)}" for name, files in sorted(unknown.items())]
+        raise FormatError(
+            source,
+            f"{len(unknown)} class name(s) not in the given classes {list(classes)}: " + "; ".join(parts),
+            "add them to --classes, or fix the names in the labels",
+        )
+
+
+def safe_relative(value: str, where: str | Path, field_name: str) -> str:
+    """A '/'-separated relative path that stays inside its folder, or FormatError.
+
+    Annotations name their images; one naming '../x.jpg' or '/etc/x' must never make boxloop read or
+    write outside the images folder.
+    """
+    text = value.strip().replace("\\", "/")
+    if not text:
+        raise FormatError(where, f"empty {field_name}", "name the image file relative to the images folder")
+    if text.startswith("/") or PureWindowsPath(value.strip()).drive:
+        raise FormatError(where, f"{field_name} {value!r} is an absolute path",
+                          "image paths in annotations must be relative to the images folder")
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise FormatError(where, f"{field_name} {value!r} points outside the images folder",
+                                  "image paths in annotations must stay inside the images folder")
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise FormatError(where, f"{field_name} {value!r} names no file", "name the image file")
+    return "/".join(parts)
+
+
+def stem_index(images: Sequence[str]) -> dict[str, list[str]]:
+    """'sub/a' -> ['sub/a.jpg', ...]: how annotation files (a.xml, a.txt) find their image."""
+    index: dict[str, list[str]] = {}
+    for rel in images:
+        stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+        index.setdefault(stem, []).append(rel)
+    return index
+
+
+def unique_image(index: Mapping[str, list[str]], stem: str, where: str | Path) -> str | None:
+    """The one image with this stem, None if none, FormatError if two (a.jpg and a.png)."""
+    found = index.get(stem)
+    if not found:
+        return None
+    if len(found) > 1:
+        raise FormatError(where, f"matches several images with the same name: {', '.join(found)}",
+                          "rename or remove all but one, so each annotation names one image")
+    return found[0]
+
+
+def missing_images_error(source: str | Path, pairs: Sequence[tuple[str, str]], images_root: str | Path) -> FormatError:
+    listed = [f"{where} -> {name}" for where, name in pairs]
+    return FormatError(
+        source,
+        f"{len(pairs)} annotation(s) name images that are not in {images_root}: {listing(listed)}",
+        "add the images, remove those annotations, or pass the right --images folder",
+    )
+
+
+# -- dispatch -----------------------------------------------------------------------------------
+
+def detect_format(path: str | Path) -> str:
+    """'voc', 'coco' or 'yolo' from what a path holds: a .json file is COCO; a folder (or a VOC root,
+    or a YOLO export with labels/) of .xml files is VOC, of .txt files is YOLO."""
+    path = Path(path)
+    if not path.exists():
+        raise FormatError(path, "does not exist", "pass the annotation folder or file")
+    if path.is_file():
+        if path.suffix.lower() == ".json":
+            return "coco"
+        if path.suffix.lower() == ".xml":
+            return "voc"
+        raise FormatError(path, "is a file but not a .json (COCO) file",
+                          "pass a COCO .json file, or a folder of VOC .xml or YOLO .txt files")
+    from boxloop.formats.voc import find_voc_layout
+
+    if (path / "Annotations").is_dir() and find_voc_layout(path) is not None:
+        return "voc"
+    n_xml = n_txt = 0
+    for p in path.rglob("*"):
+        suffix = p.suffix.lower()
+        if suffix == ".xml":
+            n_xml += 1
+        elif suffix == ".txt" and p.name != "classes.txt" and "ImageSets" not in p.parts:
+            n_txt += 1
+    if n_xml and n_xml >= n_txt:
+        return "voc"
+    if n_txt:
+        return "yolo"
+    jsons = sorted(path.glob("*.json"))
+    if len(jsons) == 1:
+        return "coco"
+    raise FormatError(path, "holds no .xml (VOC), .txt (YOLO) or single .json (COCO) annotation files",
+                      "pass --format and the annotation folder or file")
+
+
+def load(fmt: str | None, source: str | Path, images_root: str | Path | None = None,
+         classes: Sequence[str] | None = None) -> LoadResult:
+    """Load annotations in any supported format (fmt None: detect it from `source`)."""
+    fmt = detect_format(source) if fmt is None else fmt.lower()
+    source = Path(source)
+    if fmt == "voc":
+        from boxloop.formats.voc import load_voc
+
+        return load_voc(source, images_root, classes)
+    if fmt == "coco":
+        from boxloop.formats.coco import load_coco
+
+        if source.is_dir():
+            jsons = sorted(source.glob("*.json"))
+            if len(jsons) != 1:
+                raise FormatError(source, f"is a folder holding {len(jsons)} .json files",
+                                  "pass the COCO annotation .json file itself")
+            source = jsons[0]
+        return load_coco(source, images_root, classes)
+    if fmt == "yolo":
+        from boxloop.formats.yolo import load_yolo
+
+        if images_root is None:
+            raise FormatError(source, "YOLO labels hold normalised boxes", "pass the images folder too")
+        return load_yolo(source, images_root, classes)
+    raise FormatError(source, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+
+
+def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], out: str | Path,
+         images_root: str | Path | None = None) -> Path | list[Path]:
+    """Write annotations in `fmt`. `out` is a folder (VOC, YOLO; COCO writes out/annotations.json
+    unless `out` ends in .json). Returns what was written."""
+    fmt = fmt.lower()
+    out = Path(out)
+    if fmt == "voc":
+        from boxloop.formats.voc import dump_voc
+
+        return dump_voc(annotations, out, images_root)
+    if fmt == "coco":
+        from boxloop.formats.coco import dump_coco
+
+        return dump_coco(annotations, classes, out if out.suffix.lower() == ".json" else out / "annotations.json")
+    if fmt == "yolo":
+        from boxloop.formats.yolo import dump_yolo
+
+        return dump_yolo(annotations, classes, out)
+    raise FormatError(out, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")

@@ -1,0 +1,219 @@
+"""YOLO txt: one labels/<image stem>.txt per image, a line `class cx cy w h` in fractions of the
+image, and the class names in classes.txt (darknet, LabelImg) or data.yaml `names` (Ultralytics).
+
+PyYAML reads data.yaml; image sizes come from `boxloop.images.image_size` (header only). Written by
+hand: pairing label files with images by relative stem, the class-name lookup, line validation
+with file:line messages, and the writer. A line with a 6th number (Ultralytics `save_conf`) loads
+as a predicted box with that score; a longer line is a segmentation polygon and loads as its
+bounding box. An empty .txt is a negative; an image without .txt is unlabelled.
+No torch import here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import yaml
+
+from boxloop.formats import (
+    FormatError,
+    LoadResult,
+    check_classes,
+    clean_boxes,
+    listing,
+    safe_relative,
+    stem_index,
+    unique_image,
+)
+from boxloop.images import image_size, list_images
+from boxloop.structures import Annotation, Boxes, Provenance, Source
+
+NAME_FILES = ("classes.txt", "data.yaml", "data.yml", "dataset.yaml", "obj.names")
+
+
+def _names_from_yaml(path: Path) -> dict[int, str]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise FormatError(path, f"cannot read YAML: {e}", "fix the file") from e
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, list):
+        return {i: str(n) for i, n in enumerate(names)}
+    if isinstance(names, dict):
+        try:
+            return {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError) as e:
+            raise FormatError(path, f"'names' keys must be class ids, got {list(names)}", "use 0: name, 1: name") from e
+    raise FormatError(path, "has no 'names' list or mapping", "add names: [class0, class1, ...]")
+
+
+def read_class_names(labels_dir: str | Path) -> tuple[dict[int, str], Path] | None:
+    """Class id -> name from classes.txt / data.yaml / obj.names in `labels_dir` or its parent."""
+    labels_dir = Path(labels_dir)
+    for folder in (labels_dir, labels_dir.parent):
+        for name in NAME_FILES:
+            p = folder / name
+            if not p.is_file():
+                continue
+            if p.suffix in (".yaml", ".yml"):
+                return _names_from_yaml(p), p
+            try:
+                lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+            except (OSError, UnicodeDecodeError) as e:
+                raise FormatError(p, f"cannot read class names: {e}", "one class name per line") from e
+            while lines and not lines[-1]:
+                lines.pop()
+            return {i: n for i, n in enumerate(lines)}, p
+    return None
+
+
+def _parse_lines(path: Path, names: dict[int, str], used: dict[str, list[str]], warnings: list[str]
+                 ) -> tuple[np.ndarray, list[str], list[Provenance]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"cannot read the file: {e}") from e
+    rows: list[list[float]] = []
+    labels: list[str] = []
+    prov: list[Provenance] = []
+    polygons = 0
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            values = [float(v) for v in parts[1:]]
+            cls_f = float(parts[0])
+        except ValueError as e:
+            raise FormatError(where, f"not numbers: {line.strip()!r}", "each line is 'class cx cy w h'") from e
+        if not cls_f.is_integer() or int(cls_f) not in names:
+            raise FormatError(where, f"class id {parts[0]} has no name (known ids 0..{max(names, default=-1)})",
+                              "add the class to classes.txt / data.yaml, or fix the id")
+        if len(values) == 4:
+            rows.append(values)
+            prov.append(Provenance())
+        elif len(values) == 5:
+            rows.append(values[:4])
+            prov.append(Provenance(source=Source.PREDICTED, score=values[4]))
+        elif len(values) >= 6 and len(values) % 2 == 0:
+            pts = np.asarray(values, dtype=np.float64).reshape(-1, 2)
+            lo, hi = pts.min(axis=0), pts.max(axis=0)
+            rows.append([*(lo + hi) / 2, *(hi - lo)])
+            prov.append(Provenance())
+            polygons += 1
+        else:
+            raise FormatError(where, f"{len(parts)} numbers: {line.strip()!r}",
+                              "each line is 'class cx cy w h' (optionally a confidence, or a polygon)")
+        name = names[int(cls_f)]
+        labels.append(name)
+        used.setdefault(name, []).append(path.name)
+    if polygons:
+        warnings.append(f"{path}: {polygons} polygon line(s) read as their bounding boxes")
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4), labels, prov
+
+
+def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence[str] | None = None) -> LoadResult:
+    """Read labels_dir/**/*.txt against the images under `images_root` (same relative stem).
+
+    Class names come from a names file in `labels_dir` or its parent; without one, `classes` gives
+    the names by index. A label file without an image is an error (listed).
+    """
+    labels_dir, images_root = Path(labels_dir), Path(images_root)
+    if not labels_dir.is_dir():
+        raise FormatError(labels_dir, "label folder does not exist", "pass the folder of YOLO .txt files")
+    skip = {n.lower() for n in NAME_FILES}
+    if (labels_dir / "labels").is_dir() and not any(p.name.lower() not in skip for p in labels_dir.glob("*.txt")):
+        labels_dir = labels_dir / "labels"  # the folder dump_yolo wrote, or an Ultralytics dataset root
+    found = read_class_names(labels_dir)
+    if found is not None:
+        names, _ = found
+    elif classes is not None:
+        names = {i: n for i, n in enumerate(classes)}
+    else:
+        raise FormatError(labels_dir, "YOLO labels hold class ids, and no classes.txt or data.yaml was found "
+                          "here or in the parent folder", "add classes.txt (one name per line) or pass --classes")
+    txts = sorted(p for p in labels_dir.rglob("*.txt")
+                  if p.name.lower() not in skip and not any(s.startswith(".") for s in p.relative_to(labels_dir).parts))
+    images = list_images(images_root)
+    index = stem_index(images)
+
+    warnings: list[str] = []
+    used: dict[str, list[str]] = {}
+    out: dict[str, Annotation] = {}
+    orphans: list[str] = []
+    for txt in txts:
+        rel_stem = txt.relative_to(labels_dir).with_suffix("").as_posix()
+        key = unique_image(index, rel_stem, txt)
+        if key is None:
+            orphans.append(txt.relative_to(labels_dir).as_posix())
+            continue
+        cxcywh, labels, prov = _parse_lines(txt, names, used, warnings)
+        size = image_size(images_root / key)
+        ann = Annotation(image=key, boxes=Boxes.from_cxcywh_normalized(cxcywh, size), labels=tuple(labels),
+                         provenance=tuple(prov))
+        cleaned = clean_boxes(ann, str(txt), warnings)
+        if len(ann) and not len(cleaned):
+            warnings.append(f"{txt}: every box was dropped; {key} is left unlabelled, not called a negative")
+            continue
+        out[key] = cleaned
+    if orphans:
+        raise FormatError(labels_dir, f"{len(orphans)} label file(s) have no image in {images_root}: {listing(orphans)}",
+                          "add the images, remove those label files, or pass the right images folder")
+    check_classes(used, classes, labels_dir)
+    declared = [names[i] for i in sorted(names)]
+    return LoadResult(annotations=out, classes=list(classes) if classes is not None else declared, warnings=warnings)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6f}"
+
+
+def dump_yolo(annotations: Iterable[Annotation], classes: Sequence[str], out_dir: str | Path,
+              scores: bool = False) -> Path:
+    """Write out_dir/labels/<image stem>.txt (6 decimals), out_dir/classes.txt and out_dir/data.yaml.
+
+    Negatives get an empty file. `scores` appends each box's provenance score (Ultralytics
+    `save_conf` layout); off by default because training loaders reject the 6th column.
+    """
+    out_dir = Path(out_dir)
+    ids = {name: i for i, name in enumerate(classes)}
+    if len(ids) != len(classes):
+        raise ValueError(f"class names must be unique, got {list(classes)}")
+    anns = list(annotations)
+    unknown: dict[str, list[str]] = {}
+    for ann in anns:
+        for name in ann.labels:
+            if name not in ids:
+                unknown.setdefault(name, []).append(ann.image)
+    check_classes(unknown, classes, out_dir)
+    labels_dir = out_dir / "labels"
+    targets: dict[Path, str] = {}
+    for ann in anns:
+        rel = safe_relative(ann.image, out_dir, "image path")
+        t = labels_dir / PurePosixPath(rel).with_suffix(".txt")
+        if t in targets:
+            raise FormatError(t, f"{targets[t]} and {ann.image} would share this file", "rename one of the images")
+        targets[t] = ann.image
+    for t, ann in zip(targets, anns):
+        w, h = ann.image_size
+        if len(ann) and (w <= 0 or h <= 0):
+            raise FormatError(t, f"{ann.image} has no image size", "YOLO stores boxes as fractions of the image size")
+        rows = ann.boxes.to_cxcywh_normalized() if len(ann) else np.zeros((0, 4))
+        lines = []
+        for i, r in enumerate(rows):
+            line = " ".join([str(ids[ann.labels[i]]), *(_fmt(float(v)) for v in r)])
+            s = ann.provenance[i].score
+            if scores and s is not None and math.isfinite(s):
+                line += " " + _fmt(s)
+            lines.append(line)
+        t.parent.mkdir(parents=True, exist_ok=True)
+        t.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+    data = {"path": ".", "nc": len(classes), "names": {i: c for i, c in enumerate(classes)}}
+    (out_dir / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return out_dir

@@ -1,0 +1,237 @@
+"""Finding, measuring, hashing and decoding images.
+
+Pillow does the decoding, the EXIF parsing and the lazy header reads; `hashlib` the hashing. Written
+by hand: the recursive listing that refuses symlinks leaving the image root, the EXIF-orientation
+aware size (so boxes drawn on the rotated view stay right), the conversion of every mode a labelling
+project meets (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB, and the translation of Pillow's
+many exception types into one `ImageError` that names the file and says what to do.
+No torch import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+# EXIF orientations 5-8 rotate by 90 or 270 degrees: the displayed image has width and height swapped.
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+# Everything Pillow raises for a file it cannot read (struct.error and EOFError escape some plugins).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+class ImageError(ValueError):
+    """An image that cannot be read. The message names the file, the problem and what to do."""
+
+    def __init__(self, path: str | Path, problem: str, hint: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        self.hint = hint or "re-export or replace the file, or remove it from the image folder"
+        super().__init__(f"{path}: {problem} ({self.hint})")
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Every image under `root`, recursively, as sorted '/'-separated paths relative to `root`.
+
+    Symlinks are followed only while they stay inside `root` (a link to /etc must not become part of
+    a project); links that leave it are skipped with a warning. Hidden files and folders (names
+    starting with '.', e.g. macOS '._x.jpg' resource forks) are skipped.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: image folder does not exist (pass the folder that holds your images)")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a folder (pass the folder that holds your images, not a file)")
+    real_root = root.resolve()
+    out: list[str] = []
+    seen_dirs: set[Path] = {real_root}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        keep: list[str] = []
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                continue
+            real = (here / d).resolve()
+            if not real.is_relative_to(real_root):
+                warnings.warn(f"{here / d}: symlink leads outside {root} ({real}); skipped", stacklevel=2)
+                continue
+            if real in seen_dirs:  # a link back into the tree: visit each real folder once
+                continue
+            seen_dirs.add(real)
+            keep.append(d)
+        dirnames[:] = keep
+        for f in filenames:
+            if f.startswith(".") or not is_image_file(f):
+                continue
+            p = here / f
+            if p.is_symlink():
+                real = p.resolve()
+                if not real.is_relative_to(real_root):
+                    warnings.warn(f"{p}: symlink leads outside {root} ({real}); skipped", stacklevel=2)
+                    continue
+                if not real.is_file():
+                    warnings.warn(f"{p}: broken symlink; skipped", stacklevel=2)
+                    continue
+            out.append(p.relative_to(root).as_posix())
+    return sorted(out)
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation without decoding pixels (Pillow's PNG getexif() would load the image)."""
+    if im.format == "PNG":
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+    else:
+        exif = im.getexif()
+    value = exif.get(_ORIENTATION_TAG, 1)
+    return int(value) if isinstance(value, int) else 1
+
+
+def _oriented_size(im: Image.Image) -> tuple[int, int]:
+    w, h = im.size
+    if _orientation(im) in _SWAPPING_ORIENTATIONS:
+        return h, w
+    return w, h
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as displayed (EXIF orientation applied), from the header only."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return _oriented_size(im)
+    except FileNotFoundError as e:
+        raise ImageError(path, "image file not found", "check the image folder and the annotation's file name") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(path, "not an image Pillow can read") from e
+    except _DECODE_ERRORS as e:
+        raise ImageError(path, f"cannot read the image header: {e}") from e
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (a large TIFF must not land in memory at once)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _to_uint8(arr: np.ndarray, bits16: bool) -> np.ndarray:
+    """Scale an integer or float single-channel array to 0..255.
+
+    16-bit data maps 0..65535 linearly to 0..255 (x/257 rounded: 65535 -> 255, 257 -> 1). Data that
+    does not fit 16 bits (32-bit ints, floats) is stretched min..max; floats already in [0, 1] are
+    taken as fractions.
+    """
+    a = arr.astype(np.float64)
+    if bits16 or (np.issubdtype(arr.dtype, np.integer) and a.size and a.min() >= 0 and a.max() <= 65535):
+        out = a / 257.0
+    elif np.issubdtype(arr.dtype, np.floating) and a.size and a.min() >= 0 and a.max() <= 1:
+        out = a * 255.0
+    else:
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        out = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _to_uint8(np.asarray(im), bits16=mode.startswith("I;16"))
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        # Transparent pixels keep arbitrary colours underneath; show them on white, as viewers do.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode to 8-bit RGB, EXIF orientation applied. Bad files raise ImageError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(im)
+                rgb.load()
+                return rgb
+    except FileNotFoundError as e:
+        raise ImageError(path, "image file not found", "check the image folder") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(
+            path,
+            f"image is too large to decode safely ({e})",
+            "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file",
+        ) from e
+    except UnidentifiedImageError as e:
+        raise ImageError(path, "not an image Pillow can read") from e
+    except _DECODE_ERRORS as e:
+        raise ImageError(path, f"cannot decode the image (corrupt or truncated?): {e}") from e
+
+
+def check_image(path: str | Path) -> tuple[int, int]:
+    """Prove a file decodes, cheaply, and return its displayed (width, height).
+
+    JPEGs are decoded at 1/8 scale (libjpeg's DCT scaling still reads every byte, so truncation
+    shows); PNGs have every chunk's CRC checked (`verify()`), then are decoded; other formats are
+    decoded fully. Used by `init` to reject broken images before anything is written.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                size = _oriented_size(im)
+                if im.format == "PNG":
+                    im.verify()
+                    with Image.open(path) as again:
+                        again.load()
+                elif im.format == "JPEG":
+                    w, h = im.size
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                    im.load()
+                else:
+                    im.load()
+                return size
+    except FileNotFoundError as e:
+        raise ImageError(path, "image file not found", "check the image folder") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(
+            path,
+            f"image is too large to decode safely ({e})",
+            "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file",
+        ) from e
+    except UnidentifiedImageError as e:
+        raise ImageError(path, "not an image Pillow can read") from e
+    except _DECODE_ERRORS as e:
+        raise ImageError(path, f"cannot decode the image (corrupt or truncated?): {e}") from e
