@@ -1,0 +1,486 @@
+"""fit(): train one detector, validate, keep the best checkpoint, resume after an interruption.
+
+Written by hand: the step loop (one global step counter; epoch and position in the epoch derive
+from it, so resuming at any step is exact), the seeded per-epoch order and per-item augmentation
+(see data.py), the warm-up + cosine/step learning-rate factor, validation mAP every `val_every`
+with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
+checks, and halving the batch (as gradient accumulation over halves) on CUDA out-of-memory.
+torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler, clip_grad_norm_), tqdm the
+progress bar, boxloop.evaluate the mAP, boxloop.inference the validation predictions.
+
+Determinism: on CPU the same seed gives the same weights, interrupted or not (tested). On CUDA,
+some kernels are nondeterministic; results agree only approximately.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from boxloop.data import DetectionDataset, Sample, collate, train_transform
+from boxloop.detectors import create_detector
+from boxloop.detectors.base import Detector
+from boxloop.inference import predict_paths, resolve_device
+
+__all__ = ["TrainConfig", "FitResult", "CheckpointError", "fit", "load_detector", "load_checkpoint",
+           "save_checkpoint", "resolve_device", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+
+log = logging.getLogger("boxloop")
+
+CHECKPOINT_FORMAT = "boxloop-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, not boxloop's, or made for other classes/model."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Give exactly one of `epochs` or `steps`.
+
+    `val_every` counts epochs when training in epochs, steps when training in steps; `patience`
+    counts evaluations without a better validation mAP50 (None: no early stopping).
+    `checkpoint_every` (steps) adds saves of last.pt between the ones at each epoch end and each
+    validation. `lr_milestones` are fractions of training where the 'step' schedule multiplies the
+    learning rate by `lr_gamma`.
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 8
+    image_size: int = 512
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    lr_milestones: tuple[float, ...] = (2 / 3, 8 / 9)
+    lr_gamma: float = 0.1
+    amp: bool = True
+    grad_clip: float | None = 10.0
+    val_every: int = 1
+    patience: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    checkpoint_every: int | None = None
+    flip: bool = True
+    scale_jitter: tuple[float, float] | None = (0.8, 1.2)
+    color: bool = True
+    val_score_threshold: float = 0.05
+
+    def __post_init__(self) -> None:
+        if (self.epochs is None) == (self.steps is None):
+            raise ValueError(f"give exactly one of epochs or steps (got epochs={self.epochs}, steps={self.steps})")
+        for name in ("epochs", "steps"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        for name in ("batch_size", "image_size", "val_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.num_workers < 0:
+            raise ValueError("warmup_steps and num_workers must be >= 0")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 or None, got {self.checkpoint_every}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        object.__setattr__(self, "lr_milestones", tuple(float(m) for m in self.lr_milestones))
+        if self.scale_jitter is not None:
+            object.__setattr__(self, "scale_jitter", tuple(float(s) for s in self.scale_jitter))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """Multiplier of `lr` at `step`: linear warm-up from 0.001, then the schedule."""
+        if step < self.warmup_steps:
+            alpha = step / self.warmup_steps
+            return 0.001 * (1 - alpha) + alpha
+        if self.schedule == "constant":
+            return 1.0
+        progress = (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps)
+        if self.schedule == "cosine":
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return self.lr_gamma ** sum(step >= m * total_steps for m in self.lr_milestones)
+
+
+# Fields whose change makes a resumed run a different run.
+_RESUME_FIXED = ("epochs", "steps", "batch_size", "image_size", "optimizer", "lr", "weight_decay", "momentum",
+                 "warmup_steps", "schedule", "lr_milestones", "lr_gamma", "seed", "flip", "scale_jitter", "color")
+
+
+@dataclass
+class FitResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_map50: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+    total_steps: int = 0
+    completed: bool = False  # False when stopped by `stop_after` (resume to finish)
+    stopped_early: bool = False
+
+
+# -- checkpoints ------------------------------------------------------------------------------------
+
+def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the rename is done either way
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a boxloop checkpoint (weights_only: a checkpoint cannot run code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a torch "
+                              f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "train again or use another checkpoint") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a boxloop checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
+                              "boxloop only loads checkpoints written by `boxloop train` / fit()")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {ckpt.get('version')}, this boxloop reads up to "
+                              f"{CHECKPOINT_VERSION}; upgrade boxloop")
+    for key in ("detector_config", "class_names", "model"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path} lacks the {key!r} entry; the checkpoint is incomplete")
+    return ckpt
+
+
+def _check_classes(path: Path, have: Sequence[str], expect: Sequence[str]) -> None:
+    if list(have) != list(expect):
+        raise CheckpointError(f"checkpoint {path} was trained for classes {list(have)}, but the project has "
+                              f"classes {list(expect)}; train a new model for this class list")
+
+
+def load_detector(path: str | Path, expect_classes: Sequence[str] | None = None,
+                  device: str | torch.device = "cpu") -> tuple[Detector, list[str], dict[str, Any]]:
+    """Rebuild the detector a checkpoint was made with and load its weights.
+
+    Returns (detector in eval mode on `device`, class names, the checkpoint's other entries:
+    detector_config, train_config, step, epoch, history, best_map50...).
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    class_names = list(ckpt["class_names"])
+    if expect_classes is not None:
+        _check_classes(path, class_names, expect_classes)
+    cfg = dict(ckpt["detector_config"])
+    name, num_classes = cfg.pop("name"), cfg.pop("num_classes")
+    if "pretrained_backbone" in cfg:
+        cfg["pretrained_backbone"] = False  # the checkpoint holds every weight; don't fetch any
+    detector = create_detector(name, num_classes, **cfg)
+    try:
+        detector.load_state_dict(ckpt["model"])  # type: ignore[attr-defined]
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model it names ({name}, "
+                              f"{ckpt['detector_config']}): {str(e).splitlines()[0]}") from e
+    detector.to(resolve_device(device)).eval()  # type: ignore[attr-defined]
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
+    return detector, class_names, meta
+
+
+# -- the loop -------------------------------------------------------------------------------------
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, 7]).generate_state(1)[0]))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _labelled(samples: Sequence[Sample]) -> list[Sample]:
+    return [s for s in samples if s.annotation is not None]
+
+
+def _validate(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
+              config: TrainConfig, device: torch.device) -> float:
+    from boxloop.evaluate import evaluate
+
+    truth = {s.name: s.annotation for s in samples}
+    preds = {}
+    for s, (_, det) in zip(samples, predict_paths(detector, [s.path for s in samples], config.image_size,
+                                                   batch_size=config.batch_size, device=None,
+                                                   num_workers=config.num_workers,
+                                                   score_threshold=config.val_score_threshold, progress=False)):
+        preds[s.name] = det.to_annotation(s.name, class_names)
+    map50 = evaluate(truth, preds, class_names)["map50"]
+    return 0.0 if map50 is None else float(map50)  # None: no ground-truth box in the validation images
+
+
+def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
+        class_names: Sequence[str], config: TrainConfig, out_dir: str | Path, progress: bool = True,
+        resume: bool = True, stop_after: int | None = None) -> FitResult:
+    """Train `detector` in place; write out_dir/last.pt and out_dir/best.pt; return what happened.
+
+    Samples without an annotation are skipped (unlabelled); negatives train as negatives. With
+    validation samples, mAP50 every `val_every` (and at the end) picks best.pt; without, best.pt is
+    the final model. On return the detector holds the best weights. With `resume` and an existing
+    out_dir/last.pt from the same setup, training continues from it. `stop_after` ends this call
+    after that many steps (last.pt saved), for time-sliced training and for tests of resuming.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    class_names = list(class_names)
+    train = _labelled(train_samples)
+    if not train:
+        raise ValueError(f"nothing to train on: label some images first ({len(train_samples)} training samples "
+                         "given, none has an annotation)")
+    val = _labelled(val_samples)
+    if getattr(detector, "num_classes", len(class_names)) != len(class_names):
+        raise ValueError(f"the detector has {detector.num_classes} classes but the class list has "
+                         f"{len(class_names)}: {class_names}")
+    cfg = getattr(detector, "config", {}) or {}
+    # torchvision's transform scales by min(min_size / shorter, max_size / longer); our longer side is
+    # image_size, so it leaves images alone exactly when max_size == image_size <= min_size.
+    if "min_size" in cfg and "max_size" in cfg and not (cfg["max_size"] == config.image_size <= cfg["min_size"]):
+        log.warning("the detector resizes images internally (min_size=%s, max_size=%s) away from image_size=%d; "
+                    "build it with min_size=max_size=image_size to train at the size you asked for",
+                    cfg["min_size"], cfg.get("max_size"), config.image_size)
+    device = resolve_device(config.device)
+    detector.to(device)  # type: ignore[attr-defined]
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = config.steps if config.steps is not None else config.epochs * steps_per_epoch  # type: ignore[operator]
+
+    params = [p for p in detector.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                                           weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    step, history, best_map50, best_step, evals_since_best = 0, [], None, None, 0
+    stopped_early = False
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path, map_location=device)
+        _check_classes(last_path, ckpt["class_names"], class_names)
+        if ckpt["detector_config"] != getattr(detector, "config", None):
+            raise CheckpointError(f"{last_path} was made for model {ckpt['detector_config']}, this fit() trains "
+                                  f"{getattr(detector, 'config', None)}; use another out_dir or resume=False")
+        old = TrainConfig.from_dict(ckpt["train_config"])
+        changed = [k for k in _RESUME_FIXED if getattr(old, k) != getattr(config, k)]
+        if changed:
+            raise CheckpointError(f"{last_path} was trained with other settings ({', '.join(f'{k}: {getattr(old, k)} -> {getattr(config, k)}' for k in changed)}); "
+                                  "use another out_dir or resume=False")
+        detector.load_state_dict(ckpt["model"])  # type: ignore[attr-defined]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        step, history = int(ckpt["step"]), list(ckpt["history"])
+        best_map50, best_step = ckpt.get("best_map50"), ckpt.get("best_step")
+        evals_since_best = int(ckpt.get("evals_since_best", 0))
+        stopped_early = bool(ckpt.get("stopped_early", False))
+        _set_rng_state(ckpt["rng"], device)
+        if ckpt.get("complete"):
+            return _finish(detector, device, best_path, last_path, best_map50, history, step, total_steps,
+                           True, stopped_early)
+        log.info("resuming %s at step %d of %d", last_path, step, total_steps)
+    else:
+        torch.manual_seed(config.seed)
+
+    dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
+                                                                   scale_jitter=config.scale_jitter,
+                                                                   color=config.color), seed=config.seed)
+
+    def checkpoint(path: Path, complete: bool) -> None:
+        save_checkpoint({
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
+            "model": detector.state_dict(),  # type: ignore[attr-defined]
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
+            "train_config": config.to_dict(), "history": history, "best_map50": best_map50,
+            "best_step": best_step, "evals_since_best": evals_since_best, "complete": complete,
+            "stopped_early": stopped_early, "rng": _rng_state(device),
+        }, path)
+
+    state = {"micro": config.batch_size}
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress)
+    steps_this_call = 0
+    detector.train()  # type: ignore[attr-defined]
+    try:
+        while step < total_steps and not stopped_early:
+            epoch, pos = divmod(step, steps_per_epoch)
+            dataset.set_epoch(epoch)
+            order = _epoch_order(len(train), config.seed, epoch)
+            batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+            # Its own generator: creating a loader must not draw from the global RNG (resume = same run).
+            loader = DataLoader(dataset, batch_sampler=batches[pos:], collate_fn=collate,
+                                num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                                generator=torch.Generator().manual_seed(config.seed + epoch))
+            for images, targets in loader:
+                parts = _train_step(detector, optimizer, scaler, images, targets, device, use_amp, amp_dtype,
+                                    config.grad_clip, state)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                step += 1
+                steps_this_call += 1
+                entry = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, **parts}
+                history.append(entry)
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+                epoch_end = step % steps_per_epoch == 0
+                done = step >= total_steps
+                if config.epochs is not None:
+                    due = epoch_end and (step // steps_per_epoch) % config.val_every == 0
+                else:
+                    due = step % config.val_every == 0
+                if val and (due or done):
+                    map50 = _validate(detector, val, class_names, config, device)
+                    detector.train()  # type: ignore[attr-defined]
+                    entry["val_map50"] = map50
+                    if progress:
+                        bar.write(f"step {step}: val mAP50 {map50:.4f}")
+                    if best_map50 is None or map50 > best_map50:
+                        best_map50, best_step, evals_since_best = map50, step, 0
+                        checkpoint(best_path, complete=False)
+                    else:
+                        evals_since_best += 1
+                        if config.patience is not None and evals_since_best >= config.patience:
+                            stopped_early = True
+                            log.info("early stop at step %d: no better val mAP50 in %d evaluations", step,
+                                     evals_since_best)
+                stop_now = stop_after is not None and steps_this_call >= stop_after
+                periodic = config.checkpoint_every is not None and step % config.checkpoint_every == 0
+                if done or stopped_early:
+                    if not val:
+                        checkpoint(best_path, complete=True)
+                    checkpoint(last_path, complete=True)
+                elif epoch_end or periodic or stop_now or (val and due):
+                    checkpoint(last_path, complete=False)
+                if done or stopped_early or stop_now:
+                    break
+            if stop_after is not None and steps_this_call >= stop_after:
+                break
+    finally:
+        bar.close()
+    completed = step >= total_steps or stopped_early
+    if not completed:
+        return FitResult(best_path, last_path, best_map50, history, step, total_steps, False, False)
+    return _finish(detector, device, best_path, last_path, best_map50, history, step, total_steps, True,
+                   stopped_early)
+
+
+def _finish(detector: Detector, device: torch.device, best_path: Path, last_path: Path, best_map50: float | None,
+            history: list, step: int, total_steps: int, completed: bool, stopped_early: bool) -> FitResult:
+    """Load the best weights into the detector and report."""
+    if best_path.exists():
+        detector.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])  # type: ignore[attr-defined]
+    detector.eval()  # type: ignore[attr-defined]
+    return FitResult(best_path, last_path, best_map50, history, step, total_steps, completed, stopped_early)
+
+
+def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device, use_amp: bool,
+                amp_dtype: torch.dtype, grad_clip: float | None, state: dict[str, int]) -> dict[str, float]:
+    """One optimiser step over the batch, in micro-batches of state['micro'] (halved on CUDA OOM)."""
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "weights")} for t in targets]
+    n = len(images)
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        try:
+            for i in range(0, n, state["micro"]):
+                ims, tgs = images[i:i + state["micro"]], targets[i:i + state["micro"]]
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    losses = detector.loss(ims, tgs)
+                total = sum(losses.values())
+                if not torch.isfinite(total):
+                    raise FloatingPointError(f"training loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
+                                             "lower the learning rate or check the boxes")
+                frac = len(ims) / n
+                scaler.scale(total * frac).backward()
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * frac
+                sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * frac
+            break
+        except torch.OutOfMemoryError:
+            if state["micro"] == 1:
+                raise RuntimeError("out of GPU memory on a single image; lower image_size or train on the cpu")
+            state["micro"] = max(1, state["micro"] // 2)
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory: batch halved to %d (gradients accumulated over the batch), retrying",
+                        state["micro"])
+    if grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(detector.parameters(), grad_clip)  # type: ignore[attr-defined]
+    scaler.step(optimizer)
+    scaler.update()
+    return sums
