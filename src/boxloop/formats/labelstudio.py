@@ -1,0 +1,471 @@
+"""Label Studio: task import JSON with model predictions as pre-annotations, and the JSON export back.
+
+Built against Label Studio's documented formats (labelstud.io/guide/predictions, /guide/task_format,
+/guide/export): a task is `{"data": {"image": URL, ...}, "predictions": [{"model_version", "score",
+"result": [...]}]}`; each box result is `{"id", "type": "rectanglelabels", "from_name": "label",
+"to_name": "image", "original_width", "original_height", "image_rotation", "value": {"x", "y",
+"width", "height", "rotation", "rectanglelabels": [name]}, "score"}` with x, y, width and height in
+percent of the image. The export is a list of such tasks with `annotations` (each with `result`
+and `was_cancelled`).
+
+The stdlib `json` module reads and writes; ElementTree writes the labeling config; numpy does the
+box arithmetic. Written by hand: the percent <-> pixel conversion, the choice of the answer per task
+(last annotation that was not cancelled), image-level flags from `choices` results, matching tasks to
+boxloop's image keys (`data.boxloop_key` first, then the image URL), rotated rectangles (their
+axis-aligned envelope, with a warning) and the bad-input checks: a file for another project (unknown
+images or classes) is refused as a whole with the list of what did not match.
+
+Tasks and images: a task whose chosen annotation has zero boxes is a negative image; a task with no
+annotation, or only cancelled (skipped) ones, is unanswered and absent from the result; a task whose
+annotation carries the flag "skip" is also left unanswered. No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import xml.etree.ElementTree as StdET
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, quote, unquote, urlparse
+
+import numpy as np
+
+from boxloop.formats import FormatError, LoadResult, check_classes, clean_boxes, listing, safe_relative
+from boxloop.structures import Annotation, Boxes, Provenance, Source
+
+__all__ = [
+    "FlaggedLoadResult",
+    "LOCAL_FILES_PREFIX",
+    "labeling_config",
+    "dump_labelstudio_tasks",
+    "load_labelstudio",
+    "check_project",
+    "match_image_key",
+    "rotated_envelope",
+]
+
+LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files storage URL
+FROM_NAME = "label"  # RectangleLabels name in labeling_config()
+TO_NAME = "image"  # Image name in labeling_config()
+FLAGS_NAME = "flags"  # Choices name in labeling_config()
+DEFAULT_FLAGS = ("negative", "skip")
+SKIP_FLAG = "skip"
+NEGATIVE_FLAG = "negative"
+KEY_FIELD = "boxloop_key"  # data field holding boxloop's image key, so answers map back exactly
+
+# Label Studio prefixes uploaded files with 8 hex characters: /data/upload/3/5a1b2c3d-a.jpg
+_UPLOAD_HASH = re.compile(r"^[0-9a-f]{8}-")
+
+
+@dataclass
+class FlaggedLoadResult(LoadResult):
+    """A LoadResult plus the image-level flags an annotator set (Label Studio `choices`, CVAT tags).
+
+    `flags` maps an image key to the flag names chosen for it, for every answered or skipped image
+    that has any (e.g. {"a.jpg": ("negative",)}).
+    """
+
+    flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# -- shared helpers (CVAT uses these too) --------------------------------------------------------
+
+def match_image_key(name: str, known: Mapping[str, object] | None, where: str | Path) -> str | None:
+    """The boxloop key a tool's image name stands for, or None if it matches no known image.
+
+    Tools rename paths: Label Studio's local-files URLs are relative to its document root and
+    uploads lose their folders; CVAT keeps either the relative path or the file name. So: exact key;
+    else the one known key that ends with `name` or that `name` ends with, on '/' boundaries. Two
+    candidates are an error (say which), never a guess.
+    """
+    rel = safe_relative(name, where, "image name")
+    if known is None:
+        return rel
+    if rel in known:
+        return rel
+    found = [k for k in known if rel.endswith("/" + k) or k.endswith("/" + rel)]
+    if len(found) > 1:
+        raise FormatError(where, f"image name {name!r} matches several images: {listing(sorted(found), 5)}",
+                          "give each image a unique path, or export with the full relative paths")
+    return found[0] if found else None
+
+
+def rotated_envelope(x: float, y: float, w: float, h: float, degrees: float,
+                     about_centre: bool) -> tuple[float, float, float, float]:
+    """xyxy of the axis-aligned box around a rectangle rotated clockwise on screen (y down).
+
+    Label Studio rotates about the top-left corner (x, y), CVAT about the centre. boxloop's boxes
+    are axis-aligned, so a rotated box becomes its envelope and the loader says so.
+    """
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    ox, oy = (x + w / 2, y + h / 2) if about_centre else (x, y)
+    xs, ys = [], []
+    for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
+        dx, dy = px - ox, py - oy
+        xs.append(ox + dx * c - dy * s)
+        ys.append(oy + dx * s + dy * c)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def check_project(source: str | Path, unmatched: Sequence[str], used: Mapping[str, list[str]],
+                  classes: Sequence[str] | None, what: str) -> None:
+    """One FormatError listing every unknown image and every unknown class, or nothing.
+
+    A file exported from another project usually gets both wrong; the user should see all of it at
+    once, and nothing is returned (no partial import).
+    """
+    unknown = {} if classes is None else {n: f for n, f in used.items() if n not in set(classes)}
+    if not unmatched and not unknown:
+        return
+    parts = []
+    if unmatched:
+        parts.append(f"{len(unmatched)} {what} name images that are not in this project: {listing(unmatched)}")
+    if unknown:
+        names = [f"{n!r} (in {listing(sorted(set(f)), 3)})" for n, f in sorted(unknown.items())]
+        parts.append(f"{len(unknown)} class name(s) not in the project's classes {list(classes or [])}: "
+                     + "; ".join(names))
+    raise FormatError(source, "; and ".join(parts) + "; nothing was imported",
+                      "is this the export of another project? pass the right file, or add the classes")
+
+
+def _number(value: object, where: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise FormatError(where, f"{what} is {value!r}, not a number", "fix or re-export the file")
+    try:
+        out = float(value)
+    except ValueError as e:
+        raise FormatError(where, f"{what} is {value!r}, not a number", "fix or re-export the file") from e
+    if not math.isfinite(out):
+        raise FormatError(where, f"{what} is {value!r}", "coordinates must be finite numbers")
+    return out
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+def labeling_config(classes: Sequence[str], flags: Sequence[str] = DEFAULT_FLAGS) -> str:
+    """The Label Studio labeling config (XML) matching the tasks dump_labelstudio_tasks writes.
+
+    Paste it into Settings > Labeling Interface > Code. `flags` become optional image-level choices
+    ("negative": nothing to label here; "skip": leave the image unanswered); pass () for none.
+    """
+    view = StdET.Element("View")
+    StdET.SubElement(view, "Image", {"name": TO_NAME, "value": "$image"})
+    rect = StdET.SubElement(view, "RectangleLabels", {"name": FROM_NAME, "toName": TO_NAME})
+    for name in classes:
+        StdET.SubElement(rect, "Label", {"value": str(name)})
+    if flags:
+        choices = StdET.SubElement(view, "Choices", {"name": FLAGS_NAME, "toName": TO_NAME,
+                                                     "choice": "multiple", "showInline": "true"})
+        for name in flags:
+            StdET.SubElement(choices, "Choice", {"value": str(name)})
+    StdET.indent(view, space="  ")
+    return StdET.tostring(view, encoding="unicode")
+
+
+def _results(ann: Annotation, prefix: str, with_scores: bool) -> list[dict]:
+    """One rectanglelabels result per box, in percent of the image."""
+    w, h = ann.image_size
+    if len(ann) and (w <= 0 or h <= 0):
+        raise FormatError(ann.image, f"image size {w}x{h} is unknown",
+                          "Label Studio boxes are in percent of the image; boxloop needs its size")
+    out = []
+    for i in range(len(ann)):
+        x0, y0, x1, y1 = (float(v) for v in ann.boxes.xyxy[i])
+        result: dict = {
+            "id": f"{prefix}{i}",
+            "type": "rectanglelabels",
+            "from_name": FROM_NAME,
+            "to_name": TO_NAME,
+            "original_width": int(w),
+            "original_height": int(h),
+            "image_rotation": 0,
+            "value": {
+                "x": 100.0 * x0 / w,
+                "y": 100.0 * y0 / h,
+                "width": 100.0 * (x1 - x0) / w,
+                "height": 100.0 * (y1 - y0) / h,
+                "rotation": 0,
+                "rectanglelabels": [ann.labels[i]],
+            },
+        }
+        score = ann.provenance[i].score
+        if with_scores and score is not None:
+            result["score"] = float(score)
+        out.append(result)
+    return out
+
+
+def _image_url(key: str, prefix: str) -> str:
+    return prefix + quote(key, safe="/") if prefix else key
+
+
+def dump_labelstudio_tasks(
+    items: Iterable[tuple[str, Annotation | None, Annotation | None]],
+    classes: Sequence[str],
+    out_path: str | Path,
+    image_url_prefix: str = LOCAL_FILES_PREFIX,
+    model_version: str = "boxloop",
+    task_scores: Mapping[str, float] | None = None,
+) -> Path:
+    """Write Label Studio's task import JSON: one task per image, predictions as pre-annotations.
+
+    `items` are (image key, labels, predictions): labels (human or pseudo boxes already known)
+    become an `annotations` entry; predictions (e.g. `Detections.to_annotation(...)`) become one
+    `predictions` entry whose boxes keep their scores and whose overall `score` is the mean box score
+    (Label Studio sorts tasks by it), or `task_scores[key]` when given (e.g. the strategy's
+    informativeness). A prediction with zero boxes is written as an empty prediction.
+
+    The image URL is `image_url_prefix` + the URL-quoted key (the default serves files from Label
+    Studio's local-files storage, whose document root should be the images folder); pass "" to write
+    the plain relative key. `data.boxloop_key`, `data.width` and `data.height` carry the key and size
+    so the export maps back exactly. Every label must be in `classes`; nothing is written otherwise.
+    """
+    out_path = Path(out_path)
+    known = set(classes)
+    tasks: list[dict] = []
+    unknown: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for n, item in enumerate(items):
+        try:
+            key, labels, preds = item
+        except (TypeError, ValueError) as e:
+            raise FormatError(out_path, f"item {n + 1} is not an (image key, labels, predictions) triple: {item!r}",
+                              "pass tuples of (str, Annotation | None, Annotation | None)") from e
+        key = safe_relative(key, out_path, "image key")
+        if key in seen:
+            raise FormatError(out_path, f"image {key} is listed twice", "pass each image once")
+        seen.add(key)
+        for ann in (labels, preds):
+            if ann is None:
+                continue
+            if ann.image != key:
+                raise FormatError(out_path, f"item {n + 1}: key {key!r} but its Annotation is for {ann.image!r}",
+                                  "pair each image key with its own labels and predictions")
+            for name in ann.labels:
+                if name not in known:
+                    unknown.setdefault(name, []).append(key)
+        size = next((a.image_size for a in (labels, preds) if a is not None), None)
+        data: dict = {"image": _image_url(key, image_url_prefix), KEY_FIELD: key}
+        if size is not None and size[0] > 0 and size[1] > 0:
+            data["width"], data["height"] = int(size[0]), int(size[1])
+        task: dict = {"data": data}
+        if labels is not None:
+            task["annotations"] = [{"result": _results(labels, f"t{n}a", with_scores=True),
+                                    "was_cancelled": False, "ground_truth": False}]
+        if preds is not None:
+            result = _results(preds, f"t{n}p", with_scores=True)
+            scores = [r["score"] for r in result if "score" in r]
+            prediction: dict = {"model_version": model_version, "result": result}
+            if task_scores is not None and key in task_scores:
+                prediction["score"] = float(task_scores[key])
+            elif scores:
+                prediction["score"] = float(np.mean(scores))
+            task["predictions"] = [prediction]
+        tasks.append(task)
+    if unknown:
+        check_classes(unknown, classes, out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(tasks, indent=2, ensure_ascii=False), encoding="utf-8")
+    return out_path
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+def _read_tasks(path: Path) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"cannot read the file: {e}", "pass Label Studio's JSON export") from e
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}",
+                          "export again from Label Studio with Export > JSON") from e
+    if isinstance(doc, dict):
+        doc = [doc]
+    if not isinstance(doc, list) or not all(isinstance(t, dict) for t in doc):
+        raise FormatError(path, "is not a list of Label Studio tasks", "export with Export > JSON")
+    for i, task in enumerate(doc):
+        if not isinstance(task.get("data"), dict):
+            hint = ("this looks like the JSON-MIN export; export with Export > JSON instead"
+                    if "image" in task else "export with Export > JSON")
+            raise FormatError(path, f"task {i + 1} has no 'data' object", hint)
+    return doc
+
+
+def _task_name(task: dict, i: int) -> str:
+    return f"task {task.get('id', i + 1)}"
+
+
+def _task_key(task: dict, i: int, path: Path, known: Mapping[str, object] | None) -> tuple[str | None, str]:
+    """(key or None, the name the task used): data.boxloop_key first, else the image URL."""
+    data = task["data"]
+    where = f"{path} {_task_name(task, i)}"
+    if isinstance(data.get(KEY_FIELD), str) and data[KEY_FIELD].strip():
+        name = data[KEY_FIELD]
+        return match_image_key(name, known, where), name
+    url = data.get(TO_NAME)
+    if not isinstance(url, str) or not url.strip():
+        raise FormatError(where, f"has no data.{TO_NAME} (image URL) and no data.{KEY_FIELD}",
+                          "the tasks must come from a project whose Image tag reads $image")
+    parsed = urlparse(url)
+    query = parse_qs(parsed.query)
+    if "d" in query:  # /data/local-files/?d=path relative to the document root
+        name = query["d"][0]
+    else:
+        name = unquote(parsed.path)
+        if name.startswith("/data/upload/"):  # /data/upload/<project>/<8 hex>-<file name>
+            name = _UPLOAD_HASH.sub("", name.rsplit("/", 1)[-1])
+        name = name.lstrip("/")
+    return match_image_key(name, known, where), name
+
+
+def _pick_annotation(task: dict) -> dict | None:
+    """The answer: the last annotation not cancelled (by updated_at, else creation, else list order)."""
+    anns = task.get("annotations")
+    if anns is None:
+        anns = task.get("completions")  # Label Studio < 1.0 exports
+    if not isinstance(anns, list):
+        return None
+    valid = [(i, a) for i, a in enumerate(anns) if isinstance(a, dict) and not a.get("was_cancelled", False)]
+    if not valid:
+        return None
+    if all(isinstance(a.get("updated_at") or a.get("created_at"), str) for _, a in valid):
+        valid.sort(key=lambda ia: (ia[1].get("updated_at") or ia[1].get("created_at"), ia[0]))
+    return valid[-1][1]
+
+
+def _result_size(r: dict) -> tuple[float, float] | None:
+    w, h = r.get("original_width"), r.get("original_height")
+    if isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0:
+        return float(w), float(h)
+    return None
+
+
+def load_labelstudio(
+    json_path: str | Path,
+    known_images: Mapping[str, tuple[int, int]] | None = None,
+    classes: Sequence[str] | None = None,
+) -> FlaggedLoadResult:
+    """Read Label Studio's JSON export (a list of tasks) into Annotations keyed by image.
+
+    With `known_images` ({key: (width, height)}), every task must name a known image and boxes are
+    scaled to the known size; without, keys come from the tasks and sizes from `original_width` /
+    `original_height` (or `data.width` / `data.height`). With `classes`, every box label must be one
+    of them. Either mismatch raises FormatError listing everything that did not match, and nothing
+    is returned. Boxes leaving the image (outside 0-100 %) are clipped with a warning; rotated boxes
+    become their axis-aligned envelope with a warning; results that are not rectangles are ignored
+    with a warning. Image-level `choices` go to `flags`. Boxes are Source.HUMAN (the annotator
+    submitted them); a score a box carried over from a prediction is kept in its provenance.
+    """
+    path = Path(json_path)
+    tasks = _read_tasks(path)
+    warnings: list[str] = []
+    out: dict[str, Annotation] = {}
+    flags: dict[str, tuple[str, ...]] = {}
+    used: dict[str, list[str]] = {}
+    order: list[str] = []
+    unmatched: list[str] = []
+    claimed: dict[str, str] = {}
+    ignored_types: dict[str, int] = {}
+    for i, task in enumerate(tasks):
+        tname = _task_name(task, i)
+        where = f"{path} {tname}"
+        key, asked = _task_key(task, i, path, known_images)
+        if key is None:
+            unmatched.append(f"{tname} -> {asked}")
+            continue
+        if key in claimed:
+            raise FormatError(path, f"{claimed[key]} and {tname} both describe image {key}",
+                              "keep one task per image")
+        claimed[key] = tname
+        ann = _pick_annotation(task)
+        if ann is None:
+            continue  # unanswered (no annotation, or skipped/cancelled)
+        results = ann.get("result", [])
+        if not isinstance(results, list):
+            raise FormatError(where, "annotation 'result' is not a list", "export again with Export > JSON")
+        data = task["data"]
+        size: tuple[float, float] | None = None
+        if known_images is not None:
+            kw, kh = known_images[key]
+            size = (float(kw), float(kh))
+        xyxy: list[tuple[float, float, float, float]] = []
+        labels: list[str] = []
+        prov: list[Provenance] = []
+        task_flags: list[str] = []
+        for j, r in enumerate(results):
+            if not isinstance(r, dict):
+                raise FormatError(where, f"result {j + 1} is not an object", "export again with Export > JSON")
+            rtype = r.get("type")
+            value = r.get("value") if isinstance(r.get("value"), dict) else {}
+            if rtype == "choices":
+                task_flags.extend(str(c) for c in value.get("choices", []))
+                continue
+            if rtype != "rectanglelabels":
+                ignored_types[str(rtype)] = ignored_types.get(str(rtype), 0) + 1
+                continue
+            names = value.get("rectanglelabels")
+            if not isinstance(names, list) or not names:
+                warnings.append(f"{where}: box {j + 1} has no label; dropped")
+                continue
+            if len(names) > 1:
+                warnings.append(f"{where}: box {j + 1} has several labels {names}; kept the first")
+            name = str(names[0])
+            rsize = _result_size(r)
+            if size is None:
+                size = rsize
+            elif rsize is not None and (abs(rsize[0] - size[0]) > 0.5 or abs(rsize[1] - size[1]) > 0.5):
+                warnings.append(f"{where}: box {j + 1} says the image is {rsize[0]:g}x{rsize[1]:g} but {key} "
+                                f"is {size[0]:g}x{size[1]:g}; percentages applied to the real size")
+            px, py, pw, ph = (_number(value.get(k), where, f"box {j + 1} {k}") for k in ("x", "y", "width", "height"))
+            if size is None:
+                raise FormatError(where, f"box {j + 1} has no original_width/original_height",
+                                  "pass the project's images so boxes can be converted from percent")
+            W, H = size
+            x, y, w, h = px * W / 100.0, py * H / 100.0, pw * W / 100.0, ph * H / 100.0
+            rotation = _number(value.get("rotation", 0) or 0, where, f"box {j + 1} rotation")
+            if rotation % 360 != 0:
+                box = rotated_envelope(x, y, w, h, rotation, about_centre=False)
+                warnings.append(f"{where}: box {j + 1} ({name!r}) is rotated by {rotation:g} degrees; "
+                                "replaced by its axis-aligned envelope")
+            else:
+                box = (x, y, x + w, y + h)
+            xyxy.append(box)
+            labels.append(name)
+            score = r.get("score")
+            score = float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None
+            prov.append(Provenance(source=Source.HUMAN, score=score))
+            if name not in used:
+                order.append(name)
+            used.setdefault(name, []).append(key)
+        if task_flags:
+            flags[key] = tuple(dict.fromkeys(task_flags))
+        if any(f.lower() == SKIP_FLAG for f in task_flags):
+            warnings.append(f"{where}: flagged {SKIP_FLAG!r}; {key} left unanswered")
+            continue
+        if size is None:
+            if isinstance(data.get("width"), (int, float)) and isinstance(data.get("height"), (int, float)):
+                size = (float(data["width"]), float(data["height"]))
+            else:
+                size = (0.0, 0.0)  # a negative whose size nobody wrote down: unknown, nothing to clip
+        if xyxy and any(f.lower() == NEGATIVE_FLAG for f in task_flags):
+            warnings.append(f"{where}: flagged {NEGATIVE_FLAG!r} but has {len(xyxy)} box(es); boxes kept")
+        image_size = (int(round(size[0])), int(round(size[1])))
+        annotation = Annotation(image=key, boxes=Boxes(np.asarray(xyxy, dtype=np.float64).reshape(-1, 4), image_size),
+                                labels=tuple(labels), provenance=tuple(prov))
+        cleaned = clean_boxes(annotation, where, warnings)
+        if len(annotation) and not len(cleaned):
+            warnings.append(f"{where}: every box was dropped; {key} is left unanswered, not called a negative")
+            continue
+        out[key] = cleaned
+    check_project(path, unmatched, used, classes, "task(s)")
+    for rtype, count in sorted(ignored_types.items()):
+        warnings.append(f"{path}: {count} result(s) of type {rtype!r} ignored (boxloop reads rectanglelabels "
+                        "and choices)")
+    return FlaggedLoadResult(annotations=out, classes=list(classes) if classes is not None else order,
+                             warnings=warnings, flags=flags)
