@@ -108,6 +108,7 @@ _MIGRATIONS: list[str] = [
         batch    INTEGER NOT NULL DEFAULT 0,
         image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
         box_id   INTEGER REFERENCES boxes(id) ON DELETE SET NULL,
+        box_index INTEGER,  -- a box query: index into the round's stored Detections of the image
         strategy TEXT,
         score    REAL,
         state    TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'answered', 'stale'))
@@ -884,16 +885,21 @@ class Project:
 
     # -- queries --------------------------------------------------------------------------------
     def add_queries(
-        self, round: int, items: Iterable[tuple[int | str, int | None, float | None]],
-        strategy: str, batch: int = 0,
+        self, round: int, items: Iterable[tuple], strategy: str, batch: int = 0,
     ) -> list[int]:
-        """Record what was asked: (image, box id or None, score) per item. Returns query ids."""
+        """Record what was asked: (image, box id or None, score[, box index]) per item. Returns query ids.
+
+        A box query names its box by `box_index`, the index into that round's stored Detections."""
         ids = []
         with self.transaction():
-            for image, box_id, score in items:
+            for item in items:
+                image, box_id, score = item[:3]
+                box_index = item[3] if len(item) > 3 else None
                 cur = self._conn.execute(
-                    "INSERT INTO queries(round, batch, image_id, box_id, strategy, score) VALUES (?,?,?,?,?,?)",
-                    (int(round), int(batch), self.image_id(image), box_id, strategy, _opt_float(score)),
+                    "INSERT INTO queries(round, batch, image_id, box_id, box_index, strategy, score) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (int(round), int(batch), self.image_id(image), box_id,
+                     None if box_index is None else int(box_index), strategy, _opt_float(score)),
                 )
                 ids.append(int(cur.lastrowid))
         return ids
@@ -908,11 +914,11 @@ class Project:
             args.append(state)
         where = (" WHERE " + " AND ".join(cond)) if cond else ""
         rows = self._conn.execute(
-            "SELECT q.id, q.round, q.batch, q.image_id, i.path, q.box_id, q.strategy, q.score, q.state "
+            "SELECT q.id, q.round, q.batch, q.image_id, i.path, q.box_id, q.box_index, q.strategy, q.score, q.state "
             f"FROM queries q JOIN images i ON i.id = q.image_id{where} ORDER BY q.id",
             args,
         ).fetchall()
-        keys = ("id", "round", "batch", "image_id", "path", "box_id", "strategy", "score", "state")
+        keys = ("id", "round", "batch", "image_id", "path", "box_id", "box_index", "strategy", "score", "state")
         return [dict(zip(keys, r)) for r in rows]
 
     def set_query_state(self, query_ids: Iterable[int], state: str) -> None:

@@ -1,0 +1,77 @@
+"""Active-learning strategies: which images (or single boxes) to ask the annotator about.
+
+Two plain registries, one per query unit (DESIGN.md: one dict per extension point):
+`IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset) and
+`BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is
+`fn(table, budget, rng, **options) -> Selection`. `select()` is the one entry point the loop, the
+CLI and users' scripts call:
+
+    sel = select("localization_aware", detections_by_key, budget=500, rng=0)
+    sel = select("least_confidence", table, budget=1000, unit="boxes", t_d=0.1)
+
+Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping
+
+import numpy as np
+
+from boxloop.strategies.box import BOX_STRATEGIES, T_D, box_pool
+from boxloop.strategies.common import (
+    entropy_scores,
+    least_confidence_scores,
+    localization_scores,
+)
+from boxloop.strategies.coreset import k_center_greedy
+from boxloop.strategies.image import IMAGE_STRATEGIES, LOW_THRESHOLD, PER_CLASS, class_thresholds
+from boxloop.strategies.table import DetectionTable
+from boxloop.structures import Detections, Selection
+
+__all__ = [
+    "IMAGE_STRATEGIES",
+    "BOX_STRATEGIES",
+    "STRATEGIES",
+    "DetectionTable",
+    "select",
+    "box_pool",
+    "class_thresholds",
+    "k_center_greedy",
+    "least_confidence_scores",
+    "entropy_scores",
+    "localization_scores",
+    "T_D",
+    "LOW_THRESHOLD",
+    "PER_CLASS",
+]
+
+STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
+
+
+def select(
+    name: str,
+    pool: Mapping[Hashable, Detections] | DetectionTable,
+    budget: int | None,
+    unit: str = "images",
+    rng: np.random.Generator | int | None = None,
+    **options,
+) -> Selection:
+    """Run strategy `name` at `unit` level over the unlabelled pool's predictions.
+
+    `pool`: image key -> Detections (images with no detection included: they are part of the pool)
+    or a prebuilt DetectionTable. `budget`: images or boxes to query (None only for
+    localization_aware: every image its thresholds qualify, as seed 003 does). `rng`: a Generator
+    or a seed. `options` go to the strategy (e.g. aggregate="max", empty_share=0.1,
+    labelled_features=..., t_d=0.1, exclude=[(key, box_index), ...]).
+    """
+    if unit not in STRATEGIES:
+        raise ValueError(f"unit must be 'images' or 'boxes', got {unit!r}")
+    registry = STRATEGIES[unit]
+    if name not in registry:
+        level = "image" if unit == "images" else "box"
+        raise ValueError(f"unknown {level}-level strategy {name!r}; choose one of: {', '.join(registry)}")
+    table = pool if isinstance(pool, DetectionTable) else DetectionTable.from_detections(pool)
+    if table.num_images == 0:
+        raise ValueError(f"{name}: the pool is empty (no unlabelled images to select from)")
+    return registry[name](table, budget, rng, **options)
