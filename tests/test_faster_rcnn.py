@@ -20,7 +20,7 @@ from boxloop.detectors.faster_rcnn import (
     build_faster_rcnn,
     select_negatives,
 )
-from boxloop.structures import Detections
+from boxloop.structures import Detections, iou
 
 TINY = dict(pretrained_backbone=False, min_size=64, max_size=96, fpn_channels=64, representation_size=128,
             rpn_post_nms_top_n_train=200, rpn_post_nms_top_n_test=100, box_batch_size_per_image=64)
@@ -222,3 +222,87 @@ def test_bad_targets_are_named():
         det.loss([img], [{**t, "weights": torch.tensor([-1.0])}])
     with pytest.raises(ValueError, match="no area"):
         det.loss([img], [{**t, "boxes": torch.tensor([[5.0, 5, 5, 20]])}])
+
+
+# -- seed 001's interval head (box_head="interval") ------------------------------------------------
+
+
+@pytest.fixture()
+def one_thread():
+    """One CPU thread: on a shared 2-core machine, more threads are slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_interval_head_trains_and_predicts_loc_quality(one_thread):
+    """A few steps on one batch: the loss falls, the top box finds an object, v lies in [1/K, 1],
+    scores are p (== class_probs[label]) and boxes come in descending p*v (the NMS ranking)."""
+    k = 10
+    det = tiny(box_head="interval", num_intervals=k)
+    assert det.has_loc_quality and not tiny().has_loc_quality
+    images, targets = batch()
+    opt = torch.optim.SGD(det.parameters(), lr=0.02, momentum=0.9)
+    totals = []
+    det.train()
+    for _ in range(30):
+        torch.manual_seed(0)
+        losses = det.loss(images, targets)
+        assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_side_cls",
+                               "loss_side_reg"}
+        total = sum(losses.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        totals.append(float(total.detach()))
+    assert np.mean(totals[-5:]) < 0.8 * totals[0], totals
+    dets = det.predict(images, score_threshold=0.05)
+    for d, t in zip(dets, targets):
+        assert len(d) > 0 and d.loc_quality is not None and d.loc_quality.shape == (len(d),)
+        assert (d.loc_quality >= 1 / k - 1e-6).all() and (d.loc_quality <= 1 + 1e-6).all()
+        np.testing.assert_allclose(d.class_probs[np.arange(len(d)), d.labels], d.scores, rtol=1e-6)
+        pv = d.scores * d.loc_quality
+        assert (np.diff(pv) <= 1e-6).all()
+        best = iou(d.boxes.xyxy[:1], t["boxes"].numpy())[0]
+        assert best.max() > 0.5 and d.labels[0] == int(t["labels"][best.argmax()])
+
+
+def test_interval_config_round_trip(one_thread):
+    det = tiny(box_head="interval", num_intervals=12)
+    again = create_detector(**json.loads(json.dumps(det.config)))
+    assert again.config == det.config and again.has_loc_quality
+    assert again.model.roi_heads.box_predictor.num_intervals == 12
+    again.load_state_dict(det.state_dict())
+    images, _ = batch()
+    p, q = det.predict(images[:1], score_threshold=0.0), again.predict(images[:1], score_threshold=0.0)
+    np.testing.assert_allclose(p[0].loc_quality, q[0].loc_quality, atol=1e-6)
+    with pytest.raises(ValueError, match="box_head"):
+        tiny(box_head="cascade")
+
+
+def test_interval_weights_scale_side_losses_and_weight_zero_box_contributes_nothing(one_thread):
+    det = tiny(box_head="interval", num_intervals=10)
+    images, targets = batch()
+    det.train()
+
+    def run(tgts):
+        torch.manual_seed(7)
+        return {k: float(v.detach()) for k, v in det.loss(images, tgts).items()}
+
+    full = run(targets)
+    half = run([{**t, "weights": torch.full((len(t["labels"]),), 0.5)} for t in targets])
+    for k in ("loss_side_cls", "loss_side_reg", "loss_rpn_box_reg"):
+        assert full[k] > 0 and math.isclose(half[k], 0.5 * full[k], rel_tol=1e-5), k
+    # a weight-0 box: its label is irrelevant, so it adds nothing to any loss
+    img, t = scene(64, 80, [(8, 10, 40, 44), (48, 20, 74, 58)], [0, 1], seed=3)
+
+    def one(label_b: int, weight_b: float):
+        torch.manual_seed(11)
+        target = {"boxes": t["boxes"], "labels": torch.tensor([0, label_b]), "weights": torch.tensor([1.0, weight_b])}
+        return {k: float(v.detach()) for k, v in det.loss([img], [target]).items()}
+
+    assert one(0, 0.0) == one(1, 0.0)
+    # every weight 0: the side losses are exactly 0, not NaN
+    losses = det.loss([img], [{**t, "weights": torch.zeros(2)}])
+    assert float(losses["loss_side_cls"]) == 0.0 and float(losses["loss_side_reg"]) == 0.0

@@ -171,6 +171,315 @@ def export(
     out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}")
 
 
+# -- the detector: train, evaluate, predict ------------------------------------------------------
+
+ModelOpt = Annotated[str, typer.Option("--model", help="fcos (with IoU branch), faster_rcnn or retinanet.")]
+BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12 unless --steps).")]
+StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
+SizeOpt = Annotated[int, typer.Option(help="Longer image side for training and prediction, pixels.")]
+BatchOpt = Annotated[int, typer.Option(help="Images per batch.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
+NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
+
+
+def loop_config(model: str = "fcos", backbone: str = "efficientnet_lite0", epochs: int | None = None,
+                steps: int | None = None, image_size: int = 320, batch_size: int = 8, device: str = "auto",
+                seed: int = 0, no_pretrained: bool = False, **kw: Any):  # -> loop.LoopConfig
+    from boxloop.loop import LoopConfig
+
+    if epochs is not None and steps is not None:
+        raise typer.BadParameter("pass --epochs or --steps, not both", param_hint="--epochs")
+    if epochs is None and steps is None:
+        epochs = 12
+    return LoopConfig(model=model, backbone=backbone, pretrained_backbone=not no_pretrained, epochs=epochs,
+                      steps=steps, image_size=image_size, batch_size=batch_size, device=device, seed=seed, **kw)
+
+
+def _open_detector(project: Path | None, checkpoint: Path | None, device: str):
+    """(detector, class names, image size) from --checkpoint or the project's current model."""
+    from boxloop.train import load_detector
+
+    if checkpoint is None:
+        if project is None:
+            raise typer.BadParameter("give a PROJECT or --checkpoint PATH", param_hint="--checkpoint")
+        from boxloop.loop import current_checkpoint
+        from boxloop.store import Project
+
+        with Project.open(project) as proj:
+            checkpoint = current_checkpoint(proj)
+            classes = proj.classes
+    else:
+        classes = None
+        if project is not None:
+            from boxloop.store import Project
+
+            with Project.open(project) as proj:
+                classes = proj.classes
+    det, names, meta = load_detector(checkpoint, expect_classes=classes, device="cpu")
+    image_size = int((meta.get("train_config") or {}).get("image_size", 512))
+    return det, names, image_size, checkpoint
+
+
+def print_metrics(m: dict[str, Any], title: str) -> None:
+    t = Table(title=title, title_justify="left")
+    for c in ("class", "AP50 (VOC)", "COCO AP", "boxes"):
+        t.add_column(c, justify="left" if c == "class" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for name, v in m.get("per_class", {}).items():
+        t.add_row(escape(name), fmt(v.get("ap50")), fmt(v.get("coco_ap")), str(v.get("num_gt", "")))
+    t.add_row("[bold]mean[/bold]", fmt(m.get("map50")), fmt(m.get("coco_ap")), str(m.get("num_gt", "")))
+    out.print(t)
+    out.print(f"AP50 {fmt(m.get('ap50'))}  AP75 {fmt(m.get('ap75'))}  APs/m/l {fmt(m.get('ap_small'))}/"
+              f"{fmt(m.get('ap_medium'))}/{fmt(m.get('ap_large'))}")
+
+
+@app.command()
+@user_errors
+def train(
+    project: Annotated[Path, typer.Argument(help="Project folder.")],
+    model: ModelOpt = "fcos",
+    backbone: BackboneOpt = "efficientnet_lite0",
+    epochs: EpochsOpt = None,
+    steps: StepsOpt = None,
+    image_size: SizeOpt = 480,
+    batch_size: BatchOpt = 8,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
+    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    no_pretrained: NoPretrainedOpt = False,
+) -> None:
+    """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
+
+    Re-running the same command after an interruption resumes from the last checkpoint."""
+    from boxloop.loop import test_metrics, train_project
+    from boxloop.store import Project
+
+    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
+                      lr=lr, optimizer=optimizer)
+    with Project.open(project) as proj, proj.writer_lock():
+        result, n_train, n_val = train_project(proj, cfg)
+        out.print(f"trained {model} on {n_train} images ({n_val} validation): best validation mAP50 "
+                  f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
+                  f"{escape(str(result.best_checkpoint))}")
+        from boxloop.train import load_detector
+
+        det, _, _ = load_detector(result.best_checkpoint, expect_classes=proj.classes)
+        m = test_metrics(proj, det, image_size, device)
+        if m:
+            print_metrics(m, "fixed test set")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    project: Annotated[Optional[Path], typer.Argument(help="Project folder (evaluates on its fixed test set).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint instead of the project's current model.")] = None,
+    ground_truth: Annotated[Optional[Path], typer.Option(help="Ground-truth labels (folder of VOC XML, or COCO JSON).")] = None,
+    predictions: Annotated[Optional[Path], typer.Option(help="Predictions: VOC XML with <confidence>, COCO JSON or a COCO results list.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="voc or coco (detected when omitted).")] = None,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """mAP50 (VOC all-point), COCO AP/AP50/AP75 and per-class AP: of a model on the fixed test set,
+    or of any predictions against any ground truth."""
+    if ground_truth is not None or predictions is not None:
+        if ground_truth is None or predictions is None:
+            raise typer.BadParameter("give both --ground-truth and --predictions", param_hint="--predictions")
+        from boxloop.evaluate import evaluate as run_eval
+        from boxloop.predictions import load_pair
+
+        truth, preds, classes = load_pair(ground_truth, predictions, fmt)
+        m = run_eval(truth, preds, classes)
+    else:
+        if project is None:
+            raise typer.BadParameter("give a PROJECT, or --ground-truth and --predictions", param_hint="PROJECT")
+        from boxloop.loop import test_metrics
+        from boxloop.store import Project
+
+        det, _, image_size, ckpt = _open_detector(project, checkpoint, device)
+        with Project.open(project) as proj:
+            m = test_metrics(proj, det, image_size, device, progress=not as_json)
+        if not m:
+            raise ValueError(f"{project} has no fixed test set; init it with --test-list or --test-fraction")
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+    else:
+        print_metrics(m, "evaluation")
+
+
+@app.command()
+@user_errors
+def predict(
+    project: Annotated[Optional[Path], typer.Argument(help="Project folder (uses its current model).")] = None,
+    images: Annotated[Path, typer.Option("--images", help="Folder of images to predict.")] = Path("."),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the predictions.")] = Path("predictions"),
+    checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint instead of a project's model.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="voc (one XML per image with <confidence>) or coco (results list).")] = "voc",
+    threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = 0.3,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Predict boxes on a folder of images with a trained model."""
+    from boxloop.predictions import write_predictions
+
+    if not 0 <= threshold < 1:
+        raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
+    det, names, image_size, _ = _open_detector(project, checkpoint, device)
+    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size, batch_size, device)
+    out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}")
+
+
+# -- active learning: query, import, simulate -------------------------------------------------------
+
+@app.command()
+@user_errors
+def query(
+    project: Annotated[Path, typer.Argument(help="Project folder.")],
+    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset (boxes: random, least_confidence, coreset).")] = "localization_aware",
+    budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
+    unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
+    fmt: Annotated[str, typer.Option("--format", help="voc (LabelImg, CVAT), coco, yolo, labelstudio or cvat.")] = "voc",
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Use this model instead of training one for the round.")] = None,
+    model: ModelOpt = "fcos",
+    backbone: BackboneOpt = "efficientnet_lite0",
+    epochs: EpochsOpt = None,
+    steps: StepsOpt = None,
+    image_size: SizeOpt = 480,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    empty_share: Annotated[float, typer.Option(help="Share of the batch for images where the model sees nothing.")] = 0.0,
+    semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
+) -> None:
+    """One round for a human annotator: train, predict the pool, pick the most informative images
+    (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`."""
+    import shutil as _sh
+
+    from boxloop.human import open_round, write_batch
+    from boxloop.loop import model_dir, run_round
+    from boxloop.store import Project
+
+    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, False,
+                      strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
+    with Project.open(project) as proj, proj.writer_lock():
+        pending = open_round(proj)
+        if pending is not None and not force:
+            n = len(proj.queries(round=pending["id"], state="open"))
+            raise ValueError(f"round {pending['id']} still has {n} open queries: answer them with `boxloop import` "
+                             "or pass --force to replace the batch")
+        last = proj.last_round()
+        if last is not None and last["step"] == "semi":
+            run_round(proj, cfg, None, last["id"])
+        if pending is not None:
+            with proj.transaction():
+                proj.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+                proj.update_round(pending["id"], step="done", status="done")
+        last = proj.last_round()
+        round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)
+        if checkpoint is not None and not (model_dir(proj, round_id) / "best.pt").exists():
+            from boxloop.train import load_detector
+
+            load_detector(checkpoint, expect_classes=proj.classes)  # refuses another class list
+            model_dir(proj, round_id).mkdir(parents=True, exist_ok=True)
+            _sh.copy2(checkpoint, model_dir(proj, round_id) / "best.pt")
+            if round_id not in {r["id"] for r in proj.rounds()}:
+                proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
+        m = run_round(proj, cfg, None, round_id)
+        path = write_batch(proj, round_id, out_dir, fmt)
+        n = len(proj.queries(round=round_id, state="open"))
+    if m.get("map50") is not None:
+        out.print(f"round {round_id}: model mAP50 {m['map50']:.3f} on the fixed test set")
+    out.print(f"[green]asked[/green] about {n} {unit} ({strategy}); batch in {escape(str(path))}\n"
+              f"correct the pre-annotated boxes there, then run: boxloop import {escape(str(project))} "
+              f"--annotations {escape(str(path))}")
+
+
+@app.command("import")
+@user_errors
+def import_(
+    project: Annotated[Path, typer.Argument(help="Project folder.")],
+    annotations: Annotated[Path, typer.Option(help="The answered batch folder or file.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco, yolo, labelstudio or cvat (detected when omitted).")] = None,
+) -> None:
+    """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong."""
+    from boxloop.human import import_answers
+    from boxloop.store import Project
+
+    with Project.open(project) as proj:
+        res = import_answers(proj, annotations, fmt)
+    for w in res["warnings"]:
+        warn(w)
+    c = res["cost"]
+    out.print(f"[green]imported[/green] {res['images']} images, {res['boxes']} boxes for round {res['round']}: "
+              f"{c['boxes_verified']} verified, {c['boxes_drawn']} drawn, {c['boxes_removed']} removed "
+              f"(~{c['seconds'] / 60:.1f} min of annotation)" + (f"; {res['left_open']} queries still open" if res['left_open'] else ""))
+
+
+@app.command()
+@user_errors
+def simulate(
+    dataset: Annotated[Path, typer.Option("--dataset", help="A labelled dataset: a VOC root or an images folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the runs, results.json and plots.")],
+    annotations: Annotated[Optional[Path], typer.Option(help="Its labels (when not a VOC root).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco or yolo (detected when omitted).")] = None,
+    test_list: Annotated[Optional[Path], typer.Option(help="Fixed test set names (else --test-fraction).")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Class-stratified test share when no --test-list.")] = 0.2,
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "random,localization_aware",
+    initial: Annotated[int, typer.Option(help="Random seed set: images labelled before round 0.")] = 20,
+    budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
+    rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
+    seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
+    unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
+    model: ModelOpt = "fcos",
+    backbone: BackboneOpt = "efficientnet_lite0",
+    epochs: EpochsOpt = None,
+    steps: StepsOpt = None,
+    image_size: SizeOpt = 320,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = "auto",
+    semi: Annotated[Optional[str], typer.Option(help="Add auto-labelling to every round: autolabel or certainty.")] = None,
+    take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
+    no_pretrained: NoPretrainedOpt = False,
+) -> None:
+    """Compare strategies on labelled data with a simulated annotator; writes OUT/results.json and plots.
+    Re-running the same command resumes where it stopped."""
+    from boxloop.report import format_table, learning_curve_table
+    from boxloop.simulate import simulate as run_sim
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
+                      strategy=names[0], unit=unit, budget=budget, semi=semi, take_all_last=take_all_last)
+    for name in names[1:]:
+        loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
+                    strategy=name, unit=unit, budget=budget)  # validates every name before any work
+    res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
+                  annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
+                  echo=lambda m: out.print(escape(m)))
+    out.print(format_table(learning_curve_table(res)))
+    out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
+
+
+@app.command()
+@user_errors
+def report(
+    source: Annotated[Path, typer.Argument(help="A simulate --out folder (or its results.json), or a project folder.")],
+    out_html: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page: learning curves, per-class AP, labels per class, thresholds,
+    pseudo-labels, annotation cost and a gallery of the last query."""
+    from boxloop.report import write_report
+    from boxloop.report import report_source
+
+    data, gallery, title = report_source(source)
+    path = write_report(data, out_html, title=title, gallery=gallery)
+    out.print(f"[green]report[/green] {escape(str(path))}")
+
+
 # -- demo: each step a small function, so later issues add theirs -------------------------------
 
 DEMO_MARKER = ".boxloop-demo"

@@ -725,3 +725,61 @@ def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: 
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out_html)
     return out_html
+
+
+# -- where a report's data comes from: a simulate folder or a project --------------------------------
+
+def project_gallery(project: Any, round_id: int | None = None, display_threshold: float = 0.3) -> list[dict[str, Any]]:
+    """The last query's images with their boxes now: human answers, auto-labels, predictions shown."""
+    queries = project.queries(round=round_id) if round_id is not None else project.queries()
+    if not queries:
+        return []
+    last = max(q["round"] for q in queries)
+    keys = list(dict.fromkeys(q["path"] for q in queries if q["round"] == last))
+    anns = project.annotations("all", sources=("human", "pseudo", "predicted", "background"))
+    preds = project.load_predictions(last)
+    root = project.image_root
+    items = []
+    for key in keys:
+        ann = anns.get(key)
+        if ann is None or len(ann) == 0:  # still open: show what the annotator was given
+            det = preds.get(key)
+            if det is not None:
+                det = det[det.scores >= display_threshold]
+                ann = det.to_annotation(key, project.classes)
+        if ann is None:
+            continue
+        items.append({"image": str(root / key), "boxes": ann.boxes.xyxy.tolist(),
+                      "labels": [lab or "background" for lab in ann.labels],
+                      "scores": [p.score for p in ann.provenance],
+                      "sources": [str(p.source) for p in ann.provenance]})
+    return items
+
+
+def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
+    """(results, gallery, title) for `boxloop report`: a simulate OUT folder (or its results.json),
+    or a project folder (its rounds become one run; the gallery is its last query)."""
+    source = Path(source)
+    if source.is_file() or (source / "results.json").exists():
+        return source, None, f"boxloop report: {source}"
+    if (source / "boxloop.db").exists():
+        from boxloop.loop import round_history
+        from boxloop.store import Project
+
+        with Project.open(source) as p:
+            rounds = p.rounds()
+            cfg = rounds[-1]["config"] if rounds else {}
+            history = round_history(p)
+            auto = (p.metrics().get(max(p.metrics() or [0]), {}) or {}).get("autolabel")
+            if not history and auto:  # an auto-labelling project: its iterations are the rounds
+                history = [{"round": r["iteration"], "images_labelled": p.status()["labelled_images"],
+                            "boxes_labelled": p.status()["boxes"], "cost_seconds": 0.0,
+                            "map50": r.get("map50"), "pseudo_images": r.get("total_auto_labelled"),
+                            "pseudo_boxes": r.get("boxes")} for r in auto]
+            if not history:
+                raise ValueError(f"{source} has no evaluated round yet: run `boxloop query`, `boxloop simulate` "
+                                 "or `boxloop autolabel` first")
+            results = {"runs": [{"strategy": cfg.get("strategy", "project"), "seed": p.seed,
+                                 "unit": cfg.get("unit", "images"), "semi": cfg.get("semi"), "rounds": history}]}
+            return results, project_gallery(p), f"boxloop report: {source}"
+    raise ValueError(f"{source} is neither a simulate output folder (results.json) nor a boxloop project")

@@ -13,6 +13,16 @@ boxloop.detectors.common. Written by hand here:
   torchvision's losses (checked in tests/test_faster_rcnn.py).
 - `predict()`: our own post-processing, because `RoIHeads.postprocess_detections` throws away the
   class-probability vector and the RoI features; we keep the index of the RoI each box came from.
+- `box_head="interval"` (seed 001): the RoI box predictor is `interval.IntervalBoxHead` (class
+  logits + per-side classification over K intervals + fine offsets, eqs. 3-5) instead of
+  torchvision's per-class delta regression. Training encodes each sampled RoI's matched gt box with
+  the head's `IntervalBoxCoder`; the losses are loss_classifier, loss_side_cls, loss_side_reg, each
+  RoI scaled by its weight. Predict decodes the argmax interval of each side (class-agnostic, one
+  box per RoI), fills `loc_quality` with v (eq. 4) and ranks NMS by p*v ("scores p and v drive
+  NMS", seed 001). `scores` stays the class probability p (so `scores == class_probs[i, label]`
+  as for the standard head, and `pseudo.certainty_scores` = scores * loc_quality is p*v, not
+  p*v*v); boxes come out in p*v order. torchvision's own `model(images, targets)` forward only
+  works with the standard head.
 
 Weights, precisely: a gt box's weight multiplies the objectness and box-regression loss of every RPN
 anchor and the classification and box-regression loss of every sampled RoI matched to it;
@@ -48,9 +58,12 @@ from boxloop.detectors.common import (
     to_detections,
     to_torchvision_targets,
 )
+from boxloop.detectors.interval import IntervalBoxHead, localization_quality
 from boxloop.structures import Detections
 
-__all__ = ["FasterRCNNDetector", "build_faster_rcnn"]
+__all__ = ["FasterRCNNDetector", "build_faster_rcnn", "BOX_HEADS"]
+
+BOX_HEADS = ("standard", "interval")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +165,9 @@ class FasterRCNNDetector(nn.Module):
         self.min_negatives_per_image = min_negatives_per_image
         self.hard_negatives = hard_negatives
         self.amp = amp
+        # seed 001's interval head predicts a localization quality per box
+        self.interval = isinstance(model.roi_heads.box_predictor, IntervalBoxHead)
+        self.has_loc_quality = self.interval
 
     @property
     def device(self) -> torch.device:
@@ -272,7 +288,7 @@ class FasterRCNNDetector(nn.Module):
         if self.hard_negatives:
             with torch.no_grad():
                 neg_props = [p[lab == 0] for p, lab in zip(proposals, labels)]
-                logits, _ = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, neg_props, image_sizes)))
+                logits = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, neg_props, image_sizes)))[0]
                 bg_loss = F.cross_entropy(logits.float(), torch.zeros(logits.shape[0], dtype=torch.long,
                                                                       device=logits.device), reduction="none")
                 hardness = list(bg_loss.split([p.shape[0] for p in neg_props]))
@@ -309,9 +325,15 @@ class FasterRCNNDetector(nn.Module):
             if gt.numel() == 0:
                 gt = torch.zeros((1, 4), dtype=proposals[i].dtype, device=proposals[i].device)
             reg_targets.append(gt[matched_idxs[i][keep]])
+        box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_sizes))
+        if self.interval:
+            head: IntervalBoxHead = heads.box_predictor
+            bins, offsets = head.coder.encode(torch.cat(reg_targets).float(), torch.cat(proposals).float())
+            class_logits, side_logits, side_offsets = head(box_features)
+            return head.loss(class_logits.float(), side_logits.float(), side_offsets.float(), torch.cat(labels),
+                             bins, offsets, torch.cat(weights))
         reg_targets = heads.box_coder.encode(reg_targets, proposals)
 
-        box_features = heads.box_head(heads.box_roi_pool(features, proposals, image_sizes))
         class_logits, box_regression = heads.box_predictor(box_features)
         labels_all = torch.cat(labels)
         weights_all = torch.cat(weights)
@@ -335,7 +357,8 @@ class FasterRCNNDetector(nn.Module):
         `scores[i] == class_probs[i, labels[i]]` as in torchvision. `features` is the box head's
         TwoMLPHead representation of that RoI ((N, feature_dim)). One RoI may yield boxes of
         several classes (per-class NMS, as torchvision). `score_threshold` None: the builder's
-        `box_score_thresh`.
+        `box_score_thresh`. With the interval head, `loc_quality` is v (eq. 4) of the box's RoI,
+        NMS ranks by p*v, the threshold applies to p (`scores`), boxes come in descending p*v.
         """
         thr = self.model.roi_heads.score_thresh if score_threshold is None else float(score_threshold)
         if len(images) == 0:
@@ -350,6 +373,10 @@ class FasterRCNNDetector(nn.Module):
             proposals, _ = self._rpn(image_list, features, None)
             heads = self.model.roi_heads
             rep = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+            if self.interval:
+                class_logits, side_logits, side_offsets = heads.box_predictor(rep)
+                return self._postprocess_interval(class_logits.float(), side_logits.float(), side_offsets.float(),
+                                                  rep, proposals, image_list.image_sizes, original, thr)
             class_logits, box_regression = heads.box_predictor(rep)
             return self._postprocess(class_logits.float(), box_regression.float(), rep, proposals,
                                      image_list.image_sizes, original, thr)
@@ -389,6 +416,47 @@ class FasterRCNNDetector(nn.Module):
                                      features=feats[k_roi]))
         return out
 
+    def _postprocess_interval(
+        self,
+        class_logits: Tensor,
+        side_logits: Tensor,
+        side_offsets: Tensor,
+        rep: Tensor,
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        original_sizes: list[tuple[int, int]],
+        score_threshold: float,
+    ) -> list[Detections]:
+        """Like `_postprocess`, for the interval head: one class-agnostic box per RoI decoded from
+        the argmax interval of each side, v per RoI, NMS (per class) ranked by p*v."""
+        heads = self.model.roi_heads
+        head: IntervalBoxHead = heads.box_predictor
+        c = self.num_classes
+        counts = [p.shape[0] for p in proposals]
+        all_props = torch.cat(proposals).float()
+        pred_boxes = head.coder.decode(side_logits, side_offsets, all_props)  # (R, 4)
+        quality = localization_quality(side_logits)  # (R,)
+        probs = F.softmax(class_logits, -1)
+        out = []
+        for boxes, scores, v, feats, size, orig in zip(pred_boxes.split(counts), probs.split(counts),
+                                                       quality.split(counts), rep.split(counts), image_sizes,
+                                                       original_sizes):
+            r = scores.shape[0]
+            boxes = box_ops.clip_boxes_to_image(boxes, size)
+            fg = scores[:, 1:]
+            flat = fg.reshape(-1)
+            roi = torch.arange(r, device=flat.device).repeat_interleave(c)
+            lab = torch.arange(c, device=flat.device).repeat(r)
+            keep = torch.where(flat > score_threshold)[0]
+            keep = keep[box_ops.remove_small_boxes(boxes[roi[keep]], min_size=1e-2)]
+            certainty = flat[keep] * v[roi[keep]]
+            keep = keep[box_ops.batched_nms(boxes[roi[keep]], certainty, lab[keep], heads.nms_thresh)]
+            keep = keep[: heads.detections_per_img]  # batched_nms returns descending p*v
+            k_roi = roi[keep]
+            out.append(to_detections(scale_boxes(boxes[k_roi], size, orig), lab[keep], flat[keep], fg[k_roi], orig,
+                                     loc_quality=v[k_roi], features=feats[k_roi]))
+        return out
+
 
 def build_faster_rcnn(
     num_classes: int,
@@ -418,6 +486,9 @@ def build_faster_rcnn(
     min_negatives_per_image: int = 0,
     hard_negatives: bool = False,
     amp: bool = True,
+    box_head: str = "standard",
+    num_intervals: int = 30,
+    interval_side_range: float = 0.5,
 ) -> FasterRCNNDetector:
     """Faster R-CNN + FPN (strides 4..32 plus torchvision's max-pool level) over `backbone`.
 
@@ -431,7 +502,9 @@ def build_faster_rcnn(
     (so an image with no boxes trains on exactly that many background RoIs: keep it > 0);
     `hard_negatives` picks the background RoIs by highest current classification loss (OHEM)
     instead of at random. The RPN keeps torchvision's balanced sampler. `amp`: float16 autocast in
-    predict() on CUDA. `config` records every argument resolved; rebuild with
+    predict() on CUDA. `box_head`: "standard" (torchvision's FastRCNNPredictor, per-class box
+    deltas) or "interval" (seed 001's IntervalBoxHead with `num_intervals` [K=30] per side over
+    `interval_side_range` [0.5] x the proposal size either side; fills loc_quality). `config` records every argument resolved; rebuild with
     `create_detector(**config)` (pretrained_backbone=False skips reading ImageNet weights when a
     checkpoint follows).
     """
@@ -447,6 +520,8 @@ def build_faster_rcnn(
         raise ValueError(f"max_negatives_per_positive must be >= 0 or None, got {max_negatives_per_positive}")
     if min_negatives_per_image < 0:
         raise ValueError(f"min_negatives_per_image must be >= 0, got {min_negatives_per_image}")
+    if box_head not in BOX_HEADS:
+        raise ValueError(f"box_head must be one of {', '.join(BOX_HEADS)}, got {box_head!r}")
 
     body = build_backbone(backbone, pretrained=pretrained_backbone, fpn_channels=fpn_channels,
                           trainable_layers=trainable_layers, returned_layers=returned_layers,
@@ -462,7 +537,12 @@ def build_faster_rcnn(
     anchor_gen = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (tuple(aspect_ratios),) * len(names))
     roi_names = [n for n in names if n != "pool"] or names
     roi_pool = MultiScaleRoIAlign(featmap_names=roi_names, output_size=7, sampling_ratio=2)
-    box_head = TwoMLPHead(body.out_channels * 7 * 7, representation_size)
+    mlp_head = TwoMLPHead(body.out_channels * 7 * 7, representation_size)
+    if box_head == "interval":
+        predictor: nn.Module = IntervalBoxHead(representation_size, num_classes, num_intervals=num_intervals,
+                                               side_range=interval_side_range)
+    else:
+        predictor = FastRCNNPredictor(representation_size, num_classes + 1)
     model = FasterRCNN(
         body,
         num_classes=None,
@@ -478,8 +558,8 @@ def build_faster_rcnn(
         rpn_batch_size_per_image=rpn_batch_size_per_image,
         rpn_positive_fraction=rpn_positive_fraction,
         box_roi_pool=roi_pool,
-        box_head=box_head,
-        box_predictor=FastRCNNPredictor(representation_size, num_classes + 1),
+        box_head=mlp_head,
+        box_predictor=predictor,
         box_score_thresh=box_score_thresh,
         box_nms_thresh=box_nms_thresh,
         box_detections_per_img=detections_per_img,

@@ -22,7 +22,7 @@ import numpy as np
 
 from boxloop.structures import Annotation
 
-FORMATS = ("voc", "coco", "yolo")
+FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
 
 
 class FormatError(ValueError):
@@ -187,9 +187,9 @@ def detect_format(path: str | Path) -> str:
         raise FormatError(path, "does not exist", "pass the annotation folder or file")
     if path.is_file():
         if path.suffix.lower() == ".json":
-            return "coco"
+            return "labelstudio" if _looks_like_labelstudio(path) else "coco"
         if path.suffix.lower() == ".xml":
-            return "voc"
+            return "cvat" if _xml_root_tag(path) == "annotations" else "voc"
         raise FormatError(path, "is a file but not a .json (COCO) file",
                           "pass a COCO .json file, or a folder of VOC .xml or YOLO .txt files")
     from boxloop.formats.voc import find_voc_layout
@@ -239,6 +239,21 @@ def load(fmt: str | None, source: str | Path, images_root: str | Path | None = N
         if images_root is None:
             raise FormatError(source, "YOLO labels hold normalised boxes", "pass the images folder too")
         return load_yolo(source, images_root, classes)
+    if fmt in ("labelstudio", "cvat"):
+        known = None
+        if images_root is not None:
+            from boxloop.images import image_size, list_images
+
+            root = Path(images_root)
+            known = {rel: image_size(root / rel) for rel in list_images(root)}
+        if fmt == "labelstudio":
+            from boxloop.formats.labelstudio import load_labelstudio
+
+            return load_labelstudio(source, known_images=known, classes=classes)
+        from boxloop.formats.cvat import load_cvat
+
+        return load_cvat(source / "annotations.xml" if source.is_dir() else source, known_images=known,
+                         classes=classes)
     raise FormatError(source, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
 
 
@@ -260,4 +275,36 @@ def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], ou
         from boxloop.formats.yolo import dump_yolo
 
         return dump_yolo(annotations, classes, out)
+    if fmt == "labelstudio":
+        from boxloop.formats.labelstudio import dump_labelstudio_tasks
+
+        return dump_labelstudio_tasks([(a.image, a, None) for a in annotations], classes,
+                                      out if out.suffix.lower() == ".json" else out / "tasks.json")
+    if fmt == "cvat":
+        from boxloop.formats.cvat import dump_cvat
+
+        return dump_cvat(annotations, classes, out if out.suffix.lower() == ".xml" else out / "annotations.xml")
     raise FormatError(out, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+
+
+def _looks_like_labelstudio(path: Path) -> bool:
+    """A Label Studio export is a list of tasks with a 'data' dict; COCO is one object."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "data" in data[0]
+
+
+def _xml_root_tag(path: Path) -> str | None:
+    """The root element's name (CVAT: 'annotations', VOC: 'annotation'), read without entities."""
+    from defusedxml import ElementTree
+
+    try:
+        for _, elem in ElementTree.iterparse(str(path), events=("start",)):
+            return elem.tag
+    except Exception:  # a broken file is reported by the loader that reads it
+        return None
+    return None

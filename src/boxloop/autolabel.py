@@ -1,0 +1,381 @@
+"""Iterative self-training, TSODA (seed 000): train, auto-label what the model is sure of, repeat.
+
+Each iteration i = 1, 2, ...:
+
+    train     on the human train images plus the auto-labelled images in 'train' (loop.training_samples),
+              validated on the human val images; PROJECT/models/autolabel_{i:03d}; the steps follow
+              seed 000's schedule (2,500, +1,500 per iteration, at most 8,500) scaled to the dataset
+    evaluate  mAP50 on the project's fixed test set, and separately on the auto-labelled test share
+              ("pseudo test", seed 000 measures its model on such a share); the two are never mixed
+    label     predict on the unlabelled images (status 'unlabelled', no split, no pseudo box yet);
+              every image with a detection above the threshold gets those detections as pseudo boxes
+              (score and loc_quality kept in the provenance columns, weight 1); the new images are split
+              train/test [80/20]; the iteration's row is recorded
+
+until the iteration limit, an empty pool, or an iteration that labels nothing new.
+
+Where the auto-labelled test share lives: its images get split 'val' (the store allows only
+test/train/val) and their paths are listed in the meta key `autolabel_pseudo_test`. 'val' keeps them
+out of everything that trains (`loop.training_samples` skips pseudo images in val/test), out of the
+active-learning pool (`loop.pool_paths`) and out of the fixed test set: `annotations('test')` and
+`annotations('val')` return human-labelled images only, and a human correcting such an image turns it
+into an ordinary validation image, never a test image.
+
+Resuming: the project metrics of round 0, key `autolabel_state`, hold the next iteration, its phase
+and what the earlier phases measured (the finished rows are under key `autolabel`); training resumes
+from its last.pt; the pseudo boxes, splits, row and phase change of an iteration land in ONE
+transaction. Re-running skips finished iterations, and on CPU gives the same rows (seconds aside) as
+an uninterrupted run.
+
+Written by hand here: the iteration order, the step defaults, the resume bookkeeping and the
+autolabel.json table. Everything else is delegated: training to `train.fit`, prediction to
+`inference.predict_paths`, acceptance, split and schedule to `pseudo`, mAP to `evaluate` (via
+`loop.test_metrics` for the fixed test set), storage to `store.Project`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from boxloop import pseudo
+from boxloop.store import Project
+from boxloop.structures import Source
+
+__all__ = ["autolabel", "autolabel_pool", "default_steps", "PSEUDO_TEST_META", "STATE_KEY", "ROWS_KEY",
+           "RESULT_FILE", "METRICS_ROUND"]
+
+log = logging.getLogger("boxloop.autolabel")
+
+METRICS_ROUND = 0  # the metrics row that holds the auto-labelling table and state
+ROWS_KEY = "autolabel"  # list of per-iteration rows (read by report/status)
+STATE_KEY = "autolabel_state"  # {iteration, phase, config, pending, stopped}
+PSEUDO_TEST_META = "autolabel_pseudo_test"  # paths of the auto-labelled test share
+RESULT_FILE = "autolabel.json"
+
+# Settings that must not change between a run and its resumption (anything else may).
+_FIXED_ON_RESUME = ("threshold", "steps_first", "steps_increment", "steps_max", "model", "backbone",
+                    "pretrained_backbone", "image_size", "batch_size", "seed", "train_ratio", "lr",
+                    "warm_start", "detector_options", "val_every")
+
+
+def autolabel_pool(project: Project) -> list[str]:
+    """Images TSODA may still auto-label: unlabelled, outside every split, holding no pseudo box."""
+    rows = project.connection.execute(
+        "SELECT i.path FROM images i WHERE i.status = 'unlabelled' AND i.split IS NULL AND NOT EXISTS "
+        "(SELECT 1 FROM boxes b WHERE b.image_id = i.id AND b.active = 1 AND b.source = 'pseudo') ORDER BY i.id"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def default_steps(num_images: int, batch_size: int) -> tuple[int, int, int]:
+    """Seed 000's (first, increment, maximum) = (2,500, 1,500, 8,500) steps scaled by
+    `pseudo.tsoda_scale(num_images, batch_size)`: the same number of passes over the data as the seed's
+    1,100 images at (an assumed) batch 24. E.g. 364 images at batch 8: (2,482, 1,489, 8,438)."""
+    scale = pseudo.tsoda_scale(max(1, num_images), batch_size)
+    return (max(1, int(round(2500 * scale))), max(0, int(round(1500 * scale))),
+            max(1, int(round(8500 * scale))))
+
+
+def autolabel(
+    project: Project,
+    threshold: float = 0.8,
+    iterations: int | None = None,
+    steps_first: int | None = None,
+    steps_increment: int | None = None,
+    steps_max: int | None = None,
+    model: str = "fcos",
+    backbone: str = "efficientnet_lite0",
+    pretrained_backbone: bool = True,
+    image_size: int = 320,
+    batch_size: int = 8,
+    device: str = "auto",
+    seed: int = 0,
+    train_ratio: float = 0.8,
+    progress: bool = True,
+    lr: float = 0.01,
+    warm_start: bool = True,
+    val_every: int | None = None,
+    detector_options: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or resume) TSODA on `project`; returns every iteration's row, also written to
+    PROJECT/autolabel.json and to the project metrics (round 0, key 'autolabel').
+
+    Defaults: `threshold` 0.8 (seed 000; it found 0.9 better). Steps per iteration i (1-based):
+    min(first + (i-1) * increment, max), where first/increment/max default to seed 000's
+    2,500/1,500/8,500 steps times `pseudo.tsoda_scale(images in the project, batch_size)` (see
+    `default_steps`); each of `steps_first`, `steps_increment`, `steps_max` overrides its value as
+    given (unscaled). `iterations` None runs until no unlabelled image is left. `warm_start`
+    initialises iteration i from iteration i-1's best weights (seed 000 reloads its checkpoint); the
+    first iteration starts from the backbone's weights. `val_every` (steps) defaults to a tenth of the
+    iteration's steps. `detector_options` go to the detector builder (e.g. fpn_channels, head_convs).
+    `train_ratio` of each iteration's new images train; the rest form the pseudo test share.
+
+    With no unlabelled image at the start, nothing happens and [] is returned (logged). A threshold
+    outside (0, 1) raises ValueError. A resumed run must use the same settings (the iteration limit,
+    device and progress may change); otherwise ValueError names the changed ones.
+    """
+    thr = float(threshold)
+    if not (0.0 < thr < 1.0) or math.isnan(thr):
+        raise ValueError(f"threshold must lie strictly between 0 and 1 (it is compared with detection scores), "
+                         f"got {threshold!r}")
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"iterations must be >= 1 (or None: until the pool is empty), got {iterations}")
+    if not (0.0 <= float(train_ratio) <= 1.0):
+        raise ValueError(f"train_ratio must lie in [0, 1], got {train_ratio!r}")
+    for name, v in (("steps_first", steps_first), ("steps_max", steps_max)):
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if steps_increment is not None and steps_increment < 0:
+        raise ValueError(f"steps_increment must be >= 0, got {steps_increment}")
+    if val_every is not None and val_every < 1:
+        raise ValueError(f"val_every must be >= 1 (steps), got {val_every}")
+    if project.num_classes < 1:
+        raise ValueError(f"{project.dir} has no classes; import some labelled images first")
+
+    n_images = int(project.connection.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+    d_first, d_inc, d_max = default_steps(n_images, batch_size)
+    config: dict[str, Any] = {
+        "threshold": thr,
+        "steps_first": int(steps_first) if steps_first is not None else d_first,
+        "steps_increment": int(steps_increment) if steps_increment is not None else d_inc,
+        "steps_max": int(steps_max) if steps_max is not None else d_max,
+        "model": model, "backbone": backbone, "pretrained_backbone": bool(pretrained_backbone),
+        "image_size": int(image_size), "batch_size": int(batch_size), "seed": int(seed),
+        "train_ratio": float(train_ratio), "lr": float(lr), "warm_start": bool(warm_start),
+        "val_every": None if val_every is None else int(val_every),
+        "detector_options": dict(sorted((detector_options or {}).items())),
+        "device": device,
+    }
+
+    with project.writer_lock():
+        state = _state(project)
+        if state is None:
+            if not autolabel_pool(project):
+                log.warning("%s: no unlabelled images to auto-label; nothing to do", project.dir)
+                return []
+            state = {"iteration": 1, "phase": "train", "pending": {}, "stopped": None, "config": config}
+            project.set_metric(METRICS_ROUND, STATE_KEY, state)
+        else:
+            _check_same_config(project, state["config"], config)
+            state["config"] = {**state["config"], "device": device}
+
+        while True:
+            i = int(state["iteration"])
+            if state.get("stopped") in ("pool_empty", "no_new_labels"):
+                log.info("%s: auto-labelling already finished (%s)", project.dir, state["stopped"])
+                break
+            if iterations is not None and i > iterations:
+                if state.get("stopped") != "iterations":
+                    state["stopped"] = "iterations"
+                    project.set_metric(METRICS_ROUND, STATE_KEY, state)
+                break
+            state["stopped"] = None
+            if state["phase"] == "train" and not state["pending"] and not autolabel_pool(project):
+                state["stopped"] = "pool_empty"
+                project.set_metric(METRICS_ROUND, STATE_KEY, state)
+                log.info("%s: no unlabelled image left after %d iteration(s)", project.dir, i - 1)
+                break
+            state = _run_phase(project, state, progress)
+        rows = _rows(project)
+        _write_json(project, state, rows)
+    return rows
+
+
+# -- the phases ------------------------------------------------------------------------------------
+
+
+def _run_phase(project: Project, state: dict[str, Any], progress: bool) -> dict[str, Any]:
+    """Run the state's phase of its iteration; store and return the next state."""
+    cfg, i, phase = state["config"], int(state["iteration"]), state["phase"]
+    pending = dict(state.get("pending") or {})
+    t0 = time.perf_counter()
+    if phase == "train":
+        pending.update(_train(project, cfg, i, progress))
+        nxt = {**state, "phase": "evaluate"}
+    elif phase == "evaluate":
+        pending.update(_evaluate(project, cfg, i, progress))
+        nxt = {**state, "phase": "label"}
+    elif phase == "label":
+        return _label(project, cfg, i, pending, state, progress)  # stores the next state itself
+    else:
+        raise ValueError(f"{project.dir}: auto-labelling state names an unknown phase {phase!r}; "
+                         f"delete the metrics key {STATE_KEY!r} of round {METRICS_ROUND} to start over")
+    pending["seconds"] = pending.get("seconds", 0.0) + (time.perf_counter() - t0)
+    nxt["pending"] = pending
+    project.set_metric(METRICS_ROUND, STATE_KEY, nxt)
+    return nxt
+
+
+def iteration_steps(cfg: Mapping[str, Any], iteration: int) -> int:
+    """Training steps of 1-based `iteration` under a resolved config (seed 000's schedule)."""
+    return pseudo.tsoda_schedule(iteration - 1, first=cfg["steps_first"], increment=cfg["steps_increment"],
+                                 maximum=cfg["steps_max"])
+
+
+def model_dir(project: Project, iteration: int) -> Path:
+    return project.dir / "models" / f"autolabel_{iteration:03d}"
+
+
+def _detector_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {"backbone": cfg["backbone"], "pretrained_backbone": cfg["pretrained_backbone"],
+            "min_size": cfg["image_size"], "max_size": cfg["image_size"], **cfg["detector_options"]}
+
+
+def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
+    import torch
+
+    from boxloop.detectors import create_detector
+    from boxloop.loop import training_samples
+    from boxloop.train import TrainConfig, fit, load_checkpoint
+
+    train, val = training_samples(project)
+    steps = iteration_steps(cfg, i)
+    # Seeded before building: random-initialised layers must not depend on what ran before.
+    torch.manual_seed(cfg["seed"] + 1000 * i)
+    detector = create_detector(cfg["model"], num_classes=project.num_classes, **_detector_kwargs(cfg))
+    previous = model_dir(project, i - 1) / "best.pt"
+    if cfg["warm_start"] and i > 1 and previous.exists():
+        detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]
+    tc = TrainConfig(steps=steps, batch_size=cfg["batch_size"], image_size=cfg["image_size"], lr=cfg["lr"],
+                     device=cfg["device"], seed=cfg["seed"] + 1000 * i,
+                     val_every=cfg["val_every"] or max(1, steps // 10),
+                     warmup_steps=min(100, 5 * max(1, steps // 20)))
+    result = fit(detector, train, val, project.classes, tc, model_dir(project, i), progress=progress, resume=True)
+    return {"steps": steps, "train_images": len(train), "val_images": len(val),
+            "best_val_map50": result.best_map50}
+
+
+def _load(project: Project, cfg: Mapping[str, Any], i: int):
+    from boxloop.train import load_detector
+
+    det, _, _ = load_detector(model_dir(project, i) / "best.pt", expect_classes=project.classes, device=cfg["device"])
+    return det
+
+
+def _evaluate(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
+    """mAP50 on the fixed test set and, apart, on the auto-labelled test share of earlier iterations."""
+    from boxloop.evaluate import evaluate
+    from boxloop.inference import predict_paths
+    from boxloop.loop import test_metrics
+
+    det = _load(project, cfg, i)
+    fixed = test_metrics(project, det, cfg["image_size"], cfg["device"], cfg["batch_size"], progress=progress)
+    out: dict[str, Any] = {"map50": fixed.get("map50"), "coco_ap": fixed.get("coco_ap"),
+                           "pseudo_test_map50": None, "pseudo_test_images": 0}
+    share = set(project.get_meta(PSEUDO_TEST_META, []))
+    truth = {k: a for k, a in project.annotations("pseudo").items() if k in share}
+    if truth:
+        keys = list(truth)
+        root = project.image_root
+        preds = {k: d.to_annotation(k, project.classes) for k, (_, d) in zip(keys, predict_paths(
+            det, [root / k for k in keys], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
+            progress=progress))}
+        out["pseudo_test_map50"] = evaluate(truth, preds, project.classes)["map50"]
+        out["pseudo_test_images"] = len(truth)
+    return out
+
+
+def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, Any], state: dict[str, Any],
+           progress: bool) -> dict[str, Any]:
+    """Predict on the pool, accept, split; boxes, splits, row and next state in one transaction."""
+    from boxloop.inference import predict_paths
+
+    t0 = time.perf_counter()
+    pool = autolabel_pool(project)
+    preds = {}
+    if pool:
+        det = _load(project, cfg, i)
+        root = project.image_root
+        preds = {k: d for k, (_, d) in zip(pool, predict_paths(
+            det, [root / k for k in pool], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
+            score_threshold=min(0.05, cfg["threshold"]), progress=progress))}
+    accepted = pseudo.tsoda_accept(preds, cfg["threshold"])
+    new = [k for k in pool if k in accepted]  # pool order
+    train_keys, test_keys = pseudo.split_autolabelled(new, cfg["train_ratio"], rng=np.random.default_rng([cfg["seed"], i]))
+    name = model_dir(project, i).name
+    boxes = int(sum(len(accepted[k]) for k in new))
+    with project.transaction():
+        for k in new:
+            ann = accepted[k].to_annotation(k, project.classes, source=Source.PSEUDO, round=i, model=name)
+            project.add_boxes(k, ann, round=i)
+        project.set_split(train_keys, "train")
+        project.set_split(test_keys, "val")
+        share = list(project.get_meta(PSEUDO_TEST_META, [])) + sorted(test_keys)
+        project.set_meta(PSEUDO_TEST_META, share)
+        total = int(project.connection.execute(
+            "SELECT COUNT(DISTINCT image_id) FROM boxes WHERE active = 1 AND source = 'pseudo'").fetchone()[0])
+        remaining = len(autolabel_pool(project))
+        row = {
+            "iteration": i,
+            "steps": pending.get("steps"),
+            "images_auto_labelled": len(new),
+            "auto_labelled_train": len(train_keys),
+            "auto_labelled_test": len(test_keys),
+            "total_auto_labelled": total,
+            "boxes": boxes,
+            "remaining_unlabelled": remaining,
+            "map50": pending.get("map50"),
+            "coco_ap": pending.get("coco_ap"),
+            "pseudo_test_map50": pending.get("pseudo_test_map50"),
+            "pseudo_test_images": pending.get("pseudo_test_images", 0),
+            "best_val_map50": pending.get("best_val_map50"),
+            "train_images": pending.get("train_images"),
+            "threshold": cfg["threshold"],
+            "seconds": round(pending.get("seconds", 0.0) + (time.perf_counter() - t0), 2),
+        }
+        rows = [r for r in _rows(project) if r["iteration"] != i] + [row]
+        project.set_metric(METRICS_ROUND, ROWS_KEY, rows)
+        stopped = None
+        if not new:
+            stopped = "no_new_labels"
+            log.info("%s: iteration %d auto-labelled no image (none above %.2f); stopping", project.dir, i,
+                     cfg["threshold"])
+        elif remaining == 0:
+            stopped = "pool_empty"
+        nxt = {**state, "iteration": i + 1, "phase": "train", "pending": {}, "stopped": stopped}
+        project.set_metric(METRICS_ROUND, STATE_KEY, nxt)
+    _write_json(project, nxt, rows)
+    return nxt
+
+
+# -- state, rows, file -----------------------------------------------------------------------------
+
+
+def _state(project: Project) -> dict[str, Any] | None:
+    return project.metrics(METRICS_ROUND).get(METRICS_ROUND, {}).get(STATE_KEY)
+
+
+def _rows(project: Project) -> list[dict[str, Any]]:
+    return list(project.metrics(METRICS_ROUND).get(METRICS_ROUND, {}).get(ROWS_KEY, []))
+
+
+def _check_same_config(project: Project, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(
+            f"{project.dir} holds an auto-labelling run with other settings ({'; '.join(changed)}); resume it "
+            f"with the same settings, or start over by removing the metrics keys {STATE_KEY!r}/{ROWS_KEY!r} "
+            "and the pseudo boxes (a fresh project is simplest)")
+
+
+def _write_json(project: Project, state: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> Path:
+    """PROJECT/autolabel.json, atomically (tmp + os.replace): config, stop reason, one row per iteration."""
+    path = project.dir / RESULT_FILE
+    reasons = {"pool_empty": "no unlabelled image left", "no_new_labels": "the last iteration labelled nothing new",
+               "iterations": "iteration limit reached", None: None}
+    doc = {"config": {k: v for k, v in state["config"].items() if k != "device"},
+           "stopped": reasons.get(state.get("stopped"), state.get("stopped")),
+           "next_iteration": state["iteration"], "next_phase": state["phase"],
+           "iterations": list(rows)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,556 @@
+"""One round of the loop, and the only place that knows the order of its steps.
+
+    train -> evaluate -> predict -> select -> oracle -> (semi) -> done
+
+Every step reads what it needs from the project store and writes its result back, and the round's
+`step` column records the step to run next, in the same transaction as the step's result where
+the result is a label change. A killed process therefore resumes at the step it was in: training
+resumes from its last checkpoint, prediction skips images already stored, and an oracle answer is
+either wholly in the store or not at all.
+
+Written by hand here: the step order, which boxes train with which weight (human 1, unchecked
+predicted lambda_d, pseudo alpha_m), the stopping rules. Everything else is delegated: training to
+`train.fit`, prediction to `inference.predict_paths`, selection to `strategies.select`, answers to
+`oracle`, pseudo-labels to `pseudo`, metrics to `evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+import numpy as np
+
+from boxloop.oracle import DRAW_SECONDS, BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
+from boxloop.store import Project
+from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
+
+log = logging.getLogger("boxloop.loop")
+
+STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi", "done")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything one round needs. Saved with every round (the resolved config of the run)."""
+
+    # detector
+    model: str = "fcos"
+    backbone: str = "efficientnet_lite0"
+    pretrained_backbone: bool = True
+    # training (see train.TrainConfig); epochs per round
+    epochs: int | None = 12
+    steps: int | None = None
+    image_size: int = 320
+    batch_size: int = 8
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    device: str = "auto"
+    seed: int = 0
+    val_every: int = 2
+    # prediction over the pool
+    score_threshold: float = 0.05
+    predict_batch_size: int = 8
+    # selection
+    strategy: str = "localization_aware"
+    unit: str = "images"  # images | boxes
+    budget: int = 20  # per round, images or boxes
+    empty_share: float = 0.0
+    t_d: float = 0.05  # box pool threshold (seed 002)
+    lambda_d: float = 0.5  # weight of unchecked predicted boxes (seed 002 eq. 3)
+    take_all_last: bool = False  # the last round takes every image left (seed 003 §6.6)
+    display_threshold: float = 0.3  # pre-annotations shown to the annotator score at least this
+    val_fraction: float = 0.2  # share of newly labelled images that go to validation
+    # semi-supervised step after the oracle: None | "autolabel" | "certainty"
+    semi: str | None = None
+    pseudo_threshold: float = 0.8  # TSODA (seed 000)
+    tau: float = 0.7  # certainty-aware (seed 001)
+    gamma1: float = 0.05
+    gamma2: float = 0.6
+    dynamic_threshold: bool = True
+    reweight: bool = True
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("images", "boxes"):
+            raise ValueError(f"unit must be 'images' or 'boxes', got {self.unit!r}")
+        if self.semi not in (None, "autolabel", "certainty"):
+            raise ValueError(f"semi must be None, 'autolabel' or 'certainty', got {self.semi!r}")
+        if self.budget < 1:
+            raise ValueError(f"budget must be >= 1, got {self.budget}")
+        from boxloop.strategies import STRATEGIES
+
+        if self.strategy not in STRATEGIES[self.unit]:
+            raise ValueError(f"unknown strategy {self.strategy!r} for unit {self.unit!r}; choose one of "
+                             f"{', '.join(STRATEGIES[self.unit])}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def train_config(self, round_id: int):
+        from boxloop.train import TrainConfig
+
+        return TrainConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size,
+                           image_size=self.image_size, lr=self.lr, optimizer=self.optimizer,
+                           device=self.device, seed=self.seed + 1000 * round_id, val_every=self.val_every,
+                           warmup_steps=min(100, 5 * max(1, (self.steps or 20) // 20)))
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        return {"backbone": self.backbone, "pretrained_backbone": self.pretrained_backbone,
+                "min_size": self.image_size, "max_size": self.image_size}
+
+
+# -- what trains with which weight ---------------------------------------------------------------
+
+
+def _weights_by_path(project: Project, subset: str, split: Any = ...) -> dict[str, np.ndarray]:
+    """Per-box loss weights of a subset, in the order `annotations(subset)` lists the boxes."""
+    table = project.box_table(subset, split=split)
+    out: dict[str, list[float]] = {}
+    for path, w in zip(table["path"], table["weight"]):
+        out.setdefault(str(path), []).append(float(w))
+    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+
+
+def training_samples(project: Project) -> tuple[list, list]:
+    """(train, val) Samples: human labels weight 1, partial images with their stored weights
+    (unchecked predicted boxes lambda_d), pseudo-labelled pool images with their stored weights."""
+    from boxloop.data import Sample
+
+    root = project.image_root
+    train: list[Sample] = []
+    for path, ann in project.annotations("train").items():
+        train.append(Sample(root / path, ann, key=path))
+    for subset in ("partial", "pseudo"):
+        anns = project.annotations(subset)
+        weights = _weights_by_path(project, subset)
+        for path, ann in anns.items():
+            if subset == "pseudo" and project.image(path).split in ("test", "val"):
+                continue
+            train.append(Sample(root / path, ann, weights=weights.get(path, np.ones(len(ann), np.float32)), key=path))
+    val = [Sample(root / p, a, key=p) for p, a in project.annotations("val").items()]
+    return train, val
+
+
+def pool_paths(project: Project) -> list[str]:
+    """Images a person may still be asked about: not fully labelled, not test, not val."""
+    rows = project.connection.execute(
+        "SELECT path FROM images WHERE status != 'labelled' AND (split IS NULL OR split = 'train') ORDER BY id"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def model_dir(project: Project, round_id: int) -> Path:
+    return project.dir / "models" / f"round_{round_id:03d}"
+
+
+# -- steps -----------------------------------------------------------------------------------------
+
+
+def _load_round_detector(project: Project, round_id: int, config: LoopConfig):
+    from boxloop.train import load_detector
+
+    det, _, _ = load_detector(model_dir(project, round_id) / "best.pt", expect_classes=project.classes,
+                              device="cpu")
+    return det
+
+
+def current_checkpoint(project: Project) -> Path:
+    """The model `query`, `evaluate` and `predict` use: the last one trained on this project."""
+    path = project.get_meta("current_checkpoint")
+    if path and Path(path).exists():
+        return Path(path)
+    raise ValueError(f"{project.dir}: no trained model yet; run `boxloop train {project.dir}` first "
+                     "(or pass --checkpoint PATH)")
+
+
+def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True):
+    """Train on the project's current labels; the checkpoint becomes the project's current model.
+
+    The model folder is named after the settings and the labels trained on, so re-running the same
+    command resumes (or returns at once) and any change of labels or settings trains anew."""
+    import hashlib
+    import json as _json
+
+    from boxloop.detectors import create_detector
+    from boxloop.train import fit
+
+    train, val = training_samples(project)
+    if out_dir is None:
+        fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
+                                   else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
+        out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
+    detector = create_detector(config.model, num_classes=project.num_classes, **config.detector_kwargs())
+    result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress, resume=True)
+    project.set_meta("current_checkpoint", str(result.best_checkpoint))
+    return result, len(train), len(val)
+
+
+def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True) -> None:
+    from boxloop.detectors import create_detector
+    from boxloop.train import fit
+
+    train, val = training_samples(project)
+    detector = create_detector(config.model, num_classes=project.num_classes, **config.detector_kwargs())
+    result = fit(detector, train, val, project.classes, config.train_config(round_id), model_dir(project, round_id),
+                 progress=progress, resume=True)
+    with project.transaction():
+        project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
+                                       "val_images": len(val)})
+        project.set_meta("current_checkpoint", str(result.best_checkpoint))
+
+
+def test_metrics(project: Project, detector, image_size: int, device: str = "auto", batch_size: int = 8,
+                 score_threshold: float = 0.05, progress: bool = True) -> dict[str, Any]:
+    """evaluate() of a detector on the project's fixed test set ({} when the project has none)."""
+    from boxloop.evaluate import evaluate
+    from boxloop.inference import predict_paths
+
+    truth = project.annotations("test")
+    if not truth:
+        return {}
+    root = project.image_root
+    keys = list(truth)
+    preds = {key: d.to_annotation(key, project.classes)
+             for key, (_, d) in zip(keys, predict_paths(detector, [root / k for k in keys], image_size,
+                                                          batch_size=batch_size, device=device,
+                                                          score_threshold=score_threshold, progress=progress))}
+    return evaluate(truth, preds, project.classes)
+
+
+def step_evaluate(project: Project, round_id: int, config: LoopConfig, progress: bool = True) -> dict[str, Any]:
+    """mAP of this round's model on the fixed test set, plus what had been labelled to get it."""
+    metrics: dict[str, Any] = {}
+    ev = test_metrics(project, _load_round_detector(project, round_id, config), config.image_size, config.device,
+                      config.predict_batch_size, config.score_threshold, progress)
+    if ev:
+        metrics.update({k: ev[k] for k in ("map50", "coco_ap", "ap50", "ap75") if k in ev})
+        metrics["per_class"] = {n: {"ap50": v.get("ap50"), "coco_ap": v.get("coco_ap"), "num_gt": v.get("num_gt")}
+                                for n, v in ev["per_class"].items()}
+    metrics.update(labelled_counts(project))
+    project.set_metrics(round_id, metrics)
+    return metrics
+
+
+def labelled_counts(project: Project) -> dict[str, Any]:
+    """Images and boxes a person has labelled outside the test set, and per class."""
+    q = project.connection.execute
+    images = q("SELECT COUNT(*) FROM images WHERE status IN ('labelled', 'partial') AND split != 'test'").fetchone()[0]
+    names = project.classes
+    per_class = {n: 0 for n in names}
+    for cid, n in q("SELECT b.class_id, COUNT(*) FROM boxes b JOIN images i ON i.id = b.image_id "
+                    "WHERE b.active = 1 AND b.source = 'human' AND i.split != 'test' GROUP BY b.class_id"):
+        per_class[names[cid]] = n
+    return {"images_labelled": int(images), "human_boxes": int(sum(per_class.values())),
+            "labelled_per_class": per_class}
+
+
+def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
+                 chunk: int = 64) -> None:
+    """Predictions of this round's model on the pool, stored chunk by chunk (a resume skips the done ones)."""
+    from boxloop.inference import predict_paths
+
+    pool = pool_paths(project)
+    done = {r[0] for r in project.connection.execute(
+        "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
+    todo = [p for p in pool if p not in done]
+    if not todo:
+        return
+    det = _load_round_detector(project, round_id, config)
+    root = project.image_root
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        out = {key: d for key, (_, d) in zip(part, predict_paths(
+            det, [root / k for k in part], config.image_size, batch_size=config.predict_batch_size,
+            device=config.device, score_threshold=min(config.score_threshold, config.t_d), progress=progress))}
+        project.save_predictions(round_id, out)
+
+
+def _checked_exclusions(project: Project, preds: Mapping[str, Detections]) -> list[tuple[str, int]]:
+    """Boxes of partially labelled images that overlap a box a person already checked."""
+    exclude: list[tuple[str, int]] = []
+    checked = project.annotations("partial", sources=("human", "background"))
+    for key, ann in checked.items():
+        d = preds.get(key)
+        if d is None or not len(d) or not len(ann):
+            continue
+        overlap = iou(d.boxes, ann.boxes).max(axis=1)
+        exclude.extend((key, int(i)) for i in np.flatnonzero(overlap >= 0.5))
+    return exclude
+
+
+def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
+    """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
+    from boxloop.strategies import select
+
+    preds = project.load_predictions(round_id)
+    pool = {k: preds[k] for k in pool_paths(project) if k in preds}
+    if not pool:
+        raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
+    rng = np.random.default_rng([config.seed, round_id])
+    options: dict[str, Any] = {}
+    if config.unit == "images":
+        if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset"):
+            options["empty_share"] = config.empty_share
+        if config.strategy == "coreset":
+            options["labelled_features"] = _labelled_features(project, round_id, config)
+        budget = len(pool) if last and config.take_all_last else config.budget
+        sel = select(config.strategy, pool, budget, unit="images", rng=rng, **options)
+        items = [(k, None, s) for k, s in zip(sel.items, sel.scores or [None] * len(sel))]
+    else:
+        options["t_d"] = config.t_d
+        options["exclude"] = _checked_exclusions(project, pool)
+        sel = select(config.strategy, pool, config.budget, unit="boxes", rng=rng, **options)
+        items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
+    with project.transaction():
+        project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+        project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
+        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "shortfall", "extended")}
+        if "thresholds" in info and info["thresholds"] is not None:
+            info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
+        project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
+                                                   "count": len(sel), **info})
+        project.update_round(round_id, step="oracle")
+
+
+def _labelled_features(project: Project, round_id: int, config: LoopConfig) -> np.ndarray | None:
+    """Image features of labelled training images (mean box feature), the coreset's first centres."""
+    from boxloop.inference import predict_paths
+
+    root = project.image_root
+    paths = list(project.annotations("train"))
+    det = _load_round_detector(project, round_id, config)
+    feats = []
+    for _, d in predict_paths(det, [root / p for p in paths], config.image_size, batch_size=config.predict_batch_size,
+                              device=config.device, score_threshold=config.score_threshold, progress=False):
+        if d.features is not None and len(d):
+            feats.append(d.features.mean(axis=0))
+    return np.stack(feats) if feats else None
+
+
+def assign_splits(project: Project, keys: Sequence[str], config: LoopConfig, round_id: int) -> None:
+    """Newly labelled images join train or val (val_fraction of them, by seed and round)."""
+    keys = sorted(k for k in keys if project.image(k).split not in ("test", "val"))
+    if not keys:
+        return
+    rng = np.random.default_rng([config.seed, round_id, 7])
+    order = rng.permutation(len(keys))
+    n_val = int(round(config.val_fraction * len(keys)))
+    val = [keys[i] for i in order[:n_val]]
+    project.set_split([k for k in keys if k not in set(val)], "train")
+    if val:
+        project.set_split(val, "val")
+
+
+def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapping[str, Annotation],
+                only: set[str] | None = None) -> Cost:
+    """The annotator (simulated: withheld labels; human: imported files) answers the open queries.
+
+    Labels, the queries' state, the cost and the round's next step land in one transaction. `only`
+    answers the queries of those images and leaves the rest open (a human may answer in parts)."""
+    queries = [q for q in project.queries(round=round_id, state="open") if only is None or q["path"] in only]
+    preds = project.load_predictions(round_id)
+    names = project.classes
+    if config.unit == "images" and all(q["box_index"] is None for q in queries):
+        keys = list(dict.fromkeys(q["path"] for q in queries))
+        shown = {k: preds[k][preds[k].scores >= config.display_threshold] for k in keys if k in preds}
+        answers, cost = ImageOracle(truth, class_names=names).answer(keys, pre_annotations=shown)
+        with project.transaction():
+            for key, ann in answers.items():
+                project.set_annotation(key, replace_provenance(ann, round_id), round=round_id)
+            assign_splits(project, keys, config, round_id)
+            _finish_oracle(project, round_id, queries, cost, config)
+        return cost
+    items = [(q["path"], int(q["box_index"])) for q in queries]
+    asked = [(k, preds[k].boxes.xyxy[b], int(preds[k].labels[b])) for k, b in items]
+    answers, cost = BoxOracle(truth, class_names=names).answer(asked)
+    grouped = answers_by_image(items, answers)
+    with project.transaction():
+        for key, checked in grouped.items():
+            _store_box_answers(project, key, preds[key], checked, config, round_id)
+        assign_splits(project, [k for k in grouped if project.image(k).split is None], config, round_id)
+        _finish_oracle(project, round_id, queries, cost, config)
+    return cost
+
+
+def replace_provenance(ann: Annotation, round_id: int) -> Annotation:
+    """An answer's boxes as human labels of this round."""
+    return dataclasses.replace(ann, provenance=tuple(Provenance(source=Source.HUMAN, round=round_id) for _ in ann.labels))
+
+
+def _store_box_answers(project: Project, key: str, det: Detections, checked: Mapping, config: LoopConfig,
+                       round_id: int) -> None:
+    """A partially labelled image: all checked answers so far, plus this round's unchecked predictions."""
+    earlier = project.annotations("partial", sources=("human", "background")).get(key)
+    ann, weights = partial_labels(key, det, checked, project.classes, lambda_d=config.lambda_d, min_score=config.t_d,
+                                  round=round_id)
+    # unchecked predictions overlapping an earlier checked box are already answered
+    keep = np.ones(len(ann), bool)
+    if earlier is not None and len(earlier):
+        is_pred = np.array([p.source == Source.PREDICTED for p in ann.provenance], bool)
+        if is_pred.any():
+            overlap = iou(ann.boxes, earlier.boxes).max(axis=1) >= 0.5
+            keep &= ~(is_pred & overlap)
+    ann, weights = ann.select(keep), weights[keep]
+    project.deactivate_boxes(key, sources=("predicted",))
+    project.add_boxes(key, ann, round=round_id, weights=weights, status="partial")
+    bg = [a for a in checked.values() if a.background]
+    if bg:
+        project.add_boxes(key, Annotation(
+            image=key, boxes=Boxes(np.stack([a.query_box for a in bg]), det.image_size),
+            labels=tuple(project.classes[int(a.query_label)] for a in bg),
+            provenance=tuple(Provenance(source=Source.BACKGROUND, round=round_id) for _ in bg)), round=round_id)
+
+
+def _finish_oracle(project: Project, round_id: int, queries: Sequence[Mapping], cost: Cost, config: LoopConfig) -> None:
+    project.set_query_state([q["id"] for q in queries], "answered")
+    before = project.metrics(round_id).get(round_id, {}).get("cost")
+    total = cost if before is None else Cost(**before) + cost
+    project.set_metric(round_id, "cost", total.as_dict())
+    if not project.queries(round=round_id, state="open"):
+        nxt = "semi" if config.semi else "done"
+        project.update_round(round_id, step=nxt, status="done" if nxt == "done" else None)
+
+
+def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, int]:
+    """Auto-label the confident rest of the pool: TSODA's fixed threshold or seed 001's class-wise ones."""
+    from boxloop import pseudo
+
+    preds = project.load_predictions(round_id)
+    pool = {k: preds[k] for k in pool_paths(project) if k in preds}
+    if config.semi == "autolabel":
+        accepted = {k: (d, np.ones(len(d), np.float32)) for k, d in pseudo.tsoda_accept(pool, config.pseudo_threshold).items()}
+    else:
+        th = pseudo.ClasswiseThresholds(project.num_classes, tau=config.tau, gamma1=config.gamma1, gamma2=config.gamma2,
+                                        dynamic_threshold=config.dynamic_threshold, reweight=config.reweight,
+                                        certainty=any(d.loc_quality is not None for d in pool.values()))
+        th.update(pool.values())
+        accepted = pseudo.accept_certainty(pool, th)
+        project.set_metric(round_id, "pseudo_thresholds", th.to_dict())
+    boxes = 0
+    with project.transaction():
+        project.deactivate_boxes(sources=("pseudo",))
+        for key, (d, w) in accepted.items():
+            if project.image(key).status != "unlabelled":
+                continue
+            project.add_boxes(key, d.to_annotation(key, project.classes, source=Source.PSEUDO, round=round_id),
+                              round=round_id, weights=w)
+            boxes += len(d)
+        out = {"pseudo_images": len(accepted), "pseudo_boxes": boxes}
+        project.set_metrics(round_id, out)
+        project.update_round(round_id, step="done")
+    return out
+
+
+# -- a round, and a loop of rounds --------------------------------------------------------------------
+
+
+def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotation] | None, round_id: int,
+              last: bool = False, progress: bool = True, stop_at: str | None = None,
+              on_step: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) round `round_id` to its end, or to `stop_at`. `truth` None = a human oracle:
+    the round stops after `select` and waits for `boxloop import`. `last` = no selection after this
+    round's evaluation (the loop's final model) unless take_all_last."""
+    rounds = {r["id"]: r for r in project.rounds()}
+    if round_id not in rounds:
+        project.start_round(config.to_dict(), step="train", round_id=round_id)
+        step = "train"
+    else:
+        step = rounds[round_id]["step"]
+    with project.writer_lock():
+        while step != "done" and step != stop_at:
+            if on_step is not None:
+                on_step(round_id, step)
+            if step == "train":
+                step_train(project, round_id, config, progress)
+                nxt = "evaluate"
+            elif step == "evaluate":
+                step_evaluate(project, round_id, config, progress)
+                nxt = "done" if last and not config.take_all_last else "predict"
+            elif step == "predict":
+                step_predict(project, round_id, config, progress)
+                nxt = "select"
+            elif step == "select":
+                step_select(project, round_id, config, last=last)  # writes step "oracle" itself
+                step = "oracle"
+                if truth is None:
+                    break
+                continue
+            elif step == "oracle":
+                if truth is None:
+                    break
+                step_oracle(project, round_id, config, truth)  # writes "semi"/"done" itself
+                step = "semi" if config.semi else "done"
+                continue
+            elif step == "semi":
+                step_semi(project, round_id, config)
+                step = "done"
+                continue
+            else:
+                raise ValueError(f"round {round_id} is at an unknown step {step!r}")
+            project.update_round(round_id, step=nxt)
+            step = nxt
+        if step == "done":
+            project.update_round(round_id, status="done")
+    return project.metrics(round_id).get(round_id, {})
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When more labels stop paying off: a label budget, a target mAP50, or a plateau."""
+
+    max_images: int | None = None
+    max_boxes: int | None = None
+    target_map50: float | None = None
+    plateau_delta: float | None = None  # gain in mAP50 below this ...
+    plateau_rounds: int = 2  # ... for this many rounds in a row
+
+    def reason(self, history: Sequence[Mapping[str, Any]]) -> str | None:
+        if not history:
+            return None
+        last = history[-1]
+        if self.target_map50 is not None and (last.get("map50") or 0) >= self.target_map50:
+            return f"target mAP50 {self.target_map50} reached ({last.get('map50'):.3f})"
+        if self.max_images is not None and last.get("images_labelled", 0) >= self.max_images:
+            return f"image budget {self.max_images} spent"
+        if self.max_boxes is not None and last.get("boxes_labelled", 0) >= self.max_boxes:
+            return f"box budget {self.max_boxes} spent"
+        if self.plateau_delta is not None and len(history) > self.plateau_rounds:
+            maps = [h.get("map50") or 0.0 for h in history]
+            gains = np.diff(maps[-(self.plateau_rounds + 1):])
+            if np.all(gains < self.plateau_delta):
+                return (f"learning curve flat: mAP50 gained less than {self.plateau_delta} in each of the last "
+                        f"{self.plateau_rounds} rounds")
+        return None
+
+
+def round_history(project: Project) -> list[dict[str, Any]]:
+    """One row per evaluated round, with cumulative annotation cost (the seed set counted as drawn)."""
+    metrics = project.metrics()
+    rows = []
+    cum = Cost()
+    seed = metrics.get(0, {})
+    for r in sorted(metrics):
+        m = metrics[r]
+        if "images_labelled" not in m:
+            continue
+        if r == min(metrics):
+            initial = m.get("human_boxes", 0)
+            cum = Cost(images=m["images_labelled"], boxes_drawn=initial, seconds=initial * DRAW_SECONDS)
+        row = {"round": r, "images_labelled": m["images_labelled"], "boxes_labelled": cum.boxes_labelled,
+               "cost_seconds": round(cum.seconds, 1), "map50": m.get("map50"), "coco_ap": m.get("coco_ap"),
+               "ap50": m.get("ap50"), "ap75": m.get("ap75"), "per_class": m.get("per_class", {}),
+               "labelled_per_class": m.get("labelled_per_class", {})}
+        sel = m.get("selection") or {}
+        if sel.get("thresholds"):
+            row["thresholds"] = sel["thresholds"]
+        for k in ("pseudo_images", "pseudo_boxes"):
+            if k in m:
+                row[k] = m[k]
+        rows.append(row)
+        if "cost" in m:
+            cum = cum + Cost(**m["cost"])
+    del seed
+    return rows

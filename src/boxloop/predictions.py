@@ -1,0 +1,85 @@
+"""Prediction files: a model's predictions for a folder of images written as VOC XML (one file
+per image, `<confidence>` per object, seed 003 Figure 6.3) or a COCO results list, and a
+(ground truth, predictions) pair of files read back for `boxloop evaluate`.
+
+Written by hand: only the pairing of the two sides by image; parsing and writing are
+`boxloop.formats`, prediction is `boxloop.inference`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from boxloop.structures import Annotation, Source
+
+
+def write_predictions(detector, class_names: Sequence[str], images: Path, out: Path, fmt: str = "voc",
+                      threshold: float = 0.3, image_size: int = 512, batch_size: int = 8,
+                      device: str = "auto", progress: bool = True) -> tuple[Path, int, int]:
+    """Predict every image under `images`; returns (where written, images, boxes)."""
+    from boxloop import formats
+    from boxloop.images import list_images
+    from boxloop.inference import predict_paths
+
+    if fmt not in ("voc", "coco"):
+        raise ValueError(f"--format must be voc or coco, got {fmt!r}")
+    images = Path(images)
+    rels = list_images(images)
+    if not rels:
+        raise ValueError(f"{images} holds no images ({', '.join(sorted({'.jpg', '.png', '.tif'}))} ...)")
+    anns: list[Annotation] = []
+    for rel, (_, det) in zip(rels, predict_paths(detector, [images / r for r in rels], image_size,
+                                                 batch_size=batch_size, device=device,
+                                                 score_threshold=threshold, progress=progress)):
+        anns.append(det[det.scores >= threshold].to_annotation(rel, list(class_names), source=Source.PREDICTED))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "voc":
+        formats.dump("voc", anns, list(class_names), out, images_root=images)
+        path = out
+    else:
+        from boxloop.formats.coco import dump_coco, dump_coco_results
+
+        gt = dump_coco([Annotation(image=a.image, boxes=a.boxes.__class__.empty(a.image_size)) for a in anns],
+                       list(class_names), out / "images.json")
+        path = dump_coco_results(anns, list(class_names), out / "results.json", coco_gt_path=gt)
+    return path, len(anns), sum(len(a) for a in anns)
+
+
+def load_pair(ground_truth: Path, predictions: Path, fmt: str | None = None
+              ) -> tuple[dict[str, Annotation], dict[str, Annotation], list[str]]:
+    """(truth, predictions, class names) keyed alike. Predictions may be VOC XML with <confidence>,
+    a COCO dataset file with `score`s, or a COCO results list (ids from the ground-truth file)."""
+    import json
+
+    from boxloop import formats
+
+    fmt = fmt or formats.detect_format(ground_truth)
+    truth_res = formats.load(fmt, ground_truth)
+    classes = truth_res.classes
+    truth = truth_res.annotations
+    predictions = Path(predictions)
+    if predictions.is_file() and predictions.suffix.lower() == ".json" and \
+            isinstance(json.loads(predictions.read_text() or "null"), list):
+        if fmt != "coco":
+            raise ValueError(f"{predictions} is a COCO results list; evaluate it against a COCO ground-truth file")
+        from boxloop.formats.coco import load_coco_results
+
+        preds = load_coco_results(predictions, coco_gt_path=ground_truth)
+    else:
+        preds = formats.load(formats.detect_format(predictions), predictions, classes=classes).annotations
+    # pair by key, else by file stem (VOC keys come from <filename>, which tools write differently)
+    stems = {PurePosixPath(k).stem: k for k in truth}
+    paired: dict[str, Annotation] = {}
+    unknown = []
+    for key, ann in preds.items():
+        target = key if key in truth else stems.get(PurePosixPath(key).stem)
+        if target is None:
+            unknown.append(key)
+        else:
+            paired[target] = ann
+    if unknown:
+        raise ValueError(f"{predictions}: predictions for {len(unknown)} image(s) not in the ground truth "
+                         f"{ground_truth}: {', '.join(sorted(unknown)[:5])}")
+    return truth, paired, classes

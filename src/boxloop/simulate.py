@@ -1,0 +1,178 @@
+"""Benchmark strategies on a dataset that is already labelled, with a simulated annotator.
+
+For each seed: one base project gets the fixed test set and a random seed set of `initial`
+labelled images (every other label withheld), and trains the round-0 model once. Every strategy
+starts from a copy of that base (same seed set, same initial model), then runs its rounds with the
+withheld labels as the oracle. Results of all runs go to OUT/results.json in the schema of issue 4,
+plots beside it. Re-running the same command on the same OUT resumes each project where it stopped
+(projects are copied whole or not at all; each round resumes at its step).
+
+Written by hand: the experiment layout and the withholding of labels; the rest is loop.run_round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from boxloop.loop import LoopConfig, assign_splits, round_history, run_round
+from boxloop.store import DB_NAME, Project
+from boxloop.structures import Annotation
+
+
+def dataset_paths(dataset: Path, annotations: Path | None) -> tuple[Path, Path | None]:
+    """(images dir, annotations dir|file) for a VOC root or an images folder with labels beside it."""
+    from boxloop.formats.voc import find_voc_layout
+
+    dataset = Path(dataset)
+    if annotations is not None:
+        return dataset, Path(annotations)
+    layout = find_voc_layout(dataset)
+    if layout is not None:
+        return layout[0], layout[1]
+    for name in ("annotations", "Annotations", "labels"):
+        if (dataset.parent / name).exists():
+            return dataset, dataset.parent / name
+    raise ValueError(f"{dataset}: cannot find annotations for the simulation; give --annotations DIR|FILE "
+                     "(the simulated oracle answers from them)")
+
+
+def load_truth(images: Path, annotations: Path, fmt: str | None = None, classes: Sequence[str] | None = None
+               ) -> dict[str, Annotation]:
+    from boxloop import formats
+
+    return formats.load(fmt, annotations, images_root=images, classes=classes).annotations
+
+
+def withhold(project: Project, initial: int, seed: int, config: LoopConfig) -> list[str]:
+    """Keep `initial` random labelled non-test images labelled; make every other non-test image unlabelled."""
+    q = project.connection.execute
+    candidates = [r[0] for r in q("SELECT path FROM images WHERE status = 'labelled' AND "
+                                  "(split IS NULL OR split != 'test') ORDER BY path")]
+    if initial > len(candidates):
+        raise ValueError(f"--initial {initial} is more than the {len(candidates)} labelled non-test images")
+    rng = np.random.default_rng([seed, 12345])
+    keep = sorted(candidates[i] for i in rng.choice(len(candidates), size=initial, replace=False))
+    keep_set = set(keep)
+    with project.transaction():
+        hidden = [p for p in candidates if p not in keep_set]
+        for p in hidden:
+            project.deactivate_boxes(p)
+        project.set_status(hidden, "unlabelled")
+        project.set_split(hidden, None)
+        project.set_split(keep, None)
+        assign_splits(project, keep, dataclasses.replace(config, val_fraction=0.2), 0)
+        project.set_meta("withheld_for_simulation", len(hidden))
+    return keep
+
+
+def copy_project(src: Project, dst: Path) -> None:
+    """The database (SQLite backup API: consistent even with WAL) and the round-0 model, atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dst.name + ".", dir=dst.parent))
+    try:
+        target = sqlite3.connect(tmp / DB_NAME)
+        with target:
+            src.connection.backup(target)
+        target.close()
+        models = src.dir / "models" / "round_000"
+        if models.exists():
+            shutil.copytree(models, tmp / "models" / "round_000")
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_name(strategy: str, semi: str | None) -> str:
+    return strategy if not semi else f"{strategy}+{semi}"
+
+
+def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, budget: int, rounds: int,
+             seeds: Sequence[int], config: LoopConfig, annotations: Path | None = None, fmt: str | None = None,
+             test_list: Path | None = None, test_fraction: float | None = 0.2, progress: bool = True,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every (seed, strategy) for `rounds` query rounds; returns (and writes) the results dict."""
+    from boxloop.project import init_project
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, ann = dataset_paths(Path(dataset), annotations)
+    truth = load_truth(images, ann, fmt)
+    (out / "simulate_config.json").write_text(json.dumps(
+        {"dataset": str(dataset), "strategies": list(strategies), "initial": initial, "budget": budget,
+         "rounds": rounds, "seeds": list(seeds), "config": config.to_dict()}, indent=2))
+    for seed in seeds:
+        cfg0 = dataclasses.replace(config, seed=seed, budget=budget)
+        base_dir = out / f"seed{seed}" / "base"
+        if not (base_dir / DB_NAME).exists() or Project.open(base_dir).get_meta("withheld_for_simulation") is None:
+            project = init_project(base_dir, images, ann, fmt=fmt, test_list=test_list,
+                                   test_fraction=None if test_list else test_fraction, seed=seed, force=True,
+                                   progress=progress)
+            withhold(project, initial, seed, cfg0)
+        else:
+            project = Project.open(base_dir)
+        echo(f"seed {seed}: initial model on {initial} labelled images")
+        run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
+        for strategy in strategies:
+            name = run_name(strategy, config.semi)
+            run_dir = out / f"seed{seed}" / name.replace("+", "_")
+            if not (run_dir / DB_NAME).exists():
+                copy_project(project, run_dir)
+            cfg = dataclasses.replace(cfg0, strategy=strategy)
+            run = Project.open(run_dir)
+            for r in range(rounds + 1):
+                echo(f"seed {seed} {name}: round {r}/{rounds}")
+                run_round(run, cfg, truth, r, last=(r == rounds), progress=progress)
+            run.close()
+        project.close()
+    results = collect_results(out, strategies, seeds, config)
+    write_results(out, results)
+    return results
+
+
+def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], config: LoopConfig) -> dict[str, Any]:
+    runs = []
+    for seed in seeds:
+        for strategy in strategies:
+            name = run_name(strategy, config.semi)
+            run_dir = out / f"seed{seed}" / name.replace("+", "_")
+            if not (run_dir / DB_NAME).exists():
+                continue
+            with Project.open(run_dir) as p:
+                runs.append({"strategy": strategy, "seed": seed, "unit": config.unit, "semi": config.semi,
+                             "project": str(run_dir), "rounds": round_history(p)})
+    return {"runs": runs}
+
+
+def write_results(out: Path, results: dict[str, Any]) -> Path:
+    """results.json written atomically, then the plots beside it (when matplotlib is at hand)."""
+    path = out / "results.json"
+    existing = {"runs": []}
+    if path.exists():
+        try:
+            existing = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            existing = {"runs": []}
+    # keep runs of other commands (e.g. with and without --semi) on the same OUT
+    key = lambda r: (r["strategy"], r["seed"], r["unit"], r.get("semi"))  # noqa: E731
+    merged = {key(r): r for r in existing.get("runs", [])}
+    merged.update({key(r): r for r in results["runs"]})
+    results = {"runs": list(merged.values())}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, allow_nan=False, default=float))
+    os.replace(tmp, path)
+    try:
+        from boxloop.report import plot_learning_curves
+    except ImportError:
+        return path
+    plot_learning_curves(results, out / "plots")
+    return path

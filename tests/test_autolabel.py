@@ -1,0 +1,214 @@
+"""autolabel.py (TSODA, seed 000) on CPU: a tiny run on 20 generated 64 px images, 8 of them labelled,
+auto-labels the pool over a few iterations until it is empty, writes autolabel.json and the metrics
+rows, keeps its pseudo test share out of the fixed test set, exports VOC XML with <confidence> that
+loads back, and a run stopped after iteration 1 and resumed gives the same rows as one that was not.
+
+The detector is FCOS on the pretrained EfficientNet-Lite0 (offline weights; random-init backbones
+do not reach any score above 0.05 in a few dozen CPU steps), 32 FPN channels, one head conv. The
+threshold, 0.055, sits just above the detector's own 0.05 score floor: tiny models are unsure."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import defusedxml.ElementTree as SafeET
+import numpy as np
+import pytest
+import torch
+
+from boxloop import formats
+from boxloop.autolabel import (PSEUDO_TEST_META, RESULT_FILE, ROWS_KEY, STATE_KEY, autolabel, autolabel_pool,
+                               default_steps, iteration_steps)
+from boxloop.project import export_project, init_project
+from boxloop.structures import Source
+
+N_IMAGES, N_LABELLED, SIZE = 20, 8, 64
+RUN = dict(threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, backbone="efficientnet_lite0",
+           pretrained_backbone=True, image_size=SIZE, batch_size=4, device="cpu", lr=0.05, val_every=1000,
+           detector_options={"fpn_channels": 32, "head_convs": 1}, progress=False, seed=0)
+ROW_FIELDS = ("iteration", "steps", "images_auto_labelled", "total_auto_labelled", "boxes", "remaining_unlabelled",
+              "map50", "pseudo_test_map50", "seconds")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One CPU thread: on a shared 2-core machine, two threads per process are slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def few_labels(make_synthetic, tmp_path_factory) -> tuple[Any, Path]:
+    """The generated dataset and an annotations folder holding only the first 8 of its XMLs."""
+    data = make_synthetic(n_images=N_IMAGES, image_size=SIZE, seed=3)
+    ann = tmp_path_factory.mktemp("few_labels")
+    for xml in sorted(data.annotations_dir.glob("*.xml"))[:N_LABELLED]:
+        shutil.copy(xml, ann / xml.name)
+    return data, ann
+
+
+def new_project(few_labels, where: Path):
+    data, ann = few_labels
+    return init_project(where, data.images, ann, classes=data.classes, test_fraction=0.25, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def full_run(few_labels, tmp_path_factory):
+    """One uninterrupted run until the pool is empty: (project, rows, fixed test keys before the run)."""
+    project = new_project(few_labels, tmp_path_factory.mktemp("full") / "project")
+    test_before = sorted(project.annotations("test"))
+    assert len(autolabel_pool(project)) == N_IMAGES - N_LABELLED
+    rows = autolabel(project, iterations=10, **RUN)
+    yield project, rows, test_before
+    project.close()
+
+
+def strip_seconds(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+# -- cheap checks ---------------------------------------------------------------------------------
+
+
+def test_default_steps_scale_seed_000():
+    # seed 000: 1,100 images at (assumed) batch 24 -> its own numbers
+    assert default_steps(1100, 24) == (2500, 1500, 8500)
+    # 364 images at batch 8: scale = 364/1100 * 24/8 = 0.992727...
+    s = 364 / 1100 * 3
+    assert default_steps(364, 8) == (round(2500 * s), round(1500 * s), round(8500 * s)) == (2482, 1489, 8438)
+    cfg = {"steps_first": 20, "steps_increment": 10, "steps_max": 35}
+    assert [iteration_steps(cfg, i) for i in (1, 2, 3, 4)] == [20, 30, 35, 35]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.0, -0.2, 1.5, math.nan])
+def test_threshold_outside_unit_interval_is_rejected(few_labels, tmp_path, threshold):
+    project = new_project(few_labels, tmp_path / "project")
+    with pytest.raises(ValueError, match="threshold"):
+        autolabel(project, **{**RUN, "threshold": threshold})
+    assert project.metrics() == {}
+    assert not (project.dir / RESULT_FILE).exists()
+
+
+def test_no_unlabelled_images_does_nothing(synthetic_project):
+    assert autolabel_pool(synthetic_project) == []
+    assert autolabel(synthetic_project, **RUN) == []
+    assert synthetic_project.metrics() == {}
+    assert not (synthetic_project.dir / RESULT_FILE).exists()
+    assert not (synthetic_project.dir / "models").exists()
+
+
+# -- one run until the pool is empty -----------------------------------------------------------------
+
+
+def test_run_auto_labels_until_the_pool_is_empty(full_run):
+    project, rows, _ = full_run
+    n_pool = N_IMAGES - N_LABELLED
+    assert rows and [r["iteration"] for r in rows] == list(range(1, len(rows) + 1))
+    for r in rows:
+        assert set(ROW_FIELDS) <= set(r)
+    assert [r["steps"] for r in rows] == [min(20 + 10 * i, 30) for i in range(len(rows))]
+    # every iteration but possibly... all labelled something, and the counts add up
+    assert all(r["images_auto_labelled"] > 0 for r in rows)
+    assert np.cumsum([r["images_auto_labelled"] for r in rows]).tolist() == [r["total_auto_labelled"] for r in rows]
+    assert [r["remaining_unlabelled"] for r in rows] == [n_pool - r["total_auto_labelled"] for r in rows]
+    assert rows[-1]["remaining_unlabelled"] == 0 and autolabel_pool(project) == []
+    assert rows[0]["pseudo_test_map50"] is None  # no auto-labelled test share before iteration 1 labels
+    # the store holds exactly the pseudo boxes the rows count, each with its score above the threshold
+    pseudo = project.annotations("pseudo")
+    assert len(pseudo) == n_pool
+    assert sum(len(a) for a in pseudo.values()) == sum(r["boxes"] for r in rows)
+    for key, ann in pseudo.items():
+        assert all(p.source == Source.PSEUDO and p.score is not None and p.score > RUN["threshold"]
+                   and p.loc_quality is not None for p in ann.provenance), key
+        assert {p.model for p in ann.provenance} <= {f"autolabel_{r['iteration']:03d}" for r in rows}
+    table = project.box_table("pseudo")
+    assert np.all(table["weight"] == 1.0)
+    # auto-labelled images stay unlabelled for a human; 80/20 per iteration
+    assert all(project.image(k).status == "unlabelled" for k in pseudo)
+    for r in rows:
+        n = r["images_auto_labelled"]
+        assert (r["auto_labelled_train"], r["auto_labelled_test"]) == (round(0.8 * n), n - round(0.8 * n))
+
+
+def test_pseudo_test_share_stays_out_of_the_fixed_test_set(full_run):
+    project, rows, test_before = full_run
+    share = project.get_meta(PSEUDO_TEST_META)
+    assert len(share) == sum(r["auto_labelled_test"] for r in rows) > 0
+    assert sorted(project.annotations("test")) == test_before  # the fixed test set did not change
+    assert not set(share) & set(project.annotations("test")) and not set(share) & set(project.annotations("val"))
+    assert all(project.image(k).split == "val" for k in share)
+    train_pseudo = [k for k in project.annotations("pseudo") if k not in share]
+    assert all(project.image(k).split == "train" for k in train_pseudo)
+    # training takes the human train images and the pseudo train share, never the pseudo test share
+    from boxloop.loop import training_samples
+
+    train, val = training_samples(project)
+    names = {s.name for s in train}
+    assert names == set(project.annotations("train")) | set(train_pseudo)
+    assert not names & set(share) and not {s.name for s in val} & set(share)
+
+
+def test_results_file_and_metrics(full_run):
+    project, rows, _ = full_run
+    doc = json.loads((project.dir / RESULT_FILE).read_text())
+    assert doc["iterations"] == rows
+    assert doc["stopped"] == "no unlabelled image left"
+    assert doc["config"]["threshold"] == RUN["threshold"] and doc["config"]["steps_first"] == 20
+    assert project.metrics(0)[0][ROWS_KEY] == rows
+    assert project.metrics(0)[0][STATE_KEY]["stopped"] == "pool_empty"
+    for r in rows:
+        assert (project.dir / "models" / f"autolabel_{r['iteration']:03d}" / "best.pt").exists()
+    # the fixed test mAP50 is a real evaluation: a number in [0, 1] every iteration
+    assert all(r["map50"] is not None and 0.0 <= r["map50"] <= 1.0 for r in rows)
+    # re-running a finished run changes nothing and trains nothing
+    models = sorted(p.name for p in (project.dir / "models").iterdir())
+    assert autolabel(project, iterations=10, **RUN) == rows
+    assert sorted(p.name for p in (project.dir / "models").iterdir()) == models
+
+
+def test_voc_export_of_pseudo_labels_loads_back(full_run, tmp_path):
+    project, _, _ = full_run
+    pseudo = project.annotations("pseudo")
+    out = export_project(project, "voc", tmp_path / "voc", subset="pseudo")
+    xmls = sorted(out.rglob("*.xml"))
+    assert len(xmls) == len(pseudo)
+    for xml in xmls:
+        objects = SafeET.parse(xml).getroot().findall("object")
+        assert objects
+        for obj in objects:
+            conf = obj.find("confidence")
+            assert conf is not None and conf.text and float(conf.text) > 0
+    back = formats.load("voc", out, images_root=project.image_root, classes=project.classes).annotations
+    assert set(back) == set(pseudo)
+    for key, ann in pseudo.items():
+        got = back[key]
+        np.testing.assert_allclose(got.boxes.xyxy, ann.boxes.xyxy, atol=1e-3)
+        assert got.labels == ann.labels
+        np.testing.assert_allclose([p.score for p in got.provenance], [p.score for p in ann.provenance], atol=1e-4)
+        assert all(p.source == Source.PSEUDO for p in got.provenance)
+
+
+# -- resume ---------------------------------------------------------------------------------------------
+
+
+def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, few_labels, tmp_path):
+    _, full_rows, _ = full_run
+    project = new_project(few_labels, tmp_path / "project")
+    first = autolabel(project, iterations=1, **RUN)
+    assert strip_seconds(first) == strip_seconds(full_rows[:1])
+    doc = json.loads((project.dir / RESULT_FILE).read_text())
+    assert doc["stopped"] == "iteration limit reached" and doc["next_iteration"] == 2
+    # other settings on resume: refused, naming the setting, before anything runs
+    with pytest.raises(ValueError, match="threshold"):
+        autolabel(project, iterations=10, **{**RUN, "threshold": 0.5})
+    rows = autolabel(project, iterations=10, **RUN)
+    assert strip_seconds(rows) == strip_seconds(full_rows)
+    assert project.annotations("pseudo").keys() == full_run[0].annotations("pseudo").keys()
+    assert project.get_meta(PSEUDO_TEST_META) == full_run[0].get_meta(PSEUDO_TEST_META)
+    project.close()

@@ -1,0 +1,180 @@
+"""semi.py on CPU with a tiny random-init interval-head Faster R-CNN on 64 px synthetic images: the
+whole teacher -> pseudo labels -> student -> choose pipeline runs, the switches act, bad input fails
+clearly, and the flip merge and pseudo-label quality match hand-computed numbers.
+
+The teacher is barely trained, so tau is set low (0.02, clip 0.01..0.9) to make pseudo boxes appear:
+the tests check the machinery, not accuracy (the benchmark does that)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from boxloop.data import Sample
+from boxloop.semi import SemiConfig, fit_semi, merge_flip, pseudo_label_quality
+from boxloop.structures import Annotation, Boxes, Detections
+from boxloop.train import CheckpointError, TrainConfig, load_checkpoint, load_detector
+
+SIZE = 64
+DET = dict(pretrained_backbone=False, min_size=SIZE, max_size=SIZE, fpn_channels=32, representation_size=64,
+           rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
+           num_intervals=8, box_head="interval")
+LOW = dict(tau=0.02, clip=(0.01, 0.9))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One CPU thread: on a shared 2-core machine, two threads per process are 4x slower, not faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(**kw) -> TrainConfig:
+    return TrainConfig(**{"steps": 4, "batch_size": 2, "image_size": SIZE, "device": "cpu", "lr": 0.01,
+                          "warmup_steps": 0, "val_every": 4, **kw})
+
+
+@pytest.fixture(scope="module")
+def data(make_synthetic):
+    ds = make_synthetic(n_images=14, image_size=SIZE, seed=3)
+    items = [Sample(ds.images / k, a, key=k) for k, a in sorted(ds.annotations.items())]
+    return ds, items[:5], items[5:10], items[10:]  # labelled, unlabelled (truth withheld), val
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    ds, labelled, unlabelled, val = data
+    out = tmp_path_factory.mktemp("semi")
+    torch.manual_seed(0)
+    result = fit_semi((labelled, unlabelled, val), ds.classes, config(), SemiConfig(**LOW, student_steps=3), out,
+                      detector_kwargs=DET, progress=False)
+    return result, out
+
+
+def test_end_to_end_keeps_the_better_model(run, data) -> None:
+    result, out = run
+    ds = data[0]
+    assert result.chosen in ("supervised", "semi")
+    assert isinstance(result.supervised_val_map50, float) and isinstance(result.semi_val_map50, float)
+    assert result.delta == pytest.approx(result.semi_val_map50 - result.supervised_val_map50)
+    assert (result.chosen == "semi") == (result.delta > 0)
+    assert result.unlabelled_images == 5 and 0 < result.pseudo_images <= 5 and result.pseudo_boxes >= result.pseudo_images
+    assert result.pseudo_boxes == sum(len(a) for a in result.pseudo_labels.values())
+    assert set(result.thresholds) == set(result.alpha) == set(ds.classes)
+    assert all(0.01 <= t <= 0.9 for t in result.thresholds.values())
+    assert result.certainty_used
+    for key, ann in result.pseudo_labels.items():  # RE on, lambda_u 1: each pseudo box weighs its class's alpha_m
+        np.testing.assert_allclose(result.pseudo_weights[key], [result.alpha[c] for c in ann.labels], rtol=1e-6)
+    # best.pt is the chosen model's checkpoint, loadable, with the project's classes
+    chosen = result.student_checkpoint if result.chosen == "semi" else result.teacher_checkpoint
+    a, b = load_checkpoint(out / "best.pt")["model"], load_checkpoint(chosen)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    det, classes, _ = load_detector(out / "best.pt", expect_classes=ds.classes)
+    assert det.has_loc_quality
+    summary = json.loads((out / "semi.json").read_text())
+    assert summary["chosen"] == result.chosen and summary["semi_config"]["tau"] == 0.02
+    assert len(result.history) == 3 and "val_map50" in result.history[-1]
+
+
+def test_switches_change_thresholds_and_weights(run, data, tmp_path: Path) -> None:
+    """No DT -> every tau_m == tau; no RE -> every alpha_m == 1; CA off changes what accumulates."""
+    ds, labelled, unlabelled, val = data
+    result, _ = run
+    teacher = result.teacher_checkpoint
+    assert len(set(result.thresholds.values())) > 1 or set(result.thresholds.values()) != {0.02}
+    off = fit_semi((labelled, unlabelled, val), ds.classes, config(),
+                   SemiConfig(**LOW, dynamic_threshold=False, reweight=False, student_steps=1), tmp_path / "off",
+                   teacher_checkpoint=teacher, progress=False)
+    assert set(off.thresholds.values()) == {0.02} and set(off.alpha.values()) == {1.0}
+    weights = np.concatenate(list(off.pseudo_weights.values()))
+    assert weights.size == off.pseudo_boxes and (weights == 1.0).all()
+    no_ca = fit_semi((labelled, unlabelled, val), ds.classes, config(),
+                     SemiConfig(**LOW, certainty=False, student_steps=1), tmp_path / "noca",
+                     teacher_checkpoint=teacher, progress=False)
+    assert not no_ca.certainty_used
+    # p alone is larger than p*v, so without CA at least as many boxes pass
+    assert no_ca.pseudo_boxes >= result.pseudo_boxes
+    assert no_ca.thresholds != result.thresholds
+
+
+def test_ema_teacher_relabels(run, data, tmp_path: Path) -> None:
+    ds, labelled, unlabelled, val = data
+    result = fit_semi((labelled, unlabelled, val), ds.classes, config(),
+                      SemiConfig(**LOW, ema=0.9, relabel_every=1, student_steps=2), tmp_path / "ema",
+                      teacher_checkpoint=run[0].teacher_checkpoint, progress=False)
+    assert "pseudo_boxes" in result.history[0] and result.semi_val_map50 is not None
+
+
+def test_teacher_with_other_classes_is_rejected_naming_both(run, data, tmp_path: Path) -> None:
+    ds, labelled, unlabelled, val = data
+    other = ["cat", "dog", "bird"]
+    with pytest.raises(CheckpointError) as err:
+        fit_semi((labelled, unlabelled, val), other, config(), SemiConfig(), tmp_path,
+                 teacher_checkpoint=run[0].teacher_checkpoint, progress=False)
+    assert str(ds.classes) in str(err.value) and str(other) in str(err.value)
+
+
+def test_no_unlabelled_images_trains_supervised_only(synthetic_project, tmp_path: Path) -> None:
+    """A project whose images are all labelled: say so, train the teacher, keep it."""
+    result = fit_semi(synthetic_project, None, config(steps=2, image_size=96),
+                      SemiConfig(), tmp_path / "semi", detector_kwargs={**DET, "min_size": 96, "max_size": 96},
+                      progress=False)
+    assert result.chosen == "supervised" and "no unlabelled images" in result.message
+    assert result.student_checkpoint is None and result.semi_val_map50 is None and result.pseudo_boxes == 0
+    assert (tmp_path / "semi" / "best.pt").is_file()
+    _, classes, _ = load_detector(tmp_path / "semi" / "best.pt")
+    assert classes == synthetic_project.classes
+
+
+@pytest.mark.parametrize("kw", [dict(tau=1.0), dict(tau=0.0), dict(tau=-0.2), dict(clip=(0.4, 1.2)),
+                                dict(candidate_threshold=1.5), dict(ema=1.0), dict(lambda_u=-1.0),
+                                dict(student_steps=2, student_epochs=1)])
+def test_bad_settings_are_rejected(kw) -> None:
+    with pytest.raises(ValueError):
+        SemiConfig(**kw)
+
+
+def _dets(boxes, labels, scores, lq, size=(100, 50)) -> Detections:
+    probs = np.zeros((len(labels), 2), np.float32)
+    probs[np.arange(len(labels)), labels] = scores
+    return Detections(Boxes(np.asarray(boxes, float).reshape(-1, 4), size), np.asarray(labels), np.asarray(scores),
+                      probs, loc_quality=np.asarray(lq, float))
+
+
+def test_merge_flip_averages_the_two_views() -> None:
+    """Pair (IoU 0.82, same class): mean box/p/v. A box of one view only: p halved, v kept.
+    Same place but another class: not a pair."""
+    a = _dets([[10, 10, 30, 30], [60, 10, 80, 30]], [0, 1], [0.9, 0.6], [0.8, 0.5])
+    b = _dets([[12, 10, 30, 30], [60, 10, 80, 30]], [0, 0], [0.7, 0.4], [0.6, 0.9])
+    m = merge_flip(a, b, 0.55)
+    assert len(m) == 3
+    np.testing.assert_allclose(m.boxes.xyxy[0], [11, 10, 30, 30])
+    assert m.labels[0] == 0 and m.scores[0] == pytest.approx(0.8) and m.loc_quality[0] == pytest.approx(0.7)
+    rest = sorted(zip(m.labels[1:], m.scores[1:], m.loc_quality[1:]))
+    assert rest[0] == (0, pytest.approx(0.2), pytest.approx(0.9)) and rest[1] == (1, pytest.approx(0.3), pytest.approx(0.5))
+    np.testing.assert_allclose(m.class_probs[np.arange(3), m.labels], m.scores, rtol=1e-6)
+    pv = m.scores * m.loc_quality
+    assert (np.diff(pv) <= 0).all()
+    empty = merge_flip(Detections.empty(2, (100, 50), loc_quality=True), Detections.empty(2, (100, 50), loc_quality=True))
+    assert len(empty) == 0
+
+
+def test_pseudo_label_quality_hand_case() -> None:
+    """Truth: 2 class-0 objects in img1, 1 class-1 in img2 (no accepted box there).
+    Accepted: one hit (IoU 1) and one miss (wrong place) in img1 -> class 0: P 1/2, R 1/2; class 1: R 0."""
+    size = (100, 100)
+    truth = {"img1": Annotation("img1", Boxes(np.array([[0, 0, 10, 10], [50, 50, 70, 70]], float), size), ("a", "a")),
+             "img2": Annotation("img2", Boxes(np.array([[5, 5, 25, 25]], float), size), ("b",))}
+    accepted = {"img1": (_dets([[0, 0, 10, 10], [80, 80, 95, 95]], [0, 0], [0.9, 0.8], [1, 1], size), np.ones(2))}
+    q = pseudo_label_quality(accepted, truth, ["a", "b"])
+    assert q["per_class"]["a"]["precision"] == pytest.approx(0.5) and q["per_class"]["a"]["recall"] == pytest.approx(0.5)
+    assert q["per_class"]["b"]["recall"] == 0.0 and q["per_class"]["b"]["precision"] is None
+    assert q["precision"] == pytest.approx(0.5) and q["recall"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="no withheld labels"):
+        pseudo_label_quality({"other": accepted["img1"]}, truth, ["a", "b"])
