@@ -113,7 +113,7 @@ def test_run_auto_labels_until_the_pool_is_empty(full_run):
     for r in rows:
         assert set(ROW_FIELDS) <= set(r)
     assert [r["steps"] for r in rows] == [min(20 + 10 * i, 30) for i in range(len(rows))]
-    # every iteration but possibly... all labelled something, and the counts add up
+    # every iteration labelled something (else the run stops), and the counts add up
     assert all(r["images_auto_labelled"] > 0 for r in rows)
     assert np.cumsum([r["images_auto_labelled"] for r in rows]).tolist() == [r["total_auto_labelled"] for r in rows]
     assert [r["remaining_unlabelled"] for r in rows] == [n_pool - r["total_auto_labelled"] for r in rows]
@@ -197,10 +197,33 @@ def test_voc_export_of_pseudo_labels_loads_back(full_run, tmp_path):
 # -- resume ---------------------------------------------------------------------------------------------
 
 
-def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, few_labels, tmp_path):
+class Killed(RuntimeError):
+    pass
+
+
+def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, few_labels, tmp_path, monkeypatch):
     _, full_rows, _ = full_run
     project = new_project(few_labels, tmp_path / "project")
+
+    # 1. the process dies inside iteration 1's labelling transaction, after some pseudo boxes were added
+    def die(*args, **kwargs):
+        assert project.connection.in_transaction and len(project.box_table("pseudo")["id"]) > 0
+        raise Killed("killed while labelling")
+
+    monkeypatch.setattr(project, "set_meta", die)
+    with pytest.raises(Killed):
+        autolabel(project, iterations=1, **RUN)
+    monkeypatch.undo()
+    state = project.metrics(0)[0][STATE_KEY]
+    assert (state["iteration"], state["phase"]) == (1, "label")  # trained and evaluated, not labelled
+    assert state["pending"]["steps"] == 20 and "map50" in state["pending"]
+    assert project.annotations("pseudo") == {} and ROWS_KEY not in project.metrics(0)[0]
+    assert len(autolabel_pool(project)) == N_IMAGES - N_LABELLED
+    # 2. the re-run finishes iteration 1 (no training: the checkpoint is complete) and stops at the limit
+    best = project.dir / "models" / "autolabel_001" / "best.pt"
+    stamp = best.stat().st_mtime_ns
     first = autolabel(project, iterations=1, **RUN)
+    assert best.stat().st_mtime_ns == stamp
     assert strip_seconds(first) == strip_seconds(full_rows[:1])
     doc = json.loads((project.dir / RESULT_FILE).read_text())
     assert doc["stopped"] == "iteration limit reached" and doc["next_iteration"] == 2
@@ -211,4 +234,16 @@ def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, fe
     assert strip_seconds(rows) == strip_seconds(full_rows)
     assert project.annotations("pseudo").keys() == full_run[0].annotations("pseudo").keys()
     assert project.get_meta(PSEUDO_TEST_META) == full_run[0].get_meta(PSEUDO_TEST_META)
+    project.close()
+
+
+def test_an_iteration_that_labels_nothing_stops_the_run(few_labels, tmp_path):
+    project = new_project(few_labels, tmp_path / "project")
+    rows = autolabel(project, iterations=None, **{**RUN, "threshold": 0.99, "steps_first": 5})
+    assert len(rows) == 1
+    assert (rows[0]["images_auto_labelled"], rows[0]["boxes"], rows[0]["total_auto_labelled"]) == (0, 0, 0)
+    assert rows[0]["remaining_unlabelled"] == N_IMAGES - N_LABELLED
+    assert json.loads((project.dir / RESULT_FILE).read_text())["stopped"] == "the last iteration labelled nothing new"
+    assert project.annotations("pseudo") == {} and project.get_meta(PSEUDO_TEST_META) == []
+    assert autolabel(project, iterations=None, **{**RUN, "threshold": 0.99, "steps_first": 5}) == rows
     project.close()

@@ -3,7 +3,8 @@
 Each iteration i = 1, 2, ...:
 
     train     on the human train images plus the auto-labelled images in 'train' (loop.training_samples),
-              validated on the human val images; PROJECT/models/autolabel_{i:03d}; the steps follow
+              validated on the human val images; PROJECT/models/autolabel_{i:03d}, started from
+              iteration i-1's best weights (seed 000 reloads its checkpoint); the steps follow
               seed 000's schedule (2,500, +1,500 per iteration, at most 8,500) scaled to the dataset
     evaluate  mAP50 on the project's fixed test set, and separately on the auto-labelled test share
               ("pseudo test", seed 000 measures its model on such a share); the two are never mixed
@@ -49,8 +50,8 @@ from boxloop import pseudo
 from boxloop.store import Project
 from boxloop.structures import Source
 
-__all__ = ["autolabel", "autolabel_pool", "default_steps", "PSEUDO_TEST_META", "STATE_KEY", "ROWS_KEY",
-           "RESULT_FILE", "METRICS_ROUND"]
+__all__ = ["autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir", "PSEUDO_TEST_META",
+           "STATE_KEY", "ROWS_KEY", "RESULT_FILE", "METRICS_ROUND"]
 
 log = logging.getLogger("boxloop.autolabel")
 
@@ -169,20 +170,21 @@ def autolabel(
 
         while True:
             i = int(state["iteration"])
-            if state.get("stopped") in ("pool_empty", "no_new_labels"):
-                log.info("%s: auto-labelling already finished (%s)", project.dir, state["stopped"])
+            if state.get("stopped") == "no_new_labels":  # the same settings would label nothing again
+                log.info("%s: auto-labelling already stopped: an iteration labelled nothing new", project.dir)
+                break
+            if state["phase"] == "train" and not state["pending"] and not autolabel_pool(project):
+                if state.get("stopped") != "pool_empty":
+                    state["stopped"] = "pool_empty"
+                    project.set_metric(METRICS_ROUND, STATE_KEY, state)
+                log.info("%s: no unlabelled image left after %d iteration(s)", project.dir, i - 1)
                 break
             if iterations is not None and i > iterations:
                 if state.get("stopped") != "iterations":
                     state["stopped"] = "iterations"
                     project.set_metric(METRICS_ROUND, STATE_KEY, state)
                 break
-            state["stopped"] = None
-            if state["phase"] == "train" and not state["pending"] and not autolabel_pool(project):
-                state["stopped"] = "pool_empty"
-                project.set_metric(METRICS_ROUND, STATE_KEY, state)
-                log.info("%s: no unlabelled image left after %d iteration(s)", project.dir, i - 1)
-                break
+            state["stopped"] = None  # (images added since a finished run, or a higher iteration limit)
             state = _run_phase(project, state, progress)
         rows = _rows(project)
         _write_json(project, state, rows)
@@ -299,7 +301,8 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
             score_threshold=min(0.05, cfg["threshold"]), progress=progress))}
     accepted = pseudo.tsoda_accept(preds, cfg["threshold"])
     new = [k for k in pool if k in accepted]  # pool order
-    train_keys, test_keys = pseudo.split_autolabelled(new, cfg["train_ratio"], rng=np.random.default_rng([cfg["seed"], i]))
+    train_keys, test_keys = pseudo.split_autolabelled(new, cfg["train_ratio"],
+                                                      rng=np.random.default_rng([cfg["seed"], i]))
     name = model_dir(project, i).name
     boxes = int(sum(len(accepted[k]) for k in new))
     with project.transaction():

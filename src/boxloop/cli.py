@@ -250,23 +250,47 @@ def train(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    semi: Annotated[bool, typer.Option("--semi", help="Certainty-aware teacher-student training on the unlabelled images (seed 001).")] = False,
+    tau: Annotated[float, typer.Option(help="--semi: base pseudo-label threshold.")] = 0.7,
+    gamma1: Annotated[float, typer.Option(help="--semi: exponent of the class-wise dynamic thresholds (eq. 6).")] = 0.05,
+    gamma2: Annotated[float, typer.Option(help="--semi: exponent of the class re-weighting (eq. 6).")] = 0.6,
+    no_dynamic_threshold: Annotated[bool, typer.Option("--no-dynamic-threshold", help="--semi: one fixed threshold tau.")] = False,
+    no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
+    no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
+    ema: Annotated[Optional[float], typer.Option(help="--semi: Mean Teacher momentum, e.g. 0.999.")] = None,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
+    With --semi, a teacher trained on the labels auto-labels the unlabelled images with class-wise
+    thresholds and a student learns from both; the better of the two on validation is kept.
     Re-running the same command after an interruption resumes from the last checkpoint."""
     from boxloop.loop import test_metrics, train_project
     from boxloop.store import Project
+    from boxloop.train import load_detector
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
-                      lr=lr, optimizer=optimizer)
+                      lr=lr, optimizer=optimizer, semi="certainty" if semi else None)
     with Project.open(project) as proj, proj.writer_lock():
-        result, n_train, n_val = train_project(proj, cfg)
-        out.print(f"trained {model} on {n_train} images ({n_val} validation): best validation mAP50 "
-                  f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
-                  f"{escape(str(result.best_checkpoint))}")
-        from boxloop.train import load_detector
+        if semi:
+            from boxloop.semi import SemiConfig, fit_semi
 
-        det, _, _ = load_detector(result.best_checkpoint, expect_classes=proj.classes)
+            sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
+                            reweight=not no_reweight, certainty=not no_certainty, ema=ema)
+            res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=model,
+                           detector_kwargs=cfg.detector_kwargs())
+            proj.set_meta("current_checkpoint", str(res.best_checkpoint))
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "
+                      f"validation mAP50 supervised {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "
+                      f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
+            best = res.best_checkpoint
+        else:
+            result, n_train, n_val = train_project(proj, cfg)
+            out.print(f"trained {model} on {n_train} images ({n_val} validation): best validation mAP50 "
+                      f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
+                      f"{escape(str(result.best_checkpoint))}")
+            best = result.best_checkpoint
+        det, _, _ = load_detector(best, expect_classes=proj.classes)
         m = test_metrics(proj, det, image_size, device)
         if m:
             print_metrics(m, "fixed test set")
@@ -462,6 +486,51 @@ def simulate(
                   echo=lambda m: out.print(escape(m)))
     out.print(format_table(learning_curve_table(res)))
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
+
+
+@app.command()
+@user_errors
+def autolabel(
+    project: Annotated[Path, typer.Argument(help="Project folder.")],
+    threshold: Annotated[float, typer.Option(help="An image joins training when a detection scores above this (seed 000: 0.8; 0.9 works better there).")] = 0.8,
+    iterations: Annotated[Optional[int], typer.Option(help="At most this many iterations (default: until the pool is empty).")] = None,
+    steps_first: Annotated[Optional[int], typer.Option(help="Training steps of the first iteration (default: seed 000's 2,500 scaled to the dataset).")] = None,
+    steps_increment: Annotated[Optional[int], typer.Option(help="Steps added per iteration (default: 1,500 scaled).")] = None,
+    steps_max: Annotated[Optional[int], typer.Option(help="Most steps of one iteration (default: 8,500 scaled).")] = None,
+    model: ModelOpt = "fcos",
+    backbone: BackboneOpt = "efficientnet_lite0",
+    image_size: SizeOpt = 320,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    no_pretrained: NoPretrainedOpt = False,
+) -> None:
+    """Iterative self-training (TSODA, seed 000): train, auto-label the images the model is sure of,
+    retrain, repeat. Writes PROJECT/autolabel.json; `export --subset pseudo` hands the auto-labels to a
+    labelling tool for review. Re-running after an interruption resumes."""
+    from boxloop.autolabel import autolabel as run_autolabel, autolabel_pool
+    from boxloop.store import Project
+
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
+    with Project.open(project) as proj, proj.writer_lock():
+        if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
+            out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")
+            return
+        rows = run_autolabel(proj, threshold=threshold, iterations=iterations, steps_first=steps_first,
+                             steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
+                             pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
+                             device=device, seed=seed)
+    t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
+    for c in ("iteration", "steps", "new images", "total", "boxes", "left", "test mAP50"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        m = r.get("map50")
+        t.add_row(str(r["iteration"]), str(r["steps"]), str(r["images_auto_labelled"]), str(r["total_auto_labelled"]),
+                  str(r["boxes"]), str(r["remaining_unlabelled"]), "-" if m is None else f"{m:.3f}")
+    out.print(t)
+    out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels with: boxloop export "
+              f"{escape(str(project))} --subset pseudo --format voc --out review/")
 
 
 @app.command()

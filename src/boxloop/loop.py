@@ -41,6 +41,8 @@ class LoopConfig:
     model: str = "fcos"
     backbone: str = "efficientnet_lite0"
     pretrained_backbone: bool = True
+    # more builder options, e.g. {"fpn_channels": 32, "head_convs": 1} or {"box_head": "interval"}
+    detector_options: dict = field(default_factory=dict)
     # training (see train.TrainConfig); epochs per round
     epochs: int | None = 12
     steps: int | None = None
@@ -98,8 +100,11 @@ class LoopConfig:
                            warmup_steps=min(100, 5 * max(1, (self.steps or 20) // 20)))
 
     def detector_kwargs(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "pretrained_backbone": self.pretrained_backbone,
-                "min_size": self.image_size, "max_size": self.image_size}
+        kw: dict[str, Any] = {"backbone": self.backbone, "pretrained_backbone": self.pretrained_backbone,
+                              "min_size": self.image_size, "max_size": self.image_size}
+        if self.model == "faster_rcnn" and self.semi == "certainty":
+            kw["box_head"] = "interval"  # seed 001: localization quality v drives NMS and pseudo-labels
+        return {**kw, **self.detector_options}
 
 
 # -- what trains with which weight ---------------------------------------------------------------
@@ -431,11 +436,14 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
         project.set_metric(round_id, "pseudo_thresholds", th.to_dict())
     boxes = 0
     with project.transaction():
-        project.deactivate_boxes(sources=("pseudo",))
+        # replace the loop's own earlier auto-labels (never those of `boxloop autolabel`)
+        project.connection.execute("UPDATE boxes SET active = 0 WHERE source = 'pseudo' AND active = 1 "
+                                   "AND model LIKE 'loop_round_%'")
         for key, (d, w) in accepted.items():
             if project.image(key).status != "unlabelled":
                 continue
-            project.add_boxes(key, d.to_annotation(key, project.classes, source=Source.PSEUDO, round=round_id),
+            project.add_boxes(key, d.to_annotation(key, project.classes, source=Source.PSEUDO, round=round_id,
+                                                   model=f"loop_round_{round_id:03d}"),
                               round=round_id, weights=w)
             boxes += len(d)
         out = {"pseudo_images": len(accepted), "pseudo_boxes": boxes}
@@ -531,12 +539,10 @@ def round_history(project: Project) -> list[dict[str, Any]]:
     metrics = project.metrics()
     rows = []
     cum = Cost()
-    seed = metrics.get(0, {})
-    for r in sorted(metrics):
+    evaluated = [r for r in sorted(metrics) if "images_labelled" in metrics[r]]
+    for r in evaluated:
         m = metrics[r]
-        if "images_labelled" not in m:
-            continue
-        if r == min(metrics):
+        if r == evaluated[0]:
             initial = m.get("human_boxes", 0)
             cum = Cost(images=m["images_labelled"], boxes_drawn=initial, seconds=initial * DRAW_SECONDS)
         row = {"round": r, "images_labelled": m["images_labelled"], "boxes_labelled": cum.boxes_labelled,
@@ -552,5 +558,4 @@ def round_history(project: Project) -> list[dict[str, Any]]:
         rows.append(row)
         if "cost" in m:
             cum = cum + Cost(**m["cost"])
-    del seed
     return rows
