@@ -232,17 +232,15 @@ def _detector_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
-    import torch
-
     from boxloop.detectors import create_detector
     from boxloop.loop import training_samples
     from boxloop.train import TrainConfig, fit, load_checkpoint
 
     train, val = training_samples(project)
     steps = iteration_steps(cfg, i)
-    # Seeded before building: random-initialised layers must not depend on what ran before.
-    torch.manual_seed(cfg["seed"] + 1000 * i)
-    detector = create_detector(cfg["model"], num_classes=project.num_classes, **_detector_kwargs(cfg))
+    # Seeded build: random-initialised layers must not depend on what ran before.
+    detector = create_detector(cfg["model"], num_classes=project.num_classes, seed=cfg["seed"] + 1000 * i,
+                               **_detector_kwargs(cfg))
     previous = model_dir(project, i - 1) / "best.pt"
     if cfg["warm_start"] and i > 1 and previous.exists():
         detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]

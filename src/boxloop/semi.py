@@ -466,7 +466,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
         kwargs = dict(detector_kwargs or {})
         if model == "faster_rcnn" and semi.certainty:
             kwargs.setdefault("box_head", "interval")
-        teacher = create_detector(model, len(classes), **kwargs)
+        teacher = create_detector(model, len(classes), seed=train_config.seed, **kwargs)
         teacher_path = fit(teacher, labelled, val, classes, train_config, out_dir / "teacher",
                            progress=progress).best_checkpoint
     device = resolve_device(train_config.device)

@@ -19,15 +19,25 @@ DETECTORS: dict[str, str] = {
 }
 
 
-def create_detector(name: str, num_classes: int, **kwargs: Any) -> Detector:
-    """Build a detector by registry name; `kwargs` go to its builder (backbone, sizes, ...)."""
+def create_detector(name: str, num_classes: int, seed: int | None = None, **kwargs: Any) -> Detector:
+    """Build a detector by registry name; `kwargs` go to its builder (backbone, sizes, ...).
+
+    With `seed`, randomly initialised layers come from that seed alone (the global RNG is left as it
+    was), so a resumed process builds the same model as one that ran everything before it.
+    """
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     module_name, func = DETECTORS[name].split(":")
     builder = getattr(importlib.import_module(module_name), func)
-    return builder(num_classes=num_classes, **kwargs)
+    if seed is None:
+        return builder(num_classes=num_classes, **kwargs)
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return builder(num_classes=num_classes, **kwargs)
 
 
 __all__ = ["DETECTORS", "Detector", "create_detector"]
