@@ -20,13 +20,16 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from boxloop.oracle import DRAW_SECONDS, BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
 from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
+
+if TYPE_CHECKING:
+    from boxloop.strategies import DetectionTable
 
 log = logging.getLogger("boxloop.loop")
 
@@ -187,9 +190,10 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
         fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
                                    else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
         out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
-    detector = create_detector(config.model, num_classes=project.num_classes, **config.detector_kwargs())
+    detector = create_detector(config.model, num_classes=project.num_classes, seed=config.train_config(0).seed,
+                               **config.detector_kwargs())
     result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress, resume=True)
-    project.set_meta("current_checkpoint", str(result.best_checkpoint))
+    project.set_meta("current_checkpoint", str(Path(result.best_checkpoint).resolve()))
     return result, len(train), len(val)
 
 
@@ -198,13 +202,14 @@ def step_train(project: Project, round_id: int, config: LoopConfig, progress: bo
     from boxloop.train import fit
 
     train, val = training_samples(project)
-    detector = create_detector(config.model, num_classes=project.num_classes, **config.detector_kwargs())
+    detector = create_detector(config.model, num_classes=project.num_classes,
+                               seed=config.train_config(round_id).seed, **config.detector_kwargs())
     result = fit(detector, train, val, project.classes, config.train_config(round_id), model_dir(project, round_id),
                  progress=progress, resume=True)
     with project.transaction():
         project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
                                        "val_images": len(val)})
-        project.set_meta("current_checkpoint", str(result.best_checkpoint))
+        project.set_meta("current_checkpoint", str(Path(result.best_checkpoint).resolve()))
 
 
 def test_metrics(project: Project, detector, image_size: int, device: str = "auto", batch_size: int = 8,
@@ -273,16 +278,20 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
         project.save_predictions(round_id, out)
 
 
-def _checked_exclusions(project: Project, preds: Mapping[str, Detections]) -> list[tuple[str, int]]:
+def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[str, int]]:
     """Boxes of partially labelled images that overlap a box a person already checked."""
     exclude: list[tuple[str, int]] = []
     checked = project.annotations("partial", sources=("human", "background"))
+    row = {k: i for i, k in enumerate(pool.keys)}
+    counts = pool.counts()
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     for key, ann in checked.items():
-        d = preds.get(key)
-        if d is None or not len(d) or not len(ann):
+        i = row.get(key)
+        if i is None or not counts[i] or not len(ann):
             continue
-        overlap = iou(d.boxes, ann.boxes).max(axis=1)
-        exclude.extend((key, int(i)) for i in np.flatnonzero(overlap >= 0.5))
+        rows = slice(starts[i], starts[i] + counts[i])
+        overlap = iou(pool.boxes[rows].astype(np.float64), ann.boxes).max(axis=1)
+        exclude.extend((key, int(b)) for b in pool.box_index[rows][overlap >= 0.5])
     return exclude
 
 
@@ -290,9 +299,9 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
     """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
     from boxloop.strategies import select
 
-    preds = project.load_predictions(round_id)
-    pool = {k: preds[k] for k in pool_paths(project) if k in preds}
-    if not pool:
+    # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
+    pool = project.prediction_table(round_id, keys=pool_paths(project), features=config.strategy == "coreset")
+    if not pool.num_images:
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
     rng = np.random.default_rng([config.seed, round_id])
     options: dict[str, Any] = {}
@@ -301,7 +310,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
             options["empty_share"] = config.empty_share
         if config.strategy == "coreset":
             options["labelled_features"] = _labelled_features(project, round_id, config)
-        budget = len(pool) if last and config.take_all_last else config.budget
+        budget = pool.num_images if last and config.take_all_last else config.budget
         sel = select(config.strategy, pool, budget, unit="images", rng=rng, **options)
         items = [(k, None, s) for k, s in zip(sel.items, sel.scores or [None] * len(sel))]
     else:
@@ -312,7 +321,8 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
     with project.transaction():
         project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
         project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
-        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "shortfall", "extended")}
+        # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
+        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended")}
         if "thresholds" in info and info["thresholds"] is not None:
             info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
         project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
