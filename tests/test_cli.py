@@ -77,15 +77,26 @@ def test_user_errors_are_one_red_line(synthetic_dataset, tmp_path: Path) -> None
     assert res.exit_code == 2 and "not both" in res.output
 
 
+DEMO_TINY = ("--image-size", "64", "--steps", "2", "--rounds", "1", "--initial", "4", "--budget", "2")
+
+
 def test_demo(tmp_path: Path) -> None:
-    res = _run("demo", "--out", tmp_path / "demo", "--images", "12", "--image-size", "64")
+    """The demo's whole story at toy size (the real one: `make demo`): status, the two strategies'
+    learning curves, results.json and a report that names its path."""
+    res = _run("demo", "--out", tmp_path / "demo", "--images", "14", *DEMO_TINY)
     assert res.exit_code == 0, res.output
     assert "circle" in res.stdout and "human boxes" in res.stdout
     s = _status(tmp_path / "demo" / "project")
-    assert s["images"] == 12 and s["test_images"] == 2
+    assert s["images"] == 14 and s["test_images"] == 3
+    runs = json.loads((tmp_path / "demo" / "simulate" / "results.json").read_text())["runs"]
+    assert sorted(r["strategy"] for r in runs) == ["localization_aware+autolabel", "random+autolabel"] or \
+        sorted(r["strategy"] for r in runs) == ["localization_aware", "random"]
+    assert all([x["images_labelled"] for x in r["rounds"]] == [4, 6] for r in runs)
+    report = tmp_path / "demo" / "report.html"
+    assert report.stat().st_size > 10_000 and str(report.resolve()) in res.stdout.replace("\n", "")
     # running it again replaces its own output; a foreign folder is refused
-    assert _run("demo", "--out", tmp_path / "demo", "--images", "10", "--image-size", "64").exit_code == 0
-    assert _status(tmp_path / "demo" / "project")["images"] == 10
+    assert _run("demo", "--out", tmp_path / "demo", "--images", "12", *DEMO_TINY).exit_code == 0
+    assert _status(tmp_path / "demo" / "project")["images"] == 12
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")
     res = _run("demo", "--out", tmp_path / "other")

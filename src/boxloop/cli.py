@@ -59,8 +59,61 @@ def user_errors(fn: F) -> F:
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             err.print(f"[bold red]error:[/bold red] [red]{escape(str(msg))}[/red]")
             raise typer.Exit(1) from None
+        except Exception as e:  # a full disk or a read-only folder is the machine's state, not a bug
+            msg = storage_problem(e, kwargs.get("project"))
+            if msg is None or os.environ.get("BOXLOOP_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/bold red] [red]{escape(msg)}[/red]")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def storage_problem(e: BaseException, project: Path | None = None) -> str | None:
+    """What to tell the user when `e` (or an exception it was raised from: torch wraps a failed write
+    in a RuntimeError) is a full disk, a read-only file system or a denied write; None otherwise."""
+    import errno
+    import sqlite3
+
+    def readonly(folder: Path) -> bool:
+        try:
+            return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
+        except OSError:
+            return False
+
+    def full(folder: Path) -> bool:
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < 1 << 20
+
+    again = "run the same command again (the project keeps everything saved before this failure)"
+    seen: set[int] = set()
+    x: BaseException | None = e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        # a failed copy names (source, destination): the destination is what could not be written
+        name = (getattr(x, "filename2", None) or getattr(x, "filename", None) or project or "a file")
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"cannot write {name}: no space left on the device; free some disk space and {again}"
+        if isinstance(x, OSError) and x.errno == errno.EROFS:
+            return (f"cannot write {name}: read-only file system; make it writable "
+                    f"(or copy the project to a writable folder) and {again}")
+        if isinstance(x, OSError) and x.errno in (errno.EACCES, errno.EPERM) and x.filename:
+            return f"permission denied: {name}; give this user access to it and {again}"
+        if isinstance(x, sqlite3.OperationalError) and project is not None:
+            text, where = str(x), Path(project)
+            db = where / "boxloop.db"
+            if "full" in text or ("disk I/O" in text and full(where)):
+                return f"cannot write {db}: no space left on the device ({text}); free some disk space and {again}"
+            if "readonly" in text or "read-only" in text or ("unable to open" in text and readonly(where)):
+                return (f"cannot write {db}: the project folder is read-only ({text}); make it writable "
+                        f"(or copy the project to a writable folder) and {again}")
+            if "disk I/O" in text or "unable to open" in text:
+                return f"cannot use {db}: {text}; check the disk and the folder's permissions, then {again}"
+        x = x.__cause__ or x.__context__
+    return None
 
 
 def warn(msg: str) -> None:
@@ -278,7 +331,7 @@ def train(
                             reweight=not no_reweight, certainty=not no_certainty, ema=ema)
             res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=model,
                            detector_kwargs=cfg.detector_kwargs())
-            proj.set_meta("current_checkpoint", str(res.best_checkpoint))
+            proj.set_meta("current_checkpoint", str(Path(res.best_checkpoint).resolve()))
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "
                       f"validation mAP50 supervised {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "
@@ -376,6 +429,7 @@ def query(
     batch_size: BatchOpt = 8,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
+    no_pretrained: NoPretrainedOpt = False,
     empty_share: Annotated[float, typer.Option(help="Share of the batch for images where the model sees nothing.")] = 0.0,
     semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
@@ -388,7 +442,7 @@ def query(
     from boxloop.loop import model_dir, run_round
     from boxloop.store import Project
 
-    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, False,
+    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
     with Project.open(project) as proj, proj.writer_lock():
         pending = open_round(proj)
@@ -410,7 +464,12 @@ def query(
 
             load_detector(checkpoint, expect_classes=proj.classes)  # refuses another class list
             model_dir(proj, round_id).mkdir(parents=True, exist_ok=True)
-            _sh.copy2(checkpoint, model_dir(proj, round_id) / "best.pt")
+            best, part = model_dir(proj, round_id) / "best.pt", model_dir(proj, round_id) / "best.pt.copying"
+            try:  # copy aside, then rename: a full disk must not leave a truncated best.pt behind
+                _sh.copy2(checkpoint, part)
+                os.replace(part, best)
+            finally:
+                part.unlink(missing_ok=True)
             if round_id not in {r["id"] for r in proj.rounds()}:
                 proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
         m = run_round(proj, cfg, None, round_id)
@@ -484,7 +543,7 @@ def simulate(
     res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
                   annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
                   echo=lambda m: out.print(escape(m)))
-    out.print(format_table(learning_curve_table(res)))
+    typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 
 
@@ -580,17 +639,43 @@ def demo_project(root: Path, data: Path, seed: int) -> Project:
 @app.command()
 @user_errors
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's data and project.")] = Path("demo_out"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, runs and report.")] = Path("demo_out"),
     n_images: Annotated[int, typer.Option("--images", help="Synthetic images to generate.")] = 60,
-    image_size: Annotated[int, typer.Option(help="Side of each square image, pixels.")] = 128,
-    seed: Annotated[int, typer.Option(help="Seed for data and splits.")] = 0,
+    image_size: Annotated[int, typer.Option(help="Side of each square image, pixels.")] = 96,
+    rounds: Annotated[int, typer.Option(help="Active-learning rounds after the initial one.")] = 2,
+    steps: Annotated[int, typer.Option(help="Training steps per round.")] = 80,
+    initial: Annotated[int, typer.Option(help="Images labelled at random before the first round.")] = 10,
+    budget: Annotated[int, typer.Option(help="Images the simulated annotator labels per round.")] = 6,
+    seed: Annotated[int, typer.Option(help="Seed for data, splits and training.")] = 0,
+    device: DeviceOpt = "cpu",
 ) -> None:
-    """Offline, CPU-only: generate a synthetic dataset, make a project of it, show its status."""
-    out.print(f"[bold]1.[/bold] generating {n_images} synthetic images ({image_size} px) in {escape(str(out_dir))}/data")
+    """The whole story, offline on CPU in a few minutes: a generated dataset, a project, active learning
+    (localization-aware against random) plus auto-labelling with a simulated annotator, mAP on the fixed
+    test set every round, and report.html."""
+    from boxloop.report import format_table, learning_curve_table, write_report
+    from boxloop.simulate import simulate as run_sim
+
+    out.print(f"[bold]1.[/bold] generating {n_images} synthetic images ({image_size} px: circles, squares and a rare "
+              f"triangle) in {escape(str(out_dir))}/data")
     data = demo_dataset(out_dir, n_images, image_size, seed)
-    out.print(f"[bold]2.[/bold] creating the project {escape(str(out_dir))}/project")
+    out.print(f"[bold]2.[/bold] a project over all of it (every label kept; 20% fixed test set): {escape(str(out_dir))}/project")
     with demo_project(out_dir, data, seed) as proj:
         print_status(proj.status())
+    out.print(f"[bold]3.[/bold] active learning with a simulated annotator: {initial} labelled images to start, {budget} more per "
+              f"round, {rounds} rounds; each round trains fcos (offline EfficientNet-Lite0), measures mAP50 on the "
+              "fixed test set, asks about the most informative images and auto-labels the confident rest")
+    cfg = loop_config("fcos", "efficientnet_lite0", None, steps, image_size, 8, device, seed, False,
+                      strategy="localization_aware", budget=budget, semi="autolabel", pseudo_threshold=0.7,
+                      lr=0.01, val_every=10 ** 6, detector_options={"fpn_channels": 64, "head_convs": 2})
+    sim = out_dir / "simulate"
+    if sim.exists():  # an earlier demo's runs (demo_dataset checked that the folder is the demo's own)
+        shutil.rmtree(sim)
+    res = run_sim(data / "images", sim, ["random", "localization_aware"], initial=initial, budget=budget, rounds=rounds,
+                  seeds=[seed], config=cfg, annotations=data / "annotations", progress=False,
+                  echo=lambda m: out.print("   " + escape(m)))
+    typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
+    report_path = write_report(sim, out_dir / "report.html", title="boxloop demo")
+    out.print(f"[bold]4.[/bold] [green]report:[/green] {escape(str(report_path.resolve()))}")
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

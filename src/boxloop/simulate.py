@@ -136,7 +136,21 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
         project.close()
     results = collect_results(out, strategies, seeds, config)
     write_results(out, results)
+    write_gallery(out / f"seed{seeds[-1]}" / run_name(strategies[-1], config.semi).replace("+", "_"), out)
     return results
+
+
+def write_gallery(run_dir: Path, out: Path) -> None:
+    """OUT/gallery.json: the last query of one run, boxes coloured by provenance in the report."""
+    from boxloop.report import project_gallery
+
+    if not (run_dir / DB_NAME).exists():
+        return
+    with Project.open(run_dir) as p:
+        items = project_gallery(p)
+    tmp = out / "gallery.json.tmp"
+    tmp.write_text(json.dumps(items, indent=1))
+    os.replace(tmp, out / "gallery.json")
 
 
 def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], config: LoopConfig) -> dict[str, Any]:

@@ -82,7 +82,8 @@ class Boxes:
     @classmethod
     def from_xywh(cls, xywh: np.ndarray | Sequence, image_size: tuple[int, int]) -> Boxes:
         a = _as_f64(xywh, (4,)).reshape(-1, 4)
-        return cls(np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1), image_size)
+        with np.errstate(over="ignore"):  # huge widths become inf, which validation then drops with a message
+            return cls(np.concatenate([a[:, :2], a[:, :2] + a[:, 2:]], axis=1), image_size)
 
     @classmethod
     def from_cxcywh_normalized(cls, cxcywh: np.ndarray | Sequence, image_size: tuple[int, int]) -> Boxes:

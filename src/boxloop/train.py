@@ -164,8 +164,12 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # torch reports a failed write (full disk, ...) as a RuntimeError raised from the OSError
+        cause = e if isinstance(e, OSError) else e.__context__
+        if isinstance(cause, OSError) and cause.errno and not cause.filename:
+            raise OSError(cause.errno, f"cannot save a checkpoint: {os.strerror(cause.errno)}", str(path)) from e
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -188,7 +192,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated, corrupt or not a torch "
-                              f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0].split('. ')[0] if str(e) else ''}); "
                               "train again or use another checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a boxloop checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
@@ -325,7 +329,11 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     step, history, best_map50, best_step, evals_since_best = 0, [], None, None, 0
     stopped_early = False
     if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path, map_location=device)
+        try:
+            ckpt = load_checkpoint(last_path, map_location=device)
+        except CheckpointError as e:  # a damaged resume point: say how to start over instead
+            raise CheckpointError(f"cannot resume training: {e}. To train from the start instead, delete "
+                                  f"{last_path}") from e
         _check_classes(last_path, ckpt["class_names"], class_names)
         if ckpt["detector_config"] != getattr(detector, "config", None):
             raise CheckpointError(f"{last_path} was made for model {ckpt['detector_config']}, this fit() trains "

@@ -138,6 +138,11 @@ def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence
                           "here or in the parent folder", "add classes.txt (one name per line) or pass --classes")
     txts = sorted(p for p in labels_dir.rglob("*.txt")
                   if p.name.lower() not in skip and not any(s.startswith(".") for s in p.relative_to(labels_dir).parts))
+    real_labels = labels_dir.resolve()
+    escaping = [t for t in txts if not t.resolve().is_relative_to(real_labels)]
+    if escaping:  # a label file linked to /etc/passwd must not be read (its lines would be echoed)
+        raise FormatError(escaping[0], f"is a symlink leading outside {labels_dir} ({escaping[0].resolve()})",
+                          "copy the label file into the label folder instead of linking it")
     images = list_images(images_root)
     index = stem_index(images)
 
