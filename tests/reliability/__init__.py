@@ -1,0 +1,1 @@
+"""Crash-safety harness: SIGKILL boxloop commands at random moments and check nothing is lost."""

@@ -1,0 +1,763 @@
+"""Crash-safety harness: run boxloop commands as subprocesses, SIGKILL them at random moments and at
+chosen steps of a round, check the project after every kill, resume by re-running the same command,
+and compare the end result with an uninterrupted run of the same command and seed.
+
+What is checked after each kill (all from the raw SQLite file, independent of boxloop's own code):
+  - `PRAGMA integrity_check` is 'ok' and `PRAGMA foreign_key_check` is empty, for every database;
+  - no label lost or duplicated: every 'labelled' image holds exactly the oracle's boxes (class
+    multiset), as active human boxes of one round, never re-labelled; unlabelled images hold no
+    human box; an answered query's image is labelled in that round, an open query's is not; a round
+    past its oracle step has no open query, a round before it has no query at all; the recorded cost
+    counts exactly the answered queries; auto-labelled images carry pseudo boxes of one iteration and
+    the iteration table agrees with the boxes;
+  - the kill leaves the command resumable: re-running it finishes (or says there is nothing left).
+At the end: results.json / autolabel.json / the store's status and contents, and the weights of every
+checkpoint, equal those of the uninterrupted run.
+
+Written by hand: the triggers, the checks and the report; subprocess/signal/sqlite3 do the rest.
+Subprocesses run with OMP_NUM_THREADS=1 so that CPU training is bit-for-bit repeatable.
+
+Run it directly for the full table:  python tests/reliability/harness.py [--quick] [WORKDIR]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+PY = sys.executable
+BOXLOOP = [PY, "-m", "boxloop.cli"]
+DB = "boxloop.db"
+LOOP_STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi")
+PROCESS_TIMEOUT = 900.0  # seconds one subprocess may run before the harness calls it hung
+
+
+def tiny_args(steps: int = 4) -> list[str]:
+    """The smallest detector settings the CLI offers: a run of a few seconds per step on a CPU."""
+    return ["--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", str(steps),
+            "--image-size", "64", "--batch-size", "4", "--device", "cpu"]
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "BOXLOOP_DEBUG"}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONHASHSEED="0",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One kill (or one final comparison, with kill=False)."""
+
+    command: str
+    run: str
+    trigger: str
+    step_at_kill: str
+    outcome: str
+    ok: bool
+    kill: bool = True
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def kills(self) -> int:
+        return sum(o.kill for o in self.outcomes)
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def kills_by(self) -> dict[str, Counter]:
+        out: dict[str, Counter] = defaultdict(Counter)
+        for o in self.outcomes:
+            if o.kill:
+                out[o.command][o.step_at_kill.split(" ")[-1]] += 1
+        return out
+
+    def table(self) -> str:
+        lines = ["| # | command | run | trigger | step at kill | outcome |", "|---|---|---|---|---|---|"]
+        n = 0
+        for o in self.outcomes:
+            n += o.kill
+            lines.append(f"| {n if o.kill else ''} | {o.command} | {o.run} | {o.trigger} | {o.step_at_kill} | "
+                         f"{'' if o.ok else 'FAIL: '}{o.outcome} |")
+        lines.append("")
+        lines.append(f"kills: {self.kills}; failures: {len(self.failures)}")
+        for cmd, steps in self.kills_by().items():
+            lines.append(f"  {cmd}: " + ", ".join(f"{s} {n}" for s, n in sorted(steps.items())))
+        return "\n".join(lines)
+
+
+# -- sqlite helpers (independent of boxloop.store) ---------------------------------------------------
+
+
+def read_rows(db: Path, sql: str, args: Sequence = ()) -> list[tuple] | None:
+    """Rows of a read-only query, or None when the file is absent or (briefly) unreadable."""
+    if not db.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def integrity_problems(db: Path) -> list[str]:
+    conn = sqlite3.connect(db, timeout=10.0)
+    try:
+        res = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        fk = conn.execute("PRAGMA foreign_key_check").fetchall()
+    finally:
+        conn.close()
+    out = [] if res == ["ok"] else [f"{db}: integrity_check says {res[:3]}"]
+    if fk:
+        out.append(f"{db}: foreign_key_check lists {len(fk)} rows, e.g. {fk[:2]}")
+    return out
+
+
+def _json_strip(value: Any, drop: set[str]) -> Any:
+    """value without the keys in `drop` (wall-clock seconds and paths), recursively."""
+    if isinstance(value, dict):
+        return {k: _json_strip(v, drop) for k, v in value.items() if k not in drop}
+    if isinstance(value, list):
+        return [_json_strip(v, drop) for v in value]
+    return value
+
+
+def project_fingerprint(project: Path) -> dict[str, Any]:
+    """Everything a run leaves in its store, minus wall-clock times and absolute paths; plus the
+    weights of every checkpoint under PROJECT/models and `Project.status()`."""
+    conn = sqlite3.connect(project / DB, timeout=10.0)
+    q = conn.execute
+    fp: dict[str, Any] = {}
+    fp["images"] = q("SELECT path, split, status, round_labelled FROM images ORDER BY path").fetchall()
+    fp["boxes"] = [
+        (p, c, src, r, a, round(w, 6), None if s is None else round(s, 6), tuple(round(v, 4) for v in xy))
+        for p, c, src, r, a, w, s, *xy in q(
+            "SELECT i.path, b.class_id, b.source, b.round, b.active, b.weight, b.score, b.x1, b.y1, b.x2, b.y2 "
+            "FROM boxes b JOIN images i ON i.id = b.image_id ORDER BY i.path, b.source, b.round, b.x1, b.y1, "
+            "b.x2, b.y2, b.active")]
+    fp["queries"] = q("SELECT q.round, q.batch, i.path, q.box_index, q.strategy, q.state, round(q.score, 6) "
+                      "FROM queries q JOIN images i ON i.id = q.image_id ORDER BY q.id").fetchall()
+    fp["rounds"] = q("SELECT id, step, status, config_json FROM rounds ORDER BY id").fetchall()
+    fp["metrics"] = {f"{r}/{k}": _json_strip(json.loads(v), {"seconds"} if k.startswith("autolabel") else set())
+                     for r, k, v in q("SELECT round, key, value_json FROM metrics ORDER BY round, key")}
+    meta = {}
+    for k, v in q("SELECT key, value FROM meta ORDER BY key"):
+        if k in ("created", "image_root"):
+            continue
+        value = json.loads(v)
+        if k == "current_checkpoint" and value:
+            value = os.path.relpath(value, project)
+        meta[k] = value
+    fp["meta"] = meta
+    preds = []
+    for r, p, m, blob in q("SELECT p.round, i.path, p.model, p.blob FROM predictions p JOIN images i "
+                           "ON i.id = p.image_id ORDER BY p.round, i.path"):
+        h = hashlib.sha256(bytes(blob))  # the stored bytes themselves: same detections, same blob
+        preds.append((r, p, m, h.hexdigest()[:16]))
+    fp["predictions"] = preds
+    conn.close()
+    fp["weights"] = {str(p.relative_to(project)): weights_digest(p) for p in sorted((project / "models").rglob("*.pt"))}
+    from boxloop.store import Project
+
+    with Project.open(project) as proj:
+        fp["status"] = _json_strip(proj.status(), {"project", "image_root"})
+    return fp
+
+
+def weights_digest(path: Path) -> str:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported, not raised
+        return f"unreadable: {type(e).__name__}"
+    h = hashlib.sha256()
+    for k in sorted(ckpt["model"]):
+        h.update(k.encode())
+        h.update(ckpt["model"][k].detach().cpu().contiguous().numpy().tobytes())
+    return f"{h.hexdigest()[:16]} step {ckpt.get('step')} complete {ckpt.get('complete')}"
+
+
+def diff_fingerprints(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two fingerprints differ (first few places)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                out.append(f"{path}/{k}: only in {'reference' if k in a else 'resumed run'}")
+            else:
+                out.extend(diff_fingerprints(a[k], b[k], f"{path}/{k}"))
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} entries in the reference, {len(b)} after kills"]
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out.extend(diff_fingerprints(x, y, f"{path}[{i}]"))
+        return out
+    return [] if a == b else [f"{path}: reference {str(a)[:120]!r} vs resumed {str(b)[:120]!r}"]
+
+
+# -- label checks ---------------------------------------------------------------------------------
+
+
+def check_loop_labels(db: Path, truth: dict[str, list[str]], initial: int | None, budget: int | None) -> list[str]:
+    """Label invariants of a project driven by the loop with a simulated (or answered) oracle.
+
+    `truth`: image path -> the oracle's class names. `initial`: labelled non-test images before any
+    query (None: don't check the total). `budget`: most queries a round may hold."""
+    p: list[str] = []
+    name = db.parent.name
+    conn = sqlite3.connect(db, timeout=10.0)
+    q = conn.execute
+    imgs = {r[0]: r[1:] for r in q("SELECT path, id, split, status, round_labelled FROM images")}
+    human: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for path, cname, rnd in q("SELECT i.path, c.name, b.round FROM boxes b JOIN images i ON i.id = b.image_id "
+                              "LEFT JOIN classes c ON c.id = b.class_id WHERE b.active = 1 AND b.source = 'human'"):
+        human[path].append((cname, rnd))
+    for path, (_, split, status, rl) in imgs.items():
+        h = human.get(path, [])
+        if status == "labelled":
+            if sorted(c for c, _ in h) != sorted(truth[path]):
+                p.append(f"{name}: {path} is labelled with {len(h)} human boxes {sorted(c for c, _ in h)}, "
+                         f"the oracle has {len(truth[path])} {sorted(truth[path])} (label lost or duplicated)")
+            if len({r for _, r in h}) > 1 or (h and h[0][1] != (rl or 0)):
+                p.append(f"{name}: {path} holds human boxes of rounds {sorted({r for _, r in h})}, labelled in {rl}")
+        elif status == "unlabelled" and h:
+            p.append(f"{name}: unlabelled image {path} holds {len(h)} active human boxes")
+    for path, n in q("SELECT i.path, COUNT(*) FROM boxes b JOIN images i ON i.id = b.image_id WHERE b.active = 0 "
+                     "AND b.source = 'human' AND b.round > 0 GROUP BY i.path"):
+        p.append(f"{name}: {path} was labelled twice ({n} retired human boxes of a query round)")
+    for path, n in q("SELECT i.path, COUNT(*) FROM boxes b JOIN images i ON i.id = b.image_id WHERE b.active = 1 "
+                     "AND b.source = 'pseudo' AND i.status = 'labelled' GROUP BY i.path"):
+        p.append(f"{name}: human-labelled {path} still holds {n} active pseudo boxes")
+    rounds = dict(q("SELECT id, step FROM rounds").fetchall())
+    answered: Counter = Counter()
+    per_round: Counter = Counter()
+    answered_round: Counter = Counter()
+    for rnd, path, state in q("SELECT q.round, i.path, q.state FROM queries q JOIN images i ON i.id = q.image_id"):
+        _, split, status, rl = imgs[path]
+        if state != "stale":
+            per_round[rnd] += 1
+        if state == "answered":
+            answered[path] += 1
+            answered_round[rnd] += 1
+            if status != "labelled" or rl != rnd:
+                p.append(f"{name}: query for {path} (round {rnd}) is answered but the image is {status} "
+                         f"(round {rl}): label lost")
+        elif state == "open":
+            if status == "labelled":
+                p.append(f"{name}: {path} is labelled but its round-{rnd} query is still open")
+            step = rounds.get(rnd)
+            if step in ("semi", "done"):
+                p.append(f"{name}: round {rnd} is at step {step} with an open query for {path}")
+    for path, n in answered.items():
+        if n > 1:
+            p.append(f"{name}: {path} was asked and answered {n} times")
+    for rnd, n in per_round.items():
+        step = rounds.get(rnd)
+        if step in ("train", "evaluate", "predict", "select"):
+            p.append(f"{name}: round {rnd} is at step {step} but already holds {n} queries")
+        if budget is not None and n > budget:
+            p.append(f"{name}: round {rnd} holds {n} queries, more than the budget {budget}")
+    for rnd, v in q("SELECT round, value_json FROM metrics WHERE key = 'cost'"):
+        images = json.loads(v).get("images")
+        if images != answered_round.get(rnd, 0):
+            p.append(f"{name}: round {rnd} cost counts {images} images, {answered_round.get(rnd, 0)} queries answered")
+    withheld = q("SELECT value FROM meta WHERE key = 'withheld_for_simulation'").fetchone()
+    if initial is not None and withheld is not None:  # (before the seed set is drawn, all labels are in)
+        n_lab = q("SELECT COUNT(*) FROM images WHERE status = 'labelled' AND (split IS NULL OR split != 'test')"
+                  ).fetchone()[0]
+        if n_lab != initial + sum(answered_round.values()):
+            p.append(f"{name}: {n_lab} labelled non-test images, expected {initial} + "
+                     f"{sum(answered_round.values())} answered")
+    conn.close()
+    return p
+
+
+def check_autolabel_labels(db: Path, human_before: dict[str, list[str]]) -> list[str]:
+    """Auto-labelling never touches human labels; pseudo images and the iteration table agree."""
+    p: list[str] = []
+    conn = sqlite3.connect(db, timeout=10.0)
+    q = conn.execute
+    human: dict[str, list[str]] = defaultdict(list)
+    for path, cname in q("SELECT i.path, c.name FROM boxes b JOIN images i ON i.id = b.image_id "
+                         "JOIN classes c ON c.id = b.class_id WHERE b.active = 1 AND b.source = 'human'"):
+        human[path].append(cname)
+    for path in set(human) | set(human_before):
+        if sorted(human.get(path, [])) != sorted(human_before.get(path, [])):
+            p.append(f"{path}: human boxes changed from {sorted(human_before.get(path, []))} to "
+                     f"{sorted(human.get(path, []))}")
+    pseudo: dict[str, set[int]] = defaultdict(set)
+    info = {r[0]: r[1:] for r in q("SELECT path, split, status FROM images")}
+    for path, rnd in q("SELECT i.path, b.round FROM boxes b JOIN images i ON i.id = b.image_id "
+                       "WHERE b.active = 1 AND b.source = 'pseudo'"):
+        pseudo[path].add(rnd)
+    for path, rounds in pseudo.items():
+        split, status = info[path]
+        if len(rounds) > 1:
+            p.append(f"{path}: auto-labelled in iterations {sorted(rounds)} (labelled twice)")
+        if status != "unlabelled" or split not in ("train", "val"):
+            p.append(f"{path}: auto-labelled image has status {status}, split {split}")
+    for path, (split, status) in info.items():
+        if status == "unlabelled" and split is not None and path not in pseudo:
+            p.append(f"{path}: an unlabelled image in split {split} without pseudo boxes (auto-label lost)")
+    m = {k: json.loads(v) for k, v in q("SELECT key, value_json FROM metrics WHERE round = 0")}
+    rows, state = m.get("autolabel", []), m.get("autolabel_state")
+    its = [r["iteration"] for r in rows]
+    if its != list(range(1, len(its) + 1)):
+        p.append(f"iteration rows {its} are not 1..{len(its)}")
+    if sum(r["images_auto_labelled"] for r in rows) != len(pseudo):
+        p.append(f"rows count {sum(r['images_auto_labelled'] for r in rows)} auto-labelled images, the store holds "
+                 f"{len(pseudo)}")
+    if state is not None and int(state["iteration"]) != len(rows) + 1:
+        p.append(f"state says iteration {state['iteration']} but {len(rows)} rows are finished")
+    share = json.loads((q("SELECT value FROM meta WHERE key = 'autolabel_pseudo_test'").fetchone() or ["[]"])[0])
+    val_pseudo = sorted(k for k in pseudo if info[k][0] == "val")
+    if sorted(share) != val_pseudo:
+        p.append(f"pseudo test share lists {len(share)} images, {len(val_pseudo)} pseudo images are in val")
+    conn.close()
+    return p
+
+
+# -- running and killing --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Kill after `delay` seconds, or once the store shows `step` (plus `extra` seconds)."""
+
+    delay: float | None = None
+    step: str | None = None
+    extra: float = 0.0
+
+    def __str__(self) -> str:
+        if self.step is not None:
+            return f"at step {self.step}" + (f" +{self.extra:.1f}s" if self.extra else "")
+        return f"random {self.delay:.1f}s"
+
+
+def start(argv: Sequence[str], cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as f:
+        f.write(f"\n$ {' '.join(map(str, argv))}\n".encode())
+        return subprocess.Popen(list(map(str, argv)), cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=child_env(),
+                                start_new_session=True)
+
+
+def run_with_trigger(argv: Sequence[str], cwd: Path, log: Path, trigger: Trigger | None,
+                     observe: Callable[[], tuple[str, str]], poll: float = 0.01) -> tuple[bool, int, float]:
+    """Run until exit, or SIGKILL at the trigger. Returns (killed, return code, seconds)."""
+    t0 = time.monotonic()
+    proc = start(argv, cwd, log)
+    seen: float | None = None
+    try:
+        while True:
+            rc = proc.poll()
+            now = time.monotonic() - t0
+            if rc is not None:
+                return False, rc, now
+            if now > PROCESS_TIMEOUT:
+                raise TimeoutError(f"{' '.join(map(str, argv))} ran over {PROCESS_TIMEOUT} s")
+            fire = False
+            if trigger is not None:
+                if trigger.step is None:
+                    fire = now >= trigger.delay  # type: ignore[operator]
+                else:
+                    if seen is None and observe()[1] == trigger.step:
+                        seen = now
+                    fire = seen is not None and now >= seen + trigger.extra
+            if fire:
+                os.killpg(proc.pid, signal.SIGKILL)
+                rc = proc.wait()
+                return rc == -signal.SIGKILL, rc, now
+            time.sleep(poll)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def log_tail(log: Path, n: int = 600) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text[-n:].replace("\n", " / ")
+
+
+@dataclass
+class Scenario:
+    """A command to kill: how to run it, what step it is in, what must hold, what it ends with."""
+
+    command: str
+    argv: list[str]
+    cwd: Path
+    observe: Callable[[], tuple[str, str]]  # (label for the table, step name)
+    check: Callable[[], list[str]]
+    fingerprint: Callable[[], dict[str, Any]]
+    # a finished run with rc != 0 that is fine after a kill (e.g. 'nothing left to import')
+    done_message: str | None = None
+
+
+def campaign(scn: Scenario, run: str, triggers: Sequence[Trigger], reference: dict[str, Any] | None,
+             report: Report, log: Path, max_restarts: int = 60) -> dict[str, Any]:
+    """Kill `scn` at each trigger in turn (re-running it after each kill), then let it finish; check
+    after every kill; compare the final fingerprint with `reference` (when given). Returns it."""
+    i = 0
+    for _ in range(max_restarts):
+        trig = triggers[i] if i < len(triggers) else None
+        killed, rc, secs = run_with_trigger(scn.argv, scn.cwd, log, trig, scn.observe)
+        if not killed:
+            if rc != 0 and not (scn.done_message and scn.done_message in log_tail(log, 2000)):
+                report.outcomes.append(Outcome(scn.command, run, str(trig or "-"), scn.observe()[0],
+                                               f"exit code {rc}: {log_tail(log)}", False, kill=False))
+                return {}
+            break
+        i += 1
+        label = scn.observe()[0]
+        problems = scn.check()
+        report.outcomes.append(Outcome(scn.command, run, str(trig), label,
+                                       "killed at %.1fs; store ok" % secs if not problems else
+                                       "killed at %.1fs; " % secs + "; ".join(problems[:4]), not problems))
+    else:
+        report.outcomes.append(Outcome(scn.command, run, "-", scn.observe()[0], "never finished", False, kill=False))
+        return {}
+    problems = scn.check()
+    fp = scn.fingerprint()
+    if reference is not None:
+        problems += diff_fingerprints(reference, fp)[:6]
+    report.outcomes.append(Outcome(scn.command, run, "(resume to the end)", scn.observe()[0],
+                                   "final results equal the uninterrupted run" if not problems else
+                                   "; ".join(problems), not problems, kill=False))
+    return fp
+
+
+# -- the data and the four commands -----------------------------------------------------------------
+
+
+@dataclass
+class Workspace:
+    root: Path
+    data: Path
+    truth: dict[str, list[str]]  # image name -> class names
+    n_images: int
+
+
+def make_workspace(root: Path, n_images: int = 16, image_size: int = 64, seed: int = 0) -> Workspace:
+    from boxloop.synthetic import make_dataset
+
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "data"
+    anns = make_dataset(data, n_images=n_images, image_size=image_size, seed=seed)
+    return Workspace(root, data, {a.image: list(a.labels) for a in anns}, n_images)
+
+
+def _last_step(db: Path) -> tuple[int, str] | None:
+    rows = read_rows(db, "SELECT id, step FROM rounds ORDER BY id DESC LIMIT 1")
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 2, rounds: int = 2,
+                      steps: int = 4, strategy: str = "localization_aware", semi: str | None = "autolabel") -> Scenario:
+    argv = [*BOXLOOP, "simulate", "--dataset", ws.data / "images", "--annotations", ws.data / "annotations",
+            "--out", out, "--strategies", strategy, "--initial", str(initial), "--budget", str(budget),
+            "--rounds", str(rounds), "--test-fraction", "0.25", *tiny_args(steps)]
+    if semi:
+        argv += ["--semi", semi]
+
+    def dbs() -> list[Path]:
+        return sorted(out.glob(f"seed*/*/{DB}"), key=lambda p: (p.parent.name != "base", str(p)))
+
+    def observe() -> tuple[str, str]:
+        for db in reversed(dbs()):  # the strategy's run once it exists, else the base
+            last = _last_step(db)
+            if last is not None:
+                return f"{db.parent.name} r{last[0]} {last[1]}", str(last[1])
+        return "init", "init"
+
+    def check() -> list[str]:
+        problems = []
+        for db in dbs():
+            problems += integrity_problems(db)
+            problems += check_loop_labels(db, ws.truth, initial, budget)
+        return problems
+
+    def fingerprint() -> dict[str, Any]:
+        res = json.loads((out / "results.json").read_text())
+        return {"results": _json_strip(res, {"project"}),
+                **{db.parent.name: project_fingerprint(db.parent) for db in dbs()}}
+
+    return Scenario("simulate", argv, ws.root, observe, check, fingerprint)
+
+
+def init_partial(ws: Workspace, project: Path, labelled: int) -> None:
+    """A project where only the first `labelled` images carry labels (the rest: the pool)."""
+    ann = ws.root / f"ann_first{labelled}"
+    if not ann.exists():
+        ann.mkdir()
+        for xml in sorted((ws.data / "annotations").glob("*.xml"))[:labelled]:
+            shutil.copy2(xml, ann / xml.name)
+    subprocess.run([*BOXLOOP, "init", project, "--images", ws.data / "images", "--annotations", ann,
+                    "--test-fraction", "0.25"], check=True, cwd=ws.root, env=child_env(), capture_output=True)
+
+
+def _human_labels(db: Path) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for path, c in read_rows(db, "SELECT i.path, c.name FROM boxes b JOIN images i ON i.id = b.image_id JOIN "
+                                 "classes c ON c.id = b.class_id WHERE b.active = 1 AND b.source = 'human'") or []:
+        out[path].append(c)
+    return dict(out)
+
+
+AUTOLABEL_CODE = """
+import sys
+from boxloop.autolabel import autolabel
+from boxloop.store import Project
+with Project.open(sys.argv[1]) as p:
+    autolabel(p, threshold=float(sys.argv[2]), iterations=2, steps_first=4, steps_increment=2, steps_max=8,
+              model='fcos', backbone='mobilenet_v3_large', pretrained_backbone=False, image_size=64,
+              batch_size=4, device='cpu', seed=0, progress=False)
+"""
+
+
+def autolabel_scenario(ws: Workspace, project: Path, human_before: dict[str, list[str]],
+                       threshold: float) -> Scenario:
+    """`autolabel` has no CLI command yet: the harness runs boxloop.autolabel.autolabel via python -c."""
+    argv = [PY, "-c", AUTOLABEL_CODE, project, str(threshold)]
+    db = project / DB
+
+    def observe() -> tuple[str, str]:
+        rows = read_rows(db, "SELECT value_json FROM metrics WHERE round = 0 AND key = 'autolabel_state'")
+        if not rows:
+            return "start", "start"
+        st = json.loads(rows[0][0])
+        return f"it{st['iteration']} {st['phase']}", st["phase"]
+
+    def check() -> list[str]:
+        return integrity_problems(db) + check_autolabel_labels(db, human_before)
+
+    def fingerprint() -> dict[str, Any]:
+        doc = json.loads((project / "autolabel.json").read_text())
+        return {"autolabel.json": _json_strip(doc, {"seconds"}), "project": project_fingerprint(project)}
+
+    return Scenario("autolabel", argv, ws.root, observe, check, fingerprint)
+
+
+def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], steps: int = 8) -> Scenario:
+    argv = [*BOXLOOP, "train", project, *tiny_args(steps)]
+    db = project / DB
+
+    def observe() -> tuple[str, str]:
+        rows = read_rows(db, "SELECT value FROM meta WHERE key = 'current_checkpoint'")
+        if rows:
+            return "test-set evaluation", "evaluate"
+        lasts = list((project / "models").glob("*/last.pt")) if (project / "models").exists() else []
+        return ("train (last.pt written)" if lasts else "train (no checkpoint yet)"), "train"
+
+    def check() -> list[str]:
+        p = integrity_problems(db)
+        now = _label_state(db)
+        if now != labels_before:
+            p.append("training changed the labels: " + "; ".join(diff_fingerprints(labels_before, now)[:3]))
+        return p
+
+    return Scenario("train", argv, ws.root, observe, check, lambda: project_fingerprint(project))
+
+
+def _label_state(db: Path) -> dict[str, Any]:
+    return {"images": read_rows(db, "SELECT path, split, status, round_labelled FROM images ORDER BY path"),
+            "boxes": read_rows(db, "SELECT image_id, class_id, source, round, active, x1, y1, x2, y2 FROM boxes "
+                                   "ORDER BY id"),
+            "queries": read_rows(db, "SELECT round, image_id, state FROM queries ORDER BY id")}
+
+
+def prepare_import(ws: Workspace, template: Path, labelled: int = 8, budget: int = 3) -> None:
+    """template/project with an open query batch in template/batch, answered with the truth."""
+    template.mkdir(parents=True)
+    init_partial(ws, template / "project", labelled)
+    subprocess.run([*BOXLOOP, "query", template / "project", "--budget", str(budget), "--out", template / "batch",
+                    *tiny_args(4)], check=True, cwd=ws.root, env=child_env(), capture_output=True)
+    manifest = json.loads((template / "batch" / "batch.json").read_text())
+    for name, key in manifest["images"].items():
+        xml = ws.data / "annotations" / (Path(key).stem + ".xml")
+        shutil.copy2(xml, template / "batch" / (Path(name).stem + ".xml"))
+
+
+def import_scenario(ws: Workspace, trial: Path) -> Scenario:
+    project, batch = trial / "project", trial / "batch"
+    argv = [*BOXLOOP, "import", project, "--annotations", batch]
+    db = project / DB
+    queried = json.loads((batch / "batch.json").read_text())["images"].values()
+
+    def observe() -> tuple[str, str]:
+        last = _last_step(db)
+        step = "?" if last is None else str(last[1])
+        return f"r{last[0] if last else '?'} {step}", step
+
+    def check() -> list[str]:
+        p = integrity_problems(db)
+        p += check_loop_labels(db, ws.truth, None, None)
+        status = dict(read_rows(db, "SELECT path, status FROM images") or [])
+        done = [k for k in queried if status[k] == "labelled"]
+        if done and len(done) != len(queried):
+            p.append(f"half an import: {len(done)} of {len(queried)} answered images are labelled")
+        return p
+
+    return Scenario("import", argv, ws.root, observe, check, lambda: project_fingerprint(project),
+                    done_message="no open query batch")
+
+
+# -- the plans ------------------------------------------------------------------------------------
+
+
+def _timed(argv: Sequence[str], cwd: Path, log: Path) -> float:
+    t0 = time.monotonic()
+    proc = start(argv, cwd, log)
+    rc = proc.wait(timeout=PROCESS_TIMEOUT)
+    if rc != 0:
+        raise RuntimeError(f"uninterrupted run failed (exit {rc}): {log_tail(log, 3000)}")
+    return time.monotonic() - t0
+
+
+def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, echo: Callable[[str], None] = print
+                ) -> Report:
+    """Kill each command as often as `plan` says (keys: simulate_steps, simulate_random, autolabel,
+    train, import); returns the report. The default plan kills 56 times."""
+    plan = {"simulate_steps": 1, "simulate_random": 12, "autolabel_steps": 1, "autolabel_random": 4, "train": 7,
+            "import": 8, **(plan or {})}
+    rng = random.Random(seed)
+    report = Report()
+    ws = make_workspace(root)
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+
+    # simulate: reference, then one campaign killed at every step of every round, then random delays
+    if plan["simulate_steps"] or plan["simulate_random"]:
+        ref = simulate_scenario(ws, root / "sim_ref")
+        t_ref = _timed(ref.argv, ws.root, logs / "sim_ref.log")
+        echo(f"simulate: uninterrupted run {t_ref:.0f}s")
+        ref_fp = ref.fingerprint()
+        for c in range(plan["simulate_steps"]):
+            # base r0: train evaluate; run r0: predict select oracle semi; r1: all six; r2: train evaluate
+            order = ["train", "evaluate", "predict", "select", "oracle", "semi"] * 2 + ["train", "evaluate"]
+            order = ["train", "evaluate"] + order[2:]
+            trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.5) if s == "train" else 0.0) for s in order]
+            scn = simulate_scenario(ws, root / f"sim_steps{c}")
+            campaign(scn, f"steps{c}", trig, ref_fp, report, logs / f"sim_steps{c}.log")
+            echo(f"simulate steps{c}: {report.kills} kills so far")
+        if plan["simulate_random"]:
+            trig = [Trigger(delay=rng.uniform(3.0, max(6.0, 0.35 * t_ref))) for _ in range(plan["simulate_random"])]
+            scn = simulate_scenario(ws, root / "sim_random")
+            campaign(scn, "random", trig, ref_fp, report, logs / "sim_random.log")
+            echo(f"simulate random: {report.kills} kills so far")
+
+    if plan["autolabel_steps"] or plan["autolabel_random"]:
+        template = root / "al_template"
+        init_partial(ws, template, labelled=8)
+        human = _human_labels(template / DB)
+        thr = 0.1
+        ref_dir = root / "al_ref"
+        shutil.copytree(template, ref_dir)
+        ref = autolabel_scenario(ws, ref_dir, human, thr)
+        t_ref = _timed(ref.argv, ws.root, logs / "al_ref.log")
+        ref_fp = ref.fingerprint()
+        echo(f"autolabel: uninterrupted run {t_ref:.0f}s, {len(ref_fp['autolabel.json']['iterations'])} iterations")
+        for c in range(plan["autolabel_steps"]):
+            d = root / f"al_steps{c}"
+            shutil.copytree(template, d)
+            trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.0) if s == "train" else 0.0)
+                    for s in ("train", "evaluate", "label") * 2]
+            campaign(autolabel_scenario(ws, d, human, thr), f"steps{c}", trig, ref_fp, report,
+                     logs / f"al_steps{c}.log")
+        if plan["autolabel_random"]:
+            d = root / "al_random"
+            shutil.copytree(template, d)
+            trig = [Trigger(delay=rng.uniform(3.0, max(6.0, 0.4 * t_ref))) for _ in range(plan["autolabel_random"])]
+            campaign(autolabel_scenario(ws, d, human, thr), "random", trig, ref_fp, report, logs / "al_random.log")
+        echo(f"autolabel: {report.kills} kills so far")
+
+    if plan["train"]:
+        template = root / "train_template"
+        subprocess.run([*BOXLOOP, "init", template, "--images", ws.data / "images", "--annotations",
+                        ws.data / "annotations", "--test-fraction", "0.25"], check=True, cwd=ws.root,
+                       env=child_env(), capture_output=True)
+        before = _label_state(template / DB)
+        ref_dir = root / "train_ref"
+        shutil.copytree(template, ref_dir)
+        ref = train_scenario(ws, ref_dir, before)
+        t_ref = _timed(ref.argv, ws.root, logs / "train_ref.log")
+        ref_fp = ref.fingerprint()
+        echo(f"train: uninterrupted run {t_ref:.0f}s")
+        d = root / "train_random"
+        shutil.copytree(template, d)
+        trig = [Trigger(delay=rng.uniform(0.3 * t_ref, 0.9 * t_ref)) for _ in range(plan["train"])]
+        campaign(train_scenario(ws, d, before), "random", trig, ref_fp, report, logs / "train_random.log")
+        echo(f"train: {report.kills} kills so far")
+
+    if plan["import"]:
+        template = root / "import_template"
+        prepare_import(ws, template)
+        ref_dir = root / "import_ref"
+        shutil.copytree(template, ref_dir)
+        ref = import_scenario(ws, ref_dir)
+        t_ref = _timed(ref.argv, ws.root, logs / "import_ref.log")
+        ref_fp = ref.fingerprint()
+        echo(f"import: uninterrupted run {t_ref:.1f}s")
+        for k in range(plan["import"]):
+            d = root / f"import_{k}"
+            shutil.copytree(template, d)
+            # most of an import is starting Python; aim at its last part, where it writes
+            trig = [Trigger(delay=rng.uniform(0.5 * t_ref, 1.05 * t_ref))]
+            campaign(import_scenario(ws, d), f"trial{k}", trig, ref_fp, report, logs / f"import_{k}.log")
+        echo(f"import: {report.kills} kills so far")
+    return report
+
+
+QUICK_PLAN = {"simulate_steps": 0, "simulate_random": 0, "autolabel_steps": 0, "autolabel_random": 0, "train": 3,
+              "import": 3}
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdir", nargs="?", type=Path)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", help="comma-separated plan keys to run (others 0)")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="boxloop-kills-"))
+    plan = dict(QUICK_PLAN) if args.quick else None
+    if args.only:
+        base = {"simulate_steps": 1, "simulate_random": 12, "autolabel_steps": 1, "autolabel_random": 4, "train": 7,
+                "import": 8}
+        keep = set(args.only.split(","))
+        plan = {k: (v if k in keep else 0) for k, v in base.items()}
+    rep = run_harness(work, plan, seed=args.seed)
+    print(rep.table())
+    sys.exit(0 if rep.ok else 1)
