@@ -20,5 +20,13 @@ test: venv
 demo: venv
 	$(BIN)/boxloop demo
 
+test-reliability: venv
+	BOXLOOP_RELIABILITY=1 $(BIN)/python -m pytest -q tests/reliability
+
+bench: venv
+	$(BIN)/python benchmarks/init_speed.py --n 2000
+	$(BIN)/python benchmarks/selection_speed.py
+	$(BIN)/python benchmarks/throughput.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
