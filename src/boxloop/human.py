@@ -85,10 +85,15 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     items = list(pre.values())
     formats.dump(fmt, items, names, out, images_root=out)
     if fmt == "labelstudio":
-        from boxloop.formats.labelstudio import dump_labelstudio_tasks, labeling_config
+        from urllib.parse import quote
 
-        # the model's boxes go in as predictions (pre-annotations), not as finished annotations
-        dump_labelstudio_tasks([(a.image, None, a) for a in items], names, out / "tasks.json")
+        from boxloop.formats.labelstudio import LOCAL_FILES_PREFIX, dump_labelstudio_tasks, labeling_config
+
+        # the model's boxes go in as predictions (pre-annotations), not as finished annotations. Label
+        # Studio serves local files only from a storage in a subfolder of LOCAL_FILES_DOCUMENT_ROOT, so
+        # the URLs name the batch folder: document root = the batch's parent, storage path = the batch.
+        prefix = LOCAL_FILES_PREFIX + quote(out.resolve().name) + "/"
+        dump_labelstudio_tasks([(a.image, None, a) for a in items], names, out / "tasks.json", image_url_prefix=prefix)
         (out / "labeling_config.xml").write_text(labeling_config(names))
     manifest = {
         "project": str(project.dir), "round": round_id, "unit": unit, "format": fmt,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
@@ -465,6 +467,15 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
 # -- a round, and a loop of rounds --------------------------------------------------------------------
 
 
+def _step_pause() -> float:
+    """Seconds to wait before each step (env BOXLOOP_STEP_PAUSE): lets the crash-safety harness see
+    every step, however short, and kill the process in it. 0 = off."""
+    try:
+        return max(0.0, float(os.environ.get("BOXLOOP_STEP_PAUSE", "0") or 0))
+    except ValueError:
+        return 0.0
+
+
 def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotation] | None, round_id: int,
               last: bool = False, progress: bool = True, stop_at: str | None = None,
               on_step: Callable[[int, str], None] | None = None) -> dict[str, Any]:
@@ -477,8 +488,11 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
         step = "train"
     else:
         step = rounds[round_id]["step"]
+    pause = _step_pause()
     with project.writer_lock():
         while step != "done" and step != stop_at:
+            if pause:
+                time.sleep(pause)
             if on_step is not None:
                 on_step(round_id, step)
             if step == "train":

@@ -13,6 +13,7 @@ Written by hand: the experiment layout and the withholding of labels; the rest i
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -77,6 +78,9 @@ def withhold(project: Project, initial: int, seed: int, config: LoopConfig) -> l
 def copy_project(src: Project, dst: Path) -> None:
     """The database (SQLite backup API: consistent even with WAL) and the round-0 model, atomically."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dst.parent.glob(glob.escape(dst.name) + ".????????"):  # a copy killed before its rename
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=dst.name + ".", dir=dst.parent))
     try:
         target = sqlite3.connect(tmp / DB_NAME)

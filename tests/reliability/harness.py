@@ -44,16 +44,18 @@ LOOP_STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi")
 PROCESS_TIMEOUT = 900.0  # seconds one subprocess may run before the harness calls it hung
 
 
-def tiny_args(steps: int = 4) -> list[str]:
-    """The smallest detector settings the CLI offers: a run of a few seconds per step on a CPU."""
-    return ["--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", str(steps),
+def tiny_args(steps: int | None = 4) -> list[str]:
+    """The smallest detector settings the CLI offers: a run of a few seconds per step on a CPU
+    (steps None: no --steps, for commands with their own step options)."""
+    return ["--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained",
+            *(["--steps", str(steps)] if steps is not None else []),
             "--image-size", "64", "--batch-size", "4", "--device", "cpu"]
 
 
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "BOXLOOP_DEBUG"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONHASHSEED="0",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", BOXLOOP_STEP_PAUSE="0.25")  # every loop step stays visible for 0.25 s
     return env
 
 
@@ -533,21 +535,10 @@ def _human_labels(db: Path) -> dict[str, list[str]]:
     return dict(out)
 
 
-AUTOLABEL_CODE = """
-import sys
-from boxloop.autolabel import autolabel
-from boxloop.store import Project
-with Project.open(sys.argv[1]) as p:
-    autolabel(p, threshold=float(sys.argv[2]), iterations=2, steps_first=4, steps_increment=2, steps_max=8,
-              model='fcos', backbone='mobilenet_v3_large', pretrained_backbone=False, image_size=64,
-              batch_size=4, device='cpu', seed=0, progress=False)
-"""
-
-
 def autolabel_scenario(ws: Workspace, project: Path, human_before: dict[str, list[str]],
                        threshold: float) -> Scenario:
-    """`autolabel` has no CLI command yet: the harness runs boxloop.autolabel.autolabel via python -c."""
-    argv = [PY, "-c", AUTOLABEL_CODE, project, str(threshold)]
+    argv = [*BOXLOOP, "autolabel", project, "--threshold", str(threshold), "--iterations", "2", "--steps-first", "4",
+            "--steps-increment", "2", "--steps-max", "8", *tiny_args(None)]
     db = project / DB
 
     def observe() -> tuple[str, str]:
@@ -643,36 +634,59 @@ def _timed(argv: Sequence[str], cwd: Path, log: Path) -> float:
     return time.monotonic() - t0
 
 
+DEFAULT_PLAN = {"simulate_steps": 1, "simulate_random": 16, "autolabel_steps": 1, "autolabel_random": 6, "train": 8,
+                "import": 8}
+QUICK_PLAN = {"simulate_steps": 0, "simulate_random": 0, "autolabel_steps": 0, "autolabel_random": 0, "train": 3,
+              "import": 3}
+
+
+def kill_trials(name: str, make: Callable[[Path], Scenario], template: Path | None, root: Path, kills: int,
+                delay: Callable[[], float], per_trial: int, reference: dict[str, Any], report: Report,
+                logs: Path) -> None:
+    """Random-moment kills, at most `per_trial` in each fresh trial (a copy of `template`, or a new
+    folder), each trial resumed to its end and compared with `reference`; trials go on until `kills`
+    kills have landed (a run that finishes before its trigger just ends its trial)."""
+    first = report.kills
+    for t in range(4 * kills):
+        left = kills - (report.kills - first)
+        if left <= 0:
+            return
+        d = root / f"{name}_{t}"
+        if template is not None:
+            shutil.copytree(template, d)
+        trig = [Trigger(delay=delay()) for _ in range(min(per_trial, left))]
+        campaign(make(d), f"trial{t}", trig, reference, report, logs / f"{name}_{t}.log")
+
+
 def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, echo: Callable[[str], None] = print
                 ) -> Report:
-    """Kill each command as often as `plan` says (keys: simulate_steps, simulate_random, autolabel,
-    train, import); returns the report. The default plan kills 56 times."""
-    plan = {"simulate_steps": 1, "simulate_random": 12, "autolabel_steps": 1, "autolabel_random": 4, "train": 7,
-            "import": 8, **(plan or {})}
+    """Kill each command as often as `plan` says (keys of DEFAULT_PLAN; 63 kills by default);
+    returns the report."""
+    plan = {**DEFAULT_PLAN, **(plan or {})}
     rng = random.Random(seed)
     report = Report()
     ws = make_workspace(root)
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
 
-    # simulate: reference, then one campaign killed at every step of every round, then random delays
+    # simulate: reference, then one campaign killed at every step of every round, then random moments
     if plan["simulate_steps"] or plan["simulate_random"]:
         ref = simulate_scenario(ws, root / "sim_ref")
         t_ref = _timed(ref.argv, ws.root, logs / "sim_ref.log")
         echo(f"simulate: uninterrupted run {t_ref:.0f}s")
         ref_fp = ref.fingerprint()
         for c in range(plan["simulate_steps"]):
-            # base r0: train evaluate; run r0: predict select oracle semi; r1: all six; r2: train evaluate
-            order = ["train", "evaluate", "predict", "select", "oracle", "semi"] * 2 + ["train", "evaluate"]
-            order = ["train", "evaluate"] + order[2:]
+            # base r0: train evaluate; the strategy's run r0: predict select oracle semi; r1: all six;
+            # r2: train evaluate
+            order = ["train", "evaluate"] + ["predict", "select", "oracle", "semi"] + \
+                ["train", "evaluate", "predict", "select", "oracle", "semi"] + ["train", "evaluate"]
             trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.5) if s == "train" else 0.0) for s in order]
             scn = simulate_scenario(ws, root / f"sim_steps{c}")
             campaign(scn, f"steps{c}", trig, ref_fp, report, logs / f"sim_steps{c}.log")
             echo(f"simulate steps{c}: {report.kills} kills so far")
         if plan["simulate_random"]:
-            trig = [Trigger(delay=rng.uniform(3.0, max(6.0, 0.35 * t_ref))) for _ in range(plan["simulate_random"])]
-            scn = simulate_scenario(ws, root / "sim_random")
-            campaign(scn, "random", trig, ref_fp, report, logs / "sim_random.log")
+            kill_trials("sim_random", lambda d: simulate_scenario(ws, d), None, root, plan["simulate_random"],
+                        lambda: rng.uniform(0.1, 0.95) * t_ref, 4, ref_fp, report, logs)
             echo(f"simulate random: {report.kills} kills so far")
 
     if plan["autolabel_steps"] or plan["autolabel_random"]:
@@ -694,10 +708,8 @@ def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, e
             campaign(autolabel_scenario(ws, d, human, thr), f"steps{c}", trig, ref_fp, report,
                      logs / f"al_steps{c}.log")
         if plan["autolabel_random"]:
-            d = root / "al_random"
-            shutil.copytree(template, d)
-            trig = [Trigger(delay=rng.uniform(3.0, max(6.0, 0.4 * t_ref))) for _ in range(plan["autolabel_random"])]
-            campaign(autolabel_scenario(ws, d, human, thr), "random", trig, ref_fp, report, logs / "al_random.log")
+            kill_trials("al_random", lambda d: autolabel_scenario(ws, d, human, thr), template, root,
+                        plan["autolabel_random"], lambda: rng.uniform(0.1, 0.95) * t_ref, 3, ref_fp, report, logs)
         echo(f"autolabel: {report.kills} kills so far")
 
     if plan["train"]:
@@ -712,10 +724,8 @@ def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, e
         t_ref = _timed(ref.argv, ws.root, logs / "train_ref.log")
         ref_fp = ref.fingerprint()
         echo(f"train: uninterrupted run {t_ref:.0f}s")
-        d = root / "train_random"
-        shutil.copytree(template, d)
-        trig = [Trigger(delay=rng.uniform(0.3 * t_ref, 0.9 * t_ref)) for _ in range(plan["train"])]
-        campaign(train_scenario(ws, d, before), "random", trig, ref_fp, report, logs / "train_random.log")
+        kill_trials("train_random", lambda d: train_scenario(ws, d, before), template, root, plan["train"],
+                    lambda: rng.uniform(0.15, 0.85) * t_ref, 2, ref_fp, report, logs)
         echo(f"train: {report.kills} kills so far")
 
     if plan["import"]:
@@ -727,18 +737,11 @@ def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, e
         t_ref = _timed(ref.argv, ws.root, logs / "import_ref.log")
         ref_fp = ref.fingerprint()
         echo(f"import: uninterrupted run {t_ref:.1f}s")
-        for k in range(plan["import"]):
-            d = root / f"import_{k}"
-            shutil.copytree(template, d)
-            # most of an import is starting Python; aim at its last part, where it writes
-            trig = [Trigger(delay=rng.uniform(0.5 * t_ref, 1.05 * t_ref))]
-            campaign(import_scenario(ws, d), f"trial{k}", trig, ref_fp, report, logs / f"import_{k}.log")
+        # most of an import is starting Python; aim at its last part, where it writes
+        kill_trials("import", lambda d: import_scenario(ws, d), template, root, plan["import"],
+                    lambda: rng.uniform(0.5, 1.0) * t_ref, 1, ref_fp, report, logs)
         echo(f"import: {report.kills} kills so far")
     return report
-
-
-QUICK_PLAN = {"simulate_steps": 0, "simulate_random": 0, "autolabel_steps": 0, "autolabel_random": 0, "train": 3,
-              "import": 3}
 
 
 if __name__ == "__main__":
@@ -754,8 +757,7 @@ if __name__ == "__main__":
     work = args.workdir or Path(tempfile.mkdtemp(prefix="boxloop-kills-"))
     plan = dict(QUICK_PLAN) if args.quick else None
     if args.only:
-        base = {"simulate_steps": 1, "simulate_random": 12, "autolabel_steps": 1, "autolabel_random": 4, "train": 7,
-                "import": 8}
+        base = DEFAULT_PLAN
         keep = set(args.only.split(","))
         plan = {k: (v if k in keep else 0) for k, v in base.items()}
     rep = run_harness(work, plan, seed=args.seed)

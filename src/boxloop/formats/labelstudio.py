@@ -220,9 +220,11 @@ def dump_labelstudio_tasks(
     informativeness). A prediction with zero boxes is written as an empty prediction.
 
     The image URL is `image_url_prefix` + the URL-quoted key (the default serves files from Label
-    Studio's local-files storage, whose document root should be the images folder); pass "" to write
-    the plain relative key. `data.boxloop_key`, `data.width` and `data.height` carry the key and size
-    so the export maps back exactly. Every label must be in `classes`; nothing is written otherwise.
+    Studio's local-files storage, where `?d=` is relative to LOCAL_FILES_DOCUMENT_ROOT; Label Studio
+    serves only files inside a local storage, whose path must be a subfolder of that root, so the keys
+    should start with that subfolder: `boxloop query` passes LOCAL_FILES_PREFIX + "<batch folder>/");
+    pass "" to write the plain relative key. `data.boxloop_key`, `data.width` and `data.height` carry
+    the key and size so the export maps back exactly. Every label must be in `classes`; nothing is written otherwise.
     """
     out_path = Path(out_path)
     known = set(classes)
