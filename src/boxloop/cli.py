@@ -317,7 +317,7 @@ def train(
     With --semi, a teacher trained on the labels auto-labels the unlabelled images with class-wise
     thresholds and a student learns from both; the better of the two on validation is kept.
     Re-running the same command after an interruption resumes from the last checkpoint."""
-    from boxloop.loop import test_metrics, train_project
+    from boxloop.loop import set_current_checkpoint, test_metrics, train_project
     from boxloop.store import Project
     from boxloop.train import load_detector
 
@@ -331,7 +331,7 @@ def train(
                             reweight=not no_reweight, certainty=not no_certainty, ema=ema)
             res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=model,
                            detector_kwargs=cfg.detector_kwargs())
-            proj.set_meta("current_checkpoint", str(Path(res.best_checkpoint).resolve()))
+            set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "
                       f"validation mAP50 supervised {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "

@@ -176,6 +176,11 @@ def current_checkpoint(project: Project) -> Path:
                      "(or pass --checkpoint PATH)")
 
 
+def set_current_checkpoint(project: Project, path: str | Path) -> None:
+    """Make `path` the project's current model; stored absolute so that any working directory finds it."""
+    project.set_meta("current_checkpoint", str(Path(path).resolve()))
+
+
 def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True):
     """Train on the project's current labels; the checkpoint becomes the project's current model.
 
@@ -195,7 +200,7 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
     detector = create_detector(config.model, num_classes=project.num_classes, seed=config.train_config(0).seed,
                                **config.detector_kwargs())
     result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress, resume=True)
-    project.set_meta("current_checkpoint", str(Path(result.best_checkpoint).resolve()))
+    set_current_checkpoint(project, result.best_checkpoint)
     return result, len(train), len(val)
 
 
@@ -211,7 +216,7 @@ def step_train(project: Project, round_id: int, config: LoopConfig, progress: bo
     with project.transaction():
         project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
                                        "val_images": len(val)})
-        project.set_meta("current_checkpoint", str(Path(result.best_checkpoint).resolve()))
+        set_current_checkpoint(project, result.best_checkpoint)
 
 
 def test_metrics(project: Project, detector, image_size: int, device: str = "auto", batch_size: int = 8,

@@ -567,7 +567,7 @@ def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], 
         if rows:
             return "test-set evaluation", "evaluate"
         lasts = list((project / "models").glob("*/last.pt")) if (project / "models").exists() else []
-        return ("train (last.pt written)" if lasts else "train (no checkpoint yet)"), "train"
+        return ("train:last.pt-written" if lasts else "train:no-checkpoint-yet"), "train"
 
     def check() -> list[str]:
         p = integrity_problems(db)
