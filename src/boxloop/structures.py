@@ -104,11 +104,13 @@ class Boxes:
 
     @property
     def widths(self) -> np.ndarray:
-        return self.xyxy[:, 2] - self.xyxy[:, 0]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf/huge coordinates: validation reports them
+            return self.xyxy[:, 2] - self.xyxy[:, 0]
 
     @property
     def heights(self) -> np.ndarray:
-        return self.xyxy[:, 3] - self.xyxy[:, 1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.xyxy[:, 3] - self.xyxy[:, 1]
 
     @property
     def areas(self) -> np.ndarray:
