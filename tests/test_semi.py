@@ -178,3 +178,14 @@ def test_pseudo_label_quality_hand_case() -> None:
     assert q["precision"] == pytest.approx(0.5) and q["recall"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="no withheld labels"):
         pseudo_label_quality({"other": accepted["img1"]}, truth, ["a", "b"])
+
+
+def test_no_pseudo_label_accepted_says_the_student_only_trained_longer(data, tmp_path: Path) -> None:
+    """A threshold nothing reaches: the result says so, instead of crediting semi-supervision."""
+    ds, labelled, unlabelled, val = data
+    result = fit_semi((labelled, unlabelled, val), ds.classes, config(steps=2),
+                      SemiConfig(tau=0.99, dynamic_threshold=False, student_steps=1), tmp_path,
+                      detector_kwargs=DET, progress=False)
+    assert result.pseudo_boxes == 0 and result.pseudo_images == 0 and result.unlabelled_images == 5
+    assert "no pseudo-label passed the thresholds" in result.message
+    assert "only trained longer on the labelled images" in result.message

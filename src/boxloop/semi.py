@@ -514,6 +514,13 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
         message = (f"kept the {'semi-supervised' if chosen == 'semi' else 'supervised'} model: val mAP50 "
                    f"supervised {sup_map:.4f}, semi-supervised {semi_map:.4f} ({delta:+.4f})")
     n_img, n_box, tau_m, alpha_m, labels, weights = first
+    if n_box == 0 and unlabelled:
+        # the student saw the labelled images only: any gain is longer training, not semi-supervision
+        message += ("; no pseudo-label passed the thresholds (" +
+                    ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, tau_m)) +
+                    "), so the student only trained longer on the labelled images: lower --tau, or train "
+                    "the teacher longer" + (" (fcos's predicted IoU v stays low on a weak teacher)"
+                                             if certainty and getattr(teacher, "config", {}).get("name") == "fcos" else ""))
     return finish(SemiResult(
         out_dir / "best.pt", chosen, sup_map, semi_map, delta, teacher_path, student_path,
         pseudo_images=n_img, pseudo_boxes=n_box, unlabelled_images=len(unlabelled),
