@@ -337,8 +337,10 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
         stopped = None
         if not new:
             stopped = "no_new_labels"
-            log.info("%s: iteration %d auto-labelled no image (none above %.2f); stopping", project.dir, i,
-                     cfg["threshold"])
+            top = max((float(np.max(d.scores)) for d in preds.values() if len(d)), default=0.0)
+            log.warning("%s: iteration %d auto-labelled no image: no detection scored above %.2f (the highest "
+                        "scored %.3f); stopping. Lower --threshold or train longer to auto-label.", project.dir, i,
+                        cfg["threshold"], top)
         elif remaining == 0:
             stopped = "pool_empty"
         nxt = {**state, "iteration": i + 1, "phase": "train", "pending": {}, "stopped": stopped}
