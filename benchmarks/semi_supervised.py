@@ -163,7 +163,7 @@ def fixed_vs_dynamic(teacher_path: Path, project, unlabelled: Sequence[str], wit
     the fixed tau [0.7] point (p > tau), and the best precision any fixed threshold on p reaches at a
     recall >= the dynamic recall (interpolated, from a sweep with step `grid_step`)."""
     from boxloop.evaluate import precision_recall
-    from boxloop.pseudo import accept_certainty, tsoda_accept
+    from boxloop.pseudo import accept_certainty, certainty_scores
     from boxloop.semi import weak_predict
     from boxloop.structures import Source
     from boxloop.train import load_detector
@@ -179,10 +179,15 @@ def fixed_vs_dynamic(teacher_path: Path, project, unlabelled: Sequence[str], wit
     th = semi.thresholds(len(classes), certainty)
     th.update(pool.values())
     dynamic = quality(accept_certainty(pool, th), withheld, classes)
-    fixed = quality(tsoda_accept(pool, semi.tau), withheld, classes)
+    p_of = {k: certainty_scores(d, certainty=False) for k, d in pool.items()}  # p: the class probability
+
+    def above(t: float) -> dict:
+        return {k: d[p_of[k] > np.float32(t)] for k, d in pool.items() if (p_of[k] > np.float32(t)).any()}
+
+    fixed = quality(above(semi.tau), withheld, classes)
     sweep: dict[str, list[tuple[float, float | None, float | None]]] = {c: [] for c in classes}
     for t in np.arange(grid_step, 1.0, grid_step):
-        acc = {k: d[d.scores > np.float32(t)] for k, d in pool.items()}
+        acc = above(float(t))
         pr = precision_recall({k: d.to_annotation(k, classes, source=Source.PSEUDO) for k, d in acc.items()},
                               withheld, classes)
         for c in classes:

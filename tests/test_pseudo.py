@@ -12,6 +12,7 @@ from boxloop.pseudo import (
     ClasswiseThresholds,
     accept_certainty,
     accept_fixed,
+    certainty_scores,
     split_autolabelled,
     tsoda_accept,
     tsoda_schedule,
@@ -186,3 +187,16 @@ def test_tsoda_schedule_values_and_scale():
         tsoda_schedule(-1)
     with pytest.raises(ValueError, match="scale"):
         tsoda_schedule(0, scale=0)
+
+
+def test_certainty_uses_the_class_probability_not_the_detection_score() -> None:
+    """fcos scores a box p x predicted IoU; seed 001's p*v must use p (its label's class probability),
+    or v counts twice. Hand case: p = 0.9 / 0.6, v = 0.5 / 0.8, scores = p*v."""
+    probs = np.array([[0.9, 0.1], [0.2, 0.6]], np.float32)
+    v = np.array([0.5, 0.8], np.float32)
+    d = Detections(Boxes(np.array([[0, 0, 10, 10], [5, 5, 20, 20]], float), (32, 32)), np.array([0, 1]),
+                   np.array([0.45, 0.48], np.float32), probs, v)
+    np.testing.assert_allclose(certainty_scores(d, certainty=True), [0.45, 0.48], rtol=1e-6)
+    np.testing.assert_allclose(certainty_scores(d, certainty=False), [0.9, 0.6], rtol=1e-6)
+    # TSODA (seed 000) thresholds the detector's own score: 0.46 keeps the second box only
+    assert accept_fixed(d, 0.46).tolist() == [False, True]

@@ -65,7 +65,9 @@ def accept_fixed(detections: Detections, threshold: float, use_loc_quality: bool
     """
     threshold = _check_probability(threshold, "threshold")
     # Compare in float32, the dtype scores are stored in: a score of 0.8 is then not above 0.8.
-    return certainty_scores(detections, use_loc_quality) > np.float32(threshold)
+    # Seed 000's confidence is the detector's own score (fcos: p x predicted IoU; faster_rcnn: p).
+    score = certainty_scores(detections, True) if use_loc_quality else detections.scores
+    return score > np.float32(threshold)
 
 
 def tsoda_accept(pool: Mapping[K, Detections], threshold: float = 0.8,
@@ -88,8 +90,12 @@ def tsoda_accept(pool: Mapping[K, Detections], threshold: float = 0.8,
 # -- certainty-aware, class-wise (seed 001) ---------------------------------------------------------
 def certainty_scores(detections: Detections, certainty: bool = True) -> np.ndarray:
     """Per-box certainty p * v (seed 001: class score times localization quality); p alone when
-    `certainty` is off (v taken as 1). float32, like the scores."""
-    p = detections.scores
+    `certainty` is off (v taken as 1). float32, like the scores.
+
+    p is the class probability of the box's label, not `scores`: fcos's score is already p times its
+    predicted IoU, so p * v from scores would count v twice (and "p alone" would still hold v)."""
+    n = len(detections)
+    p = detections.class_probs[np.arange(n), detections.labels] if detections.num_classes else detections.scores
     if not certainty:
         return p
     if detections.loc_quality is None:
