@@ -111,6 +111,10 @@ def test_image_round_labels_budget_images_with_withheld_truth_and_counts_cost(ru
     assert cost["seconds"] == pytest.approx(cost["boxes_drawn"] * 50.8 + (cost["boxes_verified"]
                                                                          + cost["boxes_removed"]) * 21.9)
     assert m["selection"]["count"] == 3 and "short_by" not in m["selection"]
+    # how many pool images the model kept no box on, counted from the stored predictions themselves
+    # (the round's stored predictions cover exactly the pool the strategy ranked)
+    blind = sum(1 for d in run.load_predictions(0).values() if len(d) == 0)
+    assert m["selection"]["images_without_detections"] == blind
     assert run.rounds()[0]["step"] == "done"
 
 

@@ -332,6 +332,14 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended")}
         if "thresholds" in info and info["thresholds"] is not None:
             info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
+        # images where the model kept no box: a score-based strategy cannot rank them, so a pool of
+        # only such images (an untrained model) is chosen in the seeded random order; say so
+        blind = int(pool.num_images - np.unique(pool.image_index).shape[0])
+        info["images_without_detections"] = blind
+        if blind == pool.num_images and config.strategy != "random":
+            log.warning("round %d: the model kept no box on any of the %d pool images, so %s had nothing to rank "
+                        "and chose at random; train longer (more --epochs/--steps) before trusting the strategy",
+                        round_id, blind, config.strategy)
         project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
                                                    "count": len(sel), **info})
         project.update_round(round_id, step="oracle")
