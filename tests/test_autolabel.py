@@ -226,7 +226,8 @@ def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, fe
     assert best.stat().st_mtime_ns == stamp
     assert strip_seconds(first) == strip_seconds(full_rows[:1])
     doc = json.loads((project.dir / RESULT_FILE).read_text())
-    assert doc["stopped"] == "iteration limit reached" and doc["next_iteration"] == 2
+    # (a tiny model may also have labelled the whole pool in that one iteration)
+    assert doc["stopped"] in ("iteration limit reached", "no unlabelled image left") and doc["next_iteration"] == 2
     # other settings on resume: refused, naming the setting, before anything runs
     with pytest.raises(ValueError, match="threshold"):
         autolabel(project, iterations=10, **{**RUN, "threshold": 0.5})

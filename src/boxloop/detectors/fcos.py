@@ -288,6 +288,26 @@ class FCOSDetector(nn.Module):
         ]
 
 
+
+class SoftplusRegressionHead(FCOSRegressionHead):
+    """torchvision's FCOS regression head with softplus instead of ReLU on the box distances.
+
+    With ReLU, a unit whose output goes negative gets no gradient again: on BCCD at lr 0.01 the
+    box branch died within one round (96% of outputs at 0, every box zero-size, mAP 0 while the
+    loss still fell). Softplus keeps the distances positive and the gradient alive. Same
+    parameters, so checkpoints load either way."""
+
+    def forward(self, x: list[Tensor]) -> tuple[Tensor, Tensor]:
+        regs, ctrs = [], []
+        for features in x:
+            feature = self.conv(features)
+            reg = F.softplus(self.bbox_reg(feature))
+            ctr = self.bbox_ctrness(feature)
+            n, _, h, w = reg.shape
+            regs.append(reg.view(n, -1, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            ctrs.append(ctr.view(n, -1, 1, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 1))
+        return torch.cat(regs, dim=1), torch.cat(ctrs, dim=1)
+
 def build_fcos(
     num_classes: int,
     backbone: str = "efficientnet_lite0",
@@ -334,7 +354,7 @@ def build_fcos(
     head = FCOSHead(fpn_channels, 1, num_classes, num_convs=head_convs)
     norm = partial(nn.GroupNorm, groups)
     head.classification_head = FCOSClassificationHead(fpn_channels, 1, num_classes, head_convs, norm_layer=norm)
-    head.regression_head = FCOSRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
+    head.regression_head = SoftplusRegressionHead(fpn_channels, 1, head_convs, norm_layer=norm)
     model = FCOS(body, num_classes, min_size=min_size, max_size=max_size, image_mean=body.image_mean,
                  image_std=body.image_std, anchor_generator=anchor_gen, head=head,
                  center_sampling_radius=center_sampling_radius, score_thresh=score_thresh,
