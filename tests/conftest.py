@@ -79,3 +79,15 @@ def bccd_dir() -> Path:
     if not (BCCD_DIR / "Annotations").is_dir() or not (BCCD_DIR / "JPEGImages").is_dir():
         pytest.skip("../shared/datasets/bccd is absent")
     return BCCD_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One torch thread for every test: tiny models on a shared 2-core machine run faster so (with
+    more threads than free cores, OpenMP barriers spin)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

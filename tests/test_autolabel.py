@@ -18,7 +18,6 @@ from typing import Any
 import defusedxml.ElementTree as SafeET
 import numpy as np
 import pytest
-import torch
 
 from boxloop import formats
 from boxloop.autolabel import (PSEUDO_TEST_META, RESULT_FILE, ROWS_KEY, STATE_KEY, autolabel, autolabel_pool,
@@ -33,14 +32,6 @@ RUN = dict(threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, ba
 ROW_FIELDS = ("iteration", "steps", "images_auto_labelled", "total_auto_labelled", "boxes", "remaining_unlabelled",
               "map50", "pseudo_test_map50", "seconds")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: on a shared 2-core machine, two threads per process are slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

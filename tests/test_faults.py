@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from boxloop.cli import app
@@ -32,14 +31,6 @@ runner = CliRunner()
 TRAIN = ("--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", "2",
          "--image-size", "64", "--batch-size", "4", "--device", "cpu")
 LABELLED = 8  # of 12 images: the other 4 are the pool a query asks about
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cli(*args: object):

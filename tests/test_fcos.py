@@ -29,14 +29,6 @@ def scene(h: int, w: int, boxes: list[tuple[tuple[int, int, int, int], int]]):
     return img, target
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread, above all on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def trained(one_thread):

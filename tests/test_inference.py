@@ -21,13 +21,6 @@ CASES = [(96, 72, (20, 12, 56, 48)), (50, 100, (10, 40, 30, 90)), (160, 120, (10
          (40, 30, (5, 5, 25, 20))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _write(tmp_path: Path) -> list[Path]:
     paths = []

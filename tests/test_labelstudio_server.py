@@ -34,7 +34,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from boxloop.cli import app
@@ -51,14 +50,6 @@ LABELLED = 6  # of 10 images; the other 4 are the pool
 BUDGET = 3
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def cli(*args: object) -> str:

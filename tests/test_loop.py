@@ -36,14 +36,6 @@ def tiny_config(**kw) -> LoopConfig:
     return LoopConfig(**{**TINY, **kw})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: on a shared 2-core machine, more threads are slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data(make_synthetic):

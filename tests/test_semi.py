@@ -26,14 +26,6 @@ DET = dict(pretrained_backbone=False, min_size=SIZE, max_size=SIZE, fpn_channels
 LOW = dict(tau=0.02, clip=(0.01, 0.9))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: on a shared 2-core machine, two threads per process are 4x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def config(**kw) -> TrainConfig:
     return TrainConfig(**{"steps": 4, "batch_size": 2, "image_size": SIZE, "device": "cpu", "lr": 0.01,

@@ -28,13 +28,6 @@ STRATEGIES = ("random", "least_confidence")
 ROUNDS = 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data(make_synthetic):

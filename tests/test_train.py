@@ -22,14 +22,6 @@ COLOURS = {"red": (230, 30, 30), "green": (30, 230, 30)}
 SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One CPU thread: on a shared 2-core machine, two threads per process are 4x slower, not faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_fcos(num_classes: int = 2):
     return create_detector("fcos", num_classes, backbone="mobilenet_v3_large", pretrained_backbone=False,
