@@ -327,17 +327,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+def dataset_or_skip(args):
+    """The dataset spec (torch threads set as asked), or None after saying why the run is skipped."""
     spec = prepare_dataset(args.dataset, args.workdir, args.synthetic_images, args.synthetic_size)
     if spec is None:
         print(f"BCCD not found at {args.dataset} (needs Annotations/ and JPEGImages/); skipping. "
               "Pass --dataset PATH to a VOC root, or --dataset synthetic.")
-        return 0
+        return None
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    spec = dataset_or_skip(args)
+    if spec is None:
+        return 0
     from boxloop.simulate import copy_project, simulate
     from boxloop.store import DB_NAME, Project
 

@@ -50,7 +50,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import DEFAULT_BCCD, HERE, csv, finite, machine, prepare_dataset, resolve  # noqa: E402
+from label_efficiency import DEFAULT_BCCD, HERE, csv, finite, machine, dataset_or_skip, resolve  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
     "cpu": dict(image_size=256, epochs=12, batch_size=8, lr=0.01, val_every=2, fractions="0.1,0.25,0.5",
@@ -509,15 +509,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    spec = prepare_dataset(args.dataset, args.workdir, args.synthetic_images, args.synthetic_size)
+    spec = dataset_or_skip(args)
     if spec is None:
-        print(f"BCCD not found at {args.dataset} (needs Annotations/ and JPEGImages/); skipping. "
-              "Pass --dataset PATH to a VOC root, or --dataset synthetic.")
         return 0
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     from boxloop.simulate import load_truth
 
     for name in csv(args.ablations):

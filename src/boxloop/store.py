@@ -970,18 +970,22 @@ class Project:
                 "INSERT OR REPLACE INTO predictions(round, image_id, model, blob) VALUES (?, ?, ?, ?)", rows
             )
 
-    def load_predictions(self, round: int, model: str | None = None) -> dict[str, Detections]:
-        """{relative path: Detections} of one round (one model, or all if there is only one)."""
+    def _prediction_rows(self, round: int, model: str | None) -> sqlite3.Cursor:
+        """(path, model, blob) of one round's stored predictions, in image-id order."""
         sql = ("SELECT i.path, p.model, p.blob FROM predictions p JOIN images i ON i.id = p.image_id "
                "WHERE p.round = ?")
         args: list = [int(round)]
         if model is not None:
             sql += " AND p.model = ?"
             args.append(model)
+        # p.image_id (= i.id) walks the primary key in order; "ORDER BY i.id" sorted every blob in a temp b-tree
+        return self._conn.execute(sql + " ORDER BY p.image_id", args)
+
+    def load_predictions(self, round: int, model: str | None = None) -> dict[str, Detections]:
+        """{relative path: Detections} of one round (one model, or all if there is only one)."""
         out: dict[str, Detections] = {}
         models = set()
-        # p.image_id (= i.id) walks the primary key in order; "ORDER BY i.id" sorted every blob in a temp b-tree
-        for path, m, blob in self._conn.execute(sql + " ORDER BY p.image_id", args):
+        for path, m, blob in self._prediction_rows(round, model):
             models.add(m)
             out[path] = detections_from_bytes(blob)
         if len(models) > 1:
@@ -996,15 +1000,9 @@ class Project:
         `load_predictions` + `DetectionTable.from_detections` take ~6 s (benchmarks/scale.py).
         `keys` keeps only those images (relative paths; images without stored predictions are left
         out); `features=False` skips the per-box features (only coreset needs them)."""
-        sql = ("SELECT i.path, p.model, p.blob FROM predictions p JOIN images i ON i.id = p.image_id "
-               "WHERE p.round = ?")
-        args: list = [int(round)]
-        if model is not None:
-            sql += " AND p.model = ?"
-            args.append(model)
         wanted = None if keys is None else set(keys)
         paths, blobs, models = [], [], set()
-        for path, m, blob in self._conn.execute(sql + " ORDER BY p.image_id", args):
+        for path, m, blob in self._prediction_rows(round, model):
             models.add(m)
             if wanted is None or path in wanted:
                 paths.append(path)
