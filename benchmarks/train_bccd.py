@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from boxloop.calibration import quality_calibration
 from boxloop.data import Sample
 from boxloop.detectors import create_detector
 from boxloop.evaluate import evaluate
@@ -87,10 +89,14 @@ def load_splits(root: Path, val_fraction: float, seed: int
     return res.classes, res.annotations, train, val, test, res.warnings
 
 
-def build(class_names: list[str], image_size: int, backbone: str):
-    """fcos on the offline Lite0; min_size=max_size=image_size so FCOS does not resize again."""
-    return create_detector("fcos", num_classes=len(class_names), backbone=backbone, pretrained_backbone=True,
-                           min_size=image_size, max_size=image_size)
+def build(class_names: list[str], image_size: int, backbone: str, detector: str = "fcos",
+          options: dict | None = None):
+    """The detector on the offline Lite0; min_size=max_size=image_size so it does not resize again."""
+    kw = dict(options or {})
+    if detector == "fcos":
+        kw.setdefault("backbone", backbone)
+    return create_detector(detector, num_classes=len(class_names), pretrained_backbone=True,
+                           min_size=image_size, max_size=image_size, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.15)
     ap.add_argument("--val-every", type=int, default=2, help="epochs between validations")
     ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--detector", default="fcos", help="registry name (fcos, fcos_lite, ...)")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="detector builder option (repeatable), e.g. --option trainable_layers=2")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--num-workers", type=int, default=0)
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"BCCD: classes {class_names}; train {len(train)}, val {len(val)}, test {len(test_keys)} images; "
           f"{len(warnings)} loader warnings" + (f" (e.g. {warnings[0]})" if warnings else ""))
 
+    args.options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.time_steps:
         return time_steps(args, class_names, train, device, lr)
 
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                          val_every=args.val_every, seed=args.seed, device=args.device,
                          num_workers=args.num_workers)
     torch.manual_seed(args.seed)
-    detector = build(class_names, args.image_size, args.backbone)
+    detector = build(class_names, args.image_size, args.backbone, args.detector, args.options)
     t0 = time.perf_counter()
     result = fit(detector, train, val, class_names, config, workdir, progress=True)
     train_s = time.perf_counter() - t0
@@ -156,14 +166,16 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{e:.0f}:{m:.3f}" for e, m in vals))
 
     t1 = time.perf_counter()
-    preds = {}
+    preds, dets = {}, {}
     for path, det in predict_paths(detector, [images_root / k for k in test_keys], args.image_size,
                                    batch_size=args.batch_size, score_threshold=0.01, progress=False,
                                    num_workers=args.num_workers):
         key = path.relative_to(images_root).as_posix()
         preds[key] = det.to_annotation(key, class_names)
+        dets[key] = det
     test_s = time.perf_counter() - t1
     metrics = evaluate({k: anns[k] for k in test_keys}, preds, class_names)
+    calib = quality_calibration({k: anns[k] for k in test_keys}, dets, class_names, min_score=0.3)
 
     best = "none" if result.best_map50 is None else f"{result.best_map50:.4f}"
     print(f"\nBCCD test ({len(test_keys)} images), best checkpoint (val mAP50 {best}):")
@@ -172,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'class':<10} {'AP50':>7} {'COCO AP':>8} {'gt':>5}")
     for name, pc in metrics["per_class"].items():
         print(f"  {name:<10} {pc['ap50']:>7.4f} {pc['coco_ap']:>8.4f} {pc['num_gt']:>5}")
+    if calib["n"]:
+        print(f"  predicted vs true IoU ({calib['n']} detections scoring >= 0.3): Spearman {calib['spearman']:.3f}, "
+              f"MAE {calib['mae']:.3f} (mean predicted {calib['mean_predicted']:.3f}, true {calib['mean_true']:.3f})")
     print(f"  training {train_s / 60:.1f} min, test inference {test_s:.1f} s on {device}")
 
     report = {
@@ -186,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "best_val_map50": result.best_map50, "test_inference_seconds": round(test_s, 2),
         "test": {k: metrics[k] for k in ("map50", "coco_ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
                                          "per_class", "num_images", "num_gt", "num_predictions")},
+        "quality_calibration": calib,
         "target_map50": 0.85,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +220,7 @@ def time_steps(args: argparse.Namespace, class_names: list[str], train: list[Sam
         times = []
         for steps in (1, 1 + n):
             torch.manual_seed(args.seed)
-            detector = build(class_names, args.image_size, args.backbone)
+            detector = build(class_names, args.image_size, args.backbone, args.detector, args.options)
             config = TrainConfig(steps=steps, batch_size=args.batch_size, image_size=args.image_size, lr=lr,
                                  optimizer=args.optimizer, device=args.device, warmup_steps=0,
                                  num_workers=args.num_workers)

@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop import pseudo
+from boxloop.defaults import DETECTOR
 from boxloop.store import Project
 from boxloop.structures import Source
 
@@ -92,7 +93,7 @@ def autolabel(
     steps_first: int | None = None,
     steps_increment: int | None = None,
     steps_max: int | None = None,
-    model: str = "fcos",
+    model: str = DETECTOR,
     backbone: str = "efficientnet_lite0",
     pretrained_backbone: bool = True,
     image_size: int = 320,

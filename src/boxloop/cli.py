@@ -226,22 +226,26 @@ def export(
 
 # -- the detector: train, evaluate, predict ------------------------------------------------------
 
-ModelOpt = Annotated[str, typer.Option("--model", help="fcos (with IoU branch), faster_rcnn or retinanet.")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (default: the CPU-first one), fcos (with IoU branch), faster_rcnn or retinanet.")]
 BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12 unless --steps).")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
-SizeOpt = Annotated[int, typer.Option(help="Longer image side for training and prediction, pixels.")]
-BatchOpt = Annotated[int, typer.Option(help="Images per batch.")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
+BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
 
 
-def loop_config(model: str = "fcos", backbone: str = "efficientnet_lite0", epochs: int | None = None,
-                steps: int | None = None, image_size: int = 320, batch_size: int = 8, device: str = "auto",
-                seed: int = 0, no_pretrained: bool = False, **kw: Any):  # -> loop.LoopConfig
+def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
+                steps: int | None = None, image_size: int | None = None, batch_size: int | None = None,
+                device: str = "auto", seed: int = 0, no_pretrained: bool = False, **kw: Any):  # -> loop.LoopConfig
+    """The loop's config from CLI options; what the user left unset comes from `run_defaults(device)`."""
+    from boxloop.defaults import run_defaults
     from boxloop.loop import LoopConfig
 
+    d = run_defaults(device)
+    model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
     if epochs is not None and steps is not None:
         raise typer.BadParameter("pass --epochs or --steps, not both", param_hint="--epochs")
     if epochs is None and steps is None:
@@ -292,12 +296,12 @@ def print_metrics(m: dict[str, Any], title: str) -> None:
 @user_errors
 def train(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    model: ModelOpt = "fcos",
+    model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
     epochs: EpochsOpt = None,
     steps: StepsOpt = None,
-    image_size: SizeOpt = 480,
-    batch_size: BatchOpt = 8,
+    image_size: SizeOpt = None,
+    batch_size: BatchOpt = None,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
     device: DeviceOpt = "auto",
@@ -329,7 +333,7 @@ def train(
 
             sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
                             reweight=not no_reweight, certainty=not no_certainty, ema=ema)
-            res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=model,
+            res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.model,
                            detector_kwargs=cfg.detector_kwargs())
             set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -339,12 +343,12 @@ def train(
             best = res.best_checkpoint
         else:
             result, n_train, n_val = train_project(proj, cfg)
-            out.print(f"trained {model} on {n_train} images ({n_val} validation): best validation mAP50 "
+            out.print(f"trained {cfg.model} on {n_train} images ({n_val} validation): best validation mAP50 "
                       f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
                       f"{escape(str(result.best_checkpoint))}")
             best = result.best_checkpoint
         det, _, _ = load_detector(best, expect_classes=proj.classes)
-        m = test_metrics(proj, det, image_size, device)
+        m = test_metrics(proj, det, cfg.image_size, device)
         if m:
             print_metrics(m, "fixed test set")
 
@@ -396,7 +400,7 @@ def predict(
     checkpoint: Annotated[Optional[Path], typer.Option(help="A checkpoint instead of a project's model.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="voc (one XML per image with <confidence>) or coco (results list).")] = "voc",
     threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = 0.3,
-    batch_size: BatchOpt = 8,
+    batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Predict boxes on a folder of images with a trained model."""
@@ -404,8 +408,11 @@ def predict(
 
     if not 0 <= threshold < 1:
         raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
+    from boxloop.defaults import run_defaults
+
     det, names, image_size, _ = _open_detector(project, checkpoint, device)
-    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size, batch_size, device)
+    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
+                                       batch_size or run_defaults(device).batch_size, device)
     out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}")
 
 
@@ -421,12 +428,12 @@ def query(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
     fmt: Annotated[str, typer.Option("--format", help="voc (LabelImg, CVAT), coco, yolo, labelstudio or cvat.")] = "voc",
     checkpoint: Annotated[Optional[Path], typer.Option(help="Use this model instead of training one for the round.")] = None,
-    model: ModelOpt = "fcos",
+    model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
     epochs: EpochsOpt = None,
     steps: StepsOpt = None,
-    image_size: SizeOpt = 480,
-    batch_size: BatchOpt = 8,
+    image_size: SizeOpt = None,
+    batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
@@ -518,12 +525,12 @@ def simulate(
     rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
     seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
-    model: ModelOpt = "fcos",
+    model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
     epochs: EpochsOpt = None,
     steps: StepsOpt = None,
-    image_size: SizeOpt = 320,
-    batch_size: BatchOpt = 8,
+    image_size: SizeOpt = None,
+    batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     semi: Annotated[Optional[str], typer.Option(help="Add auto-labelling to every round: autolabel or certainty.")] = None,
     take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
@@ -556,10 +563,10 @@ def autolabel(
     steps_first: Annotated[Optional[int], typer.Option(help="Training steps of the first iteration (default: seed 000's 2,500 scaled to the dataset).")] = None,
     steps_increment: Annotated[Optional[int], typer.Option(help="Steps added per iteration (default: 1,500 scaled).")] = None,
     steps_max: Annotated[Optional[int], typer.Option(help="Most steps of one iteration (default: 8,500 scaled).")] = None,
-    model: ModelOpt = "fcos",
+    model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
-    image_size: SizeOpt = 320,
-    batch_size: BatchOpt = 8,
+    image_size: SizeOpt = None,
+    batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
@@ -572,6 +579,10 @@ def autolabel(
 
     if not 0 < threshold < 1:
         raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
+    from boxloop.defaults import run_defaults
+
+    d = run_defaults(device)
+    model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
     with Project.open(project) as proj, proj.writer_lock():
         if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
             out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")

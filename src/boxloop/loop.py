@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from boxloop.defaults import DETECTOR
 from boxloop.oracle import DRAW_SECONDS, BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
 from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
@@ -43,7 +44,7 @@ class LoopConfig:
     """Everything one round needs. Saved with every round (the resolved config of the run)."""
 
     # detector
-    model: str = "fcos"
+    model: str = DETECTOR
     backbone: str = "efficientnet_lite0"
     pretrained_backbone: bool = True
     # more builder options, e.g. {"fpn_channels": 32, "head_convs": 1} or {"box_head": "interval"}

@@ -7,6 +7,7 @@ model never stops the others from loading.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from boxloop.detectors.base import Detector
@@ -14,6 +15,7 @@ from boxloop.detectors.base import Detector
 # name -> "module:function"; each builder takes (num_classes, **kwargs) and returns a Detector.
 DETECTORS: dict[str, str] = {
     "fcos": "boxloop.detectors.fcos:build_fcos",
+    "fcos_lite": "boxloop.detectors.fcos_lite:build_fcos_lite",
     "faster_rcnn": "boxloop.detectors.faster_rcnn:build_faster_rcnn",
     "retinanet": "boxloop.detectors.retinanet:build_retinanet",
 }
@@ -31,6 +33,11 @@ def create_detector(name: str, num_classes: int, seed: int | None = None, **kwar
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     module_name, func = DETECTORS[name].split(":")
     builder = getattr(importlib.import_module(module_name), func)
+    valid = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"detector {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
+                         f"{', '.join(valid)}")
     if seed is None:
         return builder(num_classes=num_classes, **kwargs)
     import torch

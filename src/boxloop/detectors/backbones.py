@@ -44,6 +44,8 @@ __all__ = [
     "LITE_MEAN",
     "LITE_STD",
     "build_backbone",
+    "fold_frozen_bn",
+    "lite0_body",
     "load_lite0_state_dict",
     "lite0_classifier",
 ]
@@ -219,11 +221,54 @@ def _load_into(model: nn.Module, sd: dict[str, Tensor], name: str, source: objec
 # --------------------------------------------------------------------------------------------------
 # builders
 # --------------------------------------------------------------------------------------------------
-def _lite0(pretrained: Pretrained, levels: list[int], fpn_channels: int, trainable_layers: int,
-           extra: ExtraFPNBlock | None, freeze_bn: bool) -> BackboneFPN:
+def _fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
+    """conv -> frozen BN(+act)  ==  conv with bias -> act. Exact: the folded scale is constant."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        folded.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        folded.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    folded.requires_grad_(conv.weight.requires_grad)
+    act = nn.Sequential(bn.drop, bn.act) if hasattr(bn, "act") else nn.Identity()
+    return folded, act
+
+
+# timm EfficientNet blocks: (conv, the BatchNormAct2d right after it)
+_CONV_BN_PAIRS = {"DepthwiseSeparableConv": (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+                  "InvertedResidual": (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))}
+
+
+def fold_frozen_bn(modules: Sequence[nn.Module]) -> None:
+    """Fold every frozen BatchNorm of these timm EfficientNet blocks into the conv before it.
+
+    Only for parts that do not train: the conv and the BN statistics are then both constant, and a
+    high-resolution BN pass (memory-bound on a CPU) disappears from every forward.
+    """
+    for block in modules:
+        for sub in block.modules():
+            for conv_name, bn_name in _CONV_BN_PAIRS.get(type(sub).__name__, ()):
+                conv, bn = getattr(sub, conv_name), getattr(sub, bn_name)
+                if not isinstance(conv, nn.Conv2d) or not hasattr(bn, "running_var"):
+                    continue
+                folded, act = _fold_conv_bn(conv, bn)
+                setattr(sub, conv_name, folded)
+                setattr(sub, bn_name, act)
+
+
+def lite0_body(pretrained: Pretrained, levels: Sequence[int] = (2, 3, 4), trainable_layers: int = 3,
+               freeze_bn: bool = True, fold_frozen: bool = False) -> tuple[nn.Module, list[int]]:
+    """Lite0 feature extractor (OrderedDict of the given levels) and its channels per level.
+
+    fold_frozen: fold the BatchNorm of the frozen levels into their convs (needs freeze_bn). The
+    structure depends only on the arguments, so a checkpoint of a folded model loads into a model
+    built with pretrained=False.
+    """
     import timm
     from timm.layers import freeze_batch_norm_2d
 
+    levels = _check_levels(levels, trainable_layers)
     model = timm.create_model("efficientnet_lite0", features_only=True, pretrained=False,
                               out_indices=tuple(levels))
     if pretrained:
@@ -239,9 +284,19 @@ def _lite0(pretrained: Pretrained, levels: list[int], fpn_channels: int, trainab
     b = model.blocks
     by_level = [[model.conv_stem, model.bn1, b[0]], [b[1]], [b[2]], [b[3], b[4]], [b[5], b[6]]]
     _freeze(by_level, trainable_layers)
+    if fold_frozen and freeze_bn:
+        frozen = 5 - trainable_layers
+        if frozen > 0:
+            model.conv_stem, model.bn1 = _fold_conv_bn(model.conv_stem, model.bn1)
+        fold_frozen_bn([m for level in by_level[:frozen] for m in level if isinstance(m, nn.Sequential)])
     names = [str(i) for i in range(len(levels))]
-    body = TimmFeatures(model, names)
-    return BackboneFPN(body, list(model.feature_info.channels()), fpn_channels, extra)
+    return TimmFeatures(model, names), list(model.feature_info.channels())
+
+
+def _lite0(pretrained: Pretrained, levels: list[int], fpn_channels: int, trainable_layers: int,
+           extra: ExtraFPNBlock | None, freeze_bn: bool) -> BackboneFPN:
+    body, channels = lite0_body(pretrained, levels, trainable_layers, freeze_bn)
+    return BackboneFPN(body, channels, fpn_channels, extra)
 
 
 def _resnet_with_fpn(model: nn.Module, trainable_layers: int, levels: list[int], fpn_channels: int,

@@ -9,6 +9,7 @@ conversion to boxloop's numpy `Detections`. torchvision does the RoI pooling
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import OrderedDict
 from typing import Iterator, Sequence
 
@@ -19,9 +20,12 @@ from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image
 
 from boxloop.structures import Boxes, Detections
 
+log = logging.getLogger("boxloop")
+
 __all__ = [
     "box_features",
     "check_targets",
+    "cpu_bf16_supported",
     "predict_context",
     "prepare_images",
     "scale_boxes",
@@ -103,9 +107,34 @@ def to_torchvision_targets(targets: Sequence[dict[str, Tensor]], label_offset: i
     return [{**t, "labels": t["labels"] + label_offset} for t in targets]
 
 
+_BF16_FALLBACK_SAID = False
+
+
+def cpu_bf16_supported() -> bool:
+    """True where oneDNN runs bfloat16 natively (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def use_cpu_bf16(wanted: bool) -> bool:
+    """Whether to autocast CPU inference to bfloat16; says once, in one line, when it falls back."""
+    global _BF16_FALLBACK_SAID
+    if not wanted:
+        return False
+    if cpu_bf16_supported():
+        return True
+    if not _BF16_FALLBACK_SAID:
+        log.warning("this CPU has no native bfloat16 support: predicting in float32 instead")
+        _BF16_FALLBACK_SAID = True
+    return False
+
+
 @contextlib.contextmanager
-def predict_context(model: torch.nn.Module, amp: bool = True) -> Iterator[torch.device]:
-    """eval mode + no grad (+ autocast on CUDA) for the duration; restores the training flag after.
+def predict_context(model: torch.nn.Module, amp: bool = True, cpu_bf16: bool = False) -> Iterator[torch.device]:
+    """eval mode + no grad (+ float16 autocast on CUDA, + bfloat16 autocast on a CPU that has it
+    when `cpu_bf16`) for the duration; restores the training flag after.
 
     Yields the model's device, so callers move inputs once.
     """
@@ -116,6 +145,9 @@ def predict_context(model: torch.nn.Module, amp: bool = True) -> Iterator[torch.
         with torch.no_grad():
             if amp and device.type == "cuda":
                 with torch.autocast("cuda", dtype=torch.float16):
+                    yield device
+            elif device.type == "cpu" and use_cpu_bf16(cpu_bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16):
                     yield device
             else:
                 yield device

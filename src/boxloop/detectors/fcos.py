@@ -45,7 +45,7 @@ from boxloop.detectors.backbones import build_backbone
 from boxloop.detectors.common import check_targets, predict_context, prepare_images, to_detections
 from boxloop.structures import Detections
 
-__all__ = ["FCOSDetector", "build_fcos", "match_locations"]
+__all__ = ["FCOSDetector", "build_fcos", "match_locations", "varifocal_loss"]
 
 IGNORE = -2  # matched to a box of weight 0
 BACKGROUND = -1
@@ -100,10 +100,13 @@ class FCOSDetector(nn.Module):
     """FCOS + IoU branch behind boxloop's Detector protocol (`loss`, `predict`)."""
 
     has_loc_quality = True
+    # "positives": BCE towards the IoU on positive locations only (fcos); "varifocal": every location,
+    # background towards 0 (fcos_lite; see varifocal_loss).
+    quality_loss = "positives"
 
     def __init__(self, model: FCOS, num_classes: int, config: dict[str, Any], score_mode: str = "product",
                  max_negatives_per_positive: float | None = None, min_negatives_per_image: int = 0,
-                 topk_candidates: int = 1000, amp: bool = True) -> None:
+                 topk_candidates: int = 1000, amp: bool = True, cpu_bf16: bool = False) -> None:
         super().__init__()
         if score_mode not in ("product", "sqrt"):
             raise ValueError(f"score_mode must be 'product' or 'sqrt', got {score_mode!r}")
@@ -116,17 +119,21 @@ class FCOSDetector(nn.Module):
         self.min_negatives_per_image = int(min_negatives_per_image)
         self.topk_candidates = topk_candidates
         self.amp = amp
+        self.cpu_bf16 = cpu_bf16
         self.box_coder = BoxLinearCoder(normalize_by_size=True)
 
     # ------------------------------------------------------------------------------------------
-    def forward_outputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None) -> FCOSOutputs:
+    def forward_outputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None,
+                        memory_format: torch.memory_format = torch.contiguous_format) -> FCOSOutputs:
         """Resize/normalise (targets too), backbone, head, location points. Inputs already checked."""
         m = self.model
         batch, targets = m.transform(images, targets)
-        features = list(m.backbone(batch.tensors).values())
+        features = list(m.backbone(batch.tensors.contiguous(memory_format=memory_format)).values())
         out = m.head(features)
-        anchors = m.anchor_generator(batch, features)[0]  # same for every image in the batch
-        anchors = anchors.float()  # under autocast they come in the features' fp16
+        # same for every image in the batch; made in float32 from the maps' shapes alone: in the
+        # features' fp16/bf16 a location at 200 px would sit up to 1 px (bf16) off its true place
+        shapes = [f.new_empty((1, 1, *f.shape[-2:]), dtype=torch.float32) for f in features]
+        anchors = m.anchor_generator(batch, shapes)[0]
         points = (anchors[:, :2] + anchors[:, 2:]) / 2
         strides = anchors[:, 2] - anchors[:, 0]
         return FCOSOutputs(out["cls_logits"], out["bbox_regression"], out["bbox_ctrness"].squeeze(-1), points,
@@ -189,11 +196,18 @@ class FCOSDetector(nn.Module):
             w = loc_w[pos]
             loss_box = (generalized_box_iou_loss(pred, gt, reduction="none") * w).sum() / num_pos
             iou_t = box_iou(pred.detach(), gt).diagonal().clamp(0, 1)
-            bce = F.binary_cross_entropy_with_logits(iou_logits[pos], iou_t, reduction="none")
-            loss_iou = (bce * w).sum() / num_pos
+            if self.quality_loss == "positives":
+                bce = F.binary_cross_entropy_with_logits(iou_logits[pos], iou_t, reduction="none")
+                loss_iou = (bce * w).sum() / num_pos
         else:  # keep the graph connected so every parameter gets a (zero) gradient
             loss_box = reg.sum() * 0.0
             loss_iou = iou_logits.sum() * 0.0
+            iou_t = iou_logits.new_zeros(0)
+        if self.quality_loss == "varifocal":
+            target = torch.zeros_like(iou_logits)
+            target[pos] = iou_t
+            vfl = varifocal_loss(iou_logits, target, pos)
+            loss_iou = (vfl * cls_w).sum() / num_pos  # same locations and weights as the class term
         return {"classification": loss_cls, "bbox_regression": loss_box, "iou": loss_iou}
 
     def _bounding(self) -> bool:
@@ -226,7 +240,7 @@ class FCOSDetector(nn.Module):
             return []
         images = prepare_images(images)
         original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        with predict_context(self, amp=self.amp) as device:
+        with predict_context(self, amp=self.amp, cpu_bf16=self.cpu_bf16) as device:
             fw = self.forward_outputs([im.to(device, non_blocking=True) for im in images], None)
             return self._postprocess(fw, original, score_threshold)
 
@@ -287,6 +301,18 @@ class FCOSDetector(nn.Module):
             for i in range(b)
         ]
 
+
+
+def varifocal_loss(logits: Tensor, target: Tensor, positive: Tensor, alpha: float = 0.75,
+                   gamma: float = 2.0) -> Tensor:
+    """Per-location varifocal loss (VarifocalNet, Zhang et al. 2021, eq. 2), elementwise.
+
+    Positives: BCE towards their IoU target, weighted by that target (well-placed boxes count more).
+    Background: BCE towards 0, weighted by alpha * q**gamma (the easy background fades, as in focal loss).
+    """
+    q = logits.sigmoid()
+    weight = torch.where(positive, target, alpha * q.detach().pow(gamma))
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
 
 
 class SoftplusRegressionHead(FCOSRegressionHead):

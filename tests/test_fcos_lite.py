@@ -1,0 +1,155 @@
+"""fcos_lite, the CPU-first default: its FLOP budget (counted, not timed), exact BN folding, the
+varifocal quality loss on a hand-computed case, bfloat16 against float32, and old fcos checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from boxloop.defaults import DETECTOR, run_defaults
+from boxloop.detectors import create_detector
+from boxloop.detectors.backbones import lite0_body
+from boxloop.detectors.common import cpu_bf16_supported
+from boxloop.detectors.fcos import varifocal_loss
+from boxloop.structures import iou
+
+from test_detector_contract import scene
+
+
+def gflops(det, size: int = 320) -> float:
+    det.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        det.predict([torch.rand(3, size, size)])
+    return counter.get_total_flops() / 1e9
+
+
+def test_flop_budget_is_a_third_of_fcos(one_thread):
+    """Issue target: <= 2.4 GFLOPs per 320x320 image, as torch.utils.flop_counter counts."""
+    lite = gflops(create_detector("fcos_lite", num_classes=3, pretrained_backbone=False))
+    old = gflops(create_detector("fcos", num_classes=3, pretrained_backbone=False, min_size=320, max_size=320))
+    assert lite <= 2.4, lite
+    assert old > 7.0 and old / lite >= 3.0, (old, lite)
+
+
+def test_it_is_the_default_everywhere():
+    assert DETECTOR == "fcos_lite"
+    assert run_defaults("cpu").detector == run_defaults("cuda").detector == "fcos_lite"
+    assert run_defaults("cpu").image_size == 320 and run_defaults("cuda").image_size == 480
+    from boxloop.loop import LoopConfig
+
+    assert LoopConfig().model == "fcos_lite"
+
+
+def test_folding_frozen_batchnorm_is_exact(one_thread):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 96, 128)
+    plain, _ = lite0_body(True, trainable_layers=2, fold_frozen=False)
+    folded, _ = lite0_body(True, trainable_layers=2, fold_frozen=True)
+    plain.eval(), folded.eval()
+    with torch.no_grad():
+        a, b = plain(x), folded(x)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)
+    n_bn = lambda m: sum("BatchNorm" in type(s).__name__ for s in m.modules())  # noqa: E731
+    assert n_bn(folded) < n_bn(plain)
+    # frozen stays frozen, the top levels still train
+    assert not folded.model.conv_stem.weight.requires_grad
+    assert folded.model.blocks[6][0].conv_pw.weight.requires_grad
+
+
+def test_varifocal_loss_on_a_hand_computed_case():
+    logits = torch.tensor([0.0, math.log(4.0), -math.log(3.0)])  # q = 0.5, 0.8, 0.25
+    target = torch.tensor([0.8, 0.0, 0.0])
+    positive = torch.tensor([True, False, False])
+    got = varifocal_loss(logits, target, positive).tolist()
+    # positive: target-weighted BCE towards 0.8; background: 0.75 * q**2 * -log(1 - q)
+    want = [0.8 * -(0.8 * math.log(0.5) + 0.2 * math.log(0.5)),
+            0.75 * 0.8 ** 2 * -math.log(0.2),
+            0.75 * 0.25 ** 2 * -math.log(0.75)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_lite(one_thread):
+    det = create_detector("fcos_lite", num_classes=2, seed=0, pretrained_backbone=True, min_size=96, max_size=96,
+                          channels=32, head_convs=1)
+    a = scene(96, 96, [(10, 12, 52, 44)], [0], seed=1)
+    b = scene(80, 112, [(50, 30, 100, 72), (6, 8, 34, 30)], [1, 0], seed=2)
+    images, targets = [a[0], b[0]], [a[1], b[1]]
+    opt = torch.optim.Adam([p for p in det.parameters() if p.requires_grad], lr=3e-3)
+    det.train()
+    for _ in range(30):
+        loss = sum(det.loss(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return det, images, targets
+
+
+@pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bfloat16")
+def test_bfloat16_outputs_agree_with_float32(trained_lite):
+    """Tolerance, at every location: class probability and predicted IoU within 0.02, box distances
+    within 3% (+0.5 px). Detections themselves may swap between two neighbours whose scores tie."""
+    from boxloop.detectors.common import prepare_images
+
+    det, images, _ = trained_lite
+    det.eval()
+    outs = []
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fw = det.forward_outputs(prepare_images(images), None)
+        outs.append((fw.cls_logits.float().sigmoid(), fw.iou_logits.float().sigmoid(),
+                     fw.bbox_regression.float() * fw.strides[None, :, None]))
+    (p32, q32, d32), (p16, q16, d16) = outs
+    assert (p16 - p32).abs().max() < 0.02 and (q16 - q32).abs().max() < 0.02
+    assert ((d16 - d32).abs() <= 0.03 * d32.abs() + 0.5).all()
+    # and predict() uses bf16 when asked, float32 when not
+    det.cpu_bf16 = True
+    a = det.predict(images[:1], score_threshold=0.0)[0]
+    det.cpu_bf16 = False
+    b = det.predict(images[:1], score_threshold=0.0)[0]
+    assert not np.array_equal(a.scores, b.scores)
+    assert abs(float(a.scores[0]) - float(b.scores[0])) < 0.02
+
+
+def test_trained_lite_finds_its_rectangles_and_quality_tracks_iou(trained_lite):
+    det, images, targets = trained_lite
+    det.cpu_bf16 = False
+    out = det.predict(images, score_threshold=0.05)
+    best = out[0]
+    overlap = iou(best.boxes.xyxy[:1], targets[0]["boxes"].numpy())[0, 0]
+    assert best.labels[0] == 0 and overlap > 0.5
+    # the predicted IoU of the best box is near its true IoU
+    assert abs(float(best.loc_quality[0]) - overlap) < 0.3
+
+
+def test_old_fcos_checkpoint_loads_and_predicts_as_before(tmp_path, one_thread):
+    """A checkpoint written before fcos_lite existed: its detector_config has only the old keys."""
+    from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_detector, save_checkpoint
+
+    old_config = {"name": "fcos", "num_classes": 2, "backbone": "efficientnet_lite0", "pretrained_backbone": False,
+                  "min_size": 96, "max_size": 96, "score_thresh": 0.05, "nms_thresh": 0.6,
+                  "detections_per_img": 100, "fpn_channels": 32, "head_convs": 1, "trainable_layers": 5,
+                  "freeze_bn": False, "center_sampling_radius": 1.5, "score_mode": "product",
+                  "max_negatives_per_positive": None, "min_negatives_per_image": 0, "topk_candidates": 1000,
+                  "amp": True}
+    det = create_detector(**old_config, seed=3)
+    img = scene(96, 96, [(10, 12, 52, 44)], [0], seed=1)[0]
+    before = det.predict([img], score_threshold=0.0)[0]
+    path = tmp_path / "old.pt"
+    save_checkpoint({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "detector_config": old_config,
+                     "class_names": ["a", "b"], "model": det.state_dict()}, path)
+    again, names, _ = load_detector(path)
+    after = again.predict([img], score_threshold=0.0)[0]
+    assert names == ["a", "b"] and again.config["name"] == "fcos"
+    np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
+    np.testing.assert_allclose(after.boxes.xyxy, before.boxes.xyxy, atol=1e-4)
+
+
+def test_backbone_other_than_lite0_is_refused():
+    with pytest.raises(ValueError, match="fcos_lite is built on efficientnet_lite0 only"):
+        create_detector("fcos_lite", num_classes=2, backbone="resnet50", pretrained_backbone=False)
