@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop import pseudo
-from boxloop.defaults import DETECTOR
+from boxloop.defaults import DETECTOR, training_recipe
 from boxloop.store import Project
 from boxloop.structures import Source
 
@@ -102,7 +102,7 @@ def autolabel(
     seed: int = 0,
     train_ratio: float = 0.8,
     progress: bool = True,
-    lr: float = 0.01,
+    lr: float | None = None,
     warm_start: bool = True,
     val_every: int | None = None,
     detector_options: Mapping[str, Any] | None = None,
@@ -151,7 +151,8 @@ def autolabel(
         "steps_max": int(steps_max) if steps_max is not None else d_max,
         "model": model, "backbone": backbone, "pretrained_backbone": bool(pretrained_backbone),
         "image_size": int(image_size), "batch_size": int(batch_size), "seed": int(seed),
-        "train_ratio": float(train_ratio), "lr": float(lr), "warm_start": bool(warm_start),
+        "train_ratio": float(train_ratio), "lr": float(lr if lr is not None else training_recipe(model)[1]),
+        "optimizer": training_recipe(model)[0], "warm_start": bool(warm_start),
         "val_every": None if val_every is None else int(val_every),
         "detector_options": dict(sorted((detector_options or {}).items())),
         "device": device,
@@ -246,7 +247,7 @@ def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> 
     if cfg["warm_start"] and i > 1 and previous.exists():
         detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]
     tc = TrainConfig(steps=steps, batch_size=cfg["batch_size"], image_size=cfg["image_size"], lr=cfg["lr"],
-                     device=cfg["device"], seed=cfg["seed"] + 1000 * i,
+                     optimizer=cfg.get("optimizer", "sgd"), device=cfg["device"], seed=cfg["seed"] + 1000 * i,
                      val_every=cfg["val_every"] or max(1, steps // 10),
                      warmup_steps=min(100, 5 * max(1, steps // 20)))
     result = fit(detector, train, val, project.classes, tc, model_dir(project, i), progress=progress, resume=True)

@@ -302,8 +302,8 @@ def train(
     steps: StepsOpt = None,
     image_size: SizeOpt = None,
     batch_size: BatchOpt = None,
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
-    optimizer: Annotated[str, typer.Option(help="sgd or adamw.")] = "sgd",
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the model's recipe; fcos_lite 0.002 with adamw, others 0.01 with sgd).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="sgd or adamw (default: the model's recipe).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
@@ -673,11 +673,11 @@ def demo(
     with demo_project(out_dir, data, seed) as proj:
         print_status(proj.status())
     out.print(f"[bold]3.[/bold] active learning with a simulated annotator: {initial} labelled images to start, {budget} more per "
-              f"round, {rounds} rounds; each round trains fcos (offline EfficientNet-Lite0), measures mAP50 on the "
+              f"round, {rounds} rounds; each round trains fcos_lite (offline EfficientNet-Lite0), measures mAP50 on the "
               "fixed test set, asks about the most informative images and auto-labels the confident rest")
-    cfg = loop_config("fcos", "efficientnet_lite0", None, steps, image_size, 8, device, seed, False,
+    cfg = loop_config(None, "efficientnet_lite0", None, steps, image_size, 8, device, seed, False,
                       strategy="localization_aware", budget=budget, semi="autolabel", pseudo_threshold=0.7,
-                      lr=0.01, val_every=10 ** 6, detector_options={"fpn_channels": 64, "head_convs": 2})
+                      val_every=10 ** 6)
     sim = out_dir / "simulate"
     if sim.exists():  # an earlier demo's runs (demo_dataset checked that the folder is the demo's own)
         shutil.rmtree(sim)

@@ -52,10 +52,11 @@ class LoopConfig:
     # training (see train.TrainConfig); epochs per round
     epochs: int | None = 12
     steps: int | None = None
+    min_steps: int | None = None  # with epochs: at least this many steps (few-image rounds still learn)
     image_size: int = 320
     batch_size: int = 8
-    lr: float = 0.01
-    optimizer: str = "sgd"
+    lr: float | None = None  # None: the detector's recipe (defaults.training_recipe)
+    optimizer: str | None = None
     device: str = "auto"
     seed: int = 0
     val_every: int = 2
@@ -100,8 +101,15 @@ class LoopConfig:
     def train_config(self, round_id: int):
         from boxloop.train import TrainConfig
 
-        return TrainConfig(epochs=self.epochs, steps=self.steps, batch_size=self.batch_size,
-                           image_size=self.image_size, lr=self.lr, optimizer=self.optimizer,
+        from boxloop.defaults import training_recipe
+
+        optimizer, lr = training_recipe(self.model)
+        if self.optimizer is not None and self.optimizer != optimizer and self.lr is None:
+            lr = 0.01 if self.optimizer == "sgd" else 0.001  # another optimizer: its usual rate
+        return TrainConfig(epochs=self.epochs, steps=self.steps, min_steps=self.min_steps if self.steps is None else None,
+                           batch_size=self.batch_size,
+                           image_size=self.image_size, lr=self.lr if self.lr is not None else lr,
+                           optimizer=self.optimizer or optimizer,
                            device=self.device, seed=self.seed + 1000 * round_id, val_every=self.val_every,
                            warmup_steps=min(100, 5 * max(1, (self.steps or 20) // 20)))
 

@@ -51,7 +51,9 @@ class CheckpointError(ValueError):
 class TrainConfig:
     """How to train. Give exactly one of `epochs` or `steps`.
 
-    `val_every` counts epochs when training in epochs, steps when training in steps; `patience`
+    `min_steps` (with epochs) is a floor on the total steps: a round with few labelled images still
+    gets enough updates to learn (20 images are 3 steps an epoch). `val_every` counts epochs when
+    training in epochs, steps when training in steps; `patience`
     counts evaluations without a better validation mAP50 (None: no early stopping).
     `checkpoint_every` (steps) adds saves of last.pt between the ones at each epoch end and each
     validation. `lr_milestones` are fractions of training where the 'step' schedule multiplies the
@@ -60,6 +62,7 @@ class TrainConfig:
 
     epochs: int | None = None
     steps: int | None = None
+    min_steps: int | None = None
     batch_size: int = 8
     image_size: int = 512
     optimizer: str = "sgd"
@@ -86,7 +89,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if (self.epochs is None) == (self.steps is None):
             raise ValueError(f"give exactly one of epochs or steps (got epochs={self.epochs}, steps={self.steps})")
-        for name in ("epochs", "steps"):
+        for name in ("epochs", "steps", "min_steps"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
@@ -135,7 +138,7 @@ class TrainConfig:
 
 
 # Fields whose change makes a resumed run a different run.
-_RESUME_FIXED = ("epochs", "steps", "batch_size", "image_size", "optimizer", "lr", "weight_decay", "momentum",
+_RESUME_FIXED = ("epochs", "steps", "min_steps", "batch_size", "image_size", "optimizer", "lr", "weight_decay", "momentum",
                  "warmup_steps", "schedule", "lr_milestones", "lr_gamma", "seed", "flip", "scale_jitter", "color")
 
 
@@ -315,6 +318,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
 
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.steps if config.steps is not None else config.epochs * steps_per_epoch  # type: ignore[operator]
+    if config.steps is None and config.min_steps is not None:
+        total_steps = max(total_steps, config.min_steps)
 
     params = [p for p in detector.parameters() if p.requires_grad]  # type: ignore[attr-defined]
     if config.optimizer == "sgd":

@@ -45,7 +45,7 @@ from boxloop.detectors.backbones import build_backbone
 from boxloop.detectors.common import check_targets, predict_context, prepare_images, to_detections
 from boxloop.structures import Detections
 
-__all__ = ["FCOSDetector", "build_fcos", "match_locations", "varifocal_loss"]
+__all__ = ["FCOSDetector", "build_fcos", "match_locations", "quality_focal_loss", "varifocal_loss"]
 
 IGNORE = -2  # matched to a box of weight 0
 BACKGROUND = -1
@@ -100,9 +100,10 @@ class FCOSDetector(nn.Module):
     """FCOS + IoU branch behind boxloop's Detector protocol (`loss`, `predict`)."""
 
     has_loc_quality = True
-    # "positives": BCE towards the IoU on positive locations only (fcos); "varifocal": every location,
-    # background towards 0 (fcos_lite; see varifocal_loss).
+    # "positives": BCE towards the IoU on positive locations only (fcos); "varifocal" or
+    # "quality_focal": every location, background towards 0 (see those functions).
     quality_loss = "positives"
+    box_loss_weight = 1.0  # fcos_lite: 2, as GFL weighs its GIoU term
 
     def __init__(self, model: FCOS, num_classes: int, config: dict[str, Any], score_mode: str = "product",
                  max_negatives_per_positive: float | None = None, min_negatives_per_image: int = 0,
@@ -194,7 +195,7 @@ class FCOSDetector(nn.Module):
             pred = self.box_coder.decode(reg[pos], anchors[None].expand(b, -1, -1)[pos])
             gt = gt_boxes[pos]
             w = loc_w[pos]
-            loss_box = (generalized_box_iou_loss(pred, gt, reduction="none") * w).sum() / num_pos
+            loss_box = self.box_loss_weight * (generalized_box_iou_loss(pred, gt, reduction="none") * w).sum() / num_pos
             iou_t = box_iou(pred.detach(), gt).diagonal().clamp(0, 1)
             if self.quality_loss == "positives":
                 bce = F.binary_cross_entropy_with_logits(iou_logits[pos], iou_t, reduction="none")
@@ -203,11 +204,12 @@ class FCOSDetector(nn.Module):
             loss_box = reg.sum() * 0.0
             loss_iou = iou_logits.sum() * 0.0
             iou_t = iou_logits.new_zeros(0)
-        if self.quality_loss == "varifocal":
+        if self.quality_loss in ("varifocal", "quality_focal"):
             target = torch.zeros_like(iou_logits)
             target[pos] = iou_t
-            vfl = varifocal_loss(iou_logits, target, pos)
-            loss_iou = (vfl * cls_w).sum() / num_pos  # same locations and weights as the class term
+            per_loc = (varifocal_loss(iou_logits, target, pos) if self.quality_loss == "varifocal"
+                       else quality_focal_loss(iou_logits, target))
+            loss_iou = (per_loc * cls_w).sum() / num_pos  # same locations and weights as the class term
         return {"classification": loss_cls, "bbox_regression": loss_box, "iou": loss_iou}
 
     def _bounding(self) -> bool:
@@ -312,6 +314,19 @@ def varifocal_loss(logits: Tensor, target: Tensor, positive: Tensor, alpha: floa
     """
     q = logits.sigmoid()
     weight = torch.where(positive, target, alpha * q.detach().pow(gamma))
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+
+
+def quality_focal_loss(logits: Tensor, target: Tensor, beta: float = 2.0) -> Tensor:
+    """Per-location quality focal loss (GFL, Li et al. 2020, eq. 5), elementwise.
+
+    BCE towards the soft target (the IoU on positives, 0 on background) weighted by |target - q|**beta:
+    every location counts by how wrong it is, so a badly placed box is taught its low IoU as firmly
+    as a good one its high IoU (the varifocal loss weighs positives by their IoU and lets the bad
+    ones drift high).
+    """
+    q = logits.sigmoid()
+    weight = (target - q.detach()).abs().pow(beta)
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
 
 
