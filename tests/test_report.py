@@ -1,4 +1,4 @@
-"""report.py: plots decode as PNGs, the table matches numpy, the HTML is self-contained, and (where
+"""report/: plots decode as PNGs, the table matches numpy, the HTML is self-contained, and (where
 Debian chromium is installed) a real browser renders the page with every image loaded."""
 
 from __future__ import annotations

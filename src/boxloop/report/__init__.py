@@ -1,0 +1,36 @@
+"""Plots and a self-contained HTML report of an active-learning / auto-labelling run.
+
+Input is the results schema that `simulate` writes (OUT/results.json: runs of strategy x seed, each a
+list of rounds with images/boxes labelled, cost, mAP50, per-class AP, labelled objects per class,
+selection thresholds and pseudo-label counts) and optionally OUT/gallery.json (the last query, boxes
+with their provenance). It answers the question of seed 003 Figs 6.5-6.8 and seed 002 Figs 3-4: what
+did each label buy, and does labelling still pay?
+
+The package, by what each part does:
+  keys.py        the results and gallery keys the report reads, spelled once
+  sources.py     reading a simulate folder, a results.json, a dict or a project into that schema
+  statistics.py  grouping runs, aligning rounds across seeds, the table and the summary (numpy)
+  plots.py       the plots (matplotlib, object-oriented API on the Agg canvas: no pyplot, no display)
+  html.py        the gallery (Pillow) and the one self-contained page (every image a base64 PNG)
+No torch import (a project is read only when one is given) and no network.
+"""
+
+from __future__ import annotations
+
+from boxloop.report.html import PROVENANCE_COLOURS, render_gallery, write_report
+from boxloop.report.plots import plot_learning_curves
+from boxloop.report.sources import load_results, project_gallery, report_source
+from boxloop.report.statistics import format_table, learning_curve_table, summarize
+
+__all__ = [
+    "PROVENANCE_COLOURS",
+    "plot_learning_curves",
+    "learning_curve_table",
+    "format_table",
+    "summarize",
+    "render_gallery",
+    "write_report",
+    "load_results",
+    "project_gallery",
+    "report_source",
+]

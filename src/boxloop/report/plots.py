@@ -1,0 +1,236 @@
+"""The report's plots: learning curves against images, boxes and annotation cost, per-class AP50,
+labelled objects per class, selection thresholds and pseudo-label counts, per round.
+
+Written by hand: which plots exist (one only where its data is present), the layout of each, and the
+min-max band over seeds. matplotlib draws them with its object-oriented API on the Agg canvas, so no
+pyplot state and no display is touched; the numbers come from statistics.py.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from boxloop.report.keys import (
+    AP50, BOXES_LABELLED, COST_SECONDS, FULL_DATA_MAP50, IMAGES_LABELLED, LABELLED_PER_CLASS, PER_CLASS,
+    PSEUDO_BOXES, PSEUDO_IMAGES, ROUNDS, THRESHOLDS,
+)
+from boxloop.report.sources import load_results
+from boxloop.report.statistics import _by_round, _curve, _group, _mean_of, _num, _per_round_dict
+
+__all__ = ["plot_learning_curves"]
+
+_DPI = 100
+Groups = Mapping[str, Sequence[Mapping[str, Any]]]  # run label -> that label's runs (one per seed)
+
+
+def _colours(labels: Iterable[str], cmap: str = "tab10") -> dict[str, Any]:
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap]
+    return {lab: cm(i % cm.N) for i, lab in enumerate(labels)}
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _integer_x(ax: Any) -> None:
+    """Rounds are whole numbers; keep matplotlib from ticking 0.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    return buf.getvalue()
+
+
+def _full_data_line(ax: Any, groups: Groups) -> None:
+    vals = [_num(row.get(FULL_DATA_MAP50)) for runs in groups.values() for run in runs for row in run[ROUNDS]]
+    vals = [v for v in vals if np.isfinite(v)]
+    if vals:
+        v = float(np.mean(vals))
+        ax.axhline(v, color="black", linestyle="--", linewidth=1, label=f"full data ({v:.3f})")
+
+
+def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | None:
+    colours = _colours(groups)
+    curves = {lab: _curve(runs, x_key) for lab, runs in groups.items()}
+    if not any(len(c[0]) for c in curves.values()):
+        return None
+    fig = _new_figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    for lab, (x, y, lo, hi) in curves.items():
+        if not len(x):
+            continue
+        n = len(groups[lab])
+        ax.plot(x, y, marker="o", markersize=3, color=colours[lab], label=f"{lab} (n={n})")
+        if n > 1:
+            ax.fill_between(x, lo, hi, color=colours[lab], alpha=0.2, linewidth=0)
+    _full_data_line(ax, groups)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mAP50 (test set)")
+    ax.set_title(f"mAP50 against {xlabel}: mean over seeds, band = min-max")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _cost_figure(groups: Groups) -> Figure | None:
+    colours = _colours(groups)
+    data = {}
+    for lab, runs in groups.items():
+        rounds, hours = [], []
+        for r, rows in _by_round(runs).items():
+            h = _mean_of(rows, COST_SECONDS, 3600.0)
+            if np.isfinite(h):
+                rounds.append(r), hours.append(h)
+        data[lab] = (rounds, hours, _curve(runs, COST_SECONDS))
+    if not any(d[0] for d in data.values()):
+        return None
+    fig = _new_figure(11, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    for lab, (rounds, hours, (x, y, lo, hi)) in data.items():
+        if rounds:
+            ax1.plot(rounds, hours, marker="o", markersize=3, color=colours[lab], label=lab)
+        if len(x):
+            ax2.plot(x / 3600.0, y, marker="o", markersize=3, color=colours[lab], label=lab)
+            if len(groups[lab]) > 1:
+                ax2.fill_between(x / 3600.0, lo, hi, color=colours[lab], alpha=0.2, linewidth=0)
+    ax1.set_xlabel("round")
+    _integer_x(ax1)
+    ax1.set_ylabel("annotation cost so far (hours)")
+    ax1.set_title("Cumulative annotation cost (mean over seeds)")
+    ax2.set_xlabel("annotation cost (hours)")
+    ax2.set_ylabel("mAP50 (test set)")
+    ax2.set_title("mAP50 against annotation cost")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _small_multiples(groups: Groups, key: str, inner: str | None, ylabel: str, title: str,
+                     bars: bool = False) -> Figure | None:
+    """One panel per strategy, one line (or stacked bar) per class, mean over seeds per round."""
+    panels = {}
+    for lab, runs in groups.items():
+        rounds, per_name = _per_round_dict(runs, key, inner)
+        if rounds and per_name:
+            panels[lab] = (rounds, per_name)
+    if not panels:
+        return None
+    names = sorted({n for _, per in panels.values() for n in per})
+    colours = _colours(names, "tab20" if len(names) > 10 else "tab10")
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig = _new_figure(4.6 * ncol + 1.6, 3.4 * nrow + 0.5)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
+    for ax, (lab, (rounds, per)) in zip(axes, panels.items()):
+        if bars:
+            bottom = np.zeros(len(rounds))
+            for name in names:
+                if name in per:
+                    v = np.nan_to_num(per[name])
+                    ax.bar(rounds, v, bottom=bottom, color=colours[name], label=name, width=0.8)
+                    bottom += v
+        else:
+            for name in names:
+                if name in per:
+                    ax.plot(rounds, per[name], marker="o", markersize=3, color=colours[name], label=name)
+        ax.set_title(lab, fontsize=10)
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        _integer_x(ax)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0].get_legend_handles_labels()
+    seen = dict(zip(labels, handles))
+    for ax in axes[1:len(panels)]:
+        for h, lbl in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lbl, h)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="outside right upper", fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def _pseudo_figure(groups: Groups) -> Figure | None:
+    colours = _colours(groups)
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for key in (PSEUDO_IMAGES, PSEUDO_BOXES):
+        for lab, runs in groups.items():
+            rounds, vals = [], []
+            for r, rows in _by_round(runs).items():
+                v = _mean_of(rows, key)
+                if np.isfinite(v):
+                    rounds.append(r), vals.append(v)
+            if rounds:
+                series.setdefault(key, {})[lab] = (rounds, vals)
+    if not series:
+        return None
+    fig = _new_figure(11, 4.0)
+    axes = fig.subplots(1, 2)
+    for ax, key in zip(axes, (PSEUDO_IMAGES, PSEUDO_BOXES)):
+        for lab, (rounds, vals) in series.get(key, {}).items():
+            ax.plot(rounds, vals, marker="o", markersize=3, color=colours[lab], label=lab)
+        ax.set_xlabel("round")
+        _integer_x(ax)
+        ax.set_ylabel(key.replace("_", " ") + " accepted")
+        ax.set_title(f"Auto-labels per round: {key.split('_')[1]} (mean over seeds)")
+        ax.grid(alpha=0.3)
+        if series.get(key):
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
+    """(file stem, caption, figure) for every plot whose data is present, in report order."""
+    groups = _group(results)
+    specs: list[tuple[str, str, Callable[[], Figure | None]]] = [
+        ("map50_vs_images", "mAP50 against images labelled",
+         lambda: _learning_curve_figure(groups, IMAGES_LABELLED, "images labelled")),
+        ("map50_vs_boxes", "mAP50 against boxes labelled (drawn or verified)",
+         lambda: _learning_curve_figure(groups, BOXES_LABELLED, "boxes labelled")),
+        ("cost_hours", "Annotation cost in hours (drawing 50.8 s, verifying 21.9 s per box: seed 003 §5.3)",
+         lambda: _cost_figure(groups)),
+        ("per_class_ap50", "Per-class AP50 per round (seed 003 Fig. 6.6)",
+         lambda: _small_multiples(groups, PER_CLASS, AP50, "AP50", "Per-class AP50 per round")),
+        ("labelled_per_class", "Labelled objects per class per round (seed 003 Fig. 6.7)",
+         lambda: _small_multiples(groups, LABELLED_PER_CLASS, None, "labelled objects",
+                                  "Labelled objects per class per round", bars=True)),
+        ("thresholds", "Per-class selection thresholds per round (seed 003 Fig. 6.5)",
+         lambda: _small_multiples(groups, THRESHOLDS, None, "threshold",
+                                  "Per-class selection thresholds per round")),
+        ("pseudo_labels", "Pseudo-labels accepted per round", lambda: _pseudo_figure(groups)),
+    ]
+    for stem, caption, make in specs:
+        fig = make()
+        if fig is not None:
+            yield stem, caption, fig
+
+
+def plot_learning_curves(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Write every plot whose data is present as OUT_DIR/<name>.png; returns name -> path."""
+    results = load_results(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for stem, _, fig in _figures(results):
+        path = out_dir / f"{stem}.png"
+        fig.savefig(path, format="png", dpi=_DPI)
+        paths[stem] = path
+    return paths
