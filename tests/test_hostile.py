@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import hostile as H
 from boxloop import formats
 from boxloop.cli import app
-from boxloop.images import ImageError, check_image, image_size, list_images, load_rgb
+from boxloop.images import ImageError, TruncatedImageWarning, check_image, image_size, list_images, load_rgb
 from boxloop.store import DB_NAME, Project
 
 runner = CliRunner()
@@ -105,10 +105,11 @@ def _coco_case(text_or_data, *expect: str) -> Case:
 
 
 def _image_case(write: Callable[[Path], Path], name: str, *expect: str) -> Case:
+    """A broken image fails init only with --strict (issue 12: else init keeps going; tests/test_ingest.py)."""
     def build(root: Path) -> tuple[list, list[str]]:
         images, ann = _dataset(root)
         write(images / name)
-        return ["--images", images, "--annotations", ann], [name, *expect]
+        return ["--images", images, "--annotations", ann, "--strict"], [name, *expect]
 
     return build
 
@@ -366,7 +367,7 @@ def test_broken_images_raise_image_error(kind: str, tmp_path: Path) -> None:
         "empty": lambda: (tmp_path / "e.png").write_bytes(b"") or tmp_path / "e.png",
     }[kind]()
     assert path.stat().st_size < 10_000  # the bomb is small on disk
-    for fn in (check_image, load_rgb):
+    for fn in (check_image, lambda p: load_rgb(p, allow_truncated=False)):
         with pytest.raises(ImageError) as info:
             fn(path)
         msg = str(info.value)
@@ -375,6 +376,12 @@ def test_broken_images_raise_image_error(kind: str, tmp_path: Path) -> None:
     if kind == "bomb":
         with pytest.raises(ImageError, match="bomb.png"):
             image_size(path)  # even the header read refuses 2.5 G pixels
+    if kind.startswith("truncated"):  # issue 12: loaded as far as the data goes, with a warning naming it
+        with pytest.warns(TruncatedImageWarning, match=path.name):
+            assert load_rgb(path).size == (64, 48)
+    else:
+        with pytest.raises(ImageError, match=path.name):
+            load_rgb(path)
 
 
 def _odd_images(folder: Path) -> dict[str, tuple[int, int]]:
