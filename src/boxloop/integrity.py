@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from boxloop.formats import listing
@@ -166,11 +167,12 @@ def _recorded(project: Project, keys: Sequence[str]) -> bool:
     return bool(recorded.intersection(keys))
 
 
-def refuse_problems(problems: Sequence[SkippedImage], what: str, hint: str) -> None:
-    """One ValueError naming every problem (used where skipping would change the result's meaning)."""
+def refuse_problems(problems: Sequence[SkippedImage], what: str, hint: str, root: Path | None = None) -> None:
+    """One ValueError naming every problem (used where skipping would change the result's meaning);
+    with `root`, each image by its full path."""
     if problems:
-        raise ValueError(f"{len(problems)} image(s) {what} cannot be used: "
-                         f"{listing([str(p) for p in problems], 10)} ({hint})")
+        shown = [f"{root / p.path if root is not None else p.path} ({p.reason})" for p in problems]
+        raise ValueError(f"{len(problems)} image(s) {what} cannot be used: {listing(shown, 10)} ({hint})")
 
 
 def usable_images(project: Project, keys: Sequence[str], stage: str, strict: bool = False) -> list[str]:
@@ -180,7 +182,7 @@ def usable_images(project: Project, keys: Sequence[str], stage: str, strict: boo
     if found.problems:
         if strict:
             refuse_problems(found.problems, f"for {stage}",
-                            "fix them, or run without --strict to leave them out and go on")
+                            "fix them, or run without --strict to leave them out and go on", project.image_root)
         record_skipped(project, found.problems)
         log.warning("%s: left out %d image(s) that cannot be used: %s (listed by `boxloop status`; --strict "
                     "makes this an error)", stage, len(found.problems),

@@ -34,7 +34,7 @@ from boxloop.detectors import create_detector
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
 
-__all__ = ["TrainConfig", "FitResult", "CheckpointError", "fit", "load_detector", "load_checkpoint",
+__all__ = ["TrainConfig", "FitResult", "CheckpointError", "TrainingDiverged", "fit", "load_detector", "load_checkpoint",
            "save_checkpoint", "resolve_device", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 log = logging.getLogger("boxloop")
@@ -45,6 +45,10 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not boxloop's, or made for other classes/model."""
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite; no checkpoint of such weights is written."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,11 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "momentum", "lr_gamma"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("warmup_steps and num_workers must be >= 0")
         if self.patience is not None and self.patience < 1:
@@ -365,10 +372,16 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                                                                    color=config.color), seed=config.seed)
 
     def checkpoint(path: Path, complete: bool) -> None:
+        state = detector.state_dict()  # type: ignore[attr-defined]
+        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:  # a checkpoint of NaN weights would become the project's model
+            raise TrainingDiverged(f"training diverged by step {step}: {len(bad)} of {len(state)} weight tensors hold "
+                                   f"NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing was "
+                                   f"saved. Lower the learning rate (it is {config.lr:g}) and train again")
         save_checkpoint({
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
-            "model": detector.state_dict(),  # type: ignore[attr-defined]
+            "model": state,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
@@ -470,7 +483,7 @@ def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: to
                     losses = detector.loss(ims, tgs)
                 total = sum(losses.values())
                 if not torch.isfinite(total):
-                    raise FloatingPointError(f"training loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
+                    raise TrainingDiverged(f"training loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
                                              "lower the learning rate or check the boxes")
                 frac = len(ims) / n
                 scaler.scale(total * frac).backward()
