@@ -205,6 +205,35 @@ def test_3_predict_refuses_to_overwrite_user_files(model: Path, tmp_path: Path) 
     assert sorted(p.name for p in human.glob("*.xml")) == ["img0.xml", "img1.xml", "img2.xml"]
 
 
+# -- the keep-going rule after init: predict and query meet images that went bad ---------------------------
+
+def test_predict_and_query_leave_out_images_that_went_bad(model: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    for i in range(4):
+        H.write_image(images / f"img{i}.png", size=(64, 64), color=(50 * i, 90, 90))
+    H.write_short(images / "short.jpg")
+    (images / "garbage.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    args = ("predict", "--checkpoint", model, "--images", images, "--device", "cpu")
+    res = cli(*args, "--out", tmp_path / "strict", "--strict", code=1)
+    assert "garbage.jpg" in res.text and not (tmp_path / "strict").exists()
+    res = cli(*args, "--out", tmp_path / "pred", code=0)
+    assert "predicted 5 images" in res.text and "1 image(s) could not be decoded" in res.text
+    assert "garbage.jpg" in res.text and "short.jpg" in res.text and "loaded the part that is there" in res.text
+    assert sorted(p.stem for p in (tmp_path / "pred").glob("*.xml")) == ["img0", "img1", "img2", "img3", "short"]
+    # a project's pool image overwritten with garbage after init: left out of the query, recorded
+    (images / "garbage.jpg").unlink()
+    project = tmp_path / "p"
+    cli("init", project, "--images", images, "--classes", names(model), code=0)
+    (images / "img2.png").write_bytes(b"garbage now")
+    res = query(project, model, tmp_path / "strict_batch", "--strict", budget=5)
+    assert res.exit_code == 1 and "img2.png" in res.text and "without --strict" in res.text
+    res = query(project, model, tmp_path / "batch", budget=5)
+    assert res.exit_code == 0 and "asked about 4 images" in res.text and "img2.png" in res.text, res.text
+    s = json.loads(cli("status", project, "--json", code=0).stdout)
+    assert [(x["path"], x["stage"]) for x in s["skipped_images"]] == [("img2.png", "predict")]
+    assert "not an image" in s["skipped_images"][0]["reason"]
+
+
 # -- 4. a class name holding a line break -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", ["do\ng", "do\r\ng", "do\u2028g", "do\x00g"])
@@ -316,7 +345,7 @@ def test_8_diverged_weights_never_become_a_checkpoint(make_synthetic, tmp_path: 
                           min_size=64, max_size=64, seed=0)
     cfg = TrainConfig(steps=1, batch_size=4, image_size=64, warmup_steps=0, grad_clip=None, device="cpu")
     object.__setattr__(cfg, "lr", float("inf"))  # what `--lr inf` handed fit() before the CLI refused it
-    with pytest.raises(TrainingDiverged, match="NaN or inf.*nothing was saved.*Lower the learning rate"):
+    with pytest.raises(TrainingDiverged, match="NaN or inf.*was not saved.*Lower the learning rate"):
         fit(det, samples, [], list(CLASSES), cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
 

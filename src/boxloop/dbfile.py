@@ -8,7 +8,8 @@ whose last writer closed cleanly is opened `immutable`; one whose WAL still hold
 (its writer was killed, or the disk was remounted read-only under it) is read with SQLite's
 read-only WAL support when the `-shm` file is there, else from a private copy of the database and
 its WAL in a temporary folder, checkpointed there, so the labels read are the committed ones.
-`sqlite3` does the rest. `boxloop.store` calls these; nothing else does.
+Also the deleting of a project's database (with its WAL and SHM) for `init --force`. `sqlite3` does
+the rest. `boxloop.store` calls these and re-exports the last two.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-__all__ = ["NotAProject", "ReadOnlyConnection", "check_file", "check_schema", "connect_read_only"]
+__all__ = ["NotAProject", "ReadOnlyConnection", "check_file", "check_schema", "connect_read_only", "remove_database",
+           "retire_database"]
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BOXLOOP_TABLES = frozenset({"meta", "classes", "images", "boxes"})
@@ -124,3 +126,26 @@ def connect_read_only(path: Path, timeout: float) -> ReadOnlyConnection | None:
         return _probe(conn, path)
     except (sqlite3.DatabaseError, OSError):
         return None
+
+
+def remove_database(db: Path) -> None:
+    """Delete a database file and its WAL/SHM companions (a stale WAL must never meet a new db)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        p = Path(str(db) + suffix)
+        if p.exists():
+            p.unlink()
+
+
+def retire_database(project_dir: Path) -> None:
+    """Delete a project's database, but only while no other process writes it: its writer lock and
+    its database lock are both taken first (ProjectBusy otherwise)."""
+    from boxloop.store import DB_NAME, Project
+
+    try:
+        old = Project.open(project_dir)
+    except NotAProject:
+        old = None  # a broken database: nothing to protect
+    if old is not None:
+        with old, old.writer_lock(), old.transaction():
+            pass  # proves nobody else is writing
+    remove_database(Path(project_dir) / DB_NAME)

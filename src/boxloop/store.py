@@ -7,9 +7,7 @@ Written by hand here: the schema and its migrations, the conversion between `Ann
 The standard library does the rest: `sqlite3` (WAL journal, foreign keys, busy timeout,
 `BEGIN IMMEDIATE` transactions), `fcntl` (an advisory lock for long-running writers) and numpy
 (prediction blobs: raw arrays behind a small header; older stores' `.npz` blobs are still read).
-
-Opening checks (a file that is not boxloop's is refused before anything is written to it) and the
-read-only ways in live in `boxloop.dbfile`.
+Opening checks (a file not boxloop's is refused before a write) and read-only access: `boxloop.dbfile`.
 
 Concurrency policy: every change to labels runs in one `BEGIN IMMEDIATE` transaction, so a reader
 never sees half an import and a second writer waits up to `timeout` seconds, then gets
@@ -27,7 +25,6 @@ import json
 import os
 import sqlite3
 import struct
-import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,8 +33,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from boxloop.dbfile import NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only
-from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
+from boxloop.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
+                            remove_database, retire_database)
+from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, check_class_name
 
 __all__ = [
     "DB_NAME",
@@ -216,20 +214,6 @@ class ImageRecord:
     @property
     def size(self) -> tuple[int, int]:
         return (self.width, self.height)
-
-
-def check_class_name(name: object, where: str = "") -> None:
-    """A class name must be one line of visible text: label files and classes.txt hold one name a line,
-    so a line break in a name would shift every later class id."""
-    at = f"{where}: " if where else ""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{at}class names must be non-empty text, got {name!r}")
-    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
-    if bad:
-        raise ValueError(f"{at}class name {name!r} holds a line break or control character "
-                         f"({', '.join(repr(c) for c in dict.fromkeys(bad))}); rename the class to one line of text")
-    if name != name.strip():
-        raise ValueError(f"{at}class name {name!r} starts or ends with white space; remove it")
 
 
 def _now() -> str:
@@ -822,8 +806,7 @@ class Project:
     # -- status ---------------------------------------------------------------------------------
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """Several reads that see one state of the database: a read transaction (WAL: a snapshot taken
-        at the first read), so a writer committing in between cannot mix its before and after."""
+        """Reads that see one state: a read transaction (WAL snapshot), so no commit lands between them."""
         if self._tx_depth or self._conn.in_transaction:
             yield
             return
@@ -837,8 +820,7 @@ class Project:
                 self._conn.execute("COMMIT")
 
     def status(self) -> dict[str, Any]:
-        """Counts for `boxloop status`, each one aggregate SQL query (fast at 200k images), all read
-        from one snapshot."""
+        """Counts for `boxloop status`, one aggregate SQL query each (fast at 200k images), one snapshot."""
         with self.snapshot():
             return self._status()
 
@@ -1181,27 +1163,6 @@ def _detections_from_npz(blob: bytes) -> Detections:
             loc_quality=z["loc_quality"] if "loc_quality" in z.files else None,
             features=z["features"] if "features" in z.files else None,
         )
-
-
-def retire_database(project_dir: Path) -> None:
-    """Delete a project's database, but only while no other process writes it: its writer lock and
-    its database lock are both taken first (ProjectBusy otherwise)."""
-    try:
-        old = Project.open(project_dir)
-    except NotAProject:
-        old = None  # a broken database: nothing to protect
-    if old is not None:
-        with old, old.writer_lock(), old.transaction():
-            pass  # proves nobody else is writing
-    remove_database(Path(project_dir) / DB_NAME)
-
-
-def remove_database(db: Path) -> None:
-    """Delete a database file and its WAL/SHM companions (a stale WAL must never meet a new db)."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        p = Path(str(db) + suffix)
-        if p.exists():
-            p.unlink()
 
 
 def _split_sql(script: str) -> list[str]:

@@ -48,7 +48,7 @@ class CheckpointError(ValueError):
 
 
 class TrainingDiverged(ValueError):
-    """The loss or the weights became NaN or infinite; no checkpoint of such weights is written."""
+    """The loss or the weights became NaN or infinite (such weights are never saved)."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,6 @@ class TrainConfig:
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        for name in ("weight_decay", "momentum", "lr_gamma"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("warmup_steps and num_workers must be >= 0")
         if self.patience is not None and self.patience < 1:
@@ -161,7 +158,10 @@ class FitResult:
 # -- checkpoints ------------------------------------------------------------------------------------
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    """torch.save to a temp file beside it, fsync, rename: never a half-written file, never NaN weights."""
+    if bad := [k for k, v in (obj.get("model") or {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise TrainingDiverged(f"training diverged: {len(bad)} of {len(obj['model'])} weight tensors hold NaN or inf "
+                               f"({bad[0]}, ...); {Path(path).name} was not saved. Lower the learning rate and train again")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -372,16 +372,10 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                                                                    color=config.color), seed=config.seed)
 
     def checkpoint(path: Path, complete: bool) -> None:
-        state = detector.state_dict()  # type: ignore[attr-defined]
-        bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:  # a checkpoint of NaN weights would become the project's model
-            raise TrainingDiverged(f"training diverged by step {step}: {len(bad)} of {len(state)} weight tensors hold "
-                                   f"NaN or inf ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); nothing was "
-                                   f"saved. Lower the learning rate (it is {config.lr:g}) and train again")
         save_checkpoint({
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
-            "model": state,
+            "model": detector.state_dict(),  # type: ignore[attr-defined]
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
             "step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
@@ -483,8 +477,7 @@ def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: to
                     losses = detector.loss(ims, tgs)
                 total = sum(losses.values())
                 if not torch.isfinite(total):
-                    raise TrainingDiverged(f"training loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
-                                             "lower the learning rate or check the boxes")
+                    raise TrainingDiverged(f"training loss is {float(total)}; lower the learning rate or check the boxes")
                 frac = len(ims) / n
                 scaler.scale(total * frac).backward()
                 for k, v in losses.items():
