@@ -252,6 +252,11 @@ def test_4_class_names_must_be_one_line(bad: str, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="line break"):
             p.add_classes([bad])
         assert p.classes == []
+    from boxloop.formats.yolo import dump_yolo  # a project made before this check cannot split classes.txt
+
+    with pytest.raises(ValueError, match="line break"):
+        dump_yolo([], ["cat", bad], tmp_path / "y")
+    assert not (tmp_path / "y").exists()
 
 
 # -- 5. export paths that are files ---------------------------------------------------------------------------

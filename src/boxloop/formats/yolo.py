@@ -34,7 +34,7 @@ from boxloop.formats import (
     unique_image,
 )
 from boxloop.images import image_size, list_images
-from boxloop.structures import Annotation, Boxes, Provenance, Source
+from boxloop.structures import Annotation, Boxes, Provenance, Source, check_class_name
 
 NAME_FILES = ("classes.txt", "data.yaml", "data.yml", "dataset.yaml", "obj.names")
 
@@ -215,6 +215,8 @@ def dump_yolo(annotations: Iterable[Annotation], classes: Sequence[str], out_dir
     ids = {name: i for i, name in enumerate(classes)}
     if len(ids) != len(classes):
         raise ValueError(f"class names must be unique, got {list(classes)}")
+    for name in classes:  # classes.txt holds one name a line: a line break would shift every later id
+        check_class_name(name, str(out_dir))
     anns = list(annotations)
     unknown: dict[str, list[str]] = {}
     for ann in anns:
