@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
 
@@ -46,13 +48,25 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (FormatError, ImageError, ProjectBusy, ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
+class _EchoWarnings(logging.Handler):
+    """boxloop's logged warnings (an image left out, a strategy with nothing to rank) as warning lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
 def user_errors(fn: F) -> F:
-    """Decorator: a user error becomes one red line on stderr and exit code 1."""
+    """Decorator: a user error becomes one red line on stderr and exit code 1; logged warnings and
+    Python warnings (a truncated image loaded) become yellow warning lines while the command runs."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logger, echo = logging.getLogger("boxloop"), _EchoWarnings(logging.WARNING)
+        logger.addHandler(echo)
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *_a, **_k: warn(str(message))
+                return fn(*args, **kwargs)
         except _user_errors() as e:
             if os.environ.get("BOXLOOP_DEBUG"):
                 raise  # the full traceback, for bug reports
@@ -65,6 +79,8 @@ def user_errors(fn: F) -> F:
                 raise
             err.print(f"[bold red]error:[/bold red] [red]{escape(msg)}[/red]")
             raise typer.Exit(1) from None
+        finally:
+            logger.removeHandler(echo)
 
     return wrapper  # type: ignore[return-value]
 
@@ -154,9 +170,17 @@ def print_status(status: dict[str, Any]) -> None:
         out.print(f"last round: {r['id']} ({r['status']}, step {r['step']})")
     if status.get("warnings"):
         out.print(f"[yellow]{status['warnings']} warning(s) at init[/yellow] (see `boxloop status --json`)")
+    if status.get("skipped_images"):
+        out.print(f"[yellow]{len(status['skipped_images'])} image(s) left out[/yellow] because they cannot be used "
+                  "(see `boxloop status --json`, skipped_images)")
 
 
 # -- commands -----------------------------------------------------------------------------------
+
+StrictOpt = Annotated[bool, typer.Option("--strict", help="An image that is truncated, cannot be decoded or changed under its labels is an error, not left out with a warning.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (otherwise a clash stops before anything is written).")]
+
+
 
 @app.command()
 @user_errors
@@ -171,8 +195,10 @@ def init(
     val_fraction: Annotated[float, typer.Option(help="Validation share of the other labelled images.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the test/val draws.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing project.")] = False,
+    strict: StrictOpt = False,
 ) -> None:
-    """Create a project from a folder of images and (optionally) their labels."""
+    """Create a project from a folder of images and (optionally) their labels. A truncated image is
+    loaded as far as it goes, with a warning; one that cannot be decoded is left out and listed."""
     from boxloop.project import init_project
 
     if test_list is not None and test_fraction is not None:
@@ -180,12 +206,16 @@ def init(
     names = [c for c in classes.split(",")] if classes is not None else None
     proj = init_project(project, images, annotations, fmt=fmt, classes=names, test_list=test_list,
                         test_fraction=test_fraction, seed=seed, force=force, val_fraction=val_fraction,
-                        progress=True, log=warn)
+                        progress=True, log=warn, strict=strict)
     with proj:
         s = proj.status()
     out.print(f"[green]created[/green] {escape(str(project))}: {s['images']} images, {s['labelled_images']} labelled "
               f"({s['negative_images']} negative), {s['test_images']} test, {s['boxes']} boxes, "
               f"{len(s['classes'])} classes" + (f", {s['warnings']} warning(s)" if s["warnings"] else ""))
+    if s["skipped_images"]:
+        out.print(f"[yellow]skipped {len(s['skipped_images'])} image(s) that cannot be decoded:[/yellow] "
+                  + escape(", ".join(f"{x['path']} ({x['reason']})" for x in s["skipped_images"][:10]))
+                  + (" ..." if len(s["skipped_images"]) > 10 else "") + " (all in `boxloop status --json`)")
 
 
 @app.command()
@@ -213,14 +243,16 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="voc, coco or yolo.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the labels into.")],
     subset: Annotated[str, typer.Option(help="labelled, pseudo, all (and train, val, test, partial, predicted).")] = "labelled",
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write the project's labels in VOC, COCO or YOLO (images stay where they are)."""
+    """Write the project's labels in VOC, COCO or YOLO (images stay where they are). COCO and Label
+    Studio write one file when --out ends in .json, CVAT when it ends in .xml."""
     from boxloop.project import export_project
     from boxloop.store import Project
 
     with Project.open(project) as proj:
         n = len(proj.annotations(subset))
-        path = export_project(proj, fmt, out_dir, subset=subset)
+        path = export_project(proj, fmt, out_dir, subset=subset, overwrite=overwrite, log=warn)
     out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}")
 
 
@@ -315,6 +347,7 @@ def train(
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
     ema: Annotated[Optional[float], typer.Option(help="--semi: Mean Teacher momentum, e.g. 0.999.")] = None,
+    strict: StrictOpt = False,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
@@ -342,7 +375,7 @@ def train(
                       f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
             best = res.best_checkpoint
         else:
-            result, n_train, n_val = train_project(proj, cfg)
+            result, n_train, n_val = train_project(proj, cfg, strict=strict)
             out.print(f"trained {cfg.model} on {n_train} images ({n_val} validation): best validation mAP50 "
                       f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
                       f"{escape(str(result.best_checkpoint))}")
@@ -402,8 +435,11 @@ def predict(
     threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = 0.3,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
-    """Predict boxes on a folder of images with a trained model."""
+    """Predict boxes on a folder of images with a trained model. Images that cannot be decoded are
+    left out and named; files already in --out are not replaced unless --overwrite."""
     from boxloop.predictions import write_predictions
 
     if not 0 <= threshold < 1:
@@ -411,9 +447,13 @@ def predict(
     from boxloop.defaults import run_defaults
 
     det, names, image_size, _ = _open_detector(project, checkpoint, device)
-    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
-                                       batch_size or run_defaults(device).batch_size, device)
-    out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}")
+    path, n, boxes, skipped = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
+                                                batch_size or run_defaults(device).batch_size, device,
+                                                overwrite=overwrite, strict=strict)
+    for rel, problem in skipped:
+        warn(f"{images / rel}: {problem}; left out (--strict makes this an error)")
+    out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}"
+              + (f"; {len(skipped)} image(s) could not be decoded and were left out" if skipped else ""))
 
 
 # -- active learning: query, import, simulate -------------------------------------------------------
@@ -440,17 +480,19 @@ def query(
     empty_share: Annotated[float, typer.Option(help="Share of the batch for images where the model sees nothing.")] = 0.0,
     semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """One round for a human annotator: train, predict the pool, pick the most informative images
     (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`."""
     import shutil as _sh
 
-    from boxloop.human import open_round, write_batch
+    from boxloop.human import check_batch_target, open_round, write_batch
     from boxloop.loop import model_dir, run_round
     from boxloop.store import Project
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
+    check_batch_target(out_dir, fmt)  # before any work: a wrong --format or --out must change nothing
     with Project.open(project) as proj, proj.writer_lock():
         pending = open_round(proj)
         if pending is not None and not force:
@@ -466,7 +508,8 @@ def query(
                 proj.update_round(pending["id"], step="done", status="done")
         last = proj.last_round()
         round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)
-        if checkpoint is not None and not (model_dir(proj, round_id) / "best.pt").exists():
+        if checkpoint is not None and round_id not in {r["id"] for r in proj.rounds()}:
+            # the round row decides, not the file: a copy killed before its round row is made again
             from boxloop.train import load_detector
 
             load_detector(checkpoint, expect_classes=proj.classes)  # refuses another class list
@@ -477,9 +520,8 @@ def query(
                 os.replace(part, best)
             finally:
                 part.unlink(missing_ok=True)
-            if round_id not in {r["id"] for r in proj.rounds()}:
-                proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
-        m = run_round(proj, cfg, None, round_id)
+            proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
+        m = run_round(proj, cfg, None, round_id, strict=strict)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
     if m.get("map50") is not None:
