@@ -186,3 +186,18 @@ def test_cli_train_without_options_uses_the_cpu_defaults(synthetic_dataset, tmp_
     assert ckpt["detector_config"]["name"] == "fcos_lite"
     tc = ckpt["train_config"]
     assert (tc["image_size"], tc["batch_size"], tc["optimizer"], tc["lr"]) == (320, 8, "adamw", 0.002)
+
+
+def test_cli_unknown_detector_option_is_refused_before_any_work(synthetic_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from boxloop.cli import app
+
+    runner = CliRunner()
+    proj = tmp_path / "proj"
+    assert runner.invoke(app, ["init", str(proj), "--images", str(synthetic_dataset.images), "--annotations",
+                               str(synthetic_dataset.annotations_dir)]).exit_code == 0
+    res = runner.invoke(app, ["train", str(proj), "--detector-option", "chanels=64"])
+    assert res.exit_code == 1
+    assert "has no option 'chanels'" in res.output and "channels" in res.output
+    assert not (proj / "models").exists() or not any((proj / "models").iterdir())

@@ -260,13 +260,35 @@ def export(
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (default: the CPU-first one), fcos (with IoU branch), faster_rcnn or retinanet.")]
 BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12 unless --steps).")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
 SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
+DetectorOpt = Annotated[Optional[list[str]], typer.Option(
+    "--detector-option", help="A detector builder option KEY=VALUE (repeatable), e.g. trainable_layers=2.")]
+
+
+def check_detector_options(model: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown model or option before any work (the error lists the valid ones)."""
+    from boxloop.detectors import check_options
+
+    check_options(model, options)
+
+
+def detector_options(pairs: list[str] | None) -> dict[str, Any]:
+    """--detector-option KEY=VALUE pairs -> builder keyword arguments (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--detector-option")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
@@ -278,10 +300,12 @@ def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", 
 
     d = run_defaults(device)
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    check_detector_options(model, {"backbone": backbone, **kw.get("detector_options", {})})
     if epochs is not None and steps is not None:
         raise typer.BadParameter("pass --epochs or --steps, not both", param_hint="--epochs")
-    if epochs is None and steps is None:
-        epochs = 12
+    if epochs is None and steps is None:  # the default schedule: epochs, with a floor in steps
+        epochs = d.epochs
+        kw.setdefault("min_steps", d.min_steps)
     return LoopConfig(model=model, backbone=backbone, pretrained_backbone=not no_pretrained, epochs=epochs,
                       steps=steps, image_size=image_size, batch_size=batch_size, device=device, seed=seed, **kw)
 
@@ -339,6 +363,7 @@ def train(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
     semi: Annotated[bool, typer.Option("--semi", help="Certainty-aware teacher-student training on the unlabelled images (seed 001).")] = False,
     tau: Annotated[float, typer.Option(help="--semi: base pseudo-label threshold.")] = 0.7,
     gamma1: Annotated[float, typer.Option(help="--semi: exponent of the class-wise dynamic thresholds (eq. 6).")] = 0.05,
@@ -359,6 +384,7 @@ def train(
     from boxloop.train import load_detector
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
+                      detector_options=detector_options(detector_option),
                       lr=lr, optimizer=optimizer, semi="certainty" if semi else None)
     with Project.open(project) as proj, proj.writer_lock():
         if semi:
@@ -477,6 +503,7 @@ def query(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
     empty_share: Annotated[float, typer.Option(help="Share of the batch for images where the model sees nothing.")] = 0.0,
     semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
@@ -491,6 +518,7 @@ def query(
     from boxloop.store import Project
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
+                      detector_options=detector_options(detector_option),
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
     check_batch_target(out_dir, fmt)  # before any work: a wrong --format or --out must change nothing
     with Project.open(project) as proj, proj.writer_lock():
@@ -577,6 +605,7 @@ def simulate(
     semi: Annotated[Optional[str], typer.Option(help="Add auto-labelling to every round: autolabel or certainty.")] = None,
     take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
 ) -> None:
     """Compare strategies on labelled data with a simulated annotator; writes OUT/results.json and plots.
     Re-running the same command resumes where it stopped."""
@@ -585,6 +614,7 @@ def simulate(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
+                      detector_options=detector_options(detector_option),
                       strategy=names[0], unit=unit, budget=budget, semi=semi, take_all_last=take_all_last)
     for name in names[1:]:
         loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
@@ -612,6 +642,7 @@ def autolabel(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
 ) -> None:
     """Iterative self-training (TSODA, seed 000): train, auto-label the images the model is sure of,
     retrain, repeat. Writes PROJECT/autolabel.json; `export --subset pseudo` hands the auto-labels to a
@@ -625,6 +656,8 @@ def autolabel(
 
     d = run_defaults(device)
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    options = detector_options(detector_option)
+    check_detector_options(model, {"backbone": backbone, **options})
     with Project.open(project) as proj, proj.writer_lock():
         if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
             out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")
@@ -632,7 +665,7 @@ def autolabel(
         rows = run_autolabel(proj, threshold=threshold, iterations=iterations, steps_first=steps_first,
                              steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
                              pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
-                             device=device, seed=seed)
+                             device=device, seed=seed, detector_options=options)
     t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
     for c in ("iteration", "steps", "new images", "total", "boxes", "left", "test mAP50"):
         t.add_column(c, justify="right")
