@@ -46,6 +46,7 @@ from boxloop.detectors.fcos import FCOSDetector
 __all__ = ["LitePAN", "LiteHead", "build_fcos_lite"]
 
 STRIDES = (8, 16, 32)
+QUALITY_LOSSES = ("own_box_iou", "quality_focal", "varifocal")
 
 
 class LitePAN(nn.Module):
@@ -125,10 +126,10 @@ class LiteFCOSModel(FCOS):
 class FCOSLiteDetector(FCOSDetector):
     """FCOSDetector with a quality loss over every location and channels_last inputs."""
 
-    def __init__(self, *args: Any, quality_loss: str = "quality_focal", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, quality_loss: str = "own_box_iou", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if quality_loss not in ("quality_focal", "varifocal"):
-            raise ValueError(f"quality_loss must be 'quality_focal' or 'varifocal', got {quality_loss!r}")
+        if quality_loss not in QUALITY_LOSSES:
+            raise ValueError(f"quality_loss must be one of {', '.join(QUALITY_LOSSES)}, got {quality_loss!r}")
         self.quality_loss = quality_loss
 
     box_loss_weight = 2.0
@@ -159,7 +160,7 @@ def build_fcos_lite(
     amp: bool = True,
     cpu_bf16: bool = True,
     backbone: str = "efficientnet_lite0",
-    quality_loss: str = "quality_focal",
+    quality_loss: str = "own_box_iou",
 ) -> FCOSDetector:
     """fcos_lite on the offline Lite0 (P3-P5, strides 8, 16, 32).
 
