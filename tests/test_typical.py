@@ -110,13 +110,15 @@ def test_coverage():
     pts, _, cores = cloud()
     assert coverage(pts, np.zeros((0, 2)), k=8)[0] == 0.0
     assert coverage(pts, pts, k=8)[0] == 1.0
-    # radius: the median distance to the 8th nearest neighbour, an inner-ring point's (0.2); a labelled
-    # core covers itself and its inner ring: 9 of 51 points
+    # k is capped at a tenth of the pool (5 of 51 points); the radius is the median distance to the 5th
+    # nearest neighbour, an inner-ring point's (2 x 0.1 x sin 45deg); a labelled core covers itself and
+    # its inner ring: 9 of 51 points
     cov, radius = coverage(pts, pts[cores[:1]], k=8)
-    assert radius == pytest.approx(0.2) and cov == pytest.approx(9 / 51)
+    assert radius == pytest.approx(0.2 * np.sin(np.pi / 4)) and cov == pytest.approx(9 / 51)
     assert coverage(pts, CENTRES, k=8)[0] == pytest.approx(27 / 51)
-    # k beyond a blob's size: the radius reaches the next blob, so one labelled point covers more
-    assert coverage(pts, pts[cores[:1]], k=20)[0] > 0.4
+    # 102 points lift the cap to 10: k = 8 holds, and the median 8th-neighbour distance is 0.2
+    big = np.concatenate([pts, pts + 100.0])
+    assert coverage(big, pts[cores[:1]], k=8)[1] == pytest.approx(0.2)
 
 
 def _with_predictions(n: int) -> dict[str, Detections]:
@@ -138,9 +140,9 @@ def test_budget_aware_switches_on_coverage_and_says_so():
     sel = select("budget_aware", pool, budget=3, labelled_features=np.zeros((0, 2)), **kw)
     assert sel.strategy == "budget_aware" and sel.info["phase"] == "typical" and sel.info["coverage"] == 0.0
     assert sorted(sel.items) == sorted(f"img{i:02d}" for i in cores)
-    # labelled images all over the blobs: coverage >= 0.8, so localization_aware answers
-    sel = select("budget_aware", pool, budget=3, labelled_features=pts[::2], **kw)
-    assert sel.info["phase"] == "localization_aware" and sel.info["coverage"] >= 0.8
+    # every image has a labelled twin: coverage 1 >= 0.8, so localization_aware answers
+    sel = select("budget_aware", pool, budget=3, labelled_features=pts, **kw)
+    assert sel.info["phase"] == "localization_aware" and sel.info["coverage"] == 1.0
     assert sel.info["switch_coverage"] == 0.8 and "thresholds" in sel.info
     ref = select("localization_aware", pool, budget=3, rng=0)
     assert sel.items == ref.items

@@ -143,13 +143,15 @@ def coverage(pool: np.ndarray, labelled: np.ndarray, k: int = KNN, sample: int =
 
     r is the median, over the pool, of the distance to the k-th nearest pool neighbour: the size of
     a typical image's neighbourhood of k look-alikes (estimated on `sample` pool points when the pool
-    is larger). A covered point has a labelled image among its look-alikes. No labelled point: 0."""
+    is larger). k is capped at a tenth of the pool, so that in a small pool the "look-alikes" are not
+    most of it (BCCD's 292 images: k = 20 as asked). A covered point has a labelled image among its
+    look-alikes. No labelled point: 0."""
     pool = np.asarray(pool, np.float64)
     labelled = np.asarray(labelled, np.float64)
     n = pool.shape[0]
     if n == 0:
         return 1.0, 0.0
-    k = min(int(k), n - 1)
+    k = min(int(k), max(1, n // 10), n - 1)
     if k < 1:
         radius = 0.0
     else:
