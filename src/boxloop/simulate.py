@@ -28,6 +28,7 @@ import numpy as np
 
 from boxloop.loop import LoopConfig, assign_splits, round_history, run_round
 from boxloop.store import DB_NAME, Project
+from boxloop.strategies import NEEDS_EMBEDDING
 from boxloop.structures import Annotation
 
 
@@ -158,6 +159,10 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
                 project.close()
                 raise ValueError(f"{out} holds runs whose seed set was chosen by {made!r}, not {initial_strategy!r}; "
                                  "use another --out for the other initial strategy")
+        if any(s in NEEDS_EMBEDDING for s in strategies):  # embed once here; every run's copy takes the cache
+            from boxloop.embedding import project_embeddings
+
+            project_embeddings(project, [r.path for r in project.images(...) if r.split != "test"], config.device)
         echo(f"seed {seed}: initial model on {initial} labelled images ({initial_strategy} seed set)")
         run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
         for strategy in strategies:
