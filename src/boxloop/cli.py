@@ -488,7 +488,7 @@ def predict(
 @user_errors
 def query(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset (boxes: random, least_confidence, coreset).")] = "localization_aware",
+    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware (boxes: random, least_confidence, coreset).")] = "localization_aware",
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
@@ -510,9 +510,11 @@ def query(
     strict: StrictOpt = False,
 ) -> None:
     """One round for a human annotator: train, predict the pool, pick the most informative images
-    (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`."""
+    (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`.
+    A project with no model and no label yet gets its first batch from `typical` (no training)."""
     import shutil as _sh
 
+    from boxloop.coldstart import needs_cold_start, open_select_round
     from boxloop.human import check_batch_target, open_round, write_batch
     from boxloop.loop import model_dir, run_round
     from boxloop.store import Project
@@ -549,13 +551,23 @@ def query(
             finally:
                 part.unlink(missing_ok=True)
             proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
+        cold = checkpoint is None and needs_cold_start(proj)
+        if cold:  # nothing to train on: the first batch by typicality in the pretrained embedding
+            cfg = open_select_round(proj, cfg, round_id)
         m = run_round(proj, cfg, None, round_id, strict=strict)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
     if m.get("map50") is not None:
         out.print(f"round {round_id}: model mAP50 {m['map50']:.3f} on the fixed test set")
+    if cold:
+        out.print("no trained model and no labelled image yet: the first batch is chosen by [bold]typical[/bold] "
+                  "(the most representative images of each cluster of the pretrained backbone's embedding), "
+                  "not by " + escape(strategy) + "; its images come without pre-annotations")
+        strategy, unit = "typical", "images"
+    todo = "draw the boxes there (an image saved with none is taken as holding no object)" if cold else \
+        "correct the pre-annotated boxes there"
     out.print(f"[green]asked[/green] about {n} {unit} ({strategy}); batch in {escape(str(path))}\n"
-              f"correct the pre-annotated boxes there, then run: boxloop import {escape(str(project))} "
+              f"{todo}, then run: boxloop import {escape(str(project))} "
               f"--annotations {escape(str(path))}")
 
 
@@ -590,7 +602,8 @@ def simulate(
     test_list: Annotated[Optional[Path], typer.Option(help="Fixed test set names (else --test-fraction).")] = None,
     test_fraction: Annotated[float, typer.Option(help="Class-stratified test share when no --test-list.")] = 0.2,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "random,localization_aware",
-    initial: Annotated[int, typer.Option(help="Random seed set: images labelled before round 0.")] = 20,
+    initial: Annotated[int, typer.Option(help="Seed set: images labelled before round 0.")] = 20,
+    initial_strategy: Annotated[str, typer.Option(help="How the seed set is chosen: random, or typical (TypiClust in the pretrained backbone's embedding).")] = "random",
     budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
     rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
     seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
@@ -621,7 +634,7 @@ def simulate(
                     strategy=name, unit=unit, budget=budget)  # validates every name before any work
     res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
                   annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
-                  echo=lambda m: out.print(escape(m)))
+                  echo=lambda m: out.print(escape(m)), initial_strategy=initial_strategy)
     typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from boxloop.formats import FormatError
 from boxloop.store import Project
-from boxloop.structures import Annotation, Boxes, Provenance, Source
+from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
 
 BATCH_FILE = "batch.json"
 QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
@@ -103,7 +103,9 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     names_of = {key: name for name, key in batch_names(by_image).items()}
     pre: dict[str, Annotation] = {}
     for key, box_idx in by_image.items():
-        det = preds[key]
+        det = preds.get(key)
+        if det is None:  # chosen without a model (`typical` at the cold start): nothing to pre-annotate
+            det = Detections.empty(len(names), project.image(key).size)
         if unit == "boxes":
             keep = np.array(sorted(set(box_idx)), dtype=np.int64)
         else:

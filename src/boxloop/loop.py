@@ -347,19 +347,26 @@ def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[st
 
 def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
     """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
-    from boxloop.strategies import select
+    from boxloop.strategies import DETECTOR_FREE, NEEDS_EMBEDDING, DetectionTable, select
 
-    # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
-    pool = project.prediction_table(round_id, keys=pool_paths(project), features=config.strategy == "coreset")
+    if config.strategy == "typical":  # needs no prediction: the cold start has no model to make them
+        pool = DetectionTable.empty(keys=pool_paths(project), num_classes=project.num_classes)
+    else:
+        # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
+        pool = project.prediction_table(round_id, keys=pool_paths(project), features=config.strategy == "coreset")
     if not pool.num_images:
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
     rng = np.random.default_rng([config.seed, round_id])
     options: dict[str, Any] = {}
     if config.unit == "images":
-        if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset"):
+        if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
             options["empty_share"] = config.empty_share
         if config.strategy == "coreset":
             options["labelled_features"] = _labelled_features(project, round_id, config)
+        if config.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
+            from boxloop.embedding import selection_features
+
+            options.update(selection_features(project, pool.keys, config.device))
         budget = pool.num_images if last and config.take_all_last else config.budget
         sel = select(config.strategy, pool, budget, unit="images", rng=rng, **options)
         items = [(k, None, s) for k, s in zip(sel.items, sel.scores or [None] * len(sel))]
@@ -372,14 +379,15 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
         project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
-        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended")}
+        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
+                                                            "coverage", "switch_coverage", "clusters")}
         if "thresholds" in info and info["thresholds"] is not None:
             info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
         # images where the model kept no box: a score-based strategy cannot rank them, so a pool of
         # only such images (an untrained model) is chosen in the seeded random order; say so
         blind = int(pool.num_images - np.unique(pool.image_index).shape[0])
         info["images_without_detections"] = blind
-        if blind == pool.num_images and config.strategy != "random":
+        if blind == pool.num_images and config.strategy not in DETECTOR_FREE and info.get("phase") != "typical":
             log.warning("round %d: the model kept no box on any of the %d pool images, so %s had nothing to rank "
                         "and chose at random; train longer (more --epochs/--steps) before trusting the strategy",
                         round_id, blind, config.strategy)
@@ -633,6 +641,8 @@ def round_history(project: Project) -> list[dict[str, Any]]:
         sel = m.get("selection") or {}
         if sel.get("thresholds"):
             row["thresholds"] = sel["thresholds"]
+        if "phase" in sel:  # budget_aware: which strategy chose this round's query, and why
+            row["phase"], row["coverage"] = sel["phase"], sel.get("coverage")
         for k in ("pseudo_images", "pseudo_boxes"):
             if k in m:
                 row[k] = m[k]

@@ -523,7 +523,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
                     ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, tau_m)) +
                     "), so the student only trained longer on the labelled images: lower --tau, or train "
                     "the teacher longer" + (" (fcos's predicted IoU v stays low on a weak teacher)"
-                                             if certainty and getattr(teacher, "config", {}).get("name") == "fcos" else ""))
+                                             if certainty and getattr(teacher, "config", {}).get("name") in ("fcos", "fcos_lite") else ""))
     return finish(SemiResult(
         out_dir / "best.pt", chosen, sup_map, semi_map, delta, teacher_path, student_path,
         pseudo_images=n_img, pseudo_boxes=n_box, unlabelled_images=len(unlabelled),
