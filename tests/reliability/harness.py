@@ -2,7 +2,8 @@
 chosen steps of a round, check the project after every kill, resume by re-running the same command,
 and compare the end result with an uninterrupted run of the same command and seed.
 
-What is checked after each kill (all from the raw SQLite file, independent of boxloop's own code):
+What is checked after each kill (all from the raw SQLite file, independent of boxloop's own code,
+read-only: no check creates, changes or removes a file):
   - `PRAGMA integrity_check` is 'ok' and `PRAGMA foreign_key_check` is empty, for every database;
   - no label lost or duplicated: every 'labelled' image holds exactly the oracle's boxes (class
     multiset), as active human boxes of one round, never re-labelled; unlabelled images hold no
@@ -31,11 +32,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 PY = sys.executable
 BOXLOOP = [PY, "-m", "boxloop.cli"]
@@ -115,31 +118,81 @@ class Report:
 # -- sqlite helpers (independent of boxloop.store) ---------------------------------------------------
 
 
-def read_rows(db: Path, sql: str, args: Sequence = ()) -> list[tuple] | None:
+BESIDE = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a database while it is open or was killed
+
+
+@contextmanager
+def snapshot(db: Path) -> Iterator[Path]:
+    """A private copy of `db` with its -wal and -journal (not the -shm index: SQLite rebuilds it from
+    the -wal, as the next opener of a killed writer's database does), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="boxloop-check-") as scratch:
+        copy = Path(scratch) / db.name
+        for suffix in ("", "-wal", "-journal"):
+            if Path(f"{db}{suffix}").is_file():
+                shutil.copyfile(f"{db}{suffix}", f"{copy}{suffix}")
+        yield copy
+
+
+@contextmanager
+def read_only(db: Path, live: bool = False) -> Iterator[sqlite3.Connection]:
+    """A read-only connection (`mode=ro` URI) to `db` that creates and changes no file where `db` lies.
+
+    `mode=ro` alone does not promise that for a WAL database (seen with SQLite 3.40): with no -wal
+    beside the file, a reader creates -wal and -shm and, read-only, cannot remove them again; after
+    a killed writer, a reader rewrites the -shm index. So, with nothing beside the file, it is opened
+    `immutable` as well (SQLite reads that one file and takes no lock); with a -wal, -shm or
+    -journal beside it, a `snapshot` is opened instead. Checks run on stopped processes only.
+    `live`: an observation while the command runs (when to kill); it reads the file itself, `mode=ro`
+    (plus `immutable` while nothing is beside it: a WAL writer changes the file only at a checkpoint,
+    with its -wal beside it), and may touch the -shm index as any concurrent reader does."""
+    beside = [s for s in BESIDE if Path(f"{db}{s}").exists()]
+    if not db.is_file():
+        raise sqlite3.OperationalError(f"{db}: no such file")
+    if not beside or live:
+        conn = sqlite3.connect(db.resolve().as_uri() + ("?mode=ro" if beside else "?mode=ro&immutable=1"),
+                               uri=True, timeout=2.0 if live else 10.0)
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    with snapshot(db) as copy:
+        # a hot rollback journal can only be rolled back by a writer: then the private copy opens read-write
+        mode = "" if Path(f"{copy}-journal").exists() else "?mode=ro"
+        conn = sqlite3.connect(copy.as_uri() + mode, uri=True, timeout=10.0)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def read_rows(db: Path, sql: str, args: Sequence = (), live: bool = False) -> list[tuple] | None:
     """Rows of a read-only query, or None when the file is absent or (briefly) unreadable."""
     if not db.is_file():
         return None
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
-        try:
+        with read_only(db, live) as conn:
             return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
 
 def integrity_problems(db: Path) -> list[str]:
-    conn = sqlite3.connect(db, timeout=10.0)
-    try:
+    with read_only(db) as conn:
         res = [r[0] for r in conn.execute("PRAGMA integrity_check")]
         fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-    finally:
-        conn.close()
     out = [] if res == ["ok"] else [f"{db}: integrity_check says {res[:3]}"]
     if fk:
         out.append(f"{db}: foreign_key_check lists {len(fk)} rows, e.g. {fk[:2]}")
     return out
+
+
+def tree_state(folder: Path | None) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: (size, mtime in ns); a check must leave this as it found it."""
+    if folder is None or not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _json_strip(value: Any, drop: set[str]) -> Any:
@@ -154,7 +207,17 @@ def _json_strip(value: Any, drop: set[str]) -> Any:
 def project_fingerprint(project: Path) -> dict[str, Any]:
     """Everything a run leaves in its store, minus wall-clock times and absolute paths; plus the
     weights of every checkpoint under PROJECT/models and `Project.status()`."""
-    conn = sqlite3.connect(project / DB, timeout=10.0)
+    with read_only(project / DB) as conn:
+        fp = _store_fingerprint(conn, project)
+    fp["weights"] = {str(p.relative_to(project)): weights_digest(p) for p in sorted((project / "models").rglob("*.pt"))}
+    from boxloop.store import Project
+
+    with snapshot(project / DB) as copy, Project.open(copy.parent) as proj:  # boxloop opens its store read-write
+        fp["status"] = _json_strip(proj.status(), {"project", "image_root"})
+    return fp
+
+
+def _store_fingerprint(conn: sqlite3.Connection, project: Path) -> dict[str, Any]:
     q = conn.execute
     fp: dict[str, Any] = {}
     fp["images"] = q("SELECT path, split, status, round_labelled FROM images ORDER BY path").fetchall()
@@ -184,12 +247,6 @@ def project_fingerprint(project: Path) -> dict[str, Any]:
         h = hashlib.sha256(bytes(blob))  # the stored bytes themselves: same detections, same blob
         preds.append((r, p, m, h.hexdigest()[:16]))
     fp["predictions"] = preds
-    conn.close()
-    fp["weights"] = {str(p.relative_to(project)): weights_digest(p) for p in sorted((project / "models").rglob("*.pt"))}
-    from boxloop.store import Project
-
-    with Project.open(project) as proj:
-        fp["status"] = _json_strip(proj.status(), {"project", "image_root"})
     return fp
 
 
@@ -235,9 +292,13 @@ def check_loop_labels(db: Path, truth: dict[str, list[str]], initial: int | None
 
     `truth`: image path -> the oracle's class names. `initial`: labelled non-test images before any
     query (None: don't check the total). `budget`: most queries a round may hold."""
+    with read_only(db) as conn:
+        return _loop_label_problems(conn, db.parent.name, truth, initial, budget)
+
+
+def _loop_label_problems(conn: sqlite3.Connection, name: str, truth: dict[str, list[str]], initial: int | None,
+                         budget: int | None) -> list[str]:
     p: list[str] = []
-    name = db.parent.name
-    conn = sqlite3.connect(db, timeout=10.0)
     q = conn.execute
     imgs = {r[0]: r[1:] for r in q("SELECT path, id, split, status, round_labelled FROM images")}
     human: dict[str, list[tuple[str, int]]] = defaultdict(list)
@@ -300,14 +361,17 @@ def check_loop_labels(db: Path, truth: dict[str, list[str]], initial: int | None
         if n_lab != initial + sum(answered_round.values()):
             p.append(f"{name}: {n_lab} labelled non-test images, expected {initial} + "
                      f"{sum(answered_round.values())} answered")
-    conn.close()
     return p
 
 
 def check_autolabel_labels(db: Path, human_before: dict[str, list[str]]) -> list[str]:
     """Auto-labelling never touches human labels; pseudo images and the iteration table agree."""
+    with read_only(db) as conn:
+        return _autolabel_problems(conn, human_before)
+
+
+def _autolabel_problems(conn: sqlite3.Connection, human_before: dict[str, list[str]]) -> list[str]:
     p: list[str] = []
-    conn = sqlite3.connect(db, timeout=10.0)
     q = conn.execute
     human: dict[str, list[str]] = defaultdict(list)
     for path, cname in q("SELECT i.path, c.name FROM boxes b JOIN images i ON i.id = b.image_id "
@@ -345,7 +409,6 @@ def check_autolabel_labels(db: Path, human_before: dict[str, list[str]]) -> list
     val_pseudo = sorted(k for k in pseudo if info[k][0] == "val")
     if sorted(share) != val_pseudo:
         p.append(f"pseudo test share lists {len(share)} images, {len(val_pseudo)} pseudo images are in val")
-    conn.close()
     return p
 
 
@@ -374,7 +437,7 @@ def start(argv: Sequence[str], cwd: Path, log: Path) -> subprocess.Popen:
 
 
 def run_with_trigger(argv: Sequence[str], cwd: Path, log: Path, trigger: Trigger | None,
-                     observe: Callable[[], tuple[str, str]], poll: float = 0.01) -> tuple[bool, int, float]:
+                     observe: Callable[[bool], tuple[str, str]], poll: float = 0.01) -> tuple[bool, int, float]:
     """Run until exit, or SIGKILL at the trigger. Returns (killed, return code, seconds)."""
     t0 = time.monotonic()
     proc = start(argv, cwd, log)
@@ -392,7 +455,7 @@ def run_with_trigger(argv: Sequence[str], cwd: Path, log: Path, trigger: Trigger
                 if trigger.step is None:
                     fire = now >= trigger.delay  # type: ignore[operator]
                 else:
-                    if seen is None and observe()[1] == trigger.step:
+                    if seen is None and observe(True)[1] == trigger.step:
                         seen = now
                     fire = seen is not None and now >= seen + trigger.extra
             if fire:
@@ -418,7 +481,8 @@ class Scenario:
     command: str
     argv: list[str]
     cwd: Path
-    observe: Callable[[], tuple[str, str]]  # (label for the table, step name)
+    # (label for the table, step name); observe(True) while the command runs, observe() once it stopped
+    observe: Callable[..., tuple[str, str]]
     check: Callable[[], list[str]]
     fingerprint: Callable[[], dict[str, Any]]
     # a finished run with rc != 0 that is fine after a kill (e.g. 'nothing left to import')
@@ -478,8 +542,8 @@ def make_workspace(root: Path, n_images: int = 16, image_size: int = 64, seed: i
     return Workspace(root, data, {a.image: list(a.labels) for a in anns}, n_images)
 
 
-def _last_step(db: Path) -> tuple[int, str] | None:
-    rows = read_rows(db, "SELECT id, step FROM rounds ORDER BY id DESC LIMIT 1")
+def _last_step(db: Path, live: bool = False) -> tuple[int, str] | None:
+    rows = read_rows(db, "SELECT id, step FROM rounds ORDER BY id DESC LIMIT 1", live=live)
     return (rows[0][0], rows[0][1]) if rows else None
 
 
@@ -494,9 +558,9 @@ def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 
     def dbs() -> list[Path]:
         return sorted(out.glob(f"seed*/*/{DB}"), key=lambda p: (p.parent.name != "base", str(p)))
 
-    def observe() -> tuple[str, str]:
+    def observe(live: bool = False) -> tuple[str, str]:
         for db in reversed(dbs()):  # the strategy's run once it exists, else the base
-            last = _last_step(db)
+            last = _last_step(db, live)
             if last is not None:
                 return f"{db.parent.name} r{last[0]} {last[1]}", str(last[1])
         return "init", "init"
@@ -541,8 +605,8 @@ def autolabel_scenario(ws: Workspace, project: Path, human_before: dict[str, lis
             "--steps-increment", "2", "--steps-max", "8", *tiny_args(None)]
     db = project / DB
 
-    def observe() -> tuple[str, str]:
-        rows = read_rows(db, "SELECT value_json FROM metrics WHERE round = 0 AND key = 'autolabel_state'")
+    def observe(live: bool = False) -> tuple[str, str]:
+        rows = read_rows(db, "SELECT value_json FROM metrics WHERE round = 0 AND key = 'autolabel_state'", live=live)
         if not rows:
             return "start", "start"
         st = json.loads(rows[0][0])
@@ -562,8 +626,8 @@ def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], 
     argv = [*BOXLOOP, "train", project, *tiny_args(steps)]
     db = project / DB
 
-    def observe() -> tuple[str, str]:
-        rows = read_rows(db, "SELECT value FROM meta WHERE key = 'current_checkpoint'")
+    def observe(live: bool = False) -> tuple[str, str]:
+        rows = read_rows(db, "SELECT value FROM meta WHERE key = 'current_checkpoint'", live=live)
         if rows:
             return "test-set evaluation", "evaluate"
         lasts = list((project / "models").glob("*/last.pt")) if (project / "models").exists() else []
@@ -604,8 +668,8 @@ def import_scenario(ws: Workspace, trial: Path) -> Scenario:
     db = project / DB
     queried = json.loads((batch / "batch.json").read_text())["images"].values()
 
-    def observe() -> tuple[str, str]:
-        last = _last_step(db)
+    def observe(live: bool = False) -> tuple[str, str]:
+        last = _last_step(db, live)
         step = "?" if last is None else str(last[1])
         return f"r{last[0] if last else '?'} {step}", step
 
