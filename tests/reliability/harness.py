@@ -3,7 +3,7 @@ chosen steps of a round, check the project after every kill, resume by re-runnin
 and compare the end result with an uninterrupted run of the same command and seed.
 
 What is checked after each kill (all from the raw SQLite file, independent of boxloop's own code,
-read-only: no check creates, changes or removes a file):
+read-only: no check creates, changes or removes a file of the command's folder, which is verified):
   - `PRAGMA integrity_check` is 'ok' and `PRAGMA foreign_key_check` is empty, for every database;
   - no label lost or duplicated: every 'labelled' image holds exactly the oracle's boxes (class
     multiset), as active human boxes of one round, never re-labelled; unlabelled images hold no
@@ -11,7 +11,10 @@ read-only: no check creates, changes or removes a file):
     past its oracle step has no open query, a round before it has no query at all; the recorded cost
     counts exactly the answered queries; auto-labelled images carry pseudo boxes of one iteration and
     the iteration table agrees with the boxes;
-  - the kill leaves the command resumable: re-running it finishes (or says there is nothing left).
+  - the kill leaves the command resumable: re-running it finishes (or says there is nothing left);
+  - work built aside and renamed into place when whole (simulate's copy of its base to a run) is
+    stated as in flight in the kill's row, never checked as a result; the re-run removes it once it
+    gets back to that step, and no finished run is ever without its database.
 At the end: results.json / autolabel.json / the store's status and contents, and the weights of every
 checkpoint, equal those of the uninterrupted run.
 
@@ -27,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -45,6 +49,7 @@ BOXLOOP = [PY, "-m", "boxloop.cli"]
 DB = "boxloop.db"
 LOOP_STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi")
 PROCESS_TIMEOUT = 900.0  # seconds one subprocess may run before the harness calls it hung
+STEP_PAUSE = 0.25  # seconds the commands hold before each loop step and in simulate's copy (BOXLOOP_STEP_PAUSE)
 
 
 def tiny_args(steps: int | None = 4) -> list[str]:
@@ -58,7 +63,7 @@ def tiny_args(steps: int | None = 4) -> list[str]:
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "BOXLOOP_DEBUG"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONHASHSEED="0",
-               PYTHONUNBUFFERED="1", BOXLOOP_STEP_PAUSE="0.25")  # every loop step stays visible for 0.25 s
+               PYTHONUNBUFFERED="1", BOXLOOP_STEP_PAUSE=str(STEP_PAUSE))  # every step stays visible that long
     return env
 
 
@@ -487,16 +492,62 @@ class Scenario:
     fingerprint: Callable[[], dict[str, Any]]
     # a finished run with rc != 0 that is fine after a kill (e.g. 'nothing left to import')
     done_message: str | None = None
+    # the folder the command writes (its project, simulate's OUT): checking it must leave every file as it was
+    watch: Path | None = None
+    # folders the command builds aside and renames into place when whole (simulate's copies of its base):
+    # after a kill, in flight, not a result; the re-run removes them
+    in_flight: Callable[[], list[Path]] = lambda: []
+    # whether a re-run went past the point where it removes this in-flight folder (not killed before it)
+    passed: Callable[[Path], bool] = lambda folder: True
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    return os.path.relpath(path, root) if root is not None else str(path)
+
+
+def describe_in_flight(folder: Path, root: Path | None) -> str:
+    db = folder / DB
+    inside = f"{DB} {db.stat().st_size} bytes" if db.is_file() else f"no {DB}"
+    if Path(f"{db}-journal").exists():
+        inside += ", a -journal"
+    return f"{_rel(folder, root)} ({inside})"
+
+
+def untouched(scn: Scenario, what: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """what(), and the problems it had: an exception (reported as a failure, not raised: one broken
+    check must not hide the rest of the table) or any file under `scn.watch` that it created, changed
+    or removed."""
+    before = tree_state(scn.watch)
+    try:
+        out, problems = what(), []
+    except Exception as e:  # noqa: BLE001
+        out, problems = None, [f"the check itself failed: {type(e).__name__}: {e}"]
+    after = tree_state(scn.watch)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if changed:
+        problems.append(f"checking changed {len(changed)} files: {', '.join(changed[:4])}")
+    return out, problems
+
+
+def after_kill(scn: Scenario) -> tuple[str, list[str]]:
+    """(step label, problems) of a stopped command: what it observes and what its checks say."""
+    label, seen = untouched(scn, lambda: scn.observe()[0])
+    problems, checked = untouched(scn, scn.check)
+    return label or "?", (problems or []) + seen + checked
 
 
 def campaign(scn: Scenario, run: str, triggers: Sequence[Trigger], reference: dict[str, Any] | None,
              report: Report, log: Path, max_restarts: int = 60) -> dict[str, Any]:
     """Kill `scn` at each trigger in turn (re-running it after each kill), then let it finish; check
-    after every kill; compare the final fingerprint with `reference` (when given). Returns it."""
+    after every kill; compare the final fingerprint with `reference` (when given). Returns it.
+    What a kill leaves in flight is stated in its row; the re-run must remove it once it gets there."""
     i = 0
+    flying: list[Path] = []  # in flight after the last kill
     for _ in range(max_restarts):
         trig = triggers[i] if i < len(triggers) else None
         killed, rc, secs = run_with_trigger(scn.argv, scn.cwd, log, trig, scn.observe)
+        kept = [f"{_rel(f, scn.watch)}, in flight at the last kill, is still there after a re-run that went past it"
+                for f in flying if killed and f.exists() and scn.passed(f)]
         if not killed:
             if rc != 0 and not (scn.done_message and scn.done_message in log_tail(log, 2000)):
                 report.outcomes.append(Outcome(scn.command, run, str(trig or "-"), scn.observe()[0],
@@ -504,22 +555,27 @@ def campaign(scn: Scenario, run: str, triggers: Sequence[Trigger], reference: di
                 return {}
             break
         i += 1
-        label = scn.observe()[0]
-        problems = scn.check()
+        label, problems = after_kill(scn)
+        problems = kept + problems
+        flying = scn.in_flight()
+        note = "; in flight: " + ", ".join(describe_in_flight(f, scn.watch) for f in flying) if flying else ""
         report.outcomes.append(Outcome(scn.command, run, str(trig), label,
-                                       "killed at %.1fs; store ok" % secs if not problems else
-                                       "killed at %.1fs; " % secs + "; ".join(problems[:4]), not problems))
+                                       ("killed at %.1fs; store ok" % secs if not problems else
+                                        "killed at %.1fs; " % secs + "; ".join(problems[:4])) + note, not problems))
     else:
         report.outcomes.append(Outcome(scn.command, run, "-", scn.observe()[0], "never finished", False, kill=False))
         return {}
-    problems = scn.check()
-    fp = scn.fingerprint()
-    if reference is not None:
+    label, problems = after_kill(scn)
+    problems += [f"{_rel(f, scn.watch)} is still in flight after the command finished"
+                 + (" (it was at the last kill)" if f in flying else "") for f in scn.in_flight()]
+    fp, extra = untouched(scn, scn.fingerprint)
+    problems += extra
+    if reference is not None and fp is not None:
         problems += diff_fingerprints(reference, fp)[:6]
-    report.outcomes.append(Outcome(scn.command, run, "(resume to the end)", scn.observe()[0],
+    report.outcomes.append(Outcome(scn.command, run, "(resume to the end)", label,
                                    "final results equal the uninterrupted run" if not problems else
                                    "; ".join(problems), not problems, kill=False))
-    return fp
+    return fp or {}
 
 
 # -- the data and the four commands -----------------------------------------------------------------
@@ -547,6 +603,11 @@ def _last_step(db: Path, live: bool = False) -> tuple[int, str] | None:
     return (rows[0][0], rows[0][1]) if rows else None
 
 
+# simulate builds each run's copy of the base in RUN.XXXXXXXX (tempfile.mkdtemp(prefix=RUN + ".")) and
+# renames it to RUN when whole; run names hold no dot
+COPY_FOLDER = re.compile(r"(?P<run>[^.]+)\.[a-z0-9_]{8}")
+
+
 def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 2, rounds: int = 2,
                       steps: int = 4, strategy: str = "localization_aware", semi: str | None = "autolabel") -> Scenario:
     argv = [*BOXLOOP, "simulate", "--dataset", ws.data / "images", "--annotations", ws.data / "annotations",
@@ -555,18 +616,46 @@ def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 
     if semi:
         argv += ["--semi", semi]
 
+    run = (f"{strategy}+{semi}" if semi else strategy).replace("+", "_")  # OUT/seedN/RUN
+
+    def folders() -> list[Path]:
+        return sorted(d for d in out.glob("seed*/*") if d.is_dir())
+
+    def in_flight() -> list[Path]:
+        """simulate's copies of the base that a kill stopped before their rename to RUN."""
+        return [d for d in folders() if (m := COPY_FOLDER.fullmatch(d.name)) and m["run"] == run]
+
     def dbs() -> list[Path]:
-        return sorted(out.glob(f"seed*/*/{DB}"), key=lambda p: (p.parent.name != "base", str(p)))
+        """The databases of the base and of the finished run; never one of a copy in flight."""
+        return sorted((d / DB for d in folders() if d.name in ("base", run) and (d / DB).is_file()),
+                      key=lambda p: (p.parent.name != "base", str(p)))
+
+    def passed(copy: Path) -> bool:
+        """The re-run came back to the copy step: it renamed a new copy to RUN or began one (and the
+        copy step removes the old ones before it begins)."""
+        return (copy.parent / run).exists() or any(d.parent == copy.parent and d != copy for d in in_flight())
 
     def observe(live: bool = False) -> tuple[str, str]:
+        for d in reversed(in_flight()):  # a copy under way (the step pause holds it with its database begun)
+            if (d / DB).is_file() and not (d.parent / run).exists():
+                return f"{d.parent.name}/{d.name} copy", "copy"
         for db in reversed(dbs()):  # the strategy's run once it exists, else the base
             last = _last_step(db, live)
             if last is not None:
-                return f"{db.parent.name} r{last[0]} {last[1]}", str(last[1])
+                base = db.parent.name == "base"
+                return f"{db.parent.name} r{last[0]} {last[1]}", ("base " if base else "") + str(last[1])
         return "init", "init"
 
     def check() -> list[str]:
         problems = []
+        flying = in_flight()
+        for d in folders():
+            if d.name == run and not (d / DB).is_file():
+                problems.append(f"{d.relative_to(out)}: a finished run without its {DB}")
+            elif d.name == "base" and not (d / DB).is_file() and (d.parent / run).exists():
+                problems.append(f"{d.relative_to(out)}: the base of a run without its {DB}")
+            elif d.name not in ("base", run) and d not in flying:
+                problems.append(f"{d.relative_to(out)}: neither the base, the run nor a copy in flight")
         for db in dbs():
             problems += integrity_problems(db)
             problems += check_loop_labels(db, ws.truth, initial, budget)
@@ -577,7 +666,8 @@ def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 
         return {"results": _json_strip(res, {"project"}),
                 **{db.parent.name: project_fingerprint(db.parent) for db in dbs()}}
 
-    return Scenario("simulate", argv, ws.root, observe, check, fingerprint)
+    return Scenario("simulate", argv, ws.root, observe, check, fingerprint, watch=out, in_flight=in_flight,
+                    passed=passed)
 
 
 def init_partial(ws: Workspace, project: Path, labelled: int) -> None:
@@ -619,7 +709,7 @@ def autolabel_scenario(ws: Workspace, project: Path, human_before: dict[str, lis
         doc = json.loads((project / "autolabel.json").read_text())
         return {"autolabel.json": _json_strip(doc, {"seconds"}), "project": project_fingerprint(project)}
 
-    return Scenario("autolabel", argv, ws.root, observe, check, fingerprint)
+    return Scenario("autolabel", argv, ws.root, observe, check, fingerprint, watch=project)
 
 
 def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], steps: int = 8) -> Scenario:
@@ -640,7 +730,7 @@ def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], 
             p.append("training changed the labels: " + "; ".join(diff_fingerprints(labels_before, now)[:3]))
         return p
 
-    return Scenario("train", argv, ws.root, observe, check, lambda: project_fingerprint(project))
+    return Scenario("train", argv, ws.root, observe, check, lambda: project_fingerprint(project), watch=project)
 
 
 def _label_state(db: Path) -> dict[str, Any]:
@@ -683,7 +773,7 @@ def import_scenario(ws: Workspace, trial: Path) -> Scenario:
         return p
 
     return Scenario("import", argv, ws.root, observe, check, lambda: project_fingerprint(project),
-                    done_message="no open query batch")
+                    done_message="no open query batch", watch=trial)
 
 
 # -- the plans ------------------------------------------------------------------------------------
@@ -740,11 +830,11 @@ def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, e
         echo(f"simulate: uninterrupted run {t_ref:.0f}s")
         ref_fp = ref.fingerprint()
         for c in range(plan["simulate_steps"]):
-            # base r0: train evaluate; the strategy's run r0: predict select oracle semi; r1: all six;
-            # r2: train evaluate
-            order = ["train", "evaluate"] + ["predict", "select", "oracle", "semi"] + \
+            # base r0: train evaluate; its copy to the strategy's run; the run's r0: predict select oracle
+            # semi; r1: all six; r2: train evaluate
+            order = ["base train", "base evaluate", "copy"] + ["predict", "select", "oracle", "semi"] + \
                 ["train", "evaluate", "predict", "select", "oracle", "semi"] + ["train", "evaluate"]
-            trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.5) if s == "train" else 0.0) for s in order]
+            trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.5) if s.endswith("train") else 0.0) for s in order]
             scn = simulate_scenario(ws, root / f"sim_steps{c}")
             campaign(scn, f"steps{c}", trig, ref_fp, report, logs / f"sim_steps{c}.log")
             echo(f"simulate steps{c}: {report.kills} kills so far")
