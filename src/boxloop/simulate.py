@@ -21,12 +21,13 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from boxloop.loop import LoopConfig, assign_splits, round_history, run_round
+from boxloop.loop import LoopConfig, _step_pause, assign_splits, round_history, run_round
 from boxloop.store import DB_NAME, Project
 from boxloop.strategies import NEEDS_EMBEDDING
 from boxloop.structures import Annotation
@@ -100,7 +101,13 @@ def withhold(project: Project, initial: int, seed: int, config: LoopConfig, init
 
 
 def copy_project(src: Project, dst: Path) -> None:
-    """The database (SQLite backup API: consistent even with WAL) and the round-0 model, atomically."""
+    """The database (SQLite backup API: consistent even with WAL) and the round-0 model, atomically.
+
+    The copy is built in DST.XXXXXXXX (tempfile.mkdtemp beside DST) and renamed to DST when whole;
+    until then that folder is a copy in flight, not a run: a kill leaves it there, and the next copy
+    to DST removes it first. Its database file exists, empty, from the connect on: SQLite writes the
+    backup's pages at its commit. The step pause (env BOXLOOP_STEP_PAUSE, as before each loop step)
+    holds the copy in that state, so that the crash-safety harness can kill it there."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     for stale in dst.parent.glob(glob.escape(dst.name) + ".????????"):  # a copy killed before its rename
         if stale.is_dir():
@@ -108,6 +115,9 @@ def copy_project(src: Project, dst: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=dst.name + ".", dir=dst.parent))
     try:
         target = sqlite3.connect(tmp / DB_NAME)
+        pause = _step_pause()
+        if pause:
+            time.sleep(pause)
         with target:
             src.connection.backup(target)
         target.close()
