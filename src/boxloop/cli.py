@@ -314,12 +314,13 @@ def train(
     no_dynamic_threshold: Annotated[bool, typer.Option("--no-dynamic-threshold", help="--semi: one fixed threshold tau.")] = False,
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
-    ema: Annotated[Optional[float], typer.Option(help="--semi: Mean Teacher momentum, e.g. 0.999.")] = None,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
     With --semi, a teacher trained on the labels auto-labels the unlabelled images with class-wise
-    thresholds and a student learns from both; the better of the two on validation is kept.
+    thresholds and a student learns from both; "teacher continued" trains as long, as augmented, on
+    the labels alone; the student is kept only when it beats teacher continued on validation by more
+    than the images' noise (a paired bootstrap interval above 0), else teacher continued is kept.
     Re-running the same command after an interruption resumes from the last checkpoint."""
     from boxloop.loop import set_current_checkpoint, test_metrics, train_project
     from boxloop.store import Project
@@ -332,13 +333,13 @@ def train(
             from boxloop.semi import SemiConfig, fit_semi
 
             sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
-                            reweight=not no_reweight, certainty=not no_certainty, ema=ema)
+                            reweight=not no_reweight, certainty=not no_certainty)
             res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.model,
                            detector_kwargs=cfg.detector_kwargs())
             set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "
-                      f"validation mAP50 supervised {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "
+                      f"validation mAP50 teacher continued {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "
                       f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
             best = res.best_checkpoint
         else:
