@@ -26,7 +26,7 @@ from boxloop.project import export_project, init_project
 from boxloop.structures import Source
 
 N_IMAGES, N_LABELLED, SIZE = 20, 8, 64
-RUN = dict(threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, backbone="efficientnet_lite0",
+RUN = dict(model="fcos", threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, backbone="efficientnet_lite0",
            pretrained_backbone=True, image_size=SIZE, batch_size=4, device="cpu", lr=0.05, val_every=1000,
            detector_options={"fpn_channels": 32, "head_convs": 1}, progress=False, seed=0)
 ROW_FIELDS = ("iteration", "steps", "images_auto_labelled", "total_auto_labelled", "boxes", "remaining_unlabelled",
