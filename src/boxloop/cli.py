@@ -555,11 +555,22 @@ def simulate(
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 
 
+def _unit_float(text: str, name: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number in (0, 1) or 'auto', got {text!r}") from None
+    if not 0 < v < 1:
+        raise ValueError(f"{name} must lie in (0, 1), got {text}")
+    return v
+
+
 @app.command()
 @user_errors
 def autolabel(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    threshold: Annotated[float, typer.Option(help="An image joins training when a detection scores above this (seed 000: 0.8; 0.9 works better there).")] = 0.8,
+    threshold: Annotated[str, typer.Option(help="An image joins training when a detection scores above this (seed 000: 0.8; 0.9 works better there), or 'auto': the lowest threshold whose validation precision is >= --target-precision.")] = "0.8",
+    target_precision: Annotated[float, typer.Option(help="--threshold auto: the validation precision to reach.")] = 0.9,
     iterations: Annotated[Optional[int], typer.Option(help="At most this many iterations (default: until the pool is empty).")] = None,
     steps_first: Annotated[Optional[int], typer.Option(help="Training steps of the first iteration (default: seed 000's 2,500 scaled to the dataset).")] = None,
     steps_increment: Annotated[Optional[int], typer.Option(help="Steps added per iteration (default: 1,500 scaled).")] = None,
@@ -578,8 +589,7 @@ def autolabel(
     from boxloop.autolabel import autolabel as run_autolabel, autolabel_pool
     from boxloop.store import Project
 
-    if not 0 < threshold < 1:
-        raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
+    thr: float | str = "auto" if threshold.strip().lower() == "auto" else _unit_float(threshold, "--threshold")
     from boxloop.defaults import run_defaults
 
     d = run_defaults(device)
@@ -588,18 +598,21 @@ def autolabel(
         if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
             out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")
             return
-        rows = run_autolabel(proj, threshold=threshold, iterations=iterations, steps_first=steps_first,
+        rows = run_autolabel(proj, threshold=thr, target_precision=target_precision, iterations=iterations, steps_first=steps_first,
                              steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
                              pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
                              device=device, seed=seed)
     t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
-    for c in ("iteration", "steps", "new images", "total", "boxes", "left", "test mAP50"):
+    for c in ("iteration", "steps", "threshold", "new images", "total", "boxes", "left", "test mAP50"):
         t.add_column(c, justify="right")
     for r in rows:
-        m = r.get("map50")
-        t.add_row(str(r["iteration"]), str(r["steps"]), str(r["images_auto_labelled"]), str(r["total_auto_labelled"]),
-                  str(r["boxes"]), str(r["remaining_unlabelled"]), "-" if m is None else f"{m:.3f}")
+        m, th = r.get("map50"), r.get("threshold")
+        t.add_row(str(r["iteration"]), str(r["steps"]), "-" if th is None else f"{th:.2f}", str(r["images_auto_labelled"]),
+                  str(r["total_auto_labelled"]), str(r["boxes"]), str(r["remaining_unlabelled"]),
+                  "-" if m is None else f"{m:.3f}")
     out.print(t)
+    if rows and rows[-1].get("guidance"):
+        out.print(f"[yellow]nothing auto-labelled in iteration {rows[-1]['iteration']}:[/yellow] {escape(rows[-1]['guidance'])}")
     out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels with: boxloop export "
               f"{escape(str(project))} --subset pseudo --format voc --out review/")
 
