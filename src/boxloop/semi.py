@@ -454,7 +454,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
                    "add labelled validation images to let the semi-supervised model be chosen")
     else:
         verdict = ("above" if chosen == "semi" else "not above") + f" {semi.min_gain:g}"
-        message = (f"kept the {'semi-supervised student' if chosen == 'semi' else 'teacher continued'}: val mAP50 "
+        message = (f"kept {'the semi-supervised student' if chosen == 'semi' else 'teacher continued'}: val mAP50 "
                    f"teacher continued {sup_map:.4f}, student {semi_map:.4f} ({delta:+.4f}; "
                    f"{100 * semi.guard_level:g}% paired bootstrap interval over {guard['images']} validation images "
                    f"[{guard['low']:+.4f}, {guard['high']:+.4f}], {verdict})")
