@@ -543,6 +543,13 @@ def estimate(spec, args) -> dict[str, Any]:
             c0, t0 = time.process_time(), time.perf_counter()
             fit(det, samples, [], classes, cfg, Path(tmp) / f"w{strong}", progress=False)  # resumes at step 2
             out["strong" if strong else "train"] = ((time.process_time() - c0) / n, (time.perf_counter() - t0) / n)
+        from boxloop.train import load_checkpoint, save_checkpoint
+
+        ckpt = load_checkpoint(Path(tmp) / "wTrue" / "last.pt")
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(3):
+            save_checkpoint(ckpt, Path(tmp) / "save_test.pt")
+        out["checkpoint_save"] = ((time.process_time() - c0) / 3, (time.perf_counter() - t0) / 3)
         paths = [s.path for s in samples[:24]]
         c0, t0 = time.process_time(), time.perf_counter()
         weak_predict(det, paths, args.image_size, batch_size=args.batch_size)
@@ -564,15 +571,24 @@ def estimate(spec, args) -> dict[str, Any]:
             steps = (args.teacher_steps * out["train"][j]
                      + args.student_steps * (2 + (runs - 4)) * out["strong"][j]  # continued, student, ablations
                      + args.student_steps * out["train"][j])  # tsoda's iteration 2
-            evals = runs * (max(args.teacher_steps, args.student_steps) // args.val_every + 1) * n_val * out["predict"][j]
+            n_eval = runs * (max(args.teacher_steps, args.student_steps) // args.val_every + 1)
+            evals = n_eval * n_val * out["predict"][j]
+            # last.pt at every epoch end (an epoch of the labelled images only, at worst) and evaluation,
+            # best.pt at every better evaluation (at worst every one)
+            saves = (runs * max(args.teacher_steps, args.student_steps) / max(1, -(-(lab - n_val) // args.batch_size))
+                     + 2 * n_eval) * out["checkpoint_save"][j]
             preds = (n_unl * out["weak_predict"][j] + 4 * n_unl * out["predict"][j]  # pool: semi; tsoda 2 x 2
                      + (runs + 3) * n_test * out["predict"][j])  # test sets
-            cost[which] = steps + evals + preds
+            cost[which] = steps + evals + preds + saves
             total[which] += cost[which]
         per_cell.append({"fraction": frac, "seed": seed, "seconds_cpu": round(cost["cpu"]),
                          "seconds_wall_now": round(cost["wall"])})
+    shards = [0.0, 0.0]  # --shard 0/2 and 1/2, as my_cells assigns them
+    for cell in sorted(per_cell, key=lambda c: -planned_steps(args, c["fraction"])):
+        shards[int(np.argmin(shards))] += cell["seconds_cpu"]
     return {"per_step_and_image_seconds": {k: {"cpu": round(v[0], 4), "wall": round(v[1], 4)} for k, v in out.items()},
             "per_cell": per_cell, "total_cpu_minutes": round(total["cpu"] / 60, 1),
+            "two_shards_minutes": round(max(shards) / 60, 1),
             "total_wall_minutes_at_this_load": round(total["wall"] / 60, 1), "threads": args.threads}
 
 
@@ -642,8 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         est = estimate(spec, args)
         print(json.dumps(est, indent=1))
         print(f"estimated: {est['total_cpu_minutes']} CPU-minutes at {args.threads or 'default'} thread(s) per "
-              f"process (one process on one idle core; two --shard processes take about half), "
-              f"{est['total_wall_minutes_at_this_load']} minutes at this machine's load now")
+              f"process, i.e. one process on one idle core; two --shard i/2 processes on two idle cores: "
+              f"{est['two_shards_minutes']} min; {est['total_wall_minutes_at_this_load']} CPU-minutes at this "
+              "machine's load now")
         return 0
     from boxloop.simulate import load_truth
 
