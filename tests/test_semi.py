@@ -226,3 +226,30 @@ def test_pseudo_labels_pass_the_dynamic_thresholds_only_when_v_is_high(run, data
         a = load_checkpoint(tmp_path / "best.pt")["model"]
         b = load_checkpoint(result.continued_checkpoint)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_train_semi_keeps_teacher_continued_or_the_student(make_synthetic, tmp_path: Path) -> None:
+    """`boxloop train --semi` end to end on a project with 8 labelled and 12 unlabelled images; and
+    `autolabel --threshold` refuses what is neither a number in (0, 1) nor 'auto'."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from boxloop.cli import app
+
+    data = make_synthetic(n_images=20, image_size=SIZE, seed=3)
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    for xml in sorted(data.annotations_dir.glob("*.xml"))[:8]:
+        shutil.copy(xml, ann / xml.name)
+    proj = tmp_path / "proj"
+    run = CliRunner().invoke
+    assert run(app, ["init", str(proj), "--images", str(data.images), "--annotations", str(ann),
+                     "--test-fraction", "0.25"]).exit_code == 0
+    res = run(app, ["train", str(proj), "--semi", "--steps", "2", "--image-size", str(SIZE), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "teacher continued" in " ".join(res.stdout.split())  # rich wraps lines
+    summary = json.loads((proj / "models" / "semi" / "semi.json").read_text())
+    assert summary["steps"]["continued"] == 2 and summary["chosen"] in ("supervised", "semi")
+    res = run(app, ["autolabel", str(proj), "--threshold", "often"])
+    assert res.exit_code == 1 and "--threshold must be a number in (0, 1) or 'auto'" in res.stderr
