@@ -431,7 +431,8 @@ def paired(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "student_minus_continued": [s - b for s, b in zip(stud, cont)],
                     "kept_minus_continued": [k - b for k, b in zip(kept, cont)],
                     "continued_minus_teacher": [b - c["teacher"]["test"]["map50"] for b, c in zip(cont, group)],
-                    "chosen": [{"semi": "student"}.get(c["certainty"]["result"]["chosen"], "continued") for c in group]})
+                    "chosen": ["student" if c["certainty"]["result"]["chosen"] == "semi" else "continued"
+                               for c in group]})
     return out
 
 
@@ -468,7 +469,7 @@ def check_targets(cells: Sequence[Mapping[str, Any]], seeds: int, rare: Sequence
         cont = mean([c["continued"]["map50"] for c in group])
         stud = mean([(c["certainty"]["student"] or c["continued"])["map50"] for c in group])
         kept_each = [c["certainty"]["kept"]["map50"] - c["continued"]["map50"] for c in group]
-        prec = [c["certainty"]["pseudo"]["precision"] for c in group if c["certainty"]["pseudo"]["precision"] is not None]
+        prec = [p for p in (c["certainty"]["pseudo"]["precision"] for c in group) if p is not None]
         out["per_fraction"][f"{frac:g}"] = {
             "teacher_continued": cont, "student": stud, "gain_student": stud - cont,
             "kept": mean([c["certainty"]["kept"]["map50"] for c in group]),
@@ -478,7 +479,8 @@ def check_targets(cells: Sequence[Mapping[str, Any]], seeds: int, rare: Sequence
     pf = out["per_fraction"]
     ten = next((v for k, v in pf.items() if abs(float(k) - 0.1) < 1e-9), None)
     out["at_10"] = None if ten is None else {
-        "gain_met": ten["gain_student"] >= TARGET_GAIN_AT_10 - 1e-12, "goal_met": ten["gain_student"] >= GOAL_GAIN_AT_10,
+        "gain_met": ten["gain_student"] >= TARGET_GAIN_AT_10 - 1e-12,
+        "goal_met": ten["gain_student"] >= GOAL_GAIN_AT_10 - 1e-12,
         "accepted": ten["pseudo_boxes"] > 0,
         "precision_met": ten["pseudo_precision"] is not None and ten["pseudo_precision"] >= TARGET_PSEUDO_PRECISION}
     others = {k: v for k, v in pf.items() if abs(float(k) - 0.1) > 1e-9}

@@ -341,6 +341,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
             score_threshold=min(0.05, threshold or 0.05), progress=progress))}
     accepted = pseudo.tsoda_accept(preds, threshold) if threshold is not None else {}
     scores = pseudo.score_percentiles(np.concatenate([d.scores for d in preds.values()]) if preds else [])
+    val_pr = (None, None) if table is None or threshold is None else pseudo.precision_above(table, threshold)
     new = [k for k in pool if k in accepted]  # pool order
     train_keys, test_keys = pseudo.split_autolabelled(new, cfg["train_ratio"],
                                                       rng=np.random.default_rng([cfg["seed"], i]))
@@ -375,8 +376,8 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
             "threshold": threshold,
             "threshold_rule": (f"auto: the lowest with validation precision >= {cfg['target_precision']:g}" if auto
                                else "fixed"),
-            "val_precision": None if table is None or threshold is None else pseudo.precision_above(table, threshold)[0],
-            "val_boxes_above": None if table is None or threshold is None else pseudo.precision_above(table, threshold)[1],
+            "val_precision": val_pr[0],
+            "val_boxes_above": val_pr[1],
             "scores": scores,
             "seconds": round(pending.get("seconds", 0.0) + (time.perf_counter() - t0), 2),
         }

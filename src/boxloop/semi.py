@@ -414,7 +414,8 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
     else:
         missing = [s.name for s in unlabelled if s.name not in teacher_predictions]
         if missing:
-            raise ValueError(f"fit_semi: teacher_predictions lack {len(missing)} unlabelled images (e.g. {missing[:3]})")
+            raise ValueError(f"fit_semi: teacher_predictions lack {len(missing)} unlabelled images "
+                             f"(e.g. {missing[:3]})")
         pool = {s.name: teacher_predictions[s.name] for s in unlabelled}
     thresholds = semi.thresholds(len(classes), certainty)
     labels, pseudo = _pseudo_samples(pool, unlabelled, classes, thresholds, semi.lambda_u)
