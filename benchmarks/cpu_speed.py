@@ -58,8 +58,8 @@ EXTRAS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "fcos_lite, fp32 inference": ("fcos_lite", {"cpu_bf16": False}, False),
     "fcos_lite, bf16 training": ("fcos_lite", {}, True),
     "fcos_lite, contiguous": ("fcos_lite", {"channels_last": False}, False),
+    "fcos_lite, 1 trainable level": ("fcos_lite", {"trainable_layers": 1}, False),
     "fcos_lite, 3 trainable levels": ("fcos_lite", {"trainable_layers": 3}, False),
-    "fcos_lite, 2 trainable levels": ("fcos_lite", {"trainable_layers": 2}, False),
 }
 
 

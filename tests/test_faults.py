@@ -285,7 +285,9 @@ def moved_away(path: Path) -> Iterator[Path]:
 
 
 def test_image_deleted_after_init(data: Data, tmp_path: Path) -> None:
-    """evaluate, query and train name the missing file; labels unchanged; the file back, they work."""
+    """evaluate names the missing test image (the fixed test set must not shrink); query and train
+    leave a missing pool or training image out with a warning naming it and record it (issue 12),
+    or with --strict stop naming it; labels unchanged; the file back, the record is gone."""
     proj = new_project(data, tmp_path / "proj")
     with Project.open(proj) as p:
         test_image = p.images(split="test")[0].path
@@ -297,20 +299,28 @@ def test_image_deleted_after_init(data: Data, tmp_path: Path) -> None:
              "--out", tmp_path / "batch", "--image-size", "64", "--device", "cpu")
 
     with moved_away(data.images / test_image) as gone:
-        clear_error(cli(*evaluate), str(gone), "image file not found", "check the image folder")
+        clear_error(cli(*evaluate), test_image, "image file not found", "check the image folder")
     assert_intact(proj, before)
     ok(cli(*evaluate))
 
     with moved_away(data.images / pool_image) as gone:
-        clear_error(cli(*query), str(gone), "image file not found")
-    assert_intact(proj, before, tables=("images", "boxes", "queries", "classes"))  # the round keeps its progress
-    assert "asked about 2 images" in " ".join(ok(cli(*query)).split())
+        clear_error(cli(*query, "--strict"), str(gone), "image file not found")
+        assert_intact(proj, before, tables=("images", "boxes", "queries", "classes"))  # the round keeps its progress
+        out = " ".join(ok(cli(*query)).split())
+        assert "asked about 2 images" in out and pool_image in out and "image file not found" in out
+        with Project.open(proj) as p:
+            assert pool_image not in {q["path"] for q in p.queries(state="open")}
+            assert [(s["path"], s["stage"]) for s in p.status()["skipped_images"]] == [(pool_image, "predict")]
 
-    # train (another seed: a new model) meets the missing image in its first batches
+    # train (another seed: a new model) leaves the missing training image out
     with moved_away(data.images / train_image) as gone:
-        clear_error(cli("train", proj, *TRAIN, "--seed", "5"), str(gone), "image file not found")
+        clear_error(cli("train", proj, *TRAIN, "--seed", "5", "--strict"), train_image, "image file not found")
+        out = " ".join(ok(cli("train", proj, *TRAIN, "--seed", "5")).split())
+        assert "trained fcos" in out and train_image in out
     assert_intact(proj, before, tables=("images", "boxes", "classes"))
-    assert "trained fcos" in ok(cli("train", proj, *TRAIN, "--seed", "5"))
+    assert "trained fcos" in ok(cli("train", proj, *TRAIN, "--seed", "6"))
+    with Project.open(proj) as p:  # every file back: checked again, nothing left out any more
+        assert [s["path"] for s in p.status()["skipped_images"]] == [pool_image]  # the pool is checked at predict
     assert snapshot(proj)["integrity"] == "ok"
 
 

@@ -14,7 +14,7 @@ from boxloop.defaults import DETECTOR, run_defaults
 from boxloop.detectors import create_detector
 from boxloop.detectors.backbones import lite0_body
 from boxloop.detectors.common import cpu_bf16_supported
-from boxloop.detectors.fcos import quality_focal_loss, varifocal_loss
+from boxloop.detectors.fcos import own_box_iou, quality_focal_loss, varifocal_loss
 from boxloop.structures import iou
 
 from test_detector_contract import scene
@@ -82,6 +82,15 @@ def test_quality_focal_loss_on_a_hand_computed_case():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_own_box_iou_is_the_best_overlap_with_a_trusted_box():
+    pred = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 5], [50, 50, 60, 60], [20, 0, 30, 10]]])
+    targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]]), "weights": torch.tensor([1.0, 0.0])}]
+    # exact fit 1; half of it 0.5; far from everything 0; on the weight-0 (untrusted) box: 0
+    np.testing.assert_allclose(own_box_iou(pred, targets)[0].tolist(), [1.0, 0.5, 0.0, 0.0])
+    negative = [{"boxes": torch.zeros(0, 4), "weights": torch.zeros(0)}]
+    assert own_box_iou(pred, negative).abs().sum() == 0
+
+
 @pytest.fixture(scope="module")
 def trained_lite(one_thread):
     det = create_detector("fcos_lite", num_classes=2, seed=0, pretrained_backbone=True, min_size=96, max_size=96,
@@ -91,7 +100,7 @@ def trained_lite(one_thread):
     images, targets = [a[0], b[0]], [a[1], b[1]]
     opt = torch.optim.Adam([p for p in det.parameters() if p.requires_grad], lr=3e-3)
     det.train()
-    for _ in range(30):
+    for _ in range(50):
         loss = sum(det.loss(images, targets).values())
         opt.zero_grad()
         loss.backward()
@@ -186,3 +195,18 @@ def test_cli_train_without_options_uses_the_cpu_defaults(synthetic_dataset, tmp_
     assert ckpt["detector_config"]["name"] == "fcos_lite"
     tc = ckpt["train_config"]
     assert (tc["image_size"], tc["batch_size"], tc["optimizer"], tc["lr"]) == (320, 8, "adamw", 0.002)
+
+
+def test_cli_unknown_detector_option_is_refused_before_any_work(synthetic_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from boxloop.cli import app
+
+    runner = CliRunner()
+    proj = tmp_path / "proj"
+    assert runner.invoke(app, ["init", str(proj), "--images", str(synthetic_dataset.images), "--annotations",
+                               str(synthetic_dataset.annotations_dir)]).exit_code == 0
+    res = runner.invoke(app, ["train", str(proj), "--detector-option", "chanels=64"])
+    assert res.exit_code == 1
+    assert "has no option 'chanels'" in res.output and "channels" in res.output
+    assert not (proj / "models").exists() or not any((proj / "models").iterdir())

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import hostile as H
 from boxloop import formats
 from boxloop.cli import app
-from boxloop.images import ImageError, check_image, image_size, list_images, load_rgb
+from boxloop.images import ImageError, TruncatedImageWarning, check_image, image_size, list_images, load_rgb
 from boxloop.store import DB_NAME, Project
 
 runner = CliRunner()
@@ -105,10 +105,11 @@ def _coco_case(text_or_data, *expect: str) -> Case:
 
 
 def _image_case(write: Callable[[Path], Path], name: str, *expect: str) -> Case:
+    """A broken image fails init only with --strict (issue 12: else init keeps going; tests/test_ingest.py)."""
     def build(root: Path) -> tuple[list, list[str]]:
         images, ann = _dataset(root)
         write(images / name)
-        return ["--images", images, "--annotations", ann], [name, *expect]
+        return ["--images", images, "--annotations", ann, "--strict"], [name, *expect]
 
     return build
 
@@ -168,6 +169,25 @@ def _binary_xml(root: Path) -> tuple[list, list[str]]:
 
 TRUNCATED_XML = _valid_voc()[: len(_valid_voc()) // 2]
 
+
+def _yolo_classes_case(names: list[str], *expect: str, bom: bool = False) -> Case:
+    def build(root: Path) -> tuple[list, list[str]]:
+        images, _ = _dataset(root)
+        labels = root / "labels"
+        H.write_classes_txt(labels / "classes.txt", names, bom=bom)
+        (labels / "img0.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        return ["--images", images, "--annotations", labels, "--format", "yolo"], list(expect)
+
+    return build
+
+
+def _classes_option(value: str, *expect: str) -> Case:
+    def build(root: Path) -> tuple[list, list[str]]:
+        images, _ = _dataset(root)
+        return ["--images", images, "--classes", value], list(expect)
+
+    return build
+
 BAD_INIT: dict[str, Case] = {
     "voc-malformed": _voc_case("<annotation><object><name>cat</name></annotation>", "malformed or truncated XML"),
     "voc-truncated": _voc_case(TRUNCATED_XML, "malformed or truncated XML"),
@@ -208,6 +228,14 @@ BAD_INIT: dict[str, Case] = {
     "yolo-unknown-class": _yolo_case("7 0.5 0.5 0.2 0.2", "class id 7"),
     "yolo-too-few-numbers": _yolo_case("0 0.5 0.5", "3 numbers"),
     "yolo-label-symlink-out": _yolo_symlink_label,
+    # issue 12: class names that would shift or split label files, a confidence that is no probability
+    "coco-class-name-newline": _coco_case({"images": [{"id": 1, "file_name": "img0.png"}], "annotations": [],
+                                           "categories": [{"id": 1, "name": "cat\nfish"}]}, "line break"),
+    "classes-option-newline": _classes_option("cat,fi\nsh", "--classes", "line break"),
+    "yolo-classes-blank-line": _yolo_classes_case(["cat", "", "dog"], "classes.txt:2", "blank"),
+    "yolo-confidence-7": _yolo_case("0 0.5 0.5 0.2 0.2 7", "img0.txt:1", "must lie in [0, 1]"),
+    "yolo-confidence-nan": _yolo_case("0 0.5 0.5 0.2 0.2 nan", "img0.txt:1", "must lie in [0, 1]"),
+    "image-short-jpeg-strict": _image_case(H.write_short, "short.jpg", "truncated"),
     "image-truncated-jpeg": _image_case(H.write_truncated, "broken.jpg", "truncated"),
     "image-truncated-png": _image_case(H.write_truncated, "broken.png", "truncated"),
     "image-decompression-bomb": _image_case(H.write_png_bomb, "bomb.png", "too large to decode safely"),
@@ -366,7 +394,7 @@ def test_broken_images_raise_image_error(kind: str, tmp_path: Path) -> None:
         "empty": lambda: (tmp_path / "e.png").write_bytes(b"") or tmp_path / "e.png",
     }[kind]()
     assert path.stat().st_size < 10_000  # the bomb is small on disk
-    for fn in (check_image, load_rgb):
+    for fn in (check_image, lambda p: load_rgb(p, allow_truncated=False)):
         with pytest.raises(ImageError) as info:
             fn(path)
         msg = str(info.value)
@@ -375,6 +403,12 @@ def test_broken_images_raise_image_error(kind: str, tmp_path: Path) -> None:
     if kind == "bomb":
         with pytest.raises(ImageError, match="bomb.png"):
             image_size(path)  # even the header read refuses 2.5 G pixels
+    if kind.startswith("truncated"):  # issue 12: loaded as far as the data goes, with a warning naming it
+        with pytest.warns(TruncatedImageWarning, match=path.name):
+            assert load_rgb(path).size == (64, 48)
+    else:
+        with pytest.raises(ImageError, match=path.name):
+            load_rgb(path)
 
 
 def _odd_images(folder: Path) -> dict[str, tuple[int, int]]:
@@ -467,6 +501,9 @@ BAD_ANSWERS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     "not-in-batch": (lambda b: (H.write_image(b / "img4.png"),
                                 (b / "img4.xml").write_text(H.voc_xml("img4.png", [("cat", 1, 1, 5, 5)]))),
                      ["img4", "not in the open batch"]),
+    # issue 12: an answer for an image labelled at init (its file is not in the batch): said so, no --images
+    "already-labelled": (lambda b: (b / "img0.xml").write_text(H.voc_xml("img0.png", [("cat", 1, 1, 5, 5)])),
+                         ["img0.png (labelled already, in round 0)", "nothing was imported"]),
 }
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from boxloop.images import (
     IMAGE_EXTENSIONS,
     ImageError,
+    TruncatedImageWarning,
     check_image,
     file_sha256,
     image_size,
@@ -156,9 +157,12 @@ def _truncated_jpeg(tmp_path: Path) -> Path:
 def test_truncated_and_corrupt_files_raise_image_error(tmp_path: Path) -> None:
     cut = _truncated_jpeg(tmp_path)
     with pytest.raises(ImageError, match="cut.jpg"):
-        load_rgb(cut)
+        load_rgb(cut, allow_truncated=False)
     with pytest.raises(ImageError, match="cut.jpg"):
         check_image(cut)
+    # issue 12: by default a truncated file loads as far as it goes, with a warning naming it
+    with pytest.warns(TruncatedImageWarning, match="cut.jpg.*truncated"):
+        assert load_rgb(cut).size == (128, 128)
 
     png = tmp_path / "cut.png"
     _noise(96, 96).save(png)

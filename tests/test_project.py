@@ -98,12 +98,12 @@ def test_bad_input_gets_clear_errors_and_writes_nothing(synthetic_dataset, tmp_p
     with pytest.raises(FormatError, match="img_0005"):
         init_project(tmp_path / "p1", some, ds.annotations_dir, progress=False)
     assert not (tmp_path / "p1" / "boxloop.db").exists()
-    # an image that cannot be decoded
+    # an image that cannot be decoded completely: an error with strict (issue 12: else loaded with a warning)
     broken = _copy_images(ds.images, tmp_path / "broken", sorted(ds.annotations)[:3])
     data = (broken / "img_0001.png").read_bytes()
     (broken / "img_0001.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError, match="img_0001.png"):
-        init_project(tmp_path / "p2", broken)
+        init_project(tmp_path / "p2", broken, strict=True)
     # two images with the same name
     shutil.copy(ds.images / "img_0000.png", some / "img_0000.jpg")
     with pytest.raises(ValueError, match="img_0000.jpg, img_0000.png"):

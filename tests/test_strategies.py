@@ -302,7 +302,8 @@ def test_box_pool_empty_error():
 
 
 def test_registries_have_the_issue_names():
-    assert list(IMAGE_STRATEGIES) == ["random", "least_confidence", "entropy", "localization_aware", "coreset"]
+    assert list(IMAGE_STRATEGIES) == ["random", "least_confidence", "entropy", "localization_aware", "coreset",
+                                      "typical", "budget_aware"]
     assert list(BOX_STRATEGIES) == ["random", "least_confidence", "coreset"]
 
 

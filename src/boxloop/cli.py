@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
 
@@ -46,13 +48,25 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (FormatError, ImageError, ProjectBusy, ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
+class _EchoWarnings(logging.Handler):
+    """boxloop's logged warnings (an image left out, a strategy with nothing to rank) as warning lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
 def user_errors(fn: F) -> F:
-    """Decorator: a user error becomes one red line on stderr and exit code 1."""
+    """Decorator: a user error becomes one red line on stderr and exit code 1; logged warnings and
+    Python warnings (a truncated image loaded) become yellow warning lines while the command runs."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        logger, echo = logging.getLogger("boxloop"), _EchoWarnings(logging.WARNING)
+        logger.addHandler(echo)
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, *_a, **_k: warn(str(message))
+                return fn(*args, **kwargs)
         except _user_errors() as e:
             if os.environ.get("BOXLOOP_DEBUG"):
                 raise  # the full traceback, for bug reports
@@ -65,6 +79,8 @@ def user_errors(fn: F) -> F:
                 raise
             err.print(f"[bold red]error:[/bold red] [red]{escape(msg)}[/red]")
             raise typer.Exit(1) from None
+        finally:
+            logger.removeHandler(echo)
 
     return wrapper  # type: ignore[return-value]
 
@@ -154,9 +170,17 @@ def print_status(status: dict[str, Any]) -> None:
         out.print(f"last round: {r['id']} ({r['status']}, step {r['step']})")
     if status.get("warnings"):
         out.print(f"[yellow]{status['warnings']} warning(s) at init[/yellow] (see `boxloop status --json`)")
+    if status.get("skipped_images"):
+        out.print(f"[yellow]{len(status['skipped_images'])} image(s) left out[/yellow] because they cannot be used "
+                  "(see `boxloop status --json`, skipped_images)")
 
 
 # -- commands -----------------------------------------------------------------------------------
+
+StrictOpt = Annotated[bool, typer.Option("--strict", help="An image that is truncated, cannot be decoded or changed under its labels is an error, not left out with a warning.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (otherwise a clash stops before anything is written).")]
+
+
 
 @app.command()
 @user_errors
@@ -171,8 +195,10 @@ def init(
     val_fraction: Annotated[float, typer.Option(help="Validation share of the other labelled images.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for the test/val draws.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing project.")] = False,
+    strict: StrictOpt = False,
 ) -> None:
-    """Create a project from a folder of images and (optionally) their labels."""
+    """Create a project from a folder of images and (optionally) their labels. A truncated image is
+    loaded as far as it goes, with a warning; one that cannot be decoded is left out and listed."""
     from boxloop.project import init_project
 
     if test_list is not None and test_fraction is not None:
@@ -180,12 +206,16 @@ def init(
     names = [c for c in classes.split(",")] if classes is not None else None
     proj = init_project(project, images, annotations, fmt=fmt, classes=names, test_list=test_list,
                         test_fraction=test_fraction, seed=seed, force=force, val_fraction=val_fraction,
-                        progress=True, log=warn)
+                        progress=True, log=warn, strict=strict)
     with proj:
         s = proj.status()
     out.print(f"[green]created[/green] {escape(str(project))}: {s['images']} images, {s['labelled_images']} labelled "
               f"({s['negative_images']} negative), {s['test_images']} test, {s['boxes']} boxes, "
               f"{len(s['classes'])} classes" + (f", {s['warnings']} warning(s)" if s["warnings"] else ""))
+    if s["skipped_images"]:
+        out.print(f"[yellow]skipped {len(s['skipped_images'])} image(s) that cannot be decoded:[/yellow] "
+                  + escape(", ".join(f"{x['path']} ({x['reason']})" for x in s["skipped_images"][:10]))
+                  + (" ..." if len(s["skipped_images"]) > 10 else "") + " (all in `boxloop status --json`)")
 
 
 @app.command()
@@ -213,14 +243,16 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="voc, coco or yolo.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the labels into.")],
     subset: Annotated[str, typer.Option(help="labelled, pseudo, all (and train, val, test, partial, predicted).")] = "labelled",
+    overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write the project's labels in VOC, COCO or YOLO (images stay where they are)."""
+    """Write the project's labels in VOC, COCO or YOLO (images stay where they are). COCO and Label
+    Studio write one file when --out ends in .json, CVAT when it ends in .xml."""
     from boxloop.project import export_project
     from boxloop.store import Project
 
     with Project.open(project) as proj:
         n = len(proj.annotations(subset))
-        path = export_project(proj, fmt, out_dir, subset=subset)
+        path = export_project(proj, fmt, out_dir, subset=subset, overwrite=overwrite, log=warn)
     out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}")
 
 
@@ -228,13 +260,35 @@ def export(
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (default: the CPU-first one), fcos (with IoU branch), faster_rcnn or retinanet.")]
 BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12 unless --steps).")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
 SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
+DetectorOpt = Annotated[Optional[list[str]], typer.Option(
+    "--detector-option", help="A detector builder option KEY=VALUE (repeatable), e.g. trainable_layers=2.")]
+
+
+def check_detector_options(model: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown model or option before any work (the error lists the valid ones)."""
+    from boxloop.detectors import check_options
+
+    check_options(model, options)
+
+
+def detector_options(pairs: list[str] | None) -> dict[str, Any]:
+    """--detector-option KEY=VALUE pairs -> builder keyword arguments (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--detector-option")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
@@ -246,10 +300,12 @@ def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", 
 
     d = run_defaults(device)
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    check_detector_options(model, {"backbone": backbone, **kw.get("detector_options", {})})
     if epochs is not None and steps is not None:
         raise typer.BadParameter("pass --epochs or --steps, not both", param_hint="--epochs")
-    if epochs is None and steps is None:
-        epochs = 12
+    if epochs is None and steps is None:  # the default schedule: epochs, with a floor in steps
+        epochs = d.epochs
+        kw.setdefault("min_steps", d.min_steps)
     return LoopConfig(model=model, backbone=backbone, pretrained_backbone=not no_pretrained, epochs=epochs,
                       steps=steps, image_size=image_size, batch_size=batch_size, device=device, seed=seed, **kw)
 
@@ -307,6 +363,7 @@ def train(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
     semi: Annotated[bool, typer.Option("--semi", help="Certainty-aware teacher-student training on the unlabelled images (seed 001).")] = False,
     tau: Annotated[float, typer.Option(help="--semi: base pseudo-label threshold.")] = 0.7,
     gamma1: Annotated[float, typer.Option(help="--semi: exponent of the class-wise dynamic thresholds (eq. 6).")] = 0.05,
@@ -314,6 +371,7 @@ def train(
     no_dynamic_threshold: Annotated[bool, typer.Option("--no-dynamic-threshold", help="--semi: one fixed threshold tau.")] = False,
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
@@ -327,6 +385,7 @@ def train(
     from boxloop.train import load_detector
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
+                      detector_options=detector_options(detector_option),
                       lr=lr, optimizer=optimizer, semi="certainty" if semi else None)
     with Project.open(project) as proj, proj.writer_lock():
         if semi:
@@ -343,7 +402,7 @@ def train(
                       f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
             best = res.best_checkpoint
         else:
-            result, n_train, n_val = train_project(proj, cfg)
+            result, n_train, n_val = train_project(proj, cfg, strict=strict)
             out.print(f"trained {cfg.model} on {n_train} images ({n_val} validation): best validation mAP50 "
                       f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
                       f"{escape(str(result.best_checkpoint))}")
@@ -403,8 +462,11 @@ def predict(
     threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = 0.3,
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
 ) -> None:
-    """Predict boxes on a folder of images with a trained model."""
+    """Predict boxes on a folder of images with a trained model. Images that cannot be decoded are
+    left out and named; files already in --out are not replaced unless --overwrite."""
     from boxloop.predictions import write_predictions
 
     if not 0 <= threshold < 1:
@@ -412,9 +474,13 @@ def predict(
     from boxloop.defaults import run_defaults
 
     det, names, image_size, _ = _open_detector(project, checkpoint, device)
-    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
-                                       batch_size or run_defaults(device).batch_size, device)
-    out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}")
+    path, n, boxes, skipped = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
+                                                batch_size or run_defaults(device).batch_size, device,
+                                                overwrite=overwrite, strict=strict)
+    for rel, problem in skipped:
+        warn(f"{images / rel}: {problem}; left out (--strict makes this an error)")
+    out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}"
+              + (f"; {len(skipped)} image(s) could not be decoded and were left out" if skipped else ""))
 
 
 # -- active learning: query, import, simulate -------------------------------------------------------
@@ -423,7 +489,7 @@ def predict(
 @user_errors
 def query(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset (boxes: random, least_confidence, coreset).")] = "localization_aware",
+    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware (boxes: random, least_confidence, coreset).")] = "localization_aware",
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
@@ -438,20 +504,26 @@ def query(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
     empty_share: Annotated[float, typer.Option(help="Share of the batch for images where the model sees nothing.")] = 0.0,
     semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
+    strict: StrictOpt = False,
 ) -> None:
     """One round for a human annotator: train, predict the pool, pick the most informative images
-    (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`."""
+    (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`.
+    A project with no model and no label yet gets its first batch from `typical` (no training)."""
     import shutil as _sh
 
-    from boxloop.human import open_round, write_batch
+    from boxloop.coldstart import needs_cold_start, open_select_round
+    from boxloop.human import check_batch_target, open_round, write_batch
     from boxloop.loop import model_dir, run_round
     from boxloop.store import Project
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
+                      detector_options=detector_options(detector_option),
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
+    check_batch_target(out_dir, fmt)  # before any work: a wrong --format or --out must change nothing
     with Project.open(project) as proj, proj.writer_lock():
         pending = open_round(proj)
         if pending is not None and not force:
@@ -467,7 +539,8 @@ def query(
                 proj.update_round(pending["id"], step="done", status="done")
         last = proj.last_round()
         round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)
-        if checkpoint is not None and not (model_dir(proj, round_id) / "best.pt").exists():
+        if checkpoint is not None and round_id not in {r["id"] for r in proj.rounds()}:
+            # the round row decides, not the file: a copy killed before its round row is made again
             from boxloop.train import load_detector
 
             load_detector(checkpoint, expect_classes=proj.classes)  # refuses another class list
@@ -478,15 +551,24 @@ def query(
                 os.replace(part, best)
             finally:
                 part.unlink(missing_ok=True)
-            if round_id not in {r["id"] for r in proj.rounds()}:
-                proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
-        m = run_round(proj, cfg, None, round_id)
+            proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
+        cold = checkpoint is None and needs_cold_start(proj)
+        if cold:  # nothing to train on: the first batch by typicality in the pretrained embedding
+            cfg = open_select_round(proj, cfg, round_id)
+        m = run_round(proj, cfg, None, round_id, strict=strict)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
     if m.get("map50") is not None:
         out.print(f"round {round_id}: model mAP50 {m['map50']:.3f} on the fixed test set")
+    if cold:
+        out.print("no trained model and no labelled image yet: the first batch is chosen by [bold]typical[/bold] "
+                  "(the most representative images of each cluster of the pretrained backbone's embedding), "
+                  "not by " + escape(strategy) + "; its images come without pre-annotations")
+        strategy, unit = "typical", "images"
+    todo = "draw the boxes there (an image saved with none is taken as holding no object)" if cold else \
+        "correct the pre-annotated boxes there"
     out.print(f"[green]asked[/green] about {n} {unit} ({strategy}); batch in {escape(str(path))}\n"
-              f"correct the pre-annotated boxes there, then run: boxloop import {escape(str(project))} "
+              f"{todo}, then run: boxloop import {escape(str(project))} "
               f"--annotations {escape(str(path))}")
 
 
@@ -521,7 +603,8 @@ def simulate(
     test_list: Annotated[Optional[Path], typer.Option(help="Fixed test set names (else --test-fraction).")] = None,
     test_fraction: Annotated[float, typer.Option(help="Class-stratified test share when no --test-list.")] = 0.2,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "random,localization_aware",
-    initial: Annotated[int, typer.Option(help="Random seed set: images labelled before round 0.")] = 20,
+    initial: Annotated[int, typer.Option(help="Seed set: images labelled before round 0.")] = 20,
+    initial_strategy: Annotated[str, typer.Option(help="How the seed set is chosen: random, or typical (TypiClust in the pretrained backbone's embedding).")] = "random",
     budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
     rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
     seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
@@ -536,6 +619,7 @@ def simulate(
     semi: Annotated[Optional[str], typer.Option(help="Add auto-labelling to every round: autolabel or certainty.")] = None,
     take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
 ) -> None:
     """Compare strategies on labelled data with a simulated annotator; writes OUT/results.json and plots.
     Re-running the same command resumes where it stopped."""
@@ -544,13 +628,14 @@ def simulate(
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
+                      detector_options=detector_options(detector_option),
                       strategy=names[0], unit=unit, budget=budget, semi=semi, take_all_last=take_all_last)
     for name in names[1:]:
         loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
                     strategy=name, unit=unit, budget=budget)  # validates every name before any work
     res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
                   annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
-                  echo=lambda m: out.print(escape(m)))
+                  echo=lambda m: out.print(escape(m)), initial_strategy=initial_strategy)
     typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 
@@ -582,6 +667,7 @@ def autolabel(
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
+    detector_option: DetectorOpt = None,
 ) -> None:
     """Iterative self-training (TSODA, seed 000): train, auto-label the images the model is sure of,
     retrain, repeat. Writes PROJECT/autolabel.json; `export --subset pseudo` hands the auto-labels to a
@@ -594,6 +680,8 @@ def autolabel(
 
     d = run_defaults(device)
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    options = detector_options(detector_option)
+    check_detector_options(model, {"backbone": backbone, **options})
     with Project.open(project) as proj, proj.writer_lock():
         if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
             out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")
@@ -601,7 +689,7 @@ def autolabel(
         rows = run_autolabel(proj, threshold=thr, target_precision=target_precision, iterations=iterations, steps_first=steps_first,
                              steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
                              pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
-                             device=device, seed=seed)
+                             device=device, seed=seed, detector_options=options)
     t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
     for c in ("iteration", "steps", "threshold", "new images", "total", "boxes", "left", "test mAP50"):
         t.add_column(c, justify="right")

@@ -25,6 +25,10 @@ class RunDefaults:
     image_size: int
     batch_size: int
     device: str  # the device these were chosen for: "cpu" or "cuda"
+    # the schedule when the user gives neither epochs nor steps: `epochs`, but at least `min_steps`
+    # (a 200-image project has 17 steps an epoch; fcos_lite's head needs several hundred updates)
+    epochs: int = 12
+    min_steps: int = 600
 
 
 CPU = RunDefaults(detector=DETECTOR, image_size=320, batch_size=8, device="cpu")

@@ -5,11 +5,17 @@ checking a box costs 21.9 s, drawing one 50.8 s), in the format the annotator's 
 (VOC XML beside each image for LabelImg/CVAT, a COCO file, YOLO txt, Label Studio tasks, CVAT XML),
 plus `batch.json`, which names the project, round and queried images so that answers map back.
 
+Batch file names flatten subfolders ('a/b.jpg' -> 'a__b.jpg') and are made unique within the batch,
+case-insensitively and by stem (a real 'a__b.jpg' keeps its name, the flattened one becomes
+'a__b~2.jpg'), so no two queried images share a file or an answer; `batch.json` maps them back.
+
 Importing checks everything before writing anything: every answered image must be in the open
-batch (not a stale one, not never queried), every class known; then the answers go through the
-same oracle step as the simulated annotator (`loop.step_oracle`), so labels, cost and the round's
-progress land in one transaction. Written by hand: the batch layout and the validation; file
-formats are `boxloop.formats`, costs `boxloop.oracle`.
+batch (not a stale one, not never queried), every class known; answers for images imported before
+in the same round (a labelling tool exports every task each time) are left as imported, with a
+warning. Then the answers go through the same oracle step as the simulated annotator
+(`loop.step_oracle`), so labels, cost and the round's progress land in one transaction. Written by
+hand: the batch layout and names and the validation; file formats are `boxloop.formats`, costs
+`boxloop.oracle`.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from boxloop.formats import FormatError
 from boxloop.store import Project
-from boxloop.structures import Annotation, Boxes, Provenance, Source
+from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
 
 BATCH_FILE = "batch.json"
 QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
@@ -39,9 +45,36 @@ def open_round(project: Project) -> dict[str, Any] | None:
     return last if project.queries(round=last["id"], state="open") else None
 
 
-def _batch_name(key: str) -> str:
-    """File name of a queried image inside the batch folder (subfolders flattened, stable)."""
-    return key.replace("/", "__")
+def batch_names(keys: Iterable[str]) -> dict[str, str]:
+    """{batch file name: image key}: subfolders flattened with '__', every name unique in the batch.
+
+    A flattened name can be another image's real name ('a/b.jpg' and 'a__b.jpg'), and answer files
+    are named after the stem, on file systems that may ignore case: a name whose case-folded stem is
+    taken gets '~2', '~3', ... before its extension. Images without a subfolder come first, then by
+    key, so the names depend only on the set of keys."""
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for key in sorted(set(keys), key=lambda k: ("/" in k, k)):
+        flat = key.replace("/", "__")
+        stem, ext = (flat.rsplit(".", 1)[0], "." + flat.rsplit(".", 1)[1]) if "." in flat else (flat, "")
+        name, n = flat, 1
+        while name[: len(name) - len(ext)].casefold() in taken:
+            n += 1
+            name = f"{stem}~{n}{ext}"
+        taken.add(name[: len(name) - len(ext)].casefold())
+        out[name] = key
+    return out
+
+
+def check_batch_target(out: Path, fmt: str) -> None:
+    """Refuse a format or a folder `write_batch` would refuse, before a round spends any work."""
+    if fmt not in QUERY_FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(QUERY_FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; pass a folder for the batch")
+    if out.exists() and any(out.iterdir()) and not (out / BATCH_FILE).exists():
+        raise ValueError(f"{out} is not empty and holds no earlier batch; choose an empty folder for the batch")
 
 
 def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", display_threshold: float | None = None,
@@ -49,11 +82,8 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     """The open queries of `round_id` as a folder a labelling tool opens, pre-annotated."""
     from boxloop import formats
 
-    if fmt not in QUERY_FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(QUERY_FORMATS)}, got {fmt!r}")
+    check_batch_target(out, fmt)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / BATCH_FILE).exists():
-        raise ValueError(f"{out} is not empty and holds no earlier batch; choose an empty folder for the batch")
     out.mkdir(parents=True, exist_ok=True)
     queries = project.queries(round=round_id, state="open")
     if not queries:
@@ -70,15 +100,18 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
         if q["box_index"] is not None:
             by_image[q["path"]].append(int(q["box_index"]))
     root = project.image_root
+    names_of = {key: name for name, key in batch_names(by_image).items()}
     pre: dict[str, Annotation] = {}
     for key, box_idx in by_image.items():
-        det = preds[key]
+        det = preds.get(key)
+        if det is None:  # chosen without a model (`typical` at the cold start): nothing to pre-annotate
+            det = Detections.empty(len(names), project.image(key).size)
         if unit == "boxes":
             keep = np.array(sorted(set(box_idx)), dtype=np.int64)
         else:
             keep = np.flatnonzero(det.scores >= display_threshold)
         ann = det[keep].to_annotation(key, names, source=Source.PREDICTED, round=round_id)
-        name = _batch_name(key)
+        name = names_of[key]
         pre[name] = replace(ann, image=name)
         if copy_images:
             shutil.copy2(root / key, out / name)
@@ -97,7 +130,7 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
         (out / "labeling_config.xml").write_text(labeling_config(names))
     manifest = {
         "project": str(project.dir), "round": round_id, "unit": unit, "format": fmt,
-        "images": {_batch_name(k): k for k in by_image},
+        "images": {names_of[k]: k for k in by_image},
         "queries": [q["id"] for q in queries],
         "note": "Correct the boxes (move, relabel, delete, add) and save; then run boxloop import.",
     }
@@ -108,7 +141,10 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
 
 
 def _load_answers(project: Project, source: Path, fmt: str | None, known: dict[str, str]) -> tuple[dict, list[str]]:
-    """Answers keyed by the batch's image names (plus the loader's warnings)."""
+    """Answers keyed by the batch's image names or the project's keys (plus the loader's warnings).
+
+    Sizes come from the project, never from the files in the folder: an answer names an image of the
+    batch, or of the project (which `import_answers` then refuses with what that image is)."""
     from boxloop import formats
 
     source = Path(source)
@@ -116,8 +152,9 @@ def _load_answers(project: Project, source: Path, fmt: str | None, known: dict[s
     folder = source if source.is_dir() else source.parent
     if fmt is None:
         fmt = formats.detect_format(source)
+    records = {r.path: r.size for r in project.images()}
+    sizes = {**records, **{n: records[k] for n, k in known.items()}}
     if fmt in ("labelstudio", "cvat"):
-        sizes = {n: project.image(k).size for n, k in known.items()}
         if fmt == "labelstudio":
             from boxloop.formats.labelstudio import load_labelstudio
 
@@ -128,11 +165,43 @@ def _load_answers(project: Project, source: Path, fmt: str | None, known: dict[s
             src = source / "annotations.xml" if source.is_dir() else source
             res = load_cvat(src, known_images=sizes, classes=names, reviewed=True)
         return res.annotations, res.warnings
-    root = folder if any((folder / n).exists() for n in known) else None
     if fmt == "coco" and source.is_dir():
         source = source / "annotations.json"
-    res = formats.load(fmt, source, images_root=root, classes=names)
+    try:
+        res = formats.load(fmt, source, images_root=folder, classes=names, sizes=sizes)
+    except formats.MissingImages as e:
+        raise _not_in_batch(project, source, known, e.names) from None
     return res.annotations, res.warnings
+
+
+def _round_keys(project: Project, round_id: int) -> dict[str, str]:
+    """{image key: query state} of the round's batch (open and answered queries)."""
+    return {q["path"]: q["state"] for q in project.queries(round=round_id) if q["state"] in ("open", "answered")}
+
+
+def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: list[str],
+                  round_id: int | None = None) -> FormatError:
+    """The error for answers naming images outside the open batch, each said for what it is."""
+    last = project.last_round()
+    round_id = round_id if round_id is not None else (last or {}).get("id")
+    states = _round_keys(project, round_id) if round_id is not None else {}
+    keys = set(project.image_ids())
+    said = []
+    for name in sorted(set(asked)):
+        key = known.get(name) or (name if name in keys else None)
+        if key is not None and states.get(key) == "answered":
+            said.append(f"{name} (imported before, in this round)")
+        elif key is not None and project.image(key).status == "labelled":
+            said.append(f"{name} (labelled already, in round {project.image(key).round_labelled})")
+        elif key is not None:
+            said.append(f"{name} (in the project, but not asked in this batch)")
+        else:
+            said.append(f"{name} (not an image of this project)")
+    from boxloop.formats import listing
+
+    return FormatError(source, f"answers for {len(said)} image(s) that are not in the open batch of round "
+                       f"{round_id}: {listing(said, 10)}",
+                       "import only the answers for the batch `boxloop query` wrote; nothing was imported")
 
 
 def import_answers(project: Project, source: Path, fmt: str | None = None, config=None) -> dict[str, Any]:
@@ -144,35 +213,50 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     manifest_path = (source if source.is_dir() else source.parent) / BATCH_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if rnd is None:
+        last = project.last_round()
         stale = manifest is not None and manifest.get("round") is not None
+        answered = last is not None and last["step"] != "oracle" and any(
+            q["state"] == "answered" for q in project.queries(round=last["id"]))
         raise ValueError(f"{project.dir} has no open query batch to answer"
-                         + (f" (the batch in {source} is for round {manifest['round']}, which is closed)" if stale else "")
-                         + "; run `boxloop query` first")
+                         + (f" (the batch in {source} is for round {manifest['round']}, which is closed)" if stale
+                            else f" (the batch of round {last['id']} was answered and imported already)" if answered
+                            else "")
+                         + "; run `boxloop query` for a new batch")
     round_id = rnd["id"]
     if manifest is not None and int(manifest.get("round", -1)) != round_id:
         raise ValueError(f"stale batch: {source} answers round {manifest.get('round')}, but the open batch is round "
                          f"{round_id}; export it again with `boxloop query` and label that one")
-    open_q = project.queries(round=round_id, state="open")
-    queried = {q["path"] for q in open_q}
-    known = dict(manifest["images"]) if manifest is not None else {}
-    known.update({_batch_name(k): k for k in queried})
+    states = _round_keys(project, round_id)
+    queried = {k for k, st in states.items() if st == "open"}
+    known = dict(manifest["images"]) if manifest is not None else batch_names(states)
     if fmt is None and manifest is not None and source.is_dir():
         fmt = manifest.get("format")
     answers, warnings = _load_answers(project, source, fmt, known)
     mapped: dict[str, Annotation] = {}
     unknown: list[str] = []
-    by_stem = {PurePosixPath(k).stem: k for k in queried}
-    for key, ann in answers.items():
-        target = known.get(key) or (key if key in queried else None) or by_stem.get(PurePosixPath(key).stem)
-        if target is None or target not in queried:
-            unknown.append(key)
-            continue
-        mapped[target] = ann
+    before: list[str] = []
+    by_stem: dict[str, list[str]] = {}
+    for name, key in known.items():  # a tool may keep only the file name: match by stem when unique
+        for stem in {PurePosixPath(name).stem, PurePosixPath(key).stem}:
+            by_stem.setdefault(stem, []).append(key)
+    for name, ann in answers.items():
+        stem_hit = by_stem.get(PurePosixPath(name).stem, [])
+        target = known.get(name) or (name if name in states else None) or (stem_hit[0] if len(stem_hit) == 1 else None)
+        if target is not None and states.get(target) == "answered":
+            before.append(name)
+        elif target is None or target not in queried:
+            unknown.append(name)
+        else:
+            mapped[target] = ann
     if unknown:
-        raise FormatError(source, f"answers for {len(unknown)} image(s) that are not in the open batch of round "
-                          f"{round_id}: {', '.join(sorted(unknown)[:10])}" + (" ..." if len(unknown) > 10 else ""),
-                          "import only the files of the batch `boxloop query` wrote; nothing was imported")
+        raise _not_in_batch(project, source, known, unknown, round_id)
+    if before:
+        warnings = [*warnings, f"{source}: {len(before)} answer(s) for images imported before in round {round_id} "
+                    f"were left as imported: {', '.join(sorted(before)[:10])}" + (" ..." if len(before) > 10 else "")]
     if not mapped:
+        if before:
+            raise FormatError(source, f"every answer in it was imported before (round {round_id}); nothing new to "
+                              "import", "label the images still open, export again and import that")
         raise FormatError(source, "no answer for any queried image", "save the corrected labels in the batch folder")
     # What the annotator saved is now human-checked, whatever provenance the pre-annotation had.
     truth = {}

@@ -3,8 +3,11 @@
 Pillow does the decoding, the EXIF parsing and the lazy header reads; `hashlib` the hashing. Written
 by hand: the recursive listing that refuses symlinks leaving the image root, the EXIF-orientation
 aware size (so boxes drawn on the rotated view stay right), the conversion of every mode a labelling
-project meets (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB, and the translation of Pillow's
-many exception types into one `ImageError` that names the file and says what to do.
+project meets (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB, the translation of Pillow's
+many exception types into one `ImageError` that names the file and says what to do, and the second,
+lenient decode of a truncated file (the part that is there, as browsers and OpenCV show it) with a
+`TruncatedImageWarning` naming it. Pillow's switch for that, `ImageFile.LOAD_TRUNCATED_IMAGES`, is
+process-wide, so it is turned on only under a lock and only for that second try.
 No torch import here.
 """
 
@@ -14,11 +17,14 @@ import hashlib
 import math
 import os
 import struct
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -39,13 +45,42 @@ _DECODE_ERRORS = (
 
 
 class ImageError(ValueError):
-    """An image that cannot be read. The message names the file, the problem and what to do."""
+    """An image that cannot be read. The message names the file, the problem and what to do.
 
-    def __init__(self, path: str | Path, problem: str, hint: str = "") -> None:
+    `kind` says which: 'missing', 'unidentified' (not an image), 'bomb' (too many pixels) or 'decode'
+    (the pixels fail to decode: truncated or corrupt; only these are worth a lenient second try)."""
+
+    def __init__(self, path: str | Path, problem: str, hint: str = "", kind: str = "decode") -> None:
         self.path = str(path)
         self.problem = problem
+        self.kind = kind
         self.hint = hint or "re-export or replace the file, or remove it from the image folder"
         super().__init__(f"{path}: {problem} ({self.hint})")
+
+
+class TruncatedImageWarning(UserWarning):
+    """A truncated image was decoded as far as its data goes (the rest is grey)."""
+
+
+_LENIENT = threading.Lock()
+
+
+@contextmanager
+def _lenient() -> Iterator[None]:
+    """Pillow decodes truncated files while this is held (a process-wide switch, hence the lock)."""
+    with _LENIENT:
+        old = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old
+
+
+def truncated_note(path: str | Path, problem: str) -> str:
+    """The warning for a truncated image that was loaded anyway."""
+    return (f"{path}: {problem}; loaded the part that is there (the rest is grey, as image viewers show it); "
+            "replace the file with a complete copy if you have one")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -127,11 +162,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
             with Image.open(path) as im:
                 return _oriented_size(im)
     except FileNotFoundError as e:
-        raise ImageError(path, "image file not found", "check the image folder and the annotation's file name") from e
+        raise ImageError(path, "image file not found", "check the image folder and the annotation's file name",
+                         kind="missing") from e
     except UnidentifiedImageError as e:
-        raise ImageError(path, "not an image Pillow can read") from e
+        raise ImageError(path, "not an image Pillow can read", kind="unidentified") from e
     except _DECODE_ERRORS as e:
-        raise ImageError(path, f"cannot read the image header: {e}") from e
+        raise ImageError(path, f"cannot read the image header: {e}", kind="unidentified") from e
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -176,14 +212,47 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path: str | Path, reduce_to: int | None = None) -> Image.Image:
+_ALL_ERRORS = (FileNotFoundError, UnidentifiedImageError, *_DECODE_ERRORS)
+
+
+def _image_error(path: str | Path, e: BaseException) -> ImageError:
+    """One ImageError (with its kind) for whatever Pillow raised."""
+    if isinstance(e, FileNotFoundError):
+        return ImageError(path, "image file not found", "check the image folder", kind="missing")
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return ImageError(path, f"image is too large to decode safely ({e})",
+                          "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file", kind="bomb")
+    if isinstance(e, UnidentifiedImageError):
+        return ImageError(path, "not an image Pillow can read", kind="unidentified")
+    return ImageError(path, f"cannot decode the image (corrupt or truncated?): {e}")
+
+
+def load_rgb(path: str | Path, allow_truncated: bool = True, reduce_to: int | None = None) -> Image.Image:
     """Decode to 8-bit RGB, EXIF orientation applied. Bad files raise ImageError naming the file.
+
+    A truncated file (`allow_truncated`) is decoded again as far as its data goes, with a
+    `TruncatedImageWarning` naming it; a file that does not decode even so raises the first error.
 
     reduce_to: the caller will resize so the longer side is this many pixels; a JPEG is then decoded
     at the smallest of libjpeg's 1/2, 1/4, 1/8 scales that still covers it (DCT scaling: 3x faster
     than a full decode and a resize of a 640x480 photo to 320 px). `info["original_size"]` holds
     the full (width, height), which boxes are measured in.
     """
+    try:
+        return _decode_rgb(path, reduce_to)
+    except ImageError as e:
+        if not allow_truncated or e.kind != "decode":
+            raise
+        with _lenient():
+            try:
+                rgb = _decode_rgb(path, reduce_to)
+            except ImageError:
+                raise e from None
+        warnings.warn(truncated_note(path, e.problem), TruncatedImageWarning, stacklevel=2)
+        return rgb
+
+
+def _decode_rgb(path: str | Path, reduce_to: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -199,18 +268,8 @@ def load_rgb(path: str | Path, reduce_to: int | None = None) -> Image.Image:
                 rgb.load()
                 rgb.info["original_size"] = original
                 return rgb
-    except FileNotFoundError as e:
-        raise ImageError(path, "image file not found", "check the image folder") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(
-            path,
-            f"image is too large to decode safely ({e})",
-            "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file",
-        ) from e
-    except UnidentifiedImageError as e:
-        raise ImageError(path, "not an image Pillow can read") from e
-    except _DECODE_ERRORS as e:
-        raise ImageError(path, f"cannot decode the image (corrupt or truncated?): {e}") from e
+    except _ALL_ERRORS as e:
+        raise _image_error(path, e) from e
 
 
 def check_image(path: str | Path) -> tuple[int, int]:
@@ -218,7 +277,8 @@ def check_image(path: str | Path) -> tuple[int, int]:
 
     JPEGs are decoded at 1/8 scale (libjpeg's DCT scaling still reads every byte, so truncation
     shows); PNGs have every chunk's CRC checked (`verify()`), then are decoded; other formats are
-    decoded fully. Used by `init` to reject broken images before anything is written.
+    decoded fully. Used by `init` to find broken images before anything is written; one that fails
+    with kind 'decode' may still pass `check_truncated`.
     """
     try:
         with warnings.catch_warnings():
@@ -236,15 +296,22 @@ def check_image(path: str | Path) -> tuple[int, int]:
                 else:
                     im.load()
                 return size
-    except FileNotFoundError as e:
-        raise ImageError(path, "image file not found", "check the image folder") from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(
-            path,
-            f"image is too large to decode safely ({e})",
-            "downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file",
-        ) from e
-    except UnidentifiedImageError as e:
-        raise ImageError(path, "not an image Pillow can read") from e
-    except _DECODE_ERRORS as e:
-        raise ImageError(path, f"cannot decode the image (corrupt or truncated?): {e}") from e
+    except _ALL_ERRORS as e:
+        raise _image_error(path, e) from e
+
+
+def check_truncated(path: str | Path) -> tuple[int, int]:
+    """The lenient second try after `check_image` failed with kind 'decode': decode what is there.
+
+    Returns the displayed (width, height) when the file decodes so (a truncated image, usable with a
+    warning); raises ImageError when even that fails (the file is unusable)."""
+    try:
+        with _lenient(), warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # TIFF warns 'Truncated File Read' as it goes
+            with Image.open(path) as im:
+                size = _oriented_size(im)
+                im.load()
+                return size
+    except _ALL_ERRORS as e:
+        raise _image_error(path, e) from e

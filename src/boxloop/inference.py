@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class _FileDataset(Dataset):
         except ImageError as e:
             if not self.skip_errors:
                 raise
-            return None, str(e), index
+            return None, e.problem, index
         image = F.pil_to_tensor(pil)
         w, h = pil.info.get("original_size", pil.size)
         image = F.resize(image, list(resized_size(w, h, self.image_size)), antialias=True)
@@ -122,11 +122,14 @@ def _predict_batch(detector: Detector, images: list[Tensor], score_threshold: fl
 def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
-                  skip_errors: bool = False) -> Iterator[tuple[Path, Detections]]:
+                  skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None
+                  ) -> Iterator[tuple[Path, Detections]]:
     """Yield (path, Detections in the original image's pixels), in the order of `paths`.
 
     `device` None keeps the detector where it is; otherwise it is moved there. Images that fail to
-    decode raise `boxloop.images.ImageError`, or with `skip_errors` are logged and left out.
+    decode raise `boxloop.images.ImageError`, or with `skip_errors` are logged and left out; with
+    `on_skip` they are left out and handed to it as (path, problem). Truncated images are decoded
+    as far as their data goes, with a warning naming them (`boxloop.images.load_rgb`).
     """
     from tqdm.auto import tqdm
 
@@ -141,7 +144,8 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
     was_training = bool(getattr(detector, "training", False))
     if hasattr(detector, "eval"):
         detector.eval()  # type: ignore[attr-defined]
-    loader = DataLoader(_FileDataset(paths, image_size, skip_errors), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_FileDataset(paths, image_size, skip_errors or on_skip is not None), batch_size=batch_size,
+                        shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
     state = {"chunk": batch_size}
@@ -150,7 +154,10 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
         for batch in loader:
             good = [b for b in batch if b[0] is not None]
             for _, err, idx in (b for b in batch if b[0] is None):
-                log.warning("skipped %s: %s", paths[idx], err)
+                if on_skip is not None:
+                    on_skip(paths[idx], err)  # type: ignore[arg-type]
+                else:
+                    log.warning("skipped %s: %s", paths[idx], err)
             images = [img.to(dev, non_blocking=True).float().div_(255.0) for img, _, _ in good]
             dets = _predict_batch(detector, images, score_threshold, state) if images else []
             if len(dets) != len(images):

@@ -9,7 +9,9 @@ resumes from its last checkpoint, prediction skips images already stored, and an
 either wholly in the store or not at all.
 
 Written by hand here: the step order, which boxes train with which weight (human 1, unchecked
-predicted lambda_d, pseudo alpha_m), the stopping rules. Everything else is delegated: training to
+predicted lambda_d, pseudo alpha_m), the stopping rules. Images whose file went missing or bad, or
+changed under their labels, since init are left out of training and prediction and recorded
+(`boxloop.integrity`; `strict` makes them errors); the fixed test set refuses to shrink. Everything else is delegated: training to
 `train.fit`, prediction to `inference.predict_paths`, selection to `strategies.select`, answers to
 `oracle`, pseudo-labels to `pseudo`, metrics to `evaluate`.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -89,6 +92,10 @@ class LoopConfig:
             raise ValueError(f"semi must be None, 'autolabel' or 'certainty', got {self.semi!r}")
         if self.budget < 1:
             raise ValueError(f"budget must be >= 1, got {self.budget}")
+        if not 0 <= self.empty_share <= 1:  # NaN fails too
+            raise ValueError(f"empty share must lie in [0, 1] (a share of the budget), got {self.empty_share}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
         from boxloop.strategies import STRATEGIES
 
         if self.strategy not in STRATEGIES[self.unit]:
@@ -133,10 +140,13 @@ def _weights_by_path(project: Project, subset: str, split: Any = ...) -> dict[st
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
-def training_samples(project: Project) -> tuple[list, list]:
+def training_samples(project: Project, strict: bool = False) -> tuple[list, list]:
     """(train, val) Samples: human labels weight 1, partial images with their stored weights
-    (unchecked predicted boxes lambda_d), pseudo-labelled pool images with their stored weights."""
+    (unchecked predicted boxes lambda_d), pseudo-labelled pool images with their stored weights.
+    Images whose file is missing or changed since it was labelled are left out and recorded
+    (`strict`: an error)."""
     from boxloop.data import Sample
+    from boxloop.integrity import usable_images
 
     root = project.image_root
     train: list[Sample] = []
@@ -150,7 +160,8 @@ def training_samples(project: Project) -> tuple[list, list]:
                 continue
             train.append(Sample(root / path, ann, weights=weights.get(path, np.ones(len(ann), np.float32)), key=path))
     val = [Sample(root / p, a, key=p) for p, a in project.annotations("val").items()]
-    return train, val
+    usable = set(usable_images(project, [s.name for s in train + val], "train", strict))
+    return [s for s in train if s.name in usable], [s for s in val if s.name in usable]
 
 
 def pool_paths(project: Project) -> list[str]:
@@ -190,7 +201,8 @@ def set_current_checkpoint(project: Project, path: str | Path) -> None:
     project.set_meta("current_checkpoint", str(Path(path).resolve()))
 
 
-def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True):
+def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True,
+                  strict: bool = False):
     """Train on the project's current labels; the checkpoint becomes the project's current model.
 
     The model folder is named after the settings and the labels trained on, so re-running the same
@@ -201,7 +213,7 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
     from boxloop.detectors import create_detector
     from boxloop.train import fit
 
-    train, val = training_samples(project)
+    train, val = training_samples(project, strict)
     if out_dir is None:
         fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
                                    else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
@@ -213,11 +225,12 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
     return result, len(train), len(val)
 
 
-def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True) -> None:
+def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
+               strict: bool = False) -> None:
     from boxloop.detectors import create_detector
     from boxloop.train import fit
 
-    train, val = training_samples(project)
+    train, val = training_samples(project, strict)
     detector = create_detector(config.model, num_classes=project.num_classes,
                                seed=config.train_config(round_id).seed, **config.detector_kwargs())
     result = fit(detector, train, val, project.classes, config.train_config(round_id), model_dir(project, round_id),
@@ -230,13 +243,18 @@ def step_train(project: Project, round_id: int, config: LoopConfig, progress: bo
 
 def test_metrics(project: Project, detector, image_size: int, device: str = "auto", batch_size: int = 8,
                  score_threshold: float = 0.05, progress: bool = True) -> dict[str, Any]:
-    """evaluate() of a detector on the project's fixed test set ({} when the project has none)."""
+    """evaluate() of a detector on the project's fixed test set ({} when the project has none). A test
+    image that is missing or changed since it was labelled is an error: the test set stays fixed."""
     from boxloop.evaluate import evaluate
     from boxloop.inference import predict_paths
+    from boxloop.integrity import check_images, refuse_problems
 
     truth = project.annotations("test")
     if not truth:
         return {}
+    refuse_problems(check_images(project, list(truth), "evaluate").problems, "of the fixed test set",
+                    "check the image folder and put the original files back; the test set must stay the same "
+                    "for results to compare", project.image_root)
     root = project.image_root
     keys = list(truth)
     preds = {key: d.to_annotation(key, project.classes)
@@ -274,24 +292,40 @@ def labelled_counts(project: Project) -> dict[str, Any]:
 
 
 def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
-                 chunk: int = 64) -> None:
-    """Predictions of this round's model on the pool, stored chunk by chunk (a resume skips the done ones)."""
+                 chunk: int = 64, strict: bool = False) -> None:
+    """Predictions of this round's model on the pool, stored chunk by chunk (a resume skips the done ones).
+    A pool image that is missing or no longer decodes is left out (so it cannot be selected) and
+    recorded; `strict` makes it an error."""
+    from boxloop.images import ImageError
     from boxloop.inference import predict_paths
+    from boxloop.integrity import SkippedImage, record_skipped, usable_images
 
     pool = pool_paths(project)
     done = {r[0] for r in project.connection.execute(
         "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
-    todo = [p for p in pool if p not in done]
+    todo = usable_images(project, [p for p in pool if p not in done], "predict", strict)
     if not todo:
         return
     det = _load_round_detector(project, round_id, config)
     root = project.image_root
+    bad: list[SkippedImage] = []
+
+    def skip(path: Path, problem: str) -> None:
+        if strict:
+            raise ImageError(path, problem, "replace it, or run without --strict to leave it out")
+        log.warning("%s: %s; left out of the pool (listed by `boxloop status`)", path, problem)
+        bad.append(SkippedImage(path.relative_to(root).as_posix(), problem, "predict"))
+
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        out = {key: d for key, (_, d) in zip(part, predict_paths(
+        out = {Path(path).relative_to(root).as_posix(): d for path, d in predict_paths(
             det, [root / k for k in part], config.image_size, batch_size=config.predict_batch_size,
-            device=config.device, score_threshold=min(config.score_threshold, config.t_d), progress=progress))}
-        project.save_predictions(round_id, out)
+            device=config.device, score_threshold=min(config.score_threshold, config.t_d), progress=progress,
+            on_skip=skip)}
+        with project.transaction():
+            project.save_predictions(round_id, out)
+            record_skipped(project, bad)
+        bad.clear()
 
 
 def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[str, int]]:
@@ -313,19 +347,26 @@ def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[st
 
 def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
     """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
-    from boxloop.strategies import select
+    from boxloop.strategies import DETECTOR_FREE, NEEDS_EMBEDDING, DetectionTable, select
 
-    # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
-    pool = project.prediction_table(round_id, keys=pool_paths(project), features=config.strategy == "coreset")
+    if config.strategy == "typical":  # needs no prediction: the cold start has no model to make them
+        pool = DetectionTable.empty(keys=pool_paths(project), num_classes=project.num_classes)
+    else:
+        # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
+        pool = project.prediction_table(round_id, keys=pool_paths(project), features=config.strategy == "coreset")
     if not pool.num_images:
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
     rng = np.random.default_rng([config.seed, round_id])
     options: dict[str, Any] = {}
     if config.unit == "images":
-        if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset"):
+        if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
             options["empty_share"] = config.empty_share
         if config.strategy == "coreset":
             options["labelled_features"] = _labelled_features(project, round_id, config)
+        if config.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
+            from boxloop.embedding import selection_features
+
+            options.update(selection_features(project, pool.keys, config.device))
         budget = pool.num_images if last and config.take_all_last else config.budget
         sel = select(config.strategy, pool, budget, unit="images", rng=rng, **options)
         items = [(k, None, s) for k, s in zip(sel.items, sel.scores or [None] * len(sel))]
@@ -338,14 +379,15 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
         project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
-        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended")}
+        info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
+                                                            "coverage", "switch_coverage", "clusters")}
         if "thresholds" in info and info["thresholds"] is not None:
             info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
         # images where the model kept no box: a score-based strategy cannot rank them, so a pool of
         # only such images (an untrained model) is chosen in the seeded random order; say so
         blind = int(pool.num_images - np.unique(pool.image_index).shape[0])
         info["images_without_detections"] = blind
-        if blind == pool.num_images and config.strategy != "random":
+        if blind == pool.num_images and config.strategy not in DETECTOR_FREE and info.get("phase") != "typical":
             log.warning("round %d: the model kept no box on any of the %d pool images, so %s had nothing to rank "
                         "and chose at random; train longer (more --epochs/--steps) before trusting the strategy",
                         round_id, blind, config.strategy)
@@ -500,10 +542,11 @@ def _step_pause() -> float:
 
 def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotation] | None, round_id: int,
               last: bool = False, progress: bool = True, stop_at: str | None = None,
-              on_step: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+              on_step: Callable[[int, str], None] | None = None, strict: bool = False) -> dict[str, Any]:
     """Run (or resume) round `round_id` to its end, or to `stop_at`. `truth` None = a human oracle:
     the round stops after `select` and waits for `boxloop import`. `last` = no selection after this
-    round's evaluation (the loop's final model) unless take_all_last."""
+    round's evaluation (the loop's final model) unless take_all_last. `strict`: an image gone bad
+    since init stops the round instead of being left out."""
     rounds = {r["id"]: r for r in project.rounds()}
     if round_id not in rounds:
         project.start_round(config.to_dict(), step="train", round_id=round_id)
@@ -518,13 +561,13 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
             if on_step is not None:
                 on_step(round_id, step)
             if step == "train":
-                step_train(project, round_id, config, progress)
+                step_train(project, round_id, config, progress, strict)
                 nxt = "evaluate"
             elif step == "evaluate":
                 step_evaluate(project, round_id, config, progress)
                 nxt = "done" if last and not config.take_all_last else "predict"
             elif step == "predict":
-                step_predict(project, round_id, config, progress)
+                step_predict(project, round_id, config, progress, strict=strict)
                 nxt = "select"
             elif step == "select":
                 step_select(project, round_id, config, last=last)  # writes step "oracle" itself
@@ -598,6 +641,8 @@ def round_history(project: Project) -> list[dict[str, Any]]:
         sel = m.get("selection") or {}
         if sel.get("thresholds"):
             row["thresholds"] = sel["thresholds"]
+        if "phase" in sel:  # budget_aware: which strategy chose this round's query, and why
+            row["phase"], row["coverage"] = sel["phase"], sel.get("coverage")
         for k in ("pseudo_images", "pseudo_boxes"):
             if k in m:
                 row[k] = m[k]

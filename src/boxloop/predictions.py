@@ -2,8 +2,9 @@
 per image, `<confidence>` per object, seed 003 Figure 6.3) or a COCO results list, and a
 (ground truth, predictions) pair of files read back for `boxloop evaluate`.
 
-Written by hand: only the pairing of the two sides by image; parsing and writing are
-`boxloop.formats`, prediction is `boxloop.inference`.
+Written by hand: the pairing of the two sides by image, and leaving out (and naming) the images that
+do not decode; parsing and writing are `boxloop.formats`, prediction is `boxloop.inference`, and
+`boxloop.outputs` writes beside a user's files without overwriting them.
 """
 
 from __future__ import annotations
@@ -16,35 +17,50 @@ from boxloop.structures import Annotation, Source
 
 def write_predictions(detector, class_names: Sequence[str], images: Path, out: Path, fmt: str = "voc",
                       threshold: float = 0.3, image_size: int = 512, batch_size: int = 8,
-                      device: str = "auto", progress: bool = True) -> tuple[Path, int, int]:
-    """Predict every image under `images`; returns (where written, images, boxes)."""
+                      device: str = "auto", progress: bool = True, overwrite: bool = False,
+                      strict: bool = False) -> tuple[Path, int, int, list[tuple[str, str]]]:
+    """Predict every image under `images`; returns (where written, images, boxes, skipped).
+
+    An image that does not decode is left out and listed in `skipped` as (path, problem), or with
+    `strict` stops everything before a file is written. A file already in `out` is never replaced
+    unless `overwrite`."""
     from boxloop import formats
-    from boxloop.images import list_images
+    from boxloop.images import ImageError, list_images
     from boxloop.inference import predict_paths
+    from boxloop.outputs import staged_output
 
     if fmt not in ("voc", "coco"):
         raise ValueError(f"--format must be voc or coco, got {fmt!r}")
     images = Path(images)
+    out = Path(out)
     rels = list_images(images)
     if not rels:
         raise ValueError(f"{images} holds no images ({', '.join(sorted({'.jpg', '.png', '.tif'}))} ...)")
-    anns: list[Annotation] = []
-    for rel, (_, det) in zip(rels, predict_paths(detector, [images / r for r in rels], image_size,
-                                                 batch_size=batch_size, device=device,
-                                                 score_threshold=threshold, progress=progress)):
-        anns.append(det[det.scores >= threshold].to_annotation(rel, list(class_names), source=Source.PREDICTED))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if fmt == "voc":
-        formats.dump("voc", anns, list(class_names), out, images_root=images)
-        path = out
-    else:
-        from boxloop.formats.coco import dump_coco, dump_coco_results
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; pass a folder for the predictions")
+    skipped: list[tuple[str, str]] = []
 
-        gt = dump_coco([Annotation(image=a.image, boxes=a.boxes.__class__.empty(a.image_size)) for a in anns],
-                       list(class_names), out / "images.json")
-        path = dump_coco_results(anns, list(class_names), out / "results.json", coco_gt_path=gt)
-    return path, len(anns), sum(len(a) for a in anns)
+    def skip(path: Path, problem: str) -> None:
+        if strict:
+            raise ImageError(path, problem, "replace or remove it, or run without --strict to leave it out")
+        skipped.append((path.relative_to(images).as_posix(), problem))
+
+    anns: list[Annotation] = []
+    for path, det in predict_paths(detector, [images / r for r in rels], image_size, batch_size=batch_size,
+                                   device=device, score_threshold=threshold, progress=progress, on_skip=skip):
+        rel = path.relative_to(images).as_posix()
+        anns.append(det[det.scores >= threshold].to_annotation(rel, list(class_names), source=Source.PREDICTED))
+    with staged_output(out, overwrite) as stage:
+        if fmt == "voc":
+            formats.dump("voc", anns, list(class_names), stage, images_root=images)
+        else:
+            from boxloop.formats.coco import dump_coco, dump_coco_results
+
+            gt = dump_coco([Annotation(image=a.image, boxes=a.boxes.__class__.empty(a.image_size)) for a in anns],
+                           list(class_names), stage / "images.json")
+            dump_coco_results(anns, list(class_names), stage / "results.json", coco_gt_path=gt)
+    path = out if fmt == "voc" else out / "results.json"
+    return path, len(anns), sum(len(a) for a in anns), skipped
 
 
 def load_pair(ground_truth: Path, predictions: Path, fmt: str | None = None

@@ -4,29 +4,39 @@ Written by hand: the init pipeline (scan -> check every image decodes -> hash ->
 validate -> choose the fixed test set -> split train/val -> one transaction), the class-stratified
 split, the test-list resolution (VOC ImageSets names without extension) and the atomic
 build-then-rename of the database, so a failed import leaves an existing project as it was.
-The formats package reads and writes the label files, `boxloop.images` measures, verifies and
-hashes the images, tqdm draws the progress bar and `boxloop.store.Project` holds the result.
+Init keeps going over a real dataset: a truncated image is loaded as far as its data goes, with a
+warning naming it; an image that does not decode at all is left out and recorded with the reason
+(`boxloop status --json` lists it as `skipped_images`); `strict` makes either an error. `--force`
+also removes what the old project trained (models/, autolabel.json), so nothing of it can pass for
+the new project's. The formats package reads and writes the label files, `boxloop.images`
+measures, verifies and hashes the images, `boxloop.outputs` writes an export beside a user's files
+without overwriting them, tqdm draws the progress bar and `boxloop.store.Project` holds the result.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import warnings as _warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from boxloop import formats
-from boxloop.images import ImageError, check_image, file_sha256, list_images
+from boxloop.images import ImageError, check_image, check_truncated, file_sha256, list_images, truncated_note
+from boxloop.integrity import SkippedImage, record_skipped
 from boxloop.store import (
     DB_NAME,
     SUBSETS,
     ImageRecord,
     Project,
     ProjectExists,
+    check_class_name,
     remove_database,
     retire_database,
 )
@@ -115,20 +125,34 @@ def resolve_test_list(path: str | Path, images: Sequence[str]) -> list[str]:
     return out
 
 
-def _check_images(root: Path, rels: Sequence[str], progress: bool) -> dict[str, tuple[int, int, str]]:
-    """{rel: (w, h, sha256)}; every image must decode, else one ImageError naming all broken ones."""
+@dataclass(frozen=True)
+class _Checked:
+    """What init learnt of the image files."""
+
+    files: dict[str, tuple[int, int, str, int, int]]  # usable: (width, height, sha256, bytes, mtime_ns)
+    truncated: dict[str, str]  # usable, but truncated: the decoder's complaint
+    broken: dict[str, ImageError]  # unusable
+
+
+def _check_images(root: Path, rels: Sequence[str], progress: bool) -> _Checked:
+    """Decode-check, measure, stat and hash every image. Strict decoding runs in threads; the few
+    that fail it get the lenient second try one at a time afterwards (Pillow's switch for it is
+    process-wide, and a strict check running beside it would miss a truncation)."""
     from tqdm.auto import tqdm
 
-    def one(rel: str) -> tuple[str, tuple[int, int, str] | ImageError]:
+    def one(rel: str) -> tuple[str, tuple[int, int, str, int, int] | ImageError]:
         p = root / rel
         try:
+            st = os.stat(p)
             w, h = check_image(p)
-            return rel, (w, h, file_sha256(p))
+            return rel, (w, h, file_sha256(p), st.st_size, st.st_mtime_ns)
+        except FileNotFoundError as e:  # deleted while init ran
+            return rel, ImageError(p, "image file not found", kind="missing")
         except ImageError as e:
             return rel, e
 
-    out: dict[str, tuple[int, int, str]] = {}
-    bad: list[ImageError] = []
+    files: dict[str, tuple[int, int, str, int, int]] = {}
+    failed: dict[str, ImageError] = {}
     workers = min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool, tqdm(
         total=len(rels), desc="checking images", unit="img", disable=not progress or len(rels) < _PROGRESS_MIN,
@@ -136,23 +160,41 @@ def _check_images(root: Path, rels: Sequence[str], progress: bool) -> dict[str, 
     ) as bar:
         for rel, res in pool.map(one, rels, chunksize=64):
             if isinstance(res, ImageError):
-                bad.append(res)
+                failed[rel] = res
             else:
-                out[rel] = res
+                files[rel] = res
             bar.update()
+    truncated: dict[str, str] = {}
+    broken: dict[str, ImageError] = {}
+    for rel, e in failed.items():
+        p = root / rel
+        if e.kind == "decode":
+            try:
+                st = os.stat(p)
+                w, h = check_truncated(p)
+                files[rel] = (w, h, file_sha256(p), st.st_size, st.st_mtime_ns)
+                truncated[rel] = e.problem
+                continue
+            except (ImageError, FileNotFoundError):
+                pass
+        broken[rel] = e
+    return _Checked({r: files[r] for r in rels if r in files}, truncated, broken)
+
+
+def _refuse_images(root: Path, checked: _Checked) -> None:
+    """--strict: every truncated or broken image is an error, named in one message."""
+    bad = [(rel, e.problem) for rel, e in checked.broken.items()]
+    bad += [(rel, f"truncated: {problem}") for rel, problem in checked.truncated.items()]
+    hint = ("replace or remove them, or run without --strict to load truncated images and skip broken ones"
+            if checked.files else "replace them, or pass the right --images folder")
+    if len(bad) == 1:
+        raise ImageError(root / bad[0][0], bad[0][1], hint)
     if bad:
-        first = bad[0]
-        if len(bad) == 1:
-            raise first
-        raise ImageError(
-            root,
-            f"{len(bad)} images cannot be decoded: {formats.listing([f'{b.path} ({b.problem})' for b in bad], 10)}",
-            first.hint,
-        )
-    return out
+        listed = formats.listing([f"{rel} ({why})" for rel, why in bad], 10)
+        raise ImageError(root, f"{len(bad)} images cannot be decoded completely: {listed}", hint)
 
 
-def _duplicates(rels: Sequence[str], checked: Mapping[str, tuple[int, int, str]], root: Path) -> list[str]:
+def _duplicates(rels: Sequence[str], checked: Mapping[str, tuple], root: Path) -> list[str]:
     """Same name with different extensions is an error (labels and test lists match by name);
     identical content under two names only a warning (it may leak the test set into training)."""
     clashes = [", ".join(v) for v in formats.stem_index(rels).values() if len(v) > 1]
@@ -160,7 +202,7 @@ def _duplicates(rels: Sequence[str], checked: Mapping[str, tuple[int, int, str]]
         raise ValueError(f"{root}: images share a name and differ only in extension: {formats.listing(clashes, 10)} "
                          "(rename or remove all but one; labels and test lists name images without extension)")
     by_hash: dict[str, list[str]] = {}
-    for rel in rels:
+    for rel in (r for r in rels if r in checked):
         by_hash.setdefault(checked[rel][2], []).append(rel)
     same = [" = ".join(v) for v in by_hash.values() if len(v) > 1]
     if same:
@@ -182,6 +224,7 @@ def init_project(
     val_fraction: float = 0.2,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    strict: bool = False,
 ) -> Project:
     """Create a project from an images folder and (optionally) its labels; returns it open.
 
@@ -189,8 +232,10 @@ def init_project(
     unlabelled pool. The fixed test set comes from `test_list` or a class-stratified
     `test_fraction` of the labelled images; the other labelled images are split train/val by
     `val_fraction`, stratified by class, both by `seed`. Warnings go to `log` as they happen and
-    are stored (`project.warnings`). Everything is validated before anything is written, and the
-    database is built aside and renamed into place: an import completes or changes nothing.
+    are stored (`project.warnings`). Truncated images are loaded with a warning; images that do not
+    decode are left out and recorded (`skipped_images`), their labels unread; `strict` refuses both.
+    Everything is validated before anything is written, and the database is built aside and
+    renamed into place: an import completes or changes nothing.
     """
     project_dir = Path(project_dir)
     notes: list[str] = []
@@ -210,11 +255,17 @@ def init_project(
         raise ProjectExists(f"{project_dir} already holds a boxloop project; pass --force to replace it")
     if project_dir.exists() and not project_dir.is_dir():
         raise ValueError(f"{project_dir} is a file; pass a folder for the project")
+    stale = [p.relative_to(project_dir).as_posix() for p in _trained_files(project_dir)] if project_dir.is_dir() else []
+    if stale and not force:
+        raise ProjectExists(f"{project_dir} holds what an earlier boxloop project trained ({', '.join(stale)}); "
+                            "pass --force to replace it, or choose another folder")
     if classes is not None:
         classes = [c.strip() for c in classes if c.strip()]
         dup = [c for c, n in Counter(classes).items() if n > 1]
         if dup:
             raise ValueError(f"--classes lists {', '.join(dup)} more than once")
+        for c in classes:
+            check_class_name(c, "--classes")
 
     # 1. images: list, verify, measure, hash
     root = Path(images).resolve()
@@ -225,17 +276,28 @@ def init_project(
         warn(str(w.message))
     if not rels:
         raise ValueError(f"{root}: no images found (looked for .jpg, .jpeg, .png, .bmp, .tif, .tiff, .webp)")
-    checked = _check_images(root, rels, progress)
+    found = _check_images(root, rels, progress)
+    if strict:
+        _refuse_images(root, found)
+    if not found.files:
+        _refuse_images(root, found)  # nothing usable: say why, for all of them
+    for rel, problem in found.truncated.items():
+        warn(truncated_note(root / rel, problem))
+    checked = found.files
     for msg in _duplicates(rels, checked, root):
         warn(msg)
+    skipped = {rel: e.problem for rel, e in found.broken.items()}
 
     # 2. labels
     anns: dict[str, Annotation] = {}
     class_names = list(classes) if classes is not None else []
     if annotations is not None:
-        res = formats.load(fmt, annotations, root, classes)
+        sizes = {**{rel: v[:2] for rel, v in checked.items()}, **{rel: None for rel in skipped}}
+        res = formats.load(fmt, annotations, root, classes, sizes=sizes)
         for msg in res.warnings:
             warn(msg)
+        for rel in res.ignored:
+            skipped[rel] += f"; its labels in {annotations} were not imported"
         anns = res.annotations
         outside = sorted(set(anns) - set(checked))
         if outside:
@@ -244,6 +306,8 @@ def init_project(
         used = [lab for a in anns.values() for lab in a.labels if lab]
         if classes is None:
             class_names = list(dict.fromkeys([*res.classes, *used]))
+            for c in class_names:
+                check_class_name(c, str(annotations))
         else:
             unknown = sorted(set(used) - set(class_names))
             if unknown:
@@ -261,7 +325,7 @@ def init_project(
     labels_of = {rel: list(a.labels) for rel, a in anns.items()
                  if all(p.source == Source.HUMAN for p in a.provenance)}
     if test_list is not None:
-        test = set(resolve_test_list(test_list, rels))
+        test = set(resolve_test_list(test_list, rels)) - set(skipped)
         unlabelled_test = sorted(test - set(labels_of))
         if unlabelled_test:
             warn(f"{test_list}: {len(unlabelled_test)} test image(s) have no labels and cannot be scored: "
@@ -275,6 +339,15 @@ def init_project(
                  "results will be measured on the validation split only")
     rest = {k: v for k, v in labels_of.items() if k not in test}
     val = stratified_sample(rest, val_fraction, np.random.default_rng([seed, 2]))
+    learnable = {c for v in rest.values() for c in v}
+    only_test = Counter(c for k, v in labels_of.items() if k in test for c in v if c not in learnable)
+    if only_test:
+        warn(f"class(es) with boxes only in the fixed test set: {', '.join(f'{c!r} ({n} boxes)' for c, n in sorted(only_test.items()))}; "
+             "no training image shows them, so the model cannot learn them and their test AP will be 0: label "
+             "training images of them, or choose a test set that leaves some for training")
+    if skipped:
+        warn(f"{len(skipped)} image(s) cannot be decoded and were left out (listed by `boxloop status --json`; "
+             f"--strict makes this an error): {formats.listing([f'{rel} ({why})' for rel, why in skipped.items()], 10)}")
 
     def split_of(rel: str) -> str | None:
         if rel in test:
@@ -283,7 +356,8 @@ def init_project(
             return "val" if rel in val else "train"
         return None
 
-    records = [ImageRecord(rel, *checked[rel][:2], sha256=checked[rel][2], split=split_of(rel)) for rel in rels]
+    records = [ImageRecord(rel, *checked[rel][:2], sha256=checked[rel][2], split=split_of(rel),
+                           file_size=checked[rel][3], mtime_ns=checked[rel][4]) for rel in checked]
 
     # 4. build the database aside, in one transaction, then rename it into place
     project_dir.mkdir(parents=True, exist_ok=True)
@@ -303,11 +377,12 @@ def init_project(
                             proj.set_status([rel], "partial")
                         proj.add_boxes(rel, a.select(~human))
                 proj.set_meta("init_warnings", notes)
+                record_skipped(proj, [SkippedImage(rel, why, "init") for rel, why in skipped.items()])
                 proj.set_meta("init", {
                     "images": str(root), "annotations": None if annotations is None else str(Path(annotations).resolve()),
                     "format": fmt, "classes": None if classes is None else list(classes),
                     "test_list": None if test_list is None else str(test_list), "test_fraction": test_fraction,
-                    "val_fraction": val_fraction, "seed": seed,
+                    "val_fraction": val_fraction, "seed": seed, "strict": strict,
                 })
         finally:
             proj.close()
@@ -317,38 +392,74 @@ def init_project(
     return Project.open(project_dir)
 
 
+# What a project's commands write beside its database: models/<these folders>, autolabel.json.
+_MODEL_DIRS = re.compile(r"(round|autolabel)_\d{3}|train_.+|semi")
+_RETIRED = ".retired-"
+
+
+def _trained_files(project_dir: Path) -> list[Path]:
+    """The old project's models and results (only names boxloop writes: a user's own files stay)."""
+    models = project_dir / "models"
+    found = sorted(p for p in models.iterdir() if p.is_dir() and _MODEL_DIRS.fullmatch(p.name)) if models.is_dir() else []
+    return found + [p for p in (project_dir / "autolabel.json",) if p.is_file()]
+
+
 def _replace_database(project_dir: Path, tmp: Path) -> None:
-    """Move a finished database into place, retiring an old one only while nobody writes it."""
+    """Move a finished database into place, retiring an old one only while nobody writes it, and with
+    it everything the old project trained: a model left behind would pass for the new project's
+    (a round's best.pt is reused by name, a finished last.pt is not trained again)."""
     final = project_dir / DB_NAME
     if final.exists():
         retire_database(project_dir)
+    for old in [*_trained_files(project_dir), *project_dir.glob(_RETIRED + "*"), *project_dir.glob(f"models/{_RETIRED}*")]:
+        aside = old if old.name.startswith(_RETIRED) else old.with_name(f"{_RETIRED}{os.getpid()}-{old.name}")
+        if aside != old:
+            os.replace(old, aside)  # out of the way at once; deleted below, or by the next init if killed
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        else:
+            aside.unlink(missing_ok=True)
+    if (project_dir / "models").is_dir() and not any((project_dir / "models").iterdir()):
+        (project_dir / "models").rmdir()
     os.replace(tmp, final)
 
 
-def export_project(project: Project, fmt: str, out: str | Path, subset: str = "labelled") -> Path:
+def export_project(project: Project, fmt: str, out: str | Path, subset: str = "labelled",
+                   overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Write a subset's labels in `fmt` under `out`; returns `out`.
 
     Negatives stay negatives (VOC file without <object>, COCO image without annotations, empty YOLO
     file); pseudo/predicted boxes carry their scores and provenance where the format can. A VOC
     export also writes ImageSets/Main/{train,val,test}.txt so `init --test-list` can restore the
-    split. Images are not copied: they stay in the project's image root.
+    split. COCO and Label Studio write one file when `out` ends in .json (CVAT: .xml), else a file in
+    the folder `out`. Nothing is overwritten unless `overwrite` (see `boxloop.outputs`). Images are
+    not copied: they stay in the project's image root; one whose file changed since it was labelled
+    is named through `log`.
     """
+    from boxloop.integrity import check_images
+    from boxloop.outputs import staged_output
+
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {', '.join(SUBSETS)}, got {subset!r}")
     fmt = fmt.lower()
     if fmt not in formats.FORMATS:
         raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, got {fmt!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    file_target = out.suffix.lower() == (".xml" if fmt == "cvat" else ".json") and fmt in ("coco", "labelstudio", "cvat")
     anns = project.annotations(subset)
-    formats.dump(fmt, list(anns.values()), project.classes, out, images_root=project.image_root)
-    if fmt == "voc":
-        sets: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-        for rec in project.images():
-            if rec.path in anns and rec.split in sets:
-                sets[rec.split].append(str(PurePosixPath(rec.path).with_suffix("")))
-        main = out / "ImageSets" / "Main"
-        main.mkdir(parents=True, exist_ok=True)
-        for name, stems in sets.items():
-            (main / f"{name}.txt").write_text("".join(f"{s}\n" for s in stems), encoding="utf-8")
+    changed = check_images(project, list(anns), "export").problems
+    if changed and log is not None:
+        log(f"{len(changed)} exported image(s) cannot be checked against their labels: "
+            f"{formats.listing([str(c) for c in changed], 10)}")
+    with staged_output(out, overwrite, file_target) as stage:
+        formats.dump(fmt, list(anns.values()), project.classes, stage, images_root=project.image_root)
+        if fmt == "voc":
+            sets: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+            for rec in project.images():
+                if rec.path in anns and rec.split in sets:
+                    sets[rec.split].append(str(PurePosixPath(rec.path).with_suffix("")))
+            main = stage / "ImageSets" / "Main"
+            main.mkdir(parents=True, exist_ok=True)
+            for name, stems in sets.items():
+                (main / f"{name}.txt").write_text("".join(f"{s}\n" for s in stems), encoding="utf-8")
     return out

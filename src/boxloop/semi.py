@@ -274,8 +274,11 @@ def semi_inputs_from_project(project: Any) -> tuple[list[Sample], list[Sample], 
     train = [s for s in train if s.annotation is None or len(s.annotation) == 0
              or any(p.source != Source.PSEUDO for p in s.annotation.provenance)]
     root = project.image_root
-    unlabelled = [Sample(root / r.path, key=r.path) for r in project.images(status="unlabelled")
-                  if r.split not in ("test", "val")]
+    from boxloop.integrity import usable_images
+
+    keys = usable_images(project, [r.path for r in project.images(status="unlabelled") if r.split not in ("test", "val")],
+                         "semi")
+    unlabelled = [Sample(root / k, key=k) for k in keys]
     return train, unlabelled, val
 
 

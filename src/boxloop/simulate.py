@@ -1,7 +1,9 @@
 """Benchmark strategies on a dataset that is already labelled, with a simulated annotator.
 
-For each seed: one base project gets the fixed test set and a random seed set of `initial`
-labelled images (every other label withheld), and trains the round-0 model once. Every strategy
+For each seed: one base project gets the fixed test set and a seed set of `initial` labelled images
+(every other label withheld), and trains the round-0 model once. The seed set is drawn at random, or
+with `initial_strategy="typical"` chosen by typicality in the pretrained backbone's embedding (the
+cold start a real project gets from `boxloop query`). Every strategy
 starts from a copy of that base (same seed set, same initial model), then runs its rounds with the
 withheld labels as the oracle. Results of all runs go to OUT/results.json in the schema of issue 4,
 plots beside it. Re-running the same command on the same OUT resumes each project where it stopped
@@ -19,13 +21,15 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from boxloop.loop import LoopConfig, assign_splits, round_history, run_round
+from boxloop.loop import LoopConfig, _step_pause, assign_splits, round_history, run_round
 from boxloop.store import DB_NAME, Project
+from boxloop.strategies import NEEDS_EMBEDDING
 from boxloop.structures import Annotation
 
 
@@ -53,15 +57,35 @@ def load_truth(images: Path, annotations: Path, fmt: str | None = None, classes:
     return formats.load(fmt, annotations, images_root=images, classes=classes).annotations
 
 
-def withhold(project: Project, initial: int, seed: int, config: LoopConfig) -> list[str]:
-    """Keep `initial` random labelled non-test images labelled; make every other non-test image unlabelled."""
+INITIAL_STRATEGIES = ("random", "typical")
+
+
+def initial_set(project: Project, candidates: Sequence[str], initial: int, seed: int, strategy: str = "random",
+                device: str = "auto") -> list[str]:
+    """The seed set: `initial` of `candidates`, at random or by `typical` (seeded either way)."""
+    if strategy not in INITIAL_STRATEGIES:
+        raise ValueError(f"initial strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got {strategy!r}")
+    rng = np.random.default_rng([seed, 12345])
+    if strategy == "random":
+        return sorted(candidates[i] for i in rng.choice(len(candidates), size=initial, replace=False))
+    from boxloop.embedding import project_embeddings
+    from boxloop.strategies import DetectionTable, select
+
+    table = DetectionTable.empty(keys=list(candidates), num_classes=project.num_classes)
+    sel = select("typical", table, initial, rng=rng, image_features=project_embeddings(project, candidates, device))
+    return sorted(sel.items)
+
+
+def withhold(project: Project, initial: int, seed: int, config: LoopConfig, initial_strategy: str = "random"
+             ) -> list[str]:
+    """Keep `initial` labelled non-test images labelled (chosen by `initial_strategy`); make every other
+    non-test image unlabelled."""
     q = project.connection.execute
     candidates = [r[0] for r in q("SELECT path FROM images WHERE status = 'labelled' AND "
                                   "(split IS NULL OR split != 'test') ORDER BY path")]
     if initial > len(candidates):
         raise ValueError(f"--initial {initial} is more than the {len(candidates)} labelled non-test images")
-    rng = np.random.default_rng([seed, 12345])
-    keep = sorted(candidates[i] for i in rng.choice(len(candidates), size=initial, replace=False))
+    keep = initial_set(project, candidates, initial, seed, initial_strategy, config.device)
     keep_set = set(keep)
     with project.transaction():
         hidden = [p for p in candidates if p not in keep_set]
@@ -71,12 +95,19 @@ def withhold(project: Project, initial: int, seed: int, config: LoopConfig) -> l
         project.set_split(hidden, None)
         project.set_split(keep, None)
         assign_splits(project, keep, dataclasses.replace(config, val_fraction=0.2), 0)
+        project.set_meta("initial_strategy", initial_strategy)
         project.set_meta("withheld_for_simulation", len(hidden))
     return keep
 
 
 def copy_project(src: Project, dst: Path) -> None:
-    """The database (SQLite backup API: consistent even with WAL) and the round-0 model, atomically."""
+    """The database (SQLite backup API: consistent even with WAL) and the round-0 model, atomically.
+
+    The copy is built in DST.XXXXXXXX (tempfile.mkdtemp beside DST) and renamed to DST when whole;
+    until then that folder is a copy in flight, not a run: a kill leaves it there, and the next copy
+    to DST removes it first. Its database file exists, empty, from the connect on: SQLite writes the
+    backup's pages at its commit. The step pause (env BOXLOOP_STEP_PAUSE, as before each loop step)
+    holds the copy in that state, so that the crash-safety harness can kill it there."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     for stale in dst.parent.glob(glob.escape(dst.name) + ".????????"):  # a copy killed before its rename
         if stale.is_dir():
@@ -84,12 +115,18 @@ def copy_project(src: Project, dst: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=dst.name + ".", dir=dst.parent))
     try:
         target = sqlite3.connect(tmp / DB_NAME)
+        pause = _step_pause()
+        if pause:
+            time.sleep(pause)
         with target:
             src.connection.backup(target)
         target.close()
         models = src.dir / "models" / "round_000"
         if models.exists():
             shutil.copytree(models, tmp / "models" / "round_000")
+        cache = src.dir / "cache"  # image embeddings (typical, budget_aware): the same images, no need to redo
+        if cache.exists():
+            shutil.copytree(cache, tmp / "cache")
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -103,8 +140,11 @@ def run_name(strategy: str, semi: str | None) -> str:
 def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, budget: int, rounds: int,
              seeds: Sequence[int], config: LoopConfig, annotations: Path | None = None, fmt: str | None = None,
              test_list: Path | None = None, test_fraction: float | None = 0.2, progress: bool = True,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every (seed, strategy) for `rounds` query rounds; returns (and writes) the results dict."""
+             echo: Callable[[str], None] = print, initial_strategy: str = "random") -> dict[str, Any]:
+    """Run every (seed, strategy) for `rounds` query rounds; returns (and writes) the results dict.
+    `initial_strategy`: how the seed set is chosen, "random" or "typical"; one OUT holds one kind."""
+    if initial_strategy not in INITIAL_STRATEGIES:
+        raise ValueError(f"--initial-strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got {initial_strategy!r}")
     from boxloop.project import init_project
 
     out = Path(out)
@@ -112,8 +152,8 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
     images, ann = dataset_paths(Path(dataset), annotations)
     truth = load_truth(images, ann, fmt)
     (out / "simulate_config.json").write_text(json.dumps(
-        {"dataset": str(dataset), "strategies": list(strategies), "initial": initial, "budget": budget,
-         "rounds": rounds, "seeds": list(seeds), "config": config.to_dict()}, indent=2))
+        {"dataset": str(dataset), "strategies": list(strategies), "initial": initial,
+         "initial_strategy": initial_strategy, "budget": budget, "rounds": rounds, "seeds": list(seeds), "config": config.to_dict()}, indent=2))
     for seed in seeds:
         cfg0 = dataclasses.replace(config, seed=seed, budget=budget)
         base_dir = out / f"seed{seed}" / "base"
@@ -121,10 +161,19 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
             project = init_project(base_dir, images, ann, fmt=fmt, test_list=test_list,
                                    test_fraction=None if test_list else test_fraction, seed=seed, force=True,
                                    progress=progress)
-            withhold(project, initial, seed, cfg0)
+            withhold(project, initial, seed, cfg0, initial_strategy)
         else:
             project = Project.open(base_dir)
-        echo(f"seed {seed}: initial model on {initial} labelled images")
+            made = project.get_meta("initial_strategy", "random")
+            if made != initial_strategy:
+                project.close()
+                raise ValueError(f"{out} holds runs whose seed set was chosen by {made!r}, not {initial_strategy!r}; "
+                                 "use another --out for the other initial strategy")
+        if any(s in NEEDS_EMBEDDING for s in strategies):  # embed once here; every run's copy takes the cache
+            from boxloop.embedding import project_embeddings
+
+            project_embeddings(project, [r.path for r in project.images(...) if r.split != "test"], config.device)
+        echo(f"seed {seed}: initial model on {initial} labelled images ({initial_strategy} seed set)")
         run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
         for strategy in strategies:
             name = run_name(strategy, config.semi)
@@ -138,7 +187,7 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
                 run_round(run, cfg, truth, r, last=(r == rounds), progress=progress)
             run.close()
         project.close()
-    results = collect_results(out, strategies, seeds, config)
+    results = collect_results(out, strategies, seeds, config, initial_strategy)
     write_results(out, results)
     write_gallery(out / f"seed{seeds[-1]}" / run_name(strategies[-1], config.semi).replace("+", "_"), out)
     return results
@@ -157,7 +206,8 @@ def write_gallery(run_dir: Path, out: Path) -> None:
     os.replace(tmp, out / "gallery.json")
 
 
-def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], config: LoopConfig) -> dict[str, Any]:
+def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], config: LoopConfig,
+                    initial_strategy: str = "random") -> dict[str, Any]:
     runs = []
     for seed in seeds:
         for strategy in strategies:
@@ -166,8 +216,12 @@ def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], 
             if not (run_dir / DB_NAME).exists():
                 continue
             with Project.open(run_dir) as p:
-                runs.append({"strategy": strategy, "seed": seed, "unit": config.unit, "semi": config.semi,
-                             "project": str(run_dir), "rounds": round_history(p)})
+                rows = round_history(p)
+            run = {"strategy": strategy, "seed": seed, "unit": config.unit, "semi": config.semi,
+                   "initial_strategy": initial_strategy, "project": str(run_dir), "rounds": rows}
+            if any("phase" in r for r in rows):  # budget_aware: the first round that queried by localization
+                run["switch_round"] = next((r["round"] for r in rows if r.get("phase") == "localization_aware"), None)
+            runs.append(run)
     return {"runs": runs}
 
 

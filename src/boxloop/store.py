@@ -7,6 +7,7 @@ Written by hand here: the schema and its migrations, the conversion between `Ann
 The standard library does the rest: `sqlite3` (WAL journal, foreign keys, busy timeout,
 `BEGIN IMMEDIATE` transactions), `fcntl` (an advisory lock for long-running writers) and numpy
 (prediction blobs: raw arrays behind a small header; older stores' `.npz` blobs are still read).
+Opening checks (a file not boxloop's is refused before a write) and read-only access: `boxloop.dbfile`.
 
 Concurrency policy: every change to labels runs in one `BEGIN IMMEDIATE` transaction, so a reader
 never sees half an import and a second writer waits up to `timeout` seconds, then gets
@@ -32,7 +33,9 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
+from boxloop.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
+                            remove_database, retire_database)
+from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, check_class_name
 
 __all__ = [
     "DB_NAME",
@@ -134,6 +137,18 @@ _MIGRATIONS: list[str] = [
     CREATE INDEX images_split_status ON images(split, status);
     CREATE INDEX queries_round ON queries(round, state);
     """,
+    # 1 -> 2: each image file's size and mtime (a cheap first check that it is still the file its
+    # labels were made on; sha256 decides), and the images left out because they could not be used.
+    """
+    ALTER TABLE images ADD COLUMN file_size INTEGER;
+    ALTER TABLE images ADD COLUMN mtime_ns INTEGER;
+    CREATE TABLE skipped_images (
+        path   TEXT PRIMARY KEY,
+        reason TEXT NOT NULL,
+        stage  TEXT NOT NULL,
+        at     TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -176,10 +191,6 @@ class ProjectBusy(RuntimeError):
         )
 
 
-class NotAProject(ValueError):
-    """A directory without a boxloop database."""
-
-
 class ProjectExists(ValueError):
     """`create` on a directory that already holds a project (pass force=True to replace it)."""
 
@@ -196,6 +207,9 @@ class ImageRecord:
     status: str = "unlabelled"
     round_labelled: int | None = None
     id: int | None = None
+    # written by init (`add_images`); rows read back leave them None (see boxloop.integrity)
+    file_size: int | None = None
+    mtime_ns: int | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -236,7 +250,7 @@ class Project:
             raise NotAProject(
                 f"{self.dir} does not exist; create a project with `boxloop init {self.dir} --images DIR`"
             )
-        self._conn = self._connect(self.db_path, self.timeout)
+        self._conn = self._connect(self.db_path, self.timeout, check=not create)
         self._tx_depth = 0
         self._lock_fd: int | None = None
         self._lock_depth = 0
@@ -249,47 +263,32 @@ class Project:
 
     # -- connection, schema ---------------------------------------------------------------------
     @staticmethod
-    def _connect(path: Path, timeout: float) -> sqlite3.Connection:
+    def _connect(path: Path, timeout: float, check: bool = True) -> sqlite3.Connection:
+        """A connection to `path`; with `check`, only after proving it is boxloop's (nothing written before)."""
+        if check:
+            check_file(path)
         conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            if check:
+                check_schema(conn, path)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = NORMAL")
+        except NotAProject:
+            conn.close()
+            raise
         except sqlite3.OperationalError as e:
             conn.close()
             if "locked" in str(e) or "busy" in str(e):
                 raise ProjectBusy(path.parent) from e
-            ro = Project._connect_read_only(path, timeout)
+            ro = connect_read_only(path, timeout)
             if ro is None:
                 raise
             return ro
         except sqlite3.DatabaseError as e:
             conn.close()
             raise NotAProject(f"{path} is not a boxloop database ({e}); restore it or run init again") from e
-        return conn
-
-    @staticmethod
-    def _connect_read_only(path: Path, timeout: float) -> sqlite3.Connection | None:
-        """A project on a read-only file system can still be read (status, export, evaluate) when its
-        last writer closed cleanly (no WAL left): open it immutable. Writes then fail with SQLite's
-        'attempt to write a readonly database'. None when that does not apply."""
-        try:
-            if not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
-                return None
-        except OSError:
-            return None
-        wal = Path(str(path) + "-wal")
-        if wal.exists() and wal.stat().st_size > 0:
-            return None  # committed changes live in the WAL; reading without it would show old labels
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=timeout,
-                               isolation_level=None)
-        try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-        except sqlite3.DatabaseError:
-            conn.close()
-            return None
         return conn
 
     def _migrate(self) -> None:
@@ -299,8 +298,8 @@ class Project:
                 f"{self.db_path} has schema version {version}, newer than this boxloop "
                 f"({SCHEMA_VERSION}); upgrade boxloop"
             )
-        if version == SCHEMA_VERSION:
-            return
+        if version == SCHEMA_VERSION or isinstance(self._conn, ReadOnlyConnection):
+            return  # a read-only project of an older schema is read as it is
         with self.transaction():
             for i in range(version, SCHEMA_VERSION):
                 for stmt in _split_sql(_MIGRATIONS[i]):
@@ -497,8 +496,7 @@ class Project:
         with self.transaction():
             known = {n: i for i, n in enumerate(self.classes)}
             for name in names:
-                if not isinstance(name, str) or not name.strip():
-                    raise ValueError(f"class names must be non-empty text, got {name!r}")
+                check_class_name(name)
                 if name not in known:
                     known[name] = len(known)
                     self._conn.execute("INSERT INTO classes(id, name) VALUES (?, ?)", (known[name], name))
@@ -520,14 +518,15 @@ class Project:
     def add_images(self, records: Iterable[ImageRecord]) -> dict[str, int]:
         """Insert images; returns {path: id}. A path already present raises ValueError."""
         rows = [
-            (r.path, r.sha256, int(r.width), int(r.height), r.split, r.status, r.round_labelled)
+            (r.path, r.sha256, int(r.width), int(r.height), r.split, r.status, r.round_labelled, r.file_size,
+             r.mtime_ns)
             for r in records
         ]
         with self.transaction():
             try:
                 self._conn.executemany(
-                    "INSERT INTO images(path, sha256, width, height, split, status, round_labelled) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO images(path, sha256, width, height, split, status, round_labelled, file_size, "
+                    "mtime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
             except sqlite3.IntegrityError as e:
@@ -805,8 +804,29 @@ class Project:
         return out
 
     # -- status ---------------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads that see one state: a read transaction (WAL snapshot), so no commit lands between them."""
+        if self._tx_depth or self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN")
+        self._tx_depth = 1
+        try:
+            yield
+        finally:
+            self._tx_depth = 0
+            if self._conn.in_transaction:
+                self._conn.execute("COMMIT")
+
     def status(self) -> dict[str, Any]:
-        """Counts for `boxloop status`, each one aggregate SQL query (fast at 200k images)."""
+        """Counts for `boxloop status`, one aggregate SQL query each (fast at 200k images), one snapshot."""
+        with self.snapshot():
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
+        from boxloop.integrity import skipped_images
+
         q = self._conn.execute
         by_split = {"train": 0, "val": 0, "test": 0, "pool": 0}
         by_status = {st: 0 for st in STATUSES}
@@ -852,6 +872,7 @@ class Project:
             "last_round": None if last is None else {"id": last[0], "step": last[1], "status": last[2]},
             "open_queries": q("SELECT COUNT(*) FROM queries WHERE state = 'open'").fetchone()[0],
             "warnings": len(self.warnings),
+            "skipped_images": [s.as_dict() for s in skipped_images(self)],
             "schema_version": self.schema_version,
         }
 
@@ -1142,27 +1163,6 @@ def _detections_from_npz(blob: bytes) -> Detections:
             loc_quality=z["loc_quality"] if "loc_quality" in z.files else None,
             features=z["features"] if "features" in z.files else None,
         )
-
-
-def retire_database(project_dir: Path) -> None:
-    """Delete a project's database, but only while no other process writes it: its writer lock and
-    its database lock are both taken first (ProjectBusy otherwise)."""
-    try:
-        old = Project.open(project_dir)
-    except NotAProject:
-        old = None  # a broken database: nothing to protect
-    if old is not None:
-        with old, old.writer_lock(), old.transaction():
-            pass  # proves nobody else is writing
-    remove_database(Path(project_dir) / DB_NAME)
-
-
-def remove_database(db: Path) -> None:
-    """Delete a database file and its WAL/SHM companions (a stale WAL must never meet a new db)."""
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        p = Path(str(db) + suffix)
-        if p.exists():
-            p.unlink()
 
 
 def _split_sql(script: str) -> list[str]:

@@ -8,6 +8,7 @@ formats and the store use these types without loading torch.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Iterable, Sequence
@@ -355,3 +356,17 @@ class Selection:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+def check_class_name(name: object, where: str = "") -> None:
+    """A class name must be one line of visible text: label files and classes.txt hold one name a line,
+    so a line break in a name would shift every later class id."""
+    at = f"{where}: " if where else ""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{at}class names must be non-empty text, got {name!r}")
+    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
+    if bad:
+        raise ValueError(f"{at}class name {name!r} holds a line break or control character "
+                         f"({', '.join(repr(c) for c in dict.fromkeys(bad))}); rename the class to one line of text")
+    if name != name.strip():
+        raise ValueError(f"{at}class name {name!r} starts or ends with white space; remove it")

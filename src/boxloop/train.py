@@ -34,7 +34,7 @@ from boxloop.detectors import create_detector
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
 
-__all__ = ["TrainConfig", "FitResult", "CheckpointError", "fit", "load_detector", "load_checkpoint",
+__all__ = ["TrainConfig", "FitResult", "CheckpointError", "TrainingDiverged", "fit", "load_detector", "load_checkpoint",
            "save_checkpoint", "resolve_device", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 log = logging.getLogger("boxloop")
@@ -45,6 +45,10 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, not boxloop's, or made for other classes/model."""
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite (such weights are never saved)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.warmup_steps < 0 or self.num_workers < 0:
             raise ValueError("warmup_steps and num_workers must be >= 0")
         if self.patience is not None and self.patience < 1:
@@ -160,7 +164,10 @@ class FitResult:
 # -- checkpoints ------------------------------------------------------------------------------------
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: never a half-written file."""
+    """torch.save to a temp file beside it, fsync, rename: never a half-written file, never NaN weights."""
+    if bad := [k for k, v in (obj.get("model") or {}).items() if v.is_floating_point() and not torch.isfinite(v).all()]:
+        raise TrainingDiverged(f"training diverged: {len(bad)} of {len(obj['model'])} weight tensors hold NaN or inf "
+                               f"({bad[0]}, ...); {Path(path).name} was not saved. Lower the learning rate and train again")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -479,8 +486,7 @@ def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: to
                     losses = detector.loss(ims, tgs)
                 total = sum(losses.values())
                 if not torch.isfinite(total):
-                    raise FloatingPointError(f"training loss is {float(total)} ({ {k: float(v) for k, v in losses.items()} }); "
-                                             "lower the learning rate or check the boxes")
+                    raise TrainingDiverged(f"training loss is {float(total)}; lower the learning rate or check the boxes")
                 frac = len(ims) / n
                 scaler.scale(total * frac).backward()
                 for k, v in losses.items():

@@ -26,6 +26,11 @@ __all__ = [
     "write_truncated",
     "write_png_bomb",
     "write_coco",
+    "write_short",
+    "write_foreign_sqlite",
+    "write_classes_txt",
+    "COLLIDING_NAMES",
+    "write_labelstudio_export",
 ]
 
 # Classic entity-expansion attack: 10 levels of 10x expansion = 10^9 "lol"s if a parser expands it.
@@ -133,3 +138,61 @@ def write_coco(path: Path, images: list[dict], annotations: list[dict], categori
                           "categories": [{"id": i + 1, "name": n} for i, n in enumerate(categories)]})
     path.write_text(raw, encoding="utf-8")
     return path
+
+
+# -- issue 12: what a real dataset and a deliberate attack brought ---------------------------------
+
+def write_short(path: Path, missing: int = 20, size: tuple[int, int] = (64, 48)) -> Path:
+    """A noisy image whose last `missing` bytes are gone: BCCD's BloodImage_00xxx.jpg was 20 bytes
+    short ("image file is truncated (20 bytes not processed)"); browsers and OpenCV still show it."""
+    rng = np.random.default_rng(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - missing])
+    return path
+
+
+def write_foreign_sqlite(path: Path) -> Path:
+    """Another program's SQLite database (rollback journal, one table, user_version 0)."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE contacts (name TEXT, phone TEXT)")
+    con.execute("INSERT INTO contacts VALUES ('ada', '123')")
+    con.commit()
+    con.close()
+    return path
+
+
+def write_classes_txt(path: Path, names: list[str], bom: bool = False, newline: str = "\n") -> Path:
+    """classes.txt as editors write it: optionally with a UTF-8 byte-order mark or CRLF line ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(n + newline for n in names)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+# Image paths whose batch names collide once subfolders are flattened ('/' -> '__'), or differ only in
+# case (macOS and Windows file systems ignore it), or in extension (answer files are named by stem).
+COLLIDING_NAMES = ("a/b.jpg", "a__b.jpg", "A__B.png", "x/y/z.png", "x__y/z.png", "x__y__z.jpg")
+
+
+def write_labelstudio_export(tasks_json: Path, out: Path, boxes: dict[str, list[tuple[str, float, float, float, float]]],
+                             size: tuple[int, int] = (32, 32)) -> Path:
+    """Label Studio's JSON export of the tasks boxloop wrote: each task whose boxloop_key is in `boxes`
+    gets one annotation with those (label, x1, y1, x2, y2) pixel boxes; the other tasks stay unanswered."""
+    tasks = json.loads(tasks_json.read_text())
+    w, h = size
+    for i, task in enumerate(tasks):
+        task["id"] = i + 1
+        key = task["data"]["boxloop_key"]
+        if key not in boxes:
+            continue
+        task["annotations"] = [{"id": i + 1, "was_cancelled": False, "result": [
+            {"type": "rectanglelabels", "from_name": "label", "to_name": "image", "original_width": w,
+             "original_height": h, "value": {"x": 100 * x1 / w, "y": 100 * y1 / h, "width": 100 * (x2 - x1) / w,
+                                             "height": 100 * (y2 - y1) / h, "rotation": 0, "rectanglelabels": [n]}}
+            for n, x1, y1, x2, y2 in boxes[key]]}]
+    out.write_text(json.dumps(tasks))
+    return out

@@ -2,7 +2,8 @@
 chosen steps of a round, check the project after every kill, resume by re-running the same command,
 and compare the end result with an uninterrupted run of the same command and seed.
 
-What is checked after each kill (all from the raw SQLite file, independent of boxloop's own code):
+What is checked after each kill (all from the raw SQLite file, independent of boxloop's own code,
+read-only: no check creates, changes or removes a file of the command's folder, which is verified):
   - `PRAGMA integrity_check` is 'ok' and `PRAGMA foreign_key_check` is empty, for every database;
   - no label lost or duplicated: every 'labelled' image holds exactly the oracle's boxes (class
     multiset), as active human boxes of one round, never re-labelled; unlabelled images hold no
@@ -10,7 +11,10 @@ What is checked after each kill (all from the raw SQLite file, independent of bo
     past its oracle step has no open query, a round before it has no query at all; the recorded cost
     counts exactly the answered queries; auto-labelled images carry pseudo boxes of one iteration and
     the iteration table agrees with the boxes;
-  - the kill leaves the command resumable: re-running it finishes (or says there is nothing left).
+  - the kill leaves the command resumable: re-running it finishes (or says there is nothing left);
+  - work built aside and renamed into place when whole (simulate's copy of its base to a run) is
+    stated as in flight in the kill's row, never checked as a result; the re-run removes it once it
+    gets back to that step, and no finished run is ever without its database.
 At the end: results.json / autolabel.json / the store's status and contents, and the weights of every
 checkpoint, equal those of the uninterrupted run.
 
@@ -26,22 +30,26 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 PY = sys.executable
 BOXLOOP = [PY, "-m", "boxloop.cli"]
 DB = "boxloop.db"
 LOOP_STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi")
 PROCESS_TIMEOUT = 900.0  # seconds one subprocess may run before the harness calls it hung
+STEP_PAUSE = 0.25  # seconds the commands hold before each loop step and in simulate's copy (BOXLOOP_STEP_PAUSE)
 
 
 def tiny_args(steps: int | None = 4) -> list[str]:
@@ -55,7 +63,7 @@ def tiny_args(steps: int | None = 4) -> list[str]:
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "BOXLOOP_DEBUG"}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONHASHSEED="0",
-               PYTHONUNBUFFERED="1", BOXLOOP_STEP_PAUSE="0.25")  # every loop step stays visible for 0.25 s
+               PYTHONUNBUFFERED="1", BOXLOOP_STEP_PAUSE=str(STEP_PAUSE))  # every step stays visible that long
     return env
 
 
@@ -115,31 +123,81 @@ class Report:
 # -- sqlite helpers (independent of boxloop.store) ---------------------------------------------------
 
 
-def read_rows(db: Path, sql: str, args: Sequence = ()) -> list[tuple] | None:
+BESIDE = ("-wal", "-shm", "-journal")  # what SQLite keeps beside a database while it is open or was killed
+
+
+@contextmanager
+def snapshot(db: Path) -> Iterator[Path]:
+    """A private copy of `db` with its -wal and -journal (not the -shm index: SQLite rebuilds it from
+    the -wal, as the next opener of a killed writer's database does), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="boxloop-check-") as scratch:
+        copy = Path(scratch) / db.name
+        for suffix in ("", "-wal", "-journal"):
+            if Path(f"{db}{suffix}").is_file():
+                shutil.copyfile(f"{db}{suffix}", f"{copy}{suffix}")
+        yield copy
+
+
+@contextmanager
+def read_only(db: Path, live: bool = False) -> Iterator[sqlite3.Connection]:
+    """A read-only connection (`mode=ro` URI) to `db` that creates and changes no file where `db` lies.
+
+    `mode=ro` alone does not promise that for a WAL database (seen with SQLite 3.40): with no -wal
+    beside the file, a reader creates -wal and -shm and, read-only, cannot remove them again; after
+    a killed writer, a reader rewrites the -shm index. So, with nothing beside the file, it is opened
+    `immutable` as well (SQLite reads that one file and takes no lock); with a -wal, -shm or
+    -journal beside it, a `snapshot` is opened instead. Checks run on stopped processes only.
+    `live`: an observation while the command runs (when to kill); it reads the file itself, `mode=ro`
+    (plus `immutable` while nothing is beside it: a WAL writer changes the file only at a checkpoint,
+    with its -wal beside it), and may touch the -shm index as any concurrent reader does."""
+    beside = [s for s in BESIDE if Path(f"{db}{s}").exists()]
+    if not db.is_file():
+        raise sqlite3.OperationalError(f"{db}: no such file")
+    if not beside or live:
+        conn = sqlite3.connect(db.resolve().as_uri() + ("?mode=ro" if beside else "?mode=ro&immutable=1"),
+                               uri=True, timeout=2.0 if live else 10.0)
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    with snapshot(db) as copy:
+        # a hot rollback journal can only be rolled back by a writer: then the private copy opens read-write
+        mode = "" if Path(f"{copy}-journal").exists() else "?mode=ro"
+        conn = sqlite3.connect(copy.as_uri() + mode, uri=True, timeout=10.0)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def read_rows(db: Path, sql: str, args: Sequence = (), live: bool = False) -> list[tuple] | None:
     """Rows of a read-only query, or None when the file is absent or (briefly) unreadable."""
     if not db.is_file():
         return None
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2.0)
-        try:
+        with read_only(db, live) as conn:
             return conn.execute(sql, args).fetchall()
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
 
 
 def integrity_problems(db: Path) -> list[str]:
-    conn = sqlite3.connect(db, timeout=10.0)
-    try:
+    with read_only(db) as conn:
         res = [r[0] for r in conn.execute("PRAGMA integrity_check")]
         fk = conn.execute("PRAGMA foreign_key_check").fetchall()
-    finally:
-        conn.close()
     out = [] if res == ["ok"] else [f"{db}: integrity_check says {res[:3]}"]
     if fk:
         out.append(f"{db}: foreign_key_check lists {len(fk)} rows, e.g. {fk[:2]}")
     return out
+
+
+def tree_state(folder: Path | None) -> dict[str, tuple[int, int]]:
+    """Every file under `folder`: (size, mtime in ns); a check must leave this as it found it."""
+    if folder is None or not folder.exists():
+        return {}
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _json_strip(value: Any, drop: set[str]) -> Any:
@@ -154,7 +212,17 @@ def _json_strip(value: Any, drop: set[str]) -> Any:
 def project_fingerprint(project: Path) -> dict[str, Any]:
     """Everything a run leaves in its store, minus wall-clock times and absolute paths; plus the
     weights of every checkpoint under PROJECT/models and `Project.status()`."""
-    conn = sqlite3.connect(project / DB, timeout=10.0)
+    with read_only(project / DB) as conn:
+        fp = _store_fingerprint(conn, project)
+    fp["weights"] = {str(p.relative_to(project)): weights_digest(p) for p in sorted((project / "models").rglob("*.pt"))}
+    from boxloop.store import Project
+
+    with snapshot(project / DB) as copy, Project.open(copy.parent) as proj:  # boxloop opens its store read-write
+        fp["status"] = _json_strip(proj.status(), {"project", "image_root"})
+    return fp
+
+
+def _store_fingerprint(conn: sqlite3.Connection, project: Path) -> dict[str, Any]:
     q = conn.execute
     fp: dict[str, Any] = {}
     fp["images"] = q("SELECT path, split, status, round_labelled FROM images ORDER BY path").fetchall()
@@ -184,12 +252,6 @@ def project_fingerprint(project: Path) -> dict[str, Any]:
         h = hashlib.sha256(bytes(blob))  # the stored bytes themselves: same detections, same blob
         preds.append((r, p, m, h.hexdigest()[:16]))
     fp["predictions"] = preds
-    conn.close()
-    fp["weights"] = {str(p.relative_to(project)): weights_digest(p) for p in sorted((project / "models").rglob("*.pt"))}
-    from boxloop.store import Project
-
-    with Project.open(project) as proj:
-        fp["status"] = _json_strip(proj.status(), {"project", "image_root"})
     return fp
 
 
@@ -235,9 +297,13 @@ def check_loop_labels(db: Path, truth: dict[str, list[str]], initial: int | None
 
     `truth`: image path -> the oracle's class names. `initial`: labelled non-test images before any
     query (None: don't check the total). `budget`: most queries a round may hold."""
+    with read_only(db) as conn:
+        return _loop_label_problems(conn, db.parent.name, truth, initial, budget)
+
+
+def _loop_label_problems(conn: sqlite3.Connection, name: str, truth: dict[str, list[str]], initial: int | None,
+                         budget: int | None) -> list[str]:
     p: list[str] = []
-    name = db.parent.name
-    conn = sqlite3.connect(db, timeout=10.0)
     q = conn.execute
     imgs = {r[0]: r[1:] for r in q("SELECT path, id, split, status, round_labelled FROM images")}
     human: dict[str, list[tuple[str, int]]] = defaultdict(list)
@@ -300,14 +366,17 @@ def check_loop_labels(db: Path, truth: dict[str, list[str]], initial: int | None
         if n_lab != initial + sum(answered_round.values()):
             p.append(f"{name}: {n_lab} labelled non-test images, expected {initial} + "
                      f"{sum(answered_round.values())} answered")
-    conn.close()
     return p
 
 
 def check_autolabel_labels(db: Path, human_before: dict[str, list[str]]) -> list[str]:
     """Auto-labelling never touches human labels; pseudo images and the iteration table agree."""
+    with read_only(db) as conn:
+        return _autolabel_problems(conn, human_before)
+
+
+def _autolabel_problems(conn: sqlite3.Connection, human_before: dict[str, list[str]]) -> list[str]:
     p: list[str] = []
-    conn = sqlite3.connect(db, timeout=10.0)
     q = conn.execute
     human: dict[str, list[str]] = defaultdict(list)
     for path, cname in q("SELECT i.path, c.name FROM boxes b JOIN images i ON i.id = b.image_id "
@@ -345,7 +414,6 @@ def check_autolabel_labels(db: Path, human_before: dict[str, list[str]]) -> list
     val_pseudo = sorted(k for k in pseudo if info[k][0] == "val")
     if sorted(share) != val_pseudo:
         p.append(f"pseudo test share lists {len(share)} images, {len(val_pseudo)} pseudo images are in val")
-    conn.close()
     return p
 
 
@@ -374,7 +442,7 @@ def start(argv: Sequence[str], cwd: Path, log: Path) -> subprocess.Popen:
 
 
 def run_with_trigger(argv: Sequence[str], cwd: Path, log: Path, trigger: Trigger | None,
-                     observe: Callable[[], tuple[str, str]], poll: float = 0.01) -> tuple[bool, int, float]:
+                     observe: Callable[[bool], tuple[str, str]], poll: float = 0.01) -> tuple[bool, int, float]:
     """Run until exit, or SIGKILL at the trigger. Returns (killed, return code, seconds)."""
     t0 = time.monotonic()
     proc = start(argv, cwd, log)
@@ -392,7 +460,7 @@ def run_with_trigger(argv: Sequence[str], cwd: Path, log: Path, trigger: Trigger
                 if trigger.step is None:
                     fire = now >= trigger.delay  # type: ignore[operator]
                 else:
-                    if seen is None and observe()[1] == trigger.step:
+                    if seen is None and observe(True)[1] == trigger.step:
                         seen = now
                     fire = seen is not None and now >= seen + trigger.extra
             if fire:
@@ -418,21 +486,68 @@ class Scenario:
     command: str
     argv: list[str]
     cwd: Path
-    observe: Callable[[], tuple[str, str]]  # (label for the table, step name)
+    # (label for the table, step name); observe(True) while the command runs, observe() once it stopped
+    observe: Callable[..., tuple[str, str]]
     check: Callable[[], list[str]]
     fingerprint: Callable[[], dict[str, Any]]
     # a finished run with rc != 0 that is fine after a kill (e.g. 'nothing left to import')
     done_message: str | None = None
+    # the folder the command writes (its project, simulate's OUT): checking it must leave every file as it was
+    watch: Path | None = None
+    # folders the command builds aside and renames into place when whole (simulate's copies of its base):
+    # after a kill, in flight, not a result; the re-run removes them
+    in_flight: Callable[[], list[Path]] = lambda: []
+    # whether a re-run went past the point where it removes this in-flight folder (not killed before it)
+    passed: Callable[[Path], bool] = lambda folder: True
+
+
+def _rel(path: Path, root: Path | None) -> str:
+    return os.path.relpath(path, root) if root is not None else str(path)
+
+
+def describe_in_flight(folder: Path, root: Path | None) -> str:
+    db = folder / DB
+    inside = f"{DB} {db.stat().st_size} bytes" if db.is_file() else f"no {DB}"
+    if Path(f"{db}-journal").exists():
+        inside += ", a -journal"
+    return f"{_rel(folder, root)} ({inside})"
+
+
+def untouched(scn: Scenario, what: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """what(), and the problems it had: an exception (reported as a failure, not raised: one broken
+    check must not hide the rest of the table) or any file under `scn.watch` that it created, changed
+    or removed."""
+    before = tree_state(scn.watch)
+    try:
+        out, problems = what(), []
+    except Exception as e:  # noqa: BLE001
+        out, problems = None, [f"the check itself failed: {type(e).__name__}: {e}"]
+    after = tree_state(scn.watch)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if changed:
+        problems.append(f"checking changed {len(changed)} files: {', '.join(changed[:4])}")
+    return out, problems
+
+
+def after_kill(scn: Scenario) -> tuple[str, list[str]]:
+    """(step label, problems) of a stopped command: what it observes and what its checks say."""
+    label, seen = untouched(scn, lambda: scn.observe()[0])
+    problems, checked = untouched(scn, scn.check)
+    return label or "?", (problems or []) + seen + checked
 
 
 def campaign(scn: Scenario, run: str, triggers: Sequence[Trigger], reference: dict[str, Any] | None,
              report: Report, log: Path, max_restarts: int = 60) -> dict[str, Any]:
     """Kill `scn` at each trigger in turn (re-running it after each kill), then let it finish; check
-    after every kill; compare the final fingerprint with `reference` (when given). Returns it."""
+    after every kill; compare the final fingerprint with `reference` (when given). Returns it.
+    What a kill leaves in flight is stated in its row; the re-run must remove it once it gets there."""
     i = 0
+    flying: list[Path] = []  # in flight after the last kill
     for _ in range(max_restarts):
         trig = triggers[i] if i < len(triggers) else None
         killed, rc, secs = run_with_trigger(scn.argv, scn.cwd, log, trig, scn.observe)
+        kept = [f"{_rel(f, scn.watch)}, in flight at the last kill, is still there after a re-run that went past it"
+                for f in flying if killed and f.exists() and scn.passed(f)]
         if not killed:
             if rc != 0 and not (scn.done_message and scn.done_message in log_tail(log, 2000)):
                 report.outcomes.append(Outcome(scn.command, run, str(trig or "-"), scn.observe()[0],
@@ -440,22 +555,27 @@ def campaign(scn: Scenario, run: str, triggers: Sequence[Trigger], reference: di
                 return {}
             break
         i += 1
-        label = scn.observe()[0]
-        problems = scn.check()
+        label, problems = after_kill(scn)
+        problems = kept + problems
+        flying = scn.in_flight()
+        note = "; in flight: " + ", ".join(describe_in_flight(f, scn.watch) for f in flying) if flying else ""
         report.outcomes.append(Outcome(scn.command, run, str(trig), label,
-                                       "killed at %.1fs; store ok" % secs if not problems else
-                                       "killed at %.1fs; " % secs + "; ".join(problems[:4]), not problems))
+                                       ("killed at %.1fs; store ok" % secs if not problems else
+                                        "killed at %.1fs; " % secs + "; ".join(problems[:4])) + note, not problems))
     else:
         report.outcomes.append(Outcome(scn.command, run, "-", scn.observe()[0], "never finished", False, kill=False))
         return {}
-    problems = scn.check()
-    fp = scn.fingerprint()
-    if reference is not None:
+    label, problems = after_kill(scn)
+    problems += [f"{_rel(f, scn.watch)} is still in flight after the command finished"
+                 + (" (it was at the last kill)" if f in flying else "") for f in scn.in_flight()]
+    fp, extra = untouched(scn, scn.fingerprint)
+    problems += extra
+    if reference is not None and fp is not None:
         problems += diff_fingerprints(reference, fp)[:6]
-    report.outcomes.append(Outcome(scn.command, run, "(resume to the end)", scn.observe()[0],
+    report.outcomes.append(Outcome(scn.command, run, "(resume to the end)", label,
                                    "final results equal the uninterrupted run" if not problems else
                                    "; ".join(problems), not problems, kill=False))
-    return fp
+    return fp or {}
 
 
 # -- the data and the four commands -----------------------------------------------------------------
@@ -478,9 +598,14 @@ def make_workspace(root: Path, n_images: int = 16, image_size: int = 64, seed: i
     return Workspace(root, data, {a.image: list(a.labels) for a in anns}, n_images)
 
 
-def _last_step(db: Path) -> tuple[int, str] | None:
-    rows = read_rows(db, "SELECT id, step FROM rounds ORDER BY id DESC LIMIT 1")
+def _last_step(db: Path, live: bool = False) -> tuple[int, str] | None:
+    rows = read_rows(db, "SELECT id, step FROM rounds ORDER BY id DESC LIMIT 1", live=live)
     return (rows[0][0], rows[0][1]) if rows else None
+
+
+# simulate builds each run's copy of the base in RUN.XXXXXXXX (tempfile.mkdtemp(prefix=RUN + ".")) and
+# renames it to RUN when whole; run names hold no dot
+COPY_FOLDER = re.compile(r"(?P<run>[^.]+)\.[a-z0-9_]{8}")
 
 
 def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 2, rounds: int = 2,
@@ -491,18 +616,46 @@ def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 
     if semi:
         argv += ["--semi", semi]
 
-    def dbs() -> list[Path]:
-        return sorted(out.glob(f"seed*/*/{DB}"), key=lambda p: (p.parent.name != "base", str(p)))
+    run = (f"{strategy}+{semi}" if semi else strategy).replace("+", "_")  # OUT/seedN/RUN
 
-    def observe() -> tuple[str, str]:
+    def folders() -> list[Path]:
+        return sorted(d for d in out.glob("seed*/*") if d.is_dir())
+
+    def in_flight() -> list[Path]:
+        """simulate's copies of the base that a kill stopped before their rename to RUN."""
+        return [d for d in folders() if (m := COPY_FOLDER.fullmatch(d.name)) and m["run"] == run]
+
+    def dbs() -> list[Path]:
+        """The databases of the base and of the finished run; never one of a copy in flight."""
+        return sorted((d / DB for d in folders() if d.name in ("base", run) and (d / DB).is_file()),
+                      key=lambda p: (p.parent.name != "base", str(p)))
+
+    def passed(copy: Path) -> bool:
+        """The re-run came back to the copy step: it renamed a new copy to RUN or began one (and the
+        copy step removes the old ones before it begins)."""
+        return (copy.parent / run).exists() or any(d.parent == copy.parent and d != copy for d in in_flight())
+
+    def observe(live: bool = False) -> tuple[str, str]:
+        for d in reversed(in_flight()):  # a copy under way (the step pause holds it with its database begun)
+            if (d / DB).is_file() and not (d.parent / run).exists():
+                return f"{d.parent.name}/{d.name} copy", "copy"
         for db in reversed(dbs()):  # the strategy's run once it exists, else the base
-            last = _last_step(db)
+            last = _last_step(db, live)
             if last is not None:
-                return f"{db.parent.name} r{last[0]} {last[1]}", str(last[1])
+                base = db.parent.name == "base"
+                return f"{db.parent.name} r{last[0]} {last[1]}", ("base " if base else "") + str(last[1])
         return "init", "init"
 
     def check() -> list[str]:
         problems = []
+        flying = in_flight()
+        for d in folders():
+            if d.name == run and not (d / DB).is_file():
+                problems.append(f"{d.relative_to(out)}: a finished run without its {DB}")
+            elif d.name == "base" and not (d / DB).is_file() and (d.parent / run).exists():
+                problems.append(f"{d.relative_to(out)}: the base of a run without its {DB}")
+            elif d.name not in ("base", run) and d not in flying:
+                problems.append(f"{d.relative_to(out)}: neither the base, the run nor a copy in flight")
         for db in dbs():
             problems += integrity_problems(db)
             problems += check_loop_labels(db, ws.truth, initial, budget)
@@ -513,7 +666,8 @@ def simulate_scenario(ws: Workspace, out: Path, initial: int = 6, budget: int = 
         return {"results": _json_strip(res, {"project"}),
                 **{db.parent.name: project_fingerprint(db.parent) for db in dbs()}}
 
-    return Scenario("simulate", argv, ws.root, observe, check, fingerprint)
+    return Scenario("simulate", argv, ws.root, observe, check, fingerprint, watch=out, in_flight=in_flight,
+                    passed=passed)
 
 
 def init_partial(ws: Workspace, project: Path, labelled: int) -> None:
@@ -541,8 +695,8 @@ def autolabel_scenario(ws: Workspace, project: Path, human_before: dict[str, lis
             "--steps-increment", "2", "--steps-max", "8", *tiny_args(None)]
     db = project / DB
 
-    def observe() -> tuple[str, str]:
-        rows = read_rows(db, "SELECT value_json FROM metrics WHERE round = 0 AND key = 'autolabel_state'")
+    def observe(live: bool = False) -> tuple[str, str]:
+        rows = read_rows(db, "SELECT value_json FROM metrics WHERE round = 0 AND key = 'autolabel_state'", live=live)
         if not rows:
             return "start", "start"
         st = json.loads(rows[0][0])
@@ -555,15 +709,15 @@ def autolabel_scenario(ws: Workspace, project: Path, human_before: dict[str, lis
         doc = json.loads((project / "autolabel.json").read_text())
         return {"autolabel.json": _json_strip(doc, {"seconds"}), "project": project_fingerprint(project)}
 
-    return Scenario("autolabel", argv, ws.root, observe, check, fingerprint)
+    return Scenario("autolabel", argv, ws.root, observe, check, fingerprint, watch=project)
 
 
 def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], steps: int = 8) -> Scenario:
     argv = [*BOXLOOP, "train", project, *tiny_args(steps)]
     db = project / DB
 
-    def observe() -> tuple[str, str]:
-        rows = read_rows(db, "SELECT value FROM meta WHERE key = 'current_checkpoint'")
+    def observe(live: bool = False) -> tuple[str, str]:
+        rows = read_rows(db, "SELECT value FROM meta WHERE key = 'current_checkpoint'", live=live)
         if rows:
             return "test-set evaluation", "evaluate"
         lasts = list((project / "models").glob("*/last.pt")) if (project / "models").exists() else []
@@ -576,7 +730,7 @@ def train_scenario(ws: Workspace, project: Path, labels_before: dict[str, Any], 
             p.append("training changed the labels: " + "; ".join(diff_fingerprints(labels_before, now)[:3]))
         return p
 
-    return Scenario("train", argv, ws.root, observe, check, lambda: project_fingerprint(project))
+    return Scenario("train", argv, ws.root, observe, check, lambda: project_fingerprint(project), watch=project)
 
 
 def _label_state(db: Path) -> dict[str, Any]:
@@ -604,8 +758,8 @@ def import_scenario(ws: Workspace, trial: Path) -> Scenario:
     db = project / DB
     queried = json.loads((batch / "batch.json").read_text())["images"].values()
 
-    def observe() -> tuple[str, str]:
-        last = _last_step(db)
+    def observe(live: bool = False) -> tuple[str, str]:
+        last = _last_step(db, live)
         step = "?" if last is None else str(last[1])
         return f"r{last[0] if last else '?'} {step}", step
 
@@ -619,7 +773,7 @@ def import_scenario(ws: Workspace, trial: Path) -> Scenario:
         return p
 
     return Scenario("import", argv, ws.root, observe, check, lambda: project_fingerprint(project),
-                    done_message="no open query batch")
+                    done_message="no open query batch", watch=trial)
 
 
 # -- the plans ------------------------------------------------------------------------------------
@@ -676,11 +830,11 @@ def run_harness(root: Path, plan: dict[str, int] | None = None, seed: int = 0, e
         echo(f"simulate: uninterrupted run {t_ref:.0f}s")
         ref_fp = ref.fingerprint()
         for c in range(plan["simulate_steps"]):
-            # base r0: train evaluate; the strategy's run r0: predict select oracle semi; r1: all six;
-            # r2: train evaluate
-            order = ["train", "evaluate"] + ["predict", "select", "oracle", "semi"] + \
+            # base r0: train evaluate; its copy to the strategy's run; the run's r0: predict select oracle
+            # semi; r1: all six; r2: train evaluate
+            order = ["base train", "base evaluate", "copy"] + ["predict", "select", "oracle", "semi"] + \
                 ["train", "evaluate", "predict", "select", "oracle", "semi"] + ["train", "evaluate"]
-            trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.5) if s == "train" else 0.0) for s in order]
+            trig = [Trigger(step=s, extra=rng.uniform(0.2, 2.5) if s.endswith("train") else 0.0) for s in order]
             scn = simulate_scenario(ws, root / f"sim_steps{c}")
             campaign(scn, f"steps{c}", trig, ref_fp, report, logs / f"sim_steps{c}.log")
             echo(f"simulate steps{c}: {report.kills} kills so far")

@@ -21,23 +21,32 @@ DETECTORS: dict[str, str] = {
 }
 
 
+def _builder(name: str):
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}")
+    module_name, func = DETECTORS[name].split(":")
+    return getattr(importlib.import_module(module_name), func)
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """ValueError naming the unknown detector or options, and listing the valid ones."""
+    valid = [p for p in inspect.signature(_builder(name)).parameters if p != "num_classes"]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"detector {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
+                         f"{', '.join(valid)}")
+
+
 def create_detector(name: str, num_classes: int, seed: int | None = None, **kwargs: Any) -> Detector:
     """Build a detector by registry name; `kwargs` go to its builder (backbone, sizes, ...).
 
     With `seed`, randomly initialised layers come from that seed alone (the global RNG is left as it
     was), so a resumed process builds the same model as one that ran everything before it.
     """
-    if name not in DETECTORS:
-        raise ValueError(f"unknown detector {name!r}; choose one of {', '.join(sorted(DETECTORS))}")
+    check_options(name, kwargs)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    module_name, func = DETECTORS[name].split(":")
-    builder = getattr(importlib.import_module(module_name), func)
-    valid = [p for p in inspect.signature(builder).parameters if p != "num_classes"]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"detector {name!r} has no option {', '.join(map(repr, unknown))}; its options are: "
-                         f"{', '.join(valid)}")
+    builder = _builder(name)
     if seed is None:
         return builder(num_classes=num_classes, **kwargs)
     import torch
@@ -47,4 +56,4 @@ def create_detector(name: str, num_classes: int, seed: int | None = None, **kwar
         return builder(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["DETECTORS", "Detector", "create_detector"]
+__all__ = ["DETECTORS", "Detector", "check_options", "create_detector"]

@@ -45,7 +45,7 @@ from boxloop.detectors.backbones import build_backbone
 from boxloop.detectors.common import check_targets, predict_context, prepare_images, to_detections
 from boxloop.structures import Detections
 
-__all__ = ["FCOSDetector", "build_fcos", "match_locations", "quality_focal_loss", "varifocal_loss"]
+__all__ = ["FCOSDetector", "build_fcos", "match_locations", "own_box_iou", "quality_focal_loss", "varifocal_loss"]
 
 IGNORE = -2  # matched to a box of weight 0
 BACKGROUND = -1
@@ -210,6 +210,11 @@ class FCOSDetector(nn.Module):
             per_loc = (varifocal_loss(iou_logits, target, pos) if self.quality_loss == "varifocal"
                        else quality_focal_loss(iou_logits, target))
             loss_iou = (per_loc * cls_w).sum() / num_pos  # same locations and weights as the class term
+        elif self.quality_loss == "own_box_iou":
+            target = own_box_iou(self.box_coder.decode(reg.detach().reshape(-1, 4),
+                                                       anchors[None].expand(b, -1, -1).reshape(-1, 4)).reshape(b, n_loc, 4),
+                                 fw.targets)
+            loss_iou = (quality_focal_loss(iou_logits, target) * cls_w).sum() / num_pos
         return {"classification": loss_cls, "bbox_regression": loss_box, "iou": loss_iou}
 
     def _bounding(self) -> bool:
@@ -315,6 +320,22 @@ def varifocal_loss(logits: Tensor, target: Tensor, positive: Tensor, alpha: floa
     q = logits.sigmoid()
     weight = torch.where(positive, target, alpha * q.detach().pow(gamma))
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+
+
+def own_box_iou(pred: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
+    """(B, L): the IoU of every location's own decoded box with the ground-truth box it overlaps
+    most (boxes of weight 0 left out; 0 on an image without boxes).
+
+    The quality target of fcos_lite: what the calibration check and the localization-aware scores
+    ask of a predicted IoU is "how well does THIS box fit the object it covers", at whatever location
+    fires, so it is taught at every location, not only at the ones assigned to an object.
+    """
+    out = pred.new_zeros(pred.shape[:2])
+    for i, t in enumerate(targets):
+        keep = t["weights"] > 0
+        if keep.any():
+            out[i] = box_iou(pred[i], t["boxes"][keep]).amax(dim=1).clamp(0, 1)
+    return out
 
 
 def quality_focal_loss(logits: Tensor, target: Tensor, beta: float = 2.0) -> Tensor:

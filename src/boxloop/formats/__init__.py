@@ -40,6 +40,13 @@ class LoadResult:
     annotations: dict[str, Annotation]
     classes: list[str]
     warnings: list[str] = field(default_factory=list)
+    # images whose labels were read past: `sizes` named them unusable (None), e.g. an image init skips
+    ignored: list[str] = field(default_factory=list)
+
+
+# {image key: (width, height)}, or None for an image that exists but cannot be used (its labels are
+# then ignored and listed in `LoadResult.ignored`): what init measured, so loaders need not measure again
+Sizes = Mapping[str, "tuple[int, int] | None"]
 
 
 # -- shared checks (written by hand; every loader runs its boxes and names through these) -----------
@@ -168,12 +175,22 @@ def unique_image(index: Mapping[str, list[str]], stem: str, where: str | Path) -
     return found[0]
 
 
+class MissingImages(FormatError):
+    """Annotations naming images that are not there; `names` lists the names they asked for (so a
+    caller that knows more, such as `boxloop import`, can say what those images are)."""
+
+    def __init__(self, path: str | Path, problem: str, hint: str, names: Sequence[str]) -> None:
+        super().__init__(path, problem, hint)
+        self.names = list(names)
+
+
 def missing_images_error(source: str | Path, pairs: Sequence[tuple[str, str]], images_root: str | Path) -> FormatError:
     listed = [f"{where} -> {name}" for where, name in pairs]
-    return FormatError(
+    return MissingImages(
         source,
         f"{len(pairs)} annotation(s) name images that are not in {images_root}: {listing(listed)}",
         "add the images, remove those annotations, or pass the right --images folder",
+        [name for _, name in pairs],
     )
 
 
@@ -215,14 +232,16 @@ def detect_format(path: str | Path) -> str:
 
 
 def load(fmt: str | None, source: str | Path, images_root: str | Path | None = None,
-         classes: Sequence[str] | None = None) -> LoadResult:
-    """Load annotations in any supported format (fmt None: detect it from `source`)."""
+         classes: Sequence[str] | None = None, sizes: Sizes | None = None) -> LoadResult:
+    """Load annotations in any supported format (fmt None: detect it from `source`).
+
+    `sizes` (with `images_root`) lists the images and their sizes instead of reading the folder."""
     fmt = detect_format(source) if fmt is None else fmt.lower()
     source = Path(source)
     if fmt == "voc":
         from boxloop.formats.voc import load_voc
 
-        return load_voc(source, images_root, classes)
+        return load_voc(source, images_root, classes, sizes=sizes)
     if fmt == "coco":
         from boxloop.formats.coco import load_coco
 
@@ -232,16 +251,16 @@ def load(fmt: str | None, source: str | Path, images_root: str | Path | None = N
                 raise FormatError(source, f"is a folder holding {len(jsons)} .json files",
                                   "pass the COCO annotation .json file itself")
             source = jsons[0]
-        return load_coco(source, images_root, classes)
+        return load_coco(source, images_root, classes, sizes=sizes)
     if fmt == "yolo":
         from boxloop.formats.yolo import load_yolo
 
         if images_root is None:
             raise FormatError(source, "YOLO labels hold normalised boxes", "pass the images folder too")
-        return load_yolo(source, images_root, classes)
+        return load_yolo(source, images_root, classes, sizes=sizes)
     if fmt in ("labelstudio", "cvat"):
-        known = None
-        if images_root is not None:
+        known = None if sizes is None else dict(sizes)
+        if images_root is not None and known is None:
             from boxloop.images import image_size, list_images
 
             root = Path(images_root)

@@ -26,6 +26,7 @@ import numpy as np
 from boxloop.formats import (
     FormatError,
     LoadResult,
+    Sizes,
     check_classes,
     clean_boxes,
     listing,
@@ -108,23 +109,31 @@ def _read_images(data: Any, path: Path) -> _Images:
     return _Images(keys, sizes, categories, [categories[k] for k in sorted(categories)])
 
 
-def _resolve_sizes(info: _Images, images_root: Path | None, path: Path, warnings: list[str]) -> None:
-    """With an images folder: every image must exist and its header decides its size."""
+def _resolve_sizes(info: _Images, images_root: Path | None, path: Path, warnings: list[str],
+                   sizes: Sizes | None = None) -> list[int]:
+    """With an images folder: every image must exist and its header decides its size. Returns the ids
+    of images `sizes` names unusable (their labels are ignored)."""
     if images_root is None:
         unknown = [info.keys[i] for i, s in info.sizes.items() if s == (0, 0)]
         if unknown:
             raise FormatError(path, f"images without width/height: {listing(unknown)}",
                               "pass the images folder so sizes are read from the images")
-        return
-    missing = [(f"image {iid}", key) for iid, key in info.keys.items() if not (images_root / key).is_file()]
+        return []
+    exists = (lambda key: key in sizes) if sizes is not None else (lambda key: (images_root / key).is_file())
+    missing = [(f"image {iid}", key) for iid, key in info.keys.items() if not exists(key)]
     if missing:
         raise missing_images_error(path, missing, images_root)
+    unusable = []
     for iid, key in info.keys.items():
-        size = image_size(images_root / key)
+        if sizes is not None and sizes[key] is None:
+            unusable.append(iid)
+            continue
+        size = sizes[key] if sizes is not None else image_size(images_root / key)
         if info.sizes[iid] not in ((0, 0), size):
             w, h = info.sizes[iid]
             warnings.append(f"{path}: image {iid} says {w}x{h} but {key} is {size[0]}x{size[1]}; using the image's size")
         info.sizes[iid] = size
+    return unusable
 
 
 def _provenance(a: Mapping[str, Any]) -> Provenance:
@@ -146,14 +155,14 @@ def _provenance(a: Mapping[str, Any]) -> Provenance:
 
 
 def load_coco(json_path: str | Path, images_root: str | Path | None = None,
-              classes: Sequence[str] | None = None) -> LoadResult:
+              classes: Sequence[str] | None = None, sizes: Sizes | None = None) -> LoadResult:
     """Read a COCO dataset file. Keys are `file_name`s; listed images without annotations are
     negatives. A `score` on an annotation makes it a pseudo box with that score."""
     path = Path(json_path)
     data = _read_json(path)
     info = _read_images(data, path)
     warnings: list[str] = []
-    _resolve_sizes(info, None if images_root is None else Path(images_root), path, warnings)
+    unusable = _resolve_sizes(info, None if images_root is None else Path(images_root), path, warnings, sizes)
     per_image: dict[int, list[Mapping[str, Any]]] = {iid: [] for iid in info.keys}
     used: dict[str, list[str]] = {}
     anns = data.get("annotations") or []
@@ -177,6 +186,8 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
 
     out: dict[str, Annotation] = {}
     for iid, key in info.keys.items():
+        if iid in unusable:
+            continue
         items = per_image[iid]
         xywh = np.array([_bbox(a.get("bbox"), path, f"annotation {a.get('id', '?')}") for a in items],
                         dtype=np.float64).reshape(-1, 4)
@@ -194,7 +205,7 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
             continue
         out[key] = cleaned
     return LoadResult(annotations=out, classes=list(classes) if classes is not None else info.classes,
-                      warnings=warnings)
+                      warnings=warnings, ignored=[info.keys[i] for i in unusable])
 
 
 def _class_ids(classes: Sequence[str]) -> dict[str, int]:

@@ -254,6 +254,7 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
     unmatched: list[str] = []
     claimed: dict[str, str] = {}
     ignored: dict[str, int] = {}
+    unusable: list[str] = []
     for n, image in enumerate(root.findall("image")):
         name = image.get("name")
         where = f"{path} <image id={image.get('id', n)!r}>"
@@ -267,6 +268,9 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
             raise FormatError(path, f"images {claimed[key]!r} and {name!r} both describe {key}",
                               "keep one <image> per file")
         claimed[key] = name
+        if known_images is not None and known_images[key] is None:
+            unusable.append(key)  # an image the caller cannot use (init skips it): its labels are not read
+            continue
         cw, ch = _opt_float(image.get("width")), _opt_float(image.get("height"))
         cvat_size = (cw, ch) if cw and ch and cw > 0 and ch > 0 else None
         if known_images is not None:
@@ -327,4 +331,4 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
     else:  # declared box labels in file order, then any used but not declared
         found = [n for n, t in declared if t not in ("tag", "points", "skeleton") and (n in used or n not in tag_names)]
         found += [n for n in used if n not in found]
-    return FlaggedLoadResult(annotations=out, classes=found, warnings=warnings, flags=flags)
+    return FlaggedLoadResult(annotations=out, classes=found, warnings=warnings, flags=flags, ignored=unusable)

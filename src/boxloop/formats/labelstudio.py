@@ -373,6 +373,7 @@ def load_labelstudio(
     order: list[str] = []
     unmatched: list[str] = []
     claimed: dict[str, str] = {}
+    unusable: list[str] = []
     ignored_types: dict[str, int] = {}
     for i, task in enumerate(tasks):
         tname = _task_name(task, i)
@@ -385,6 +386,9 @@ def load_labelstudio(
             raise FormatError(path, f"{claimed[key]} and {tname} both describe image {key}",
                               "keep one task per image")
         claimed[key] = tname
+        if known_images is not None and known_images[key] is None:
+            unusable.append(key)  # an image the caller cannot use (init skips it): its labels are not read
+            continue
         ann = _pick_annotation(task)
         if ann is None:
             continue  # unanswered (no annotation, or skipped/cancelled)
@@ -470,4 +474,4 @@ def load_labelstudio(
         warnings.append(f"{path}: {count} result(s) of type {rtype!r} ignored (boxloop reads rectanglelabels "
                         "and choices)")
     return FlaggedLoadResult(annotations=out, classes=list(classes) if classes is not None else order,
-                             warnings=warnings, flags=flags)
+                             warnings=warnings, flags=flags, ignored=unusable)

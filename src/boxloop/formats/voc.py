@@ -25,6 +25,7 @@ import numpy as np
 from boxloop.formats import (
     FormatError,
     LoadResult,
+    Sizes,
     check_classes,
     clean_boxes,
     missing_images_error,
@@ -238,12 +239,13 @@ def _resolve_dirs(annotations_dir: Path, images_root: Path | None) -> tuple[Path
 
 
 def load_voc(annotations_dir: str | Path, images_root: str | Path | None = None,
-             classes: Sequence[str] | None = None) -> LoadResult:
+             classes: Sequence[str] | None = None, sizes: Sizes | None = None) -> LoadResult:
     """Read every .xml under `annotations_dir` (or a VOC root's Annotations/).
 
     With `images_root`, keys are image paths relative to it, sizes come from the image headers and
     missing images are an error; without, keys are `<filename>` (under the XML's relative folder)
-    and sizes come from `<size>`. A file without `<object>` is a negative image.
+    and sizes come from `<size>`. A file without `<object>` is a negative image. `sizes` stands in
+    for the images folder's listing and headers (see `formats.Sizes`).
     """
     annotations_dir, images_root = _resolve_dirs(Path(annotations_dir), None if images_root is None else Path(images_root))
     if annotations_dir.is_file():
@@ -254,7 +256,8 @@ def load_voc(annotations_dir: str | Path, images_root: str | Path | None = None,
                            and not any(part.startswith(".") for part in p.relative_to(base).parts))
     if not xml_files:
         raise FormatError(annotations_dir, "holds no .xml files", "pass the folder of VOC annotation files")
-    images = list_images(images_root) if images_root is not None else []
+    images = list(sizes) if sizes is not None else list_images(images_root) if images_root is not None else []
+    ignored: list[str] = []
     index, image_set = stem_index(images), set(images)
 
     warnings: list[str] = []
@@ -279,7 +282,10 @@ def load_voc(annotations_dir: str | Path, images_root: str | Path | None = None,
             if key is None:
                 missing.append((xml.name, asked))
                 continue
-            size = image_size(images_root / key)
+            if sizes is not None and sizes[key] is None:
+                ignored.append(key)
+                continue
+            size = sizes[key] if sizes is not None else image_size(images_root / key)
             if xml_size is not None and xml_size != size:
                 warnings.append(f"{xml}: <size> says {xml_size[0]}x{xml_size[1]} but {key} is "
                                 f"{size[0]}x{size[1]}; using the image's size")
@@ -308,7 +314,8 @@ def load_voc(annotations_dir: str | Path, images_root: str | Path | None = None,
     if missing:
         raise missing_images_error(annotations_dir, missing, images_root)
     check_classes(used, classes, annotations_dir)
-    return LoadResult(annotations=out, classes=list(classes) if classes is not None else order, warnings=warnings)
+    return LoadResult(annotations=out, classes=list(classes) if classes is not None else order, warnings=warnings,
+                      ignored=ignored)
 
 
 # -- writing ------------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ image, and the class names in classes.txt (darknet, LabelImg) or data.yaml `name
 PyYAML reads data.yaml; image sizes come from `boxloop.images.image_size` (header only). Written by
 hand: pairing label files with images by relative stem, the class-name lookup, line validation
 with file:line messages, and the writer. A line with a 6th number (Ultralytics `save_conf`) loads
-as a predicted box with that score; a longer line is a segmentation polygon and loads as its
-bounding box. An empty .txt is a negative; an image without .txt is unlabelled.
+as a predicted box with that score, which must lie in [0, 1], and the loader says so once per
+folder: such an image is a model's guess, not a label, and stays unlabelled. A longer line is a
+segmentation polygon and loads as its bounding box. An empty .txt is a negative; an image without
+.txt is unlabelled. Text files are read as UTF-8 with or without a byte-order mark (Windows editors
+write one), and a blank line inside classes.txt is an error: ids count lines.
 No torch import here.
 """
 
@@ -21,6 +24,8 @@ import yaml
 from boxloop.formats import (
     FormatError,
     LoadResult,
+    MissingImages,
+    Sizes,
     check_classes,
     clean_boxes,
     listing,
@@ -29,14 +34,14 @@ from boxloop.formats import (
     unique_image,
 )
 from boxloop.images import image_size, list_images
-from boxloop.structures import Annotation, Boxes, Provenance, Source
+from boxloop.structures import Annotation, Boxes, Provenance, Source, check_class_name
 
 NAME_FILES = ("classes.txt", "data.yaml", "data.yml", "dataset.yaml", "obj.names")
 
 
 def _names_from_yaml(path: Path) -> dict[int, str]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise FormatError(path, f"cannot read YAML: {e}", "fix the file") from e
     names = data.get("names") if isinstance(data, dict) else None
@@ -61,11 +66,16 @@ def read_class_names(labels_dir: str | Path) -> tuple[dict[int, str], Path] | No
             if p.suffix in (".yaml", ".yml"):
                 return _names_from_yaml(p), p
             try:
-                lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+                lines = [line.strip() for line in p.read_text(encoding="utf-8-sig").split("\n")]
             except (OSError, UnicodeDecodeError) as e:
                 raise FormatError(p, f"cannot read class names: {e}", "one class name per line") from e
             while lines and not lines[-1]:
                 lines.pop()
+            blank = [i + 1 for i, n in enumerate(lines) if not n]
+            if blank:
+                raise FormatError(f"{p}:{blank[0]}", f"line {blank[0]} is blank, but class ids count lines "
+                                  f"(class {blank[0] - 1} would have no name and every later id would shift)",
+                                  "remove the blank line, or write the class name on it")
             return {i: n for i, n in enumerate(lines)}, p
     return None
 
@@ -73,7 +83,7 @@ def read_class_names(labels_dir: str | Path) -> tuple[dict[int, str], Path] | No
 def _parse_lines(path: Path, names: dict[int, str], used: dict[str, list[str]], warnings: list[str]
                  ) -> tuple[np.ndarray, list[str], list[Provenance]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise FormatError(path, f"cannot read the file: {e}") from e
     rows: list[list[float]] = []
@@ -97,6 +107,9 @@ def _parse_lines(path: Path, names: dict[int, str], used: dict[str, list[str]], 
             rows.append(values)
             prov.append(Provenance())
         elif len(values) == 5:
+            if not 0.0 <= values[4] <= 1.0:  # NaN fails too
+                raise FormatError(where, f"the 6th number, a confidence, is {parts[5]}: it must lie in [0, 1]",
+                                  "each line is 'class cx cy w h', optionally followed by a confidence in [0, 1]")
             rows.append(values[:4])
             prov.append(Provenance(source=Source.PREDICTED, score=values[4]))
         elif len(values) >= 6 and len(values) % 2 == 0:
@@ -116,11 +129,13 @@ def _parse_lines(path: Path, names: dict[int, str], used: dict[str, list[str]], 
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4), labels, prov
 
 
-def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence[str] | None = None) -> LoadResult:
+def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence[str] | None = None,
+              sizes: Sizes | None = None) -> LoadResult:
     """Read labels_dir/**/*.txt against the images under `images_root` (same relative stem).
 
     Class names come from a names file in `labels_dir` or its parent; without one, `classes` gives
-    the names by index. A label file without an image is an error (listed).
+    the names by index. A label file without an image is an error (listed). `sizes` stands in for
+    the images folder's listing and headers (see `formats.Sizes`).
     """
     labels_dir, images_root = Path(labels_dir), Path(images_root)
     if not labels_dir.is_dir():
@@ -143,8 +158,10 @@ def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence
     if escaping:  # a label file linked to /etc/passwd must not be read (its lines would be echoed)
         raise FormatError(escaping[0], f"is a symlink leading outside {labels_dir} ({escaping[0].resolve()})",
                           "copy the label file into the label folder instead of linking it")
-    images = list_images(images_root)
+    images = list(sizes) if sizes is not None else list_images(images_root)
     index = stem_index(images)
+    ignored: list[str] = []
+    predicted: list[str] = []
 
     warnings: list[str] = []
     used: dict[str, list[str]] = {}
@@ -156,8 +173,13 @@ def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence
         if key is None:
             orphans.append(txt.relative_to(labels_dir).as_posix())
             continue
+        if sizes is not None and sizes[key] is None:
+            ignored.append(key)
+            continue
         cxcywh, labels, prov = _parse_lines(txt, names, used, warnings)
-        size = image_size(images_root / key)
+        if any(p.source == Source.PREDICTED for p in prov):
+            predicted.append(txt.relative_to(labels_dir).as_posix())
+        size = sizes[key] if sizes is not None else image_size(images_root / key)
         ann = Annotation(image=key, boxes=Boxes.from_cxcywh_normalized(cxcywh, size), labels=tuple(labels),
                          provenance=tuple(prov))
         cleaned = clean_boxes(ann, str(txt), warnings)
@@ -166,11 +188,16 @@ def load_yolo(labels_dir: str | Path, images_root: str | Path, classes: Sequence
             continue
         out[key] = cleaned
     if orphans:
-        raise FormatError(labels_dir, f"{len(orphans)} label file(s) have no image in {images_root}: {listing(orphans)}",
-                          "add the images, remove those label files, or pass the right images folder")
+        raise MissingImages(labels_dir, f"{len(orphans)} label file(s) have no image in {images_root}: {listing(orphans)}",
+                            "add the images, remove those label files, or pass the right images folder", orphans)
     check_classes(used, classes, labels_dir)
+    if predicted:
+        warnings.append(f"{labels_dir}: {len(predicted)} label file(s) have lines with a 6th number, a confidence: "
+                        f"{listing(predicted, 10)}. Those boxes are read as a model's predictions, not labels, so "
+                        "their images stay unlabelled; remove the 6th column if they are labels")
     declared = [names[i] for i in sorted(names)]
-    return LoadResult(annotations=out, classes=list(classes) if classes is not None else declared, warnings=warnings)
+    return LoadResult(annotations=out, classes=list(classes) if classes is not None else declared, warnings=warnings,
+                      ignored=ignored)
 
 
 def _fmt(v: float) -> str:
@@ -188,6 +215,8 @@ def dump_yolo(annotations: Iterable[Annotation], classes: Sequence[str], out_dir
     ids = {name: i for i, name in enumerate(classes)}
     if len(ids) != len(classes):
         raise ValueError(f"class names must be unique, got {list(classes)}")
+    for name in classes:  # classes.txt holds one name a line: a line break would shift every later id
+        check_class_name(name, str(out_dir))
     anns = list(annotations)
     unknown: dict[str, list[str]] = {}
     for ann in anns:

@@ -1,7 +1,8 @@
 """Active-learning strategies: which images (or single boxes) to ask the annotator about.
 
 Two plain registries, one per query unit (DESIGN.md: one dict per extension point):
-`IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset) and
+`IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset, typical,
+budget_aware) and
 `BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is
 `fn(table, budget, rng, **options) -> Selection`. `select()` is the one entry point the loop, the
 CLI and users' scripts call:
@@ -9,7 +10,11 @@ CLI and users' scripts call:
     sel = select("localization_aware", detections_by_key, budget=500, rng=0)
     sel = select("least_confidence", table, budget=1000, unit="boxes", t_d=0.1)
 
-Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py.
+`typical` and `budget_aware` take an embedding of every image (`image_features`,
+`labelled_features`: boxloop.embedding), and `typical` needs no detection at all: it picks the cold
+start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop.
+
+Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from boxloop.strategies.common import (
 from boxloop.strategies.coreset import k_center_greedy
 from boxloop.strategies.image import IMAGE_STRATEGIES, LOW_THRESHOLD, PER_CLASS, class_thresholds
 from boxloop.strategies.table import DetectionTable
+from boxloop.strategies.typical import coverage, kmeans, typicality
 from boxloop.structures import Detections, Selection
 
 __all__ = [
@@ -38,6 +44,11 @@ __all__ = [
     "box_pool",
     "class_thresholds",
     "k_center_greedy",
+    "kmeans",
+    "typicality",
+    "coverage",
+    "NEEDS_EMBEDDING",
+    "DETECTOR_FREE",
     "least_confidence_scores",
     "entropy_scores",
     "localization_scores",
@@ -47,6 +58,8 @@ __all__ = [
 ]
 
 STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
+NEEDS_EMBEDDING = frozenset({"typical", "budget_aware"})  # take image_features / labelled_features
+DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any prediction (the cold start)
 
 
 def select(

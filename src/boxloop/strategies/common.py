@@ -29,8 +29,8 @@ __all__ = [
 ]
 
 # Which of boxloop's detectors fill the optional Detections fields (for error messages).
-LOC_QUALITY_MODELS = "fcos"
-FEATURE_MODELS = "fcos, faster_rcnn, retinanet"
+LOC_QUALITY_MODELS = "fcos_lite, fcos, faster_rcnn (box_head='interval')"
+FEATURE_MODELS = "fcos_lite, fcos, faster_rcnn, retinanet"
 
 
 def least_confidence_scores(table: DetectionTable) -> np.ndarray:

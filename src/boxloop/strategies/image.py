@@ -12,6 +12,10 @@ the empty share).
   the seed is silent: budget, ties, classes with fewer than [100] detections).
 - coreset: greedy k-center over image features (mean of the image's box features, or given ones),
   starting from the labelled set's features.
+- typical: TypiClust, the most typical image of each uncovered cluster of the pretrained backbone's
+  embedding; needs no trained detector (the cold start). budget_aware: typical while the labelled
+  set covers less than 80% of the pool (embedding look-alikes), then localization_aware. Both in
+  typical.py.
 
 "Empty" images - no box reaches the strategy's low threshold (`min_score`, or [0.2] on the
 combined score for localization_aware) - have no uncertainty score. They may hide objects the
@@ -40,6 +44,7 @@ from boxloop.strategies.common import (
 )
 from boxloop.strategies.coreset import auto_device, k_center_greedy
 from boxloop.strategies.table import DetectionTable
+from boxloop.strategies.typical import budget_aware, typical
 from boxloop.structures import Selection
 
 __all__ = [
@@ -256,4 +261,6 @@ IMAGE_STRATEGIES = {
     "entropy": entropy,
     "localization_aware": localization_aware,
     "coreset": coreset,
+    "typical": typical,  # needs no detections: pooled backbone features (strategies/typical.py)
+    "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
 }

@@ -1,0 +1,85 @@
+"""Writing outputs (an export, a folder of predictions) where a user may already keep files.
+
+Everything is first written into a hidden staging folder beside the target. Only then is each
+staged file compared with what the target holds: a file already there is a conflict, and unless
+`overwrite` is given the command stops, naming the files, with the target exactly as it was (the
+staging folder is removed). Otherwise each file is fsynced and renamed into place: no file is ever
+half-written, and nothing but the staged names is touched. A folder never replaces a file nor a
+file a folder, `overwrite` or not.
+
+Written by hand: the staging and the conflict check; `os` and `shutil` do the moving.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from boxloop.formats import listing
+
+__all__ = ["OutputExists", "staged_output"]
+
+
+class OutputExists(ValueError):
+    """Writing would replace files that are already there (pass overwrite to allow it)."""
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _check_target(target: Path, file_target: bool) -> None:
+    if file_target and target.is_dir():
+        raise ValueError(f"{target} is a folder; pass a file name ending in {target.suffix or '.json'} to write one "
+                         "file, or a folder path without that ending")
+    if not file_target and target.exists() and not target.is_dir():
+        raise ValueError(f"{target} is a file, not a folder; pass a folder to write into (it is created if missing)")
+
+
+@contextmanager
+def staged_output(target: str | Path, overwrite: bool = False, file_target: bool = False) -> Iterator[Path]:
+    """Yield where to write instead of `target`: a staging folder standing for the target folder, or
+    for `file_target` a path named like the target file inside one. On a clean exit the staged files
+    move into place (OutputExists if one would replace an existing file and not `overwrite`)."""
+    target = Path(target)
+    _check_target(target, file_target)
+    parent = target.parent if str(target.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=parent))
+    try:
+        yield stage / target.name if file_target else stage
+        base = target.parent if file_target else target
+        files = sorted(p for p in stage.rglob("*") if p.is_file() or p.is_symlink())
+        pairs = [(p, base / p.relative_to(stage)) for p in files]
+        clash = [t for _, t in pairs if t.is_dir() or any(a.exists() and not a.is_dir() for a in t.parents
+                                                          if a.is_relative_to(base) and a != base)]
+        if clash:
+            raise ValueError(f"cannot write {listing([str(t) for t in clash], 5)}: a folder stands where a file goes "
+                             "(or a file where a folder goes); choose another --out")
+        exists = [t for _, t in pairs if t.exists() or t.is_symlink()]
+        if exists and not overwrite:
+            raise OutputExists(f"{len(exists)} file(s) already in {base} would be overwritten: "
+                               f"{listing([str(t) for t in exists], 10)}; nothing was written. Pass --overwrite to "
+                               "replace them, or choose another --out")
+        for src, dst in pairs:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            _fsync(src)
+            os.replace(src, dst)
+        for folder in {dst.parent for _, dst in pairs}:
+            _fsync(folder, directory=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

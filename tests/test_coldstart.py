@@ -1,0 +1,80 @@
+"""The cold start end to end: `boxloop query` on a project with no model and no label writes a typical
+batch; `simulate --initial-strategy typical` chooses its seed set by typicality and records budget_aware's
+phase in results.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from boxloop.cli import app
+from boxloop.loop import LoopConfig
+from boxloop.simulate import simulate
+from boxloop.store import Project
+
+SIZE = 64
+TINY = dict(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, epochs=None, steps=4,
+            image_size=SIZE, batch_size=4, device="cpu", val_every=1000,
+            detector_options={"fpn_channels": 32, "head_convs": 1})
+
+
+@pytest.fixture(scope="module")
+def data(make_synthetic):
+    return make_synthetic(n_images=16, image_size=SIZE, seed=7)
+
+
+def test_query_on_an_untrained_project_writes_a_typical_batch(data, tmp_path: Path) -> None:
+    runner = CliRunner()
+    proj, batch = tmp_path / "proj", tmp_path / "batch"
+    res = runner.invoke(app, ["init", str(proj), "--images", str(data.images), "--classes", "circle,square,triangle"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["query", str(proj), "--budget", "3", "--out", str(batch), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    assert "chosen by typical" in text and "asked about 3 images (typical)" in text
+    manifest = json.loads((batch / "batch.json").read_text())
+    assert len(manifest["images"]) == 3 and len(list(batch.glob("*.xml"))) == 3
+    with Project.open(proj) as p:
+        assert not (proj / "models").exists()  # nothing was trained
+        (rnd,) = p.rounds()
+        assert rnd["step"] == "oracle" and rnd["config"]["strategy"] == "typical"
+        sel = p.metrics(rnd["id"])[rnd["id"]]["selection"]
+        assert sel["strategy"] == "typical" and sel["count"] == 3 and sel["clusters"] == 3
+        assert len(list((proj / "cache" / "embeddings").rglob("*.npy"))) == 16  # the whole pool, cached
+    # answer the batch with the true boxes: the labels land like any other answer
+    for name in manifest["images"]:
+        shutil.copy(data.annotations_dir / (Path(name).stem + ".xml"), batch / (Path(name).stem + ".xml"))
+    res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
+    assert res.exit_code == 0, res.output
+    assert "imported 3 images" in " ".join(res.stdout.split())
+    with Project.open(proj) as p:
+        assert {r.path for r in p.images(status="labelled")} == set(manifest["images"].values())
+        assert p.last_round()["step"] == "done"
+
+
+def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path) -> None:
+    kw = dict(dataset=data.images, annotations=data.annotations_dir, strategies=["budget_aware"], initial=4,
+              budget=2, rounds=1, seeds=[0], test_fraction=0.25, progress=False, echo=lambda m: None)
+    res = simulate(out=tmp_path, config=LoopConfig(**TINY), initial_strategy="typical", **kw)
+    (run,) = res["runs"]
+    assert run["initial_strategy"] == "typical" and run["strategy"] == "budget_aware"
+    rows = run["rounds"]
+    assert [r["images_labelled"] for r in rows] == [4, 6]
+    assert rows[0]["phase"] in ("typical", "localization_aware") and 0.0 <= rows[0]["coverage"] <= 1.0
+    assert "switch_round" in run
+    assert json.loads((tmp_path / "simulate_config.json").read_text())["initial_strategy"] == "typical"
+    # the seed set is the typical pick of the non-test images, the same on every call
+    from boxloop.simulate import initial_set
+
+    with Project.open(tmp_path / "seed0" / "base") as p:
+        seeded = sorted(r.path for r in p.images(...) if r.split in ("train", "val"))
+        candidates = sorted(r.path for r in p.images(...) if r.split != "test")
+        assert initial_set(p, candidates, 4, 0, "typical", "cpu") == seeded
+        assert p.get_meta("initial_strategy") == "typical"
+    # the same OUT refuses the other kind of seed set instead of mixing them
+    with pytest.raises(ValueError, match="seed set was chosen by 'typical'"):
+        simulate(out=tmp_path, config=LoopConfig(**TINY), initial_strategy="random", **kw)
