@@ -26,7 +26,7 @@ from boxloop.project import export_project, init_project
 from boxloop.structures import Source
 
 N_IMAGES, N_LABELLED, SIZE = 20, 8, 64
-RUN = dict(threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, backbone="efficientnet_lite0",
+RUN = dict(model="fcos", threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, backbone="efficientnet_lite0",
            pretrained_backbone=True, image_size=SIZE, batch_size=4, device="cpu", lr=0.05, val_every=1000,
            detector_options={"fpn_channels": 32, "head_convs": 1}, progress=False, seed=0)
 ROW_FIELDS = ("iteration", "steps", "images_auto_labelled", "total_auto_labelled", "boxes", "remaining_unlabelled",
@@ -239,3 +239,54 @@ def test_an_iteration_that_labels_nothing_stops_the_run(few_labels, tmp_path):
     assert project.annotations("pseudo") == {} and project.get_meta(PSEUDO_TEST_META) == []
     assert autolabel(project, iterations=None, **{**RUN, "threshold": 0.99, "steps_first": 5}) == rows
     project.close()
+
+
+# -- --threshold auto, threshold guidance, a given first model ------------------------------------------
+
+
+def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(full_run, few_labels, tmp_path,
+                                                                               monkeypatch):
+    """Iteration 1 is an existing model (no training); its validation table is hand-made so that
+    the lowest threshold with precision >= 0.9 is 0.04 (0.03 would let the false 0.04 in)."""
+    import boxloop.autolabel as al
+
+    first = al.model_dir(full_run[0], 1) / "best.pt"
+    real = al._validation_table(full_run[0], al._load(full_run[0], {**RUN, "device": "cpu"}, 1), RUN)
+    assert real.ndim == 2 and real.shape[1] == 2 and set(np.unique(real[:, 1])) <= {0.0, 1.0}
+    table = np.array([(0.9, 1), (0.06, 1), (0.04, 0)], float)
+    monkeypatch.setattr(al, "_validation_table", lambda project, det, cfg: table)
+    project = new_project(few_labels, tmp_path / "project")
+    rows = autolabel(project, iterations=1, initial_checkpoint=first, **{**RUN, "threshold": "auto"})
+    assert len(rows) == 1 and rows[0]["steps"] == 0
+    r = rows[0]
+    assert r["threshold"] == pytest.approx(0.04) and r["threshold_rule"].startswith("auto") and r["val_precision"] == 1.0
+    assert r["images_auto_labelled"] > 0 and r["scores"]["boxes"] > 0
+    doc = json.loads((project.dir / RESULT_FILE).read_text())
+    assert doc["config"]["threshold"] == "auto" and doc["config"]["target_precision"] == 0.9
+    assert doc["threshold_chosen"] == pytest.approx(0.04) and doc["iterations"][0]["threshold"] == pytest.approx(0.04)
+    import torch
+
+    a, b = (torch.load(p, weights_only=True)["model"] for p in (first, al.model_dir(project, 1) / "best.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    project.close()
+    # no threshold reaches 0.9: nothing is labelled, the row says what the scores look like
+    monkeypatch.setattr(al, "_validation_table", lambda project, det, cfg: np.array([(0.9, 0), (0.5, 1)], float))
+    project = new_project(few_labels, tmp_path / "project2")
+    rows = autolabel(project, iterations=1, initial_checkpoint=first, **{**RUN, "threshold": "auto"})
+    assert rows[0]["threshold"] is None and rows[0]["images_auto_labelled"] == 0
+    assert "no threshold reaches validation precision 0.9" in rows[0]["guidance"] and "99th" in rows[0]["guidance"]
+    project.close()
+
+
+def test_threshold_guidance_says_what_the_scores_look_like_and_suggests_one():
+    from boxloop.autolabel import threshold_guidance
+
+    scores = {"boxes": 500, "p50": 0.1, "p90": 0.31, "p99": 0.457, "max": 0.486}  # issue 14: BCCD at 0.8
+    table = np.array([(0.48, 1), (0.46, 1), (0.42, 1), (0.40, 0), (0.30, 1)], float)
+    msg, t = threshold_guidance(0.8, scores, table)
+    assert t == pytest.approx(0.40) and "0.310 at the 90th percentile" in msg and "0.457 at the 99th" in msg
+    assert "--threshold 0.40" in msg and "validation precision >= 0.9" in msg
+    msg, t = threshold_guidance(0.8, scores, None)  # no validation: the 99th percentile, rounded down
+    assert t == pytest.approx(0.45) and "top 1%" in msg and "no validation image" in msg
+    msg, t = threshold_guidance(0.8, {"boxes": 0}, None)
+    assert t is None and "detected nothing" in msg

@@ -13,10 +13,13 @@ from boxloop.pseudo import (
     accept_certainty,
     accept_fixed,
     certainty_scores,
+    precision_above,
+    score_percentiles,
     split_autolabelled,
+    threshold_for_precision,
     tsoda_accept,
-    tsoda_schedule,
     tsoda_scale,
+    tsoda_schedule,
 )
 from boxloop.structures import Boxes, Detections
 
@@ -200,3 +203,31 @@ def test_certainty_uses_the_class_probability_not_the_detection_score() -> None:
     np.testing.assert_allclose(certainty_scores(d, certainty=False), [0.9, 0.6], rtol=1e-6)
     # TSODA (seed 000) thresholds the detector's own score: 0.46 keeps the second box only
     assert accept_fixed(d, 0.46).tolist() == [False, True]
+
+
+# -- autolabel --threshold auto: the threshold from a validation score table ------------------------
+# (score, is true positive) on the validation images; precision of the rows above t:
+#   t in [0.85, 0.90): 2/2   [0.80, 0.85): 3/3   [0.70, 0.80): 3/4   [0.60, 0.70): 4/5
+#   [0.50, 0.60): 5/6 = 0.833   [0.40, 0.50): 5/7   [0.30, 0.40): 5/8   [0.20, 0.30): 6/9   below: 6/10
+TABLE = [(0.95, True), (0.90, True), (0.85, True), (0.80, False), (0.70, True), (0.60, True), (0.50, False),
+         (0.40, False), (0.30, True), (0.20, False)]
+
+
+def test_threshold_auto_on_a_hand_made_score_table() -> None:
+    assert threshold_for_precision(TABLE, 0.9) == pytest.approx(0.80)  # 0.79 would let the false 0.80 in
+    assert precision_above(TABLE, 0.80) == (1.0, 3) and precision_above(TABLE, 0.79) == (0.75, 4)
+    # precision is not monotone in t: the lowest t reaching 0.8 lies below a band that misses it
+    assert threshold_for_precision(TABLE, 0.8) == pytest.approx(0.50)
+    assert precision_above(TABLE, 0.70)[0] == 0.75
+    assert threshold_for_precision(np.array(TABLE, dtype=float), 0.8) == pytest.approx(0.50)  # an array works too
+    assert threshold_for_precision([(0.9, False), (0.5, True)], 0.9) is None  # the top box is wrong: never
+    assert threshold_for_precision([], 0.9) is None and precision_above([], 0.5) == (None, 0)
+    assert threshold_for_precision(TABLE, 0.9, step=0.1) == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        threshold_for_precision(TABLE, 1.0)
+
+
+def test_score_percentiles_say_what_the_scores_look_like() -> None:
+    s = score_percentiles(np.linspace(0, 0.5, 101))
+    assert s["boxes"] == 101 and s["max"] == 0.5 and s["p90"] == pytest.approx(0.45) and s["p99"] == pytest.approx(0.495)
+    assert score_percentiles([]) == {"boxes": 0, "p50": None, "p90": None, "p99": None, "max": None}

@@ -15,6 +15,18 @@ Each iteration i = 1, 2, ...:
 
 until the iteration limit, an empty pool, or an iteration that labels nothing new.
 
+The threshold: a number, or "auto": each iteration's model predicts the human validation images,
+its detections are matched to their labels (evaluate.voc_matches), and the lowest threshold (0.01
+steps) whose validation precision reaches `target_precision` [0.9] is used
+(pseudo.threshold_for_precision); no such threshold: nothing is labelled and the run stops, saying
+so. Every row records the threshold used, its validation precision and what the pool's scores looked
+like (percentiles). An iteration that labels nothing says the 90th/99th percentiles of the scores
+and suggests a threshold: the "auto" one when validation has one below the threshold given, else
+the 99th percentile (about the top 1% of the pool's boxes).
+
+`initial_checkpoint`: iteration 1 uses this model (e.g. an existing supervised teacher) instead of
+training one; it is copied into iteration 1's folder. Later iterations start from it (`warm_start`).
+
 Where the auto-labelled test share lives: its images get split 'val' (the store allows only
 test/train/val) and their paths are listed in the meta key `autolabel_pseudo_test`. 'val' keeps them
 out of everything that trains (`loop.training_samples` skips pseudo images in val/test), out of the
@@ -51,7 +63,8 @@ from boxloop.defaults import DETECTOR, training_recipe
 from boxloop.store import Project
 from boxloop.structures import Source
 
-__all__ = ["autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir", "PSEUDO_TEST_META",
+__all__ = ["autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir", "threshold_guidance",
+           "PSEUDO_TEST_META",
            "STATE_KEY", "ROWS_KEY", "RESULT_FILE", "METRICS_ROUND"]
 
 log = logging.getLogger("boxloop.autolabel")
@@ -63,9 +76,11 @@ PSEUDO_TEST_META = "autolabel_pseudo_test"  # paths of the auto-labelled test sh
 RESULT_FILE = "autolabel.json"
 
 # Settings that must not change between a run and its resumption (anything else may).
-_FIXED_ON_RESUME = ("threshold", "steps_first", "steps_increment", "steps_max", "model", "backbone",
-                    "pretrained_backbone", "image_size", "batch_size", "seed", "train_ratio", "lr",
-                    "warm_start", "detector_options", "val_every")
+_FIXED_ON_RESUME = ("threshold", "target_precision", "initial_checkpoint", "steps_first", "steps_increment",
+                    "steps_max", "model", "backbone", "pretrained_backbone", "image_size", "batch_size", "seed",
+                    "train_ratio", "lr", "warm_start", "detector_options", "val_every")
+# Settings added later: a run stored before them had these values.
+_SINCE = {"target_precision": 0.9, "initial_checkpoint": None}
 
 
 def autolabel_pool(project: Project) -> list[str]:
@@ -88,7 +103,7 @@ def default_steps(num_images: int, batch_size: int) -> tuple[int, int, int]:
 
 def autolabel(
     project: Project,
-    threshold: float = 0.8,
+    threshold: float | str = 0.8,
     iterations: int | None = None,
     steps_first: int | None = None,
     steps_increment: int | None = None,
@@ -106,11 +121,14 @@ def autolabel(
     warm_start: bool = True,
     val_every: int | None = None,
     detector_options: Mapping[str, Any] | None = None,
+    target_precision: float = 0.9,
+    initial_checkpoint: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or resume) TSODA on `project`; returns every iteration's row, also written to
     PROJECT/autolabel.json and to the project metrics (round 0, key 'autolabel').
 
-    Defaults: `threshold` 0.8 (seed 000; it found 0.9 better). Steps per iteration i (1-based):
+    Defaults: `threshold` 0.8 (seed 000; it found 0.9 better); "auto": from validation precision
+    (`target_precision`, see the module notes). Steps per iteration i (1-based):
     min(first + (i-1) * increment, max), where first/increment/max default to seed 000's
     2,500/1,500/8,500 steps times `pseudo.tsoda_scale(images in the project, batch_size)` (see
     `default_steps`); each of `steps_first`, `steps_increment`, `steps_max` overrides its value as
@@ -124,10 +142,17 @@ def autolabel(
     outside (0, 1) raises ValueError. A resumed run must use the same settings (the iteration limit,
     device and progress may change); otherwise ValueError names the changed ones.
     """
-    thr = float(threshold)
-    if not (0.0 < thr < 1.0) or math.isnan(thr):
-        raise ValueError(f"threshold must lie strictly between 0 and 1 (it is compared with detection scores), "
-                         f"got {threshold!r}")
+    thr: float | str
+    if isinstance(threshold, str) and threshold.strip().lower() == "auto":
+        thr = "auto"
+    else:
+        thr = float(threshold)
+        if not (0.0 < thr < 1.0) or math.isnan(thr):
+            raise ValueError(f"threshold must lie strictly between 0 and 1 (it is compared with detection scores), "
+                             f"or be 'auto'; got {threshold!r}")
+    pseudo._check_probability(target_precision, "target_precision")
+    if initial_checkpoint is not None and not Path(initial_checkpoint).is_file():
+        raise ValueError(f"initial_checkpoint {initial_checkpoint} does not exist")
     if iterations is not None and iterations < 1:
         raise ValueError(f"iterations must be >= 1 (or None: until the pool is empty), got {iterations}")
     if not (0.0 <= float(train_ratio) <= 1.0):
@@ -145,7 +170,8 @@ def autolabel(
     n_images = int(project.connection.execute("SELECT COUNT(*) FROM images").fetchone()[0])
     d_first, d_inc, d_max = default_steps(n_images, batch_size)
     config: dict[str, Any] = {
-        "threshold": thr,
+        "threshold": thr, "target_precision": float(target_precision),
+        "initial_checkpoint": None if initial_checkpoint is None else str(Path(initial_checkpoint).resolve()),
         "steps_first": int(steps_first) if steps_first is not None else d_first,
         "steps_increment": int(steps_increment) if steps_increment is not None else d_inc,
         "steps_max": int(steps_max) if steps_max is not None else d_max,
@@ -239,6 +265,14 @@ def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> 
     from boxloop.train import TrainConfig, fit, load_checkpoint
 
     train, val = training_samples(project)
+    if i == 1 and cfg.get("initial_checkpoint"):
+        from boxloop.train import load_detector, save_checkpoint
+
+        _, _, meta = load_detector(cfg["initial_checkpoint"], expect_classes=project.classes)
+        ckpt = load_checkpoint(cfg["initial_checkpoint"])
+        save_checkpoint(ckpt, model_dir(project, 1) / "best.pt")
+        return {"steps": 0, "train_images": len(train), "val_images": len(val),
+                "best_val_map50": meta.get("best_map50"), "initial_checkpoint": cfg["initial_checkpoint"]}
     steps = iteration_steps(cfg, i)
     # Seeded build: random-initialised layers must not depend on what ran before.
     detector = create_detector(cfg["model"], num_classes=project.num_classes, seed=cfg["seed"] + 1000 * i,
@@ -293,13 +327,21 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
     t0 = time.perf_counter()
     pool = autolabel_pool(project)
     preds = {}
+    auto = cfg["threshold"] == "auto"
+    table = None
+    threshold: float | None = None if auto else float(cfg["threshold"])
     if pool:
         det = _load(project, cfg, i)
         root = project.image_root
+        table = _validation_table(project, det, cfg)
+        if auto:
+            threshold = pseudo.threshold_for_precision(table, cfg["target_precision"]) if table is not None else None
         preds = {k: d for k, (_, d) in zip(pool, predict_paths(
             det, [root / k for k in pool], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
-            score_threshold=min(0.05, cfg["threshold"]), progress=progress))}
-    accepted = pseudo.tsoda_accept(preds, cfg["threshold"])
+            score_threshold=min(0.05, threshold or 0.05), progress=progress))}
+    accepted = pseudo.tsoda_accept(preds, threshold) if threshold is not None else {}
+    scores = pseudo.score_percentiles(np.concatenate([d.scores for d in preds.values()]) if preds else [])
+    val_pr = (None, None) if table is None or threshold is None else pseudo.precision_above(table, threshold)
     new = [k for k in pool if k in accepted]  # pool order
     train_keys, test_keys = pseudo.split_autolabelled(new, cfg["train_ratio"],
                                                       rng=np.random.default_rng([cfg["seed"], i]))
@@ -331,24 +373,74 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
             "pseudo_test_images": pending.get("pseudo_test_images", 0),
             "best_val_map50": pending.get("best_val_map50"),
             "train_images": pending.get("train_images"),
-            "threshold": cfg["threshold"],
+            "threshold": threshold,
+            "threshold_rule": (f"auto: the lowest with validation precision >= {cfg['target_precision']:g}" if auto
+                               else "fixed"),
+            "val_precision": val_pr[0],
+            "val_boxes_above": val_pr[1],
+            "scores": scores,
             "seconds": round(pending.get("seconds", 0.0) + (time.perf_counter() - t0), 2),
         }
+        if not new and pool:
+            message, row["suggested_threshold"] = threshold_guidance(threshold, scores, table, cfg["target_precision"])
+            row["guidance"] = message
+            log.warning("%s: iteration %d auto-labelled no image: %s; stopping.", project.dir, i, message)
         rows = [r for r in _rows(project) if r["iteration"] != i] + [row]
         project.set_metric(METRICS_ROUND, ROWS_KEY, rows)
         stopped = None
         if not new:
             stopped = "no_new_labels"
-            top = max((float(np.max(d.scores)) for d in preds.values() if len(d)), default=0.0)
-            log.warning("%s: iteration %d auto-labelled no image: no detection scored above %.2f (the highest "
-                        "scored %.3f); stopping. Lower --threshold or train longer to auto-label.", project.dir, i,
-                        cfg["threshold"], top)
         elif remaining == 0:
             stopped = "pool_empty"
         nxt = {**state, "iteration": i + 1, "phase": "train", "pending": {}, "stopped": stopped}
         project.set_metric(METRICS_ROUND, STATE_KEY, nxt)
     _write_json(project, nxt, rows)
     return nxt
+
+
+def _validation_table(project: Project, det: Any, cfg: Mapping[str, Any]) -> np.ndarray | None:
+    """(score, is_tp) of the model's detections (score >= 0.01) on the human validation images, or
+    None without a validation image holding a box."""
+    from boxloop.evaluate import voc_matches
+    from boxloop.inference import predict_paths
+    from boxloop.loop import training_samples
+
+    val = [s for s in training_samples(project)[1] if s.annotation is not None]
+    if not any(len(s.annotation) for s in val):  # type: ignore[arg-type]
+        return None
+    preds = {s.name: d.to_annotation(s.name, project.classes) for s, (_, d) in zip(val, predict_paths(
+        det, [s.path for s in val], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
+        score_threshold=0.01, progress=False))}
+    m = voc_matches({s.name: s.annotation for s in val}, preds, project.classes)
+    return np.stack([m["score"], m["tp"]], axis=1) if len(m["score"]) else np.zeros((0, 2))
+
+
+def threshold_guidance(threshold: float | None, scores: Mapping[str, Any], table: np.ndarray | None,
+                       target_precision: float = 0.9) -> tuple[str, float | None]:
+    """Why nothing was auto-labelled and what to try: (message, suggested threshold or None).
+    `scores`: pseudo.score_percentiles of the pool's detections; `table`: the validation
+    (score, is_tp) table or None. The suggestion is the validation one (the lowest threshold whose
+    precision reaches `target_precision`) when it exists and lies below `threshold`, else the 99th
+    percentile of the pool's scores rounded down to 0.01 (about the top 1% of the boxes)."""
+    if not scores.get("boxes"):
+        return ("the model detected nothing on the unlabelled images (no score above 0.05): train longer or on "
+                "more labels"), None
+    what = (f"the pool's {scores['boxes']} detections score {scores['p90']:.3f} at the 90th percentile, "
+            f"{scores['p99']:.3f} at the 99th, {scores['max']:.3f} at most")
+    head = (f"no detection scored above {threshold:.2f}; " if threshold is not None else
+            f"no threshold reaches validation precision {target_precision:g}; ")
+    auto = pseudo.threshold_for_precision(table, target_precision) if table is not None and len(table) else None
+    if auto is not None and (threshold is None or auto < threshold) and auto < scores["max"]:
+        precision, n = pseudo.precision_above(table, auto)  # type: ignore[arg-type]
+        return (head + what + f". Suggested --threshold {auto:.2f}: the lowest with validation precision >= "
+                f"{target_precision:g} ({precision:.2f} over {n} validation boxes); or --threshold auto"), auto
+    p99 = math.floor(scores["p99"] * 100) / 100
+    if 0 < p99 < 1 and (threshold is None or p99 < threshold):
+        why = ("no threshold reaches that precision on validation" if table is not None and len(table)
+               else "no validation image with a box to measure precision on")
+        return (head + what + f". Suggested --threshold {p99:.2f} (about the top 1% of the boxes; {why}): review "
+                "what it labels (export --subset pseudo)"), p99
+    return head + what + ": train longer or on more labels", None
 
 
 # -- state, rows, file -----------------------------------------------------------------------------
@@ -363,7 +455,8 @@ def _rows(project: Project) -> list[dict[str, Any]]:
 
 
 def _check_same_config(project: Project, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
+    changed = [f"{k}: {old.get(k, _SINCE.get(k))!r} -> {new.get(k)!r}" for k in _FIXED_ON_RESUME
+               if old.get(k, _SINCE.get(k)) != new.get(k)]
     if changed:
         raise ValueError(
             f"{project.dir} holds an auto-labelling run with other settings ({'; '.join(changed)}); resume it "
@@ -379,6 +472,7 @@ def _write_json(project: Project, state: Mapping[str, Any], rows: Sequence[Mappi
     doc = {"config": {k: v for k, v in state["config"].items() if k != "device"},
            "stopped": reasons.get(state.get("stopped"), state.get("stopped")),
            "next_iteration": state["iteration"], "next_phase": state["phase"],
+           "threshold_chosen": rows[-1].get("threshold") if rows else None,
            "iterations": list(rows)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -371,13 +371,14 @@ def train(
     no_dynamic_threshold: Annotated[bool, typer.Option("--no-dynamic-threshold", help="--semi: one fixed threshold tau.")] = False,
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
-    ema: Annotated[Optional[float], typer.Option(help="--semi: Mean Teacher momentum, e.g. 0.999.")] = None,
     strict: StrictOpt = False,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
     With --semi, a teacher trained on the labels auto-labels the unlabelled images with class-wise
-    thresholds and a student learns from both; the better of the two on validation is kept.
+    thresholds and a student learns from both; "teacher continued" trains as long, as augmented, on
+    the labels alone; the student is kept only when it beats teacher continued on validation by more
+    than the images' noise (a paired bootstrap interval above 0), else teacher continued is kept.
     Re-running the same command after an interruption resumes from the last checkpoint."""
     from boxloop.loop import set_current_checkpoint, test_metrics, train_project
     from boxloop.store import Project
@@ -391,13 +392,13 @@ def train(
             from boxloop.semi import SemiConfig, fit_semi
 
             sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
-                            reweight=not no_reweight, certainty=not no_certainty, ema=ema)
+                            reweight=not no_reweight, certainty=not no_certainty)
             res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.model,
                            detector_kwargs=cfg.detector_kwargs())
             set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "
-                      f"validation mAP50 supervised {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "
+                      f"validation mAP50 teacher continued {fmt(res.supervised_val_map50)}, semi {fmt(res.semi_val_map50)}; "
                       f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
             best = res.best_checkpoint
         else:
@@ -639,11 +640,22 @@ def simulate(
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 
 
+def _unit_float(text: str, name: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number in (0, 1) or 'auto', got {text!r}") from None
+    if not 0 < v < 1:
+        raise ValueError(f"{name} must lie in (0, 1), got {text}")
+    return v
+
+
 @app.command()
 @user_errors
 def autolabel(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    threshold: Annotated[float, typer.Option(help="An image joins training when a detection scores above this (seed 000: 0.8; 0.9 works better there).")] = 0.8,
+    threshold: Annotated[str, typer.Option(help="An image joins training when a detection scores above this (seed 000: 0.8; 0.9 works better there), or 'auto': the lowest threshold whose validation precision is >= --target-precision.")] = "0.8",
+    target_precision: Annotated[float, typer.Option(help="--threshold auto: the validation precision to reach.")] = 0.9,
     iterations: Annotated[Optional[int], typer.Option(help="At most this many iterations (default: until the pool is empty).")] = None,
     steps_first: Annotated[Optional[int], typer.Option(help="Training steps of the first iteration (default: seed 000's 2,500 scaled to the dataset).")] = None,
     steps_increment: Annotated[Optional[int], typer.Option(help="Steps added per iteration (default: 1,500 scaled).")] = None,
@@ -663,8 +675,7 @@ def autolabel(
     from boxloop.autolabel import autolabel as run_autolabel, autolabel_pool
     from boxloop.store import Project
 
-    if not 0 < threshold < 1:
-        raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
+    thr: float | str = "auto" if threshold.strip().lower() == "auto" else _unit_float(threshold, "--threshold")
     from boxloop.defaults import run_defaults
 
     d = run_defaults(device)
@@ -675,18 +686,21 @@ def autolabel(
         if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
             out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")
             return
-        rows = run_autolabel(proj, threshold=threshold, iterations=iterations, steps_first=steps_first,
+        rows = run_autolabel(proj, threshold=thr, target_precision=target_precision, iterations=iterations, steps_first=steps_first,
                              steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
                              pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
                              device=device, seed=seed, detector_options=options)
     t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
-    for c in ("iteration", "steps", "new images", "total", "boxes", "left", "test mAP50"):
+    for c in ("iteration", "steps", "threshold", "new images", "total", "boxes", "left", "test mAP50"):
         t.add_column(c, justify="right")
     for r in rows:
-        m = r.get("map50")
-        t.add_row(str(r["iteration"]), str(r["steps"]), str(r["images_auto_labelled"]), str(r["total_auto_labelled"]),
-                  str(r["boxes"]), str(r["remaining_unlabelled"]), "-" if m is None else f"{m:.3f}")
+        m, th = r.get("map50"), r.get("threshold")
+        t.add_row(str(r["iteration"]), str(r["steps"]), "-" if th is None else f"{th:.2f}", str(r["images_auto_labelled"]),
+                  str(r["total_auto_labelled"]), str(r["boxes"]), str(r["remaining_unlabelled"]),
+                  "-" if m is None else f"{m:.3f}")
     out.print(t)
+    if rows and rows[-1].get("guidance"):
+        out.print(f"[yellow]nothing auto-labelled in iteration {rows[-1]['iteration']}:[/yellow] {escape(rows[-1]['guidance'])}")
     out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels with: boxloop export "
               f"{escape(str(project))} --subset pseudo --format voc --out review/")
 

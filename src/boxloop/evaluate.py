@@ -39,7 +39,7 @@ import numpy as np
 
 from boxloop.structures import Annotation, iou
 
-__all__ = ["voc_ap", "voc_map", "coco_metrics", "evaluate", "precision_recall"]
+__all__ = ["voc_ap", "voc_map", "voc_matches", "coco_metrics", "evaluate", "precision_recall"]
 
 COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 _IOU_CHUNK = 2_000_000  # prediction x candidate pairs per vectorised IoU block (memory bound)
@@ -301,6 +301,31 @@ def voc_map(ground_truth: Mapping[str, Annotation], predictions: Mapping[str, An
     aps = [v["ap"] for v in per_class.values() if v["ap"] is not None]
     return {"map": float(np.mean(aps)) if aps else None, "iou_threshold": float(iou_threshold),
             "num_images": len(images), "per_class": per_class}
+
+
+def voc_matches(ground_truth: Mapping[str, Annotation], predictions: Mapping[str, Annotation],
+                class_names: Sequence[str], iou_threshold: float = 0.5) -> dict:
+    """voc_map's matching, one row per detection, for statistics over images (bootstrap) and for
+    score tables (which threshold reaches a precision). Detections matching only a difficult box
+    are left out, as voc_map ignores them.
+
+    Returns {"images": keys in ground-truth order, "image" (D,) index into them, "label" (D,),
+    "score" (D,), "tp" (D,) bool, all in descending score; "num_gt" (images, classes) non-difficult
+    truth boxes}.
+    """
+    classes = _class_index(class_names)
+    images = _image_index(ground_truth, predictions, "predictions", "ground_truth")
+    gt = _flatten(ground_truth, images, classes, "ground_truth")
+    pred = _flatten(predictions, images, classes, "predictions")
+    _require_scores(pred, "predictions")
+    order = _descending(pred.score)
+    pred = _Flat(pred.image[order], pred.label[order], pred.xyxy[order], pred.score[order], pred.difficult[order])
+    status, _, _ = _match(pred, gt, len(classes), iou_threshold, reassign=False)
+    keep = status != IGNORED
+    num_gt = np.zeros((len(images), len(classes)), np.int64)
+    np.add.at(num_gt, (gt.image[~gt.difficult], gt.label[~gt.difficult]), 1)
+    return {"images": list(images), "image": pred.image[keep], "label": pred.label[keep],
+            "score": pred.score[keep], "tp": status[keep] == TP, "num_gt": num_gt}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ __all__ = [
     "SEED000_BATCH_SIZE",
     "accept_fixed",
     "tsoda_accept",
+    "precision_above",
+    "threshold_for_precision",
+    "score_percentiles",
     "ClasswiseThresholds",
     "certainty_scores",
     "accept_certainty",
@@ -85,6 +88,51 @@ def tsoda_accept(pool: Mapping[K, Detections], threshold: float = 0.8,
         if mask.any():
             out[key] = dets[mask]
     return out
+
+
+# -- choosing the fixed threshold from validation (autolabel --threshold auto) ----------------------
+def _table(table: Iterable[tuple[float, bool]] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.asarray(list(table) if not isinstance(table, np.ndarray) else table, dtype=np.float64).reshape(-1, 2)
+    return arr[:, 0].astype(np.float32), arr[:, 1] != 0
+
+
+def precision_above(table: Iterable[tuple[float, bool]] | np.ndarray, threshold: float) -> tuple[float | None, int]:
+    """(precision, count) of the table's rows whose score is above `threshold` (strictly, in float32
+    as `accept_fixed`); precision None when no row is."""
+    score, tp = _table(table)
+    keep = score > np.float32(threshold)
+    n = int(keep.sum())
+    return (float(tp[keep].mean()) if n else None), n
+
+
+def threshold_for_precision(table: Iterable[tuple[float, bool]] | np.ndarray, target: float = 0.9,
+                            step: float = 0.01) -> float | None:
+    """The lowest threshold t of the grid step, 2 step, ... (below 1) at which the rows scoring above
+    t have precision >= `target`; None when no t of the grid reaches it (or the table is empty).
+
+    `table`: (score, is_true_positive) pairs, e.g. a model's detections on the validation images
+    matched to their labels (`evaluate.voc_matches`: score and tp). Precision need not rise with t,
+    so this is the literal rule "the lowest threshold whose precision is >= target", not the lowest
+    above which every threshold keeps it."""
+    _check_probability(target, "target precision")
+    if not 0 < step < 1:
+        raise ValueError(f"step must lie in (0, 1), got {step}")
+    score, tp = _table(table)
+    for t in np.round(np.arange(1, int(math.ceil(1 / step))) * step, 10):
+        keep = score > np.float32(t)
+        if keep.any() and tp[keep].mean() >= target - 1e-12:
+            return float(t)
+    return None
+
+
+def score_percentiles(scores: Iterable[float] | np.ndarray) -> dict[str, Any]:
+    """What a pool's detection scores look like: how many, their 50th/90th/99th percentiles and
+    maximum (None for an empty pool). For saying why a threshold accepted nothing."""
+    s = np.asarray(list(scores) if not isinstance(scores, np.ndarray) else scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        return {"boxes": 0, "p50": None, "p90": None, "p99": None, "max": None}
+    p50, p90, p99 = (float(v) for v in np.percentile(s, [50, 90, 99]))
+    return {"boxes": int(s.size), "p50": p50, "p90": p90, "p99": p99, "max": float(s.max())}
 
 
 # -- certainty-aware, class-wise (seed 001) ---------------------------------------------------------

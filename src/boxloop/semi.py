@@ -1,12 +1,20 @@
-"""Certainty-aware teacher-student training (seed 001), and the check that it beat supervised.
+"""Certainty-aware teacher-student training (seed 001), and the check that it beat a fair baseline.
 
-    teacher  = supervised model on the labelled images (trained here, or a checkpoint)
-    pseudo   = teacher's boxes on the unlabelled images, weak view (image + its mirror)
-    accept   = class-wise thresholds tau_m and weights alpha_m from sum p*v (eq. 6), pseudo.py
-    student  = copy of the teacher, trained on labelled (train_transform) + pseudo-labelled
-               (strong_transform) images; pseudo boxes weigh lambda_u * alpha_m (eq. 2)
-    [EMA]    = optional Mean Teacher: an EMA of the student re-labels the pool every so often
-    choose   = validation mAP50 of teacher vs student; the better one is the result (ties: teacher)
+    teacher    = supervised model on the labelled images (trained here, or a checkpoint)
+    pseudo     = teacher's boxes on the unlabelled images, weak view (image + its mirror)
+    accept     = class-wise thresholds tau_m and weights alpha_m from sum p*v (eq. 6), pseudo.py
+    student    = train.fit from the teacher's weights on labelled + pseudo-labelled images, every
+                 image with the strong augmentation (TrainConfig.strong); pseudo boxes weigh
+                 lambda_u * alpha_m (eq. 2)
+    continued  = "teacher continued", the fair supervised baseline: train.fit from the teacher's
+                 weights on the labelled images only, with the student's TrainConfig (same steps,
+                 same strong augmentation, same schedule and seed). Whatever the student gains
+                 over it comes from the pseudo-labels, not from training longer or augmenting more
+    choose     = the never-worse guard: the student is kept only when it beats teacher continued on
+                 the validation images by more than their noise: the lower end of a paired
+                 bootstrap interval [90%, 1,000 resamples over the validation images] of
+                 mAP50(student) - mAP50(continued) must lie above `min_gain` [0] (compare.py).
+                 Otherwise teacher continued is kept: it is never worse than the teacher's recipe
 
 Choices the seed leaves open, made here:
 * Weak view: with `SemiConfig.flip` the teacher predicts the image and its horizontal mirror; the
@@ -17,20 +25,23 @@ Choices the seed leaves open, made here:
 * Which predictions count in eq. 6: the teacher's post-NMS boxes at `candidate_threshold` [0.05]
   ("standard inference"), on the weak view, all unlabelled images.
 * The student trains on the shuffled union of labelled and pseudo-labelled images (no fixed
-  labelled/unlabelled ratio per batch); background RoIs of pseudo images weigh 1.
-* Mean Teacher (`ema`): the EMA model is the one validated and kept (as Unbiased Teacher reports its
-  teacher); it re-labels the pool every `relabel_every` steps [each student epoch], with thresholds
-  re-accumulated from its own predictions.
-* A model without localization quality (e.g. a standard-head checkpoint) cannot do CA: with
-  `certainty=True` this is logged and CA is switched off (`SemiResult.certainty_used`).
-* No validation images (or none with a box): the two cannot be compared and the supervised model is
-  kept, with a message. An interrupted run resumes the teacher (train.fit); the student restarts.
+  labelled/unlabelled ratio per batch); background locations of pseudo images weigh 1. Every image,
+  labelled or not, gets the strong augmentation (Unbiased Teacher also trains its supervised loss
+  on strongly augmented labelled images), so teacher continued can see exactly the same recipe.
+* Steps: `student_steps`, default the teacher's number of steps. Student and teacher continued
+  always train the same number of steps (`SemiResult.steps`).
+* No pseudo box passes the thresholds: the student would train on exactly what teacher continued
+  trains on, so it is not trained; teacher continued is kept and the message says why.
+* A model without localization quality cannot do CA: with `certainty=True` this is logged and CA
+  is switched off (`SemiResult.certainty_used`).
+* No validation image with a box: the models cannot be compared and teacher continued is kept.
+* Resuming: teacher, student and teacher continued each resume in their own folder (train.fit);
+  the pseudo-labels are recomputed (the teacher's predictions are deterministic on a CPU).
+  `continued_dir` lets several runs from one teacher (ablations) share one teacher continued.
 
-Written by hand: the pipeline, the flip merge, the student loop (a small variant of train.fit's loop
-that picks a transform per sample: fit() has no such hook) and the choice. Reused: train.py (fit,
-checkpoints, _train_step, _validate, lr schedule), data.py (datasets, train/strong transforms),
-pseudo.py (eq. 6, acceptance), evaluate.precision_recall (pseudo-label quality), torch / torchvision
-for everything numeric.
+Written by hand: the pipeline, the flip merge and the choice. Reused: train.fit (every model
+trains through it), pseudo.py (eq. 6, acceptance), compare.py (the guard), data.py,
+evaluate.precision_recall (pseudo-label quality), torch / torchvision for everything numeric.
 """
 
 from __future__ import annotations
@@ -49,15 +60,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from boxloop.data import DetectionDataset, Sample, collate, resized_size, strong_transform, train_transform
+from boxloop.data import Sample, resized_size
+from boxloop.defaults import DETECTOR
 from boxloop.detectors.base import Detector
 from boxloop.pseudo import ClasswiseThresholds, _check_probability, accept_certainty
 from boxloop.structures import Annotation, Boxes, Detections, Source, iou
-from boxloop.train import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainConfig, _epoch_order, _train_step,
-                           _validate, fit, load_detector, resolve_device, save_checkpoint)
+from boxloop.train import TrainConfig, _validate, fit, load_detector, resolve_device
 
 __all__ = ["SemiConfig", "SemiResult", "fit_semi", "weak_predict", "merge_flip", "pseudo_label_quality",
-           "semi_inputs_from_project"]
+           "semi_inputs_from_project", "student_train_config"]
 
 log = logging.getLogger("boxloop.semi")
 
@@ -66,9 +77,10 @@ log = logging.getLogger("boxloop.semi")
 class SemiConfig:
     """Seed 001's settings [tau=0.7, gamma1=0.05, gamma2=0.6, lambda_u=1] and the switches of its
     Table 5: CA `certainty` (p*v instead of p), RE `reweight` (alpha_m), DT `dynamic_threshold`
-    (tau_m instead of tau). `student_steps`/`student_epochs` (at most one): the student's schedule,
-    default the teacher's (train_config). `ema`: Mean Teacher momentum (e.g. 0.999), None = off.
-    `min_gain`: the student must beat the teacher's val mAP50 by more than this to be chosen."""
+    (tau_m instead of tau). `student_steps`: the student's (and teacher continued's) steps, default
+    the teacher's. The guard: the student is kept when the lower end of the `guard_level` paired
+    bootstrap interval (`guard_resamples` resamples of the validation images) of its val mAP50 minus
+    teacher continued's lies above `min_gain`."""
 
     tau: float = 0.7
     gamma1: float = 0.05
@@ -82,10 +94,9 @@ class SemiConfig:
     flip_iou: float = 0.55
     candidate_threshold: float = 0.05
     student_steps: int | None = None
-    student_epochs: int | None = None
-    ema: float | None = None
-    relabel_every: int | None = None
     min_gain: float = 0.0
+    guard_level: float = 0.9
+    guard_resamples: int = 1000
 
     def __post_init__(self) -> None:
         _check_probability(self.tau, "SemiConfig.tau")
@@ -96,17 +107,14 @@ class SemiConfig:
         object.__setattr__(self, "clip", tuple(float(c) for c in self.clip))
         _check_probability(self.candidate_threshold, "SemiConfig.candidate_threshold")
         _check_probability(self.flip_iou, "SemiConfig.flip_iou")
+        _check_probability(self.guard_level, "SemiConfig.guard_level")
         for name in ("gamma1", "gamma2", "lambda_u", "min_gain"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"SemiConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.student_steps is not None and self.student_epochs is not None:
-            raise ValueError("SemiConfig: give at most one of student_steps and student_epochs")
-        for name in ("student_steps", "student_epochs", "relabel_every"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"SemiConfig.{name} must be >= 1 or None, got {v}")
-        if self.ema is not None:
-            _check_probability(self.ema, "SemiConfig.ema (the EMA momentum)")
+        if self.student_steps is not None and self.student_steps < 1:
+            raise ValueError(f"SemiConfig.student_steps must be >= 1 or None, got {self.student_steps}")
+        if self.guard_resamples < 1:
+            raise ValueError(f"SemiConfig.guard_resamples must be >= 1, got {self.guard_resamples}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -119,17 +127,23 @@ class SemiConfig:
 
 @dataclass
 class SemiResult:
-    """What fit_semi did. `best_checkpoint` is out_dir/best.pt, a copy of the chosen model's.
-    The pseudo-label fields (counts, thresholds, alpha, labels, weights) describe the teacher's
-    labelling (with `ema`, later re-labellings are in `history` as pseudo_boxes)."""
+    """What fit_semi did. `best_checkpoint` is out_dir/best.pt, a copy of the chosen model's:
+    `chosen` "semi" (the student) or "supervised" (teacher continued; the teacher itself when there
+    was nothing unlabelled). `supervised_val_map50` is teacher continued's validation mAP50 (the
+    baseline the guard compares with), `teacher_val_map50` the teacher's. `guard`: the bootstrap
+    comparison (compare.BootstrapComparison.to_dict()). `steps`: teacher, student, continued."""
 
     best_checkpoint: Path
     chosen: str  # "supervised" | "semi"
     supervised_val_map50: float | None
     semi_val_map50: float | None
-    delta: float | None  # semi - supervised
+    delta: float | None  # semi - supervised (teacher continued)
     teacher_checkpoint: Path
     student_checkpoint: Path | None
+    continued_checkpoint: Path | None = None
+    teacher_val_map50: float | None = None
+    guard: dict[str, Any] | None = None
+    steps: dict[str, int | None] = field(default_factory=dict)
     pseudo_images: int = 0
     pseudo_boxes: int = 0
     unlabelled_images: int = 0
@@ -143,10 +157,10 @@ class SemiResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("chosen", "supervised_val_map50", "semi_val_map50", "delta",
-                                           "pseudo_images", "pseudo_boxes", "unlabelled_images", "thresholds",
-                                           "alpha", "certainty_used", "message")}
-        d.update(best_checkpoint=str(self.best_checkpoint), teacher_checkpoint=str(self.teacher_checkpoint),
-                 student_checkpoint=None if self.student_checkpoint is None else str(self.student_checkpoint))
+                                           "teacher_val_map50", "guard", "steps", "pseudo_images", "pseudo_boxes",
+                                           "unlabelled_images", "thresholds", "alpha", "certainty_used", "message")}
+        d.update({k: None if getattr(self, k) is None else str(getattr(self, k))
+                  for k in ("best_checkpoint", "teacher_checkpoint", "student_checkpoint", "continued_checkpoint")})
         return d
 
 
@@ -279,170 +293,68 @@ def _as_unlabelled(items: Sequence[str | Path | Sample]) -> list[Sample]:
     return out
 
 
-# -- the student loop --------------------------------------------------------------------------------
-
-class _Mixed(Dataset):
-    """Labelled samples with the supervised augmentation, pseudo-labelled ones with the strong one."""
-
-    def __init__(self, labelled: DetectionDataset, pseudo: DetectionDataset) -> None:
-        self.parts = (labelled, pseudo)
-
-    def set_epoch(self, epoch: int) -> None:
-        for p in self.parts:
-            p.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.parts[0]) + len(self.parts[1])
-
-    def __getitem__(self, i: int):
-        n = len(self.parts[0])
-        return self.parts[0][i] if i < n else self.parts[1][i - n]
-
-
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, momentum: float) -> None:
-    for e, m in zip(ema.parameters(), model.parameters()):
-        e.mul_(momentum).add_(m.detach(), alpha=1 - momentum)
-    for e, m in zip(ema.buffers(), model.buffers()):
-        e.copy_(m)
-
-
-def _checkpoint(detector: Detector, class_names: list[str], config: TrainConfig, path: Path, step: int,
-                history: list, best_map50: float | None, extra: dict[str, Any]) -> None:
-    save_checkpoint({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                     "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
-                     "model": detector.state_dict(),  # type: ignore[attr-defined]
-                     "step": step, "total_steps": step, "train_config": config.to_dict(), "history": history,
-                     "best_map50": best_map50, "complete": True, **extra}, path)
-
-
-class _Pseudo:
-    """Teacher predictions -> thresholds -> accepted pseudo Samples (weight lambda_u * alpha_m)."""
-
-    def __init__(self, unlabelled: list[Sample], class_names: list[str], semi: SemiConfig, certainty: bool,
-                 image_size: int, batch_size: int) -> None:
-        self.unlabelled, self.class_names, self.semi = unlabelled, class_names, semi
-        self.certainty, self.image_size, self.batch_size = certainty, image_size, batch_size
-        self.thresholds = semi.thresholds(len(class_names), certainty)
-        self.labels: dict[str, Annotation] = {}
-        self.samples: list[Sample] = []
-
-    def relabel(self, teacher: Detector) -> list[Sample]:
-        dets = weak_predict(teacher, [s.path for s in self.unlabelled], self.image_size, flip=self.semi.flip,
-                            score_threshold=self.semi.candidate_threshold, batch_size=self.batch_size,
-                            flip_iou=self.semi.flip_iou)
-        pool = {s.name: d for s, d in zip(self.unlabelled, dets)}
-        self.thresholds.reset()
-        self.thresholds.update(pool.values())
-        accepted = accept_certainty(pool, self.thresholds)
-        by_name = {s.name: s for s in self.unlabelled}
-        self.labels, self.samples = {}, []
-        for key, (d, alpha) in accepted.items():
-            ann = d.to_annotation(key, self.class_names, source=Source.PSEUDO)
-            self.labels[key] = ann
-            self.samples.append(Sample(by_name[key].path, ann, weights=self.semi.lambda_u * alpha, key=key))
-        return self.samples
-
-    @property
-    def boxes(self) -> int:
-        return sum(len(a) for a in self.labels.values())
-
-
-def _train_student(student: Detector, labelled: list[Sample], val: list[Sample], pseudo: _Pseudo,
-                   class_names: list[str], config: TrainConfig, semi: SemiConfig, out_dir: Path,
-                   progress: bool) -> tuple[Path, float | None, list[dict[str, Any]]]:
-    """train.fit's step loop with a per-sample transform and an optional EMA teacher; keeps the best
-    (by val mAP50) of the validated model (the EMA one with `ema`) in out_dir/best.pt."""
-    from tqdm.auto import tqdm
-
-    device = resolve_device(config.device)
-    student.to(device)  # type: ignore[attr-defined]
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    torch.manual_seed(config.seed)
-    ema = copy.deepcopy(student) if semi.ema is not None else None
-    evaluated = ema if ema is not None else student
-
-    def datasets() -> _Mixed:
-        return _Mixed(DetectionDataset(labelled, class_names, train_transform(
-                          config.image_size, flip=config.flip, scale_jitter=config.scale_jitter, color=config.color),
-                          seed=config.seed),
-                      DetectionDataset(pseudo.samples, class_names, strong_transform(config.image_size, flip=config.flip),
-                                       seed=config.seed + 1))
-
-    data = datasets()
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
-    total = config.steps if config.steps is not None else config.epochs * steps_per_epoch  # type: ignore[operator]
-    relabel_every = semi.relabel_every or steps_per_epoch
-    params = [p for p in student.parameters() if p.requires_grad]  # type: ignore[attr-defined]
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                                     weight_decay=config.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: config.lr_factor(s, total))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    best_path = out_dir / "best.pt"
-    best, history, step, epoch, state = None, [], 0, 0, {"micro": config.batch_size}
-    bar = tqdm(total=total, desc="student", unit="step", disable=not progress)
-    student.train()  # type: ignore[attr-defined]
-    try:
-        while step < total:  # one pass over `data` per epoch; a re-labelling starts a new one
-            data.set_epoch(epoch)
-            order = _epoch_order(len(data), config.seed, epoch)
-            batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            loader = DataLoader(data, batch_sampler=batches, collate_fn=collate, num_workers=config.num_workers,
-                                generator=torch.Generator().manual_seed(config.seed + epoch))
-            relabelled = False
-            for images, targets in loader:
-                parts = _train_step(student, opt, scaler, images, targets, device, use_amp, amp_dtype,
-                                    config.grad_clip, state)
-                entry = {"step": step + 1, "lr": opt.param_groups[0]["lr"], **parts}
-                sched.step()
-                step += 1
-                if ema is not None:
-                    _ema_update(ema, student, semi.ema)  # type: ignore[arg-type]
-                history.append(entry)
-                bar.update(1)
-                done = step >= total
-                due = (step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.val_every == 0
-                       if config.epochs is not None else step % config.val_every == 0)
-                if val and (due or done):
-                    entry["val_map50"] = m = _validate(evaluated, val, class_names, config, device)
-                    student.train()  # type: ignore[attr-defined]
-                    if best is None or m > best:
-                        best = m
-                        _checkpoint(evaluated, class_names, config, best_path, step, history, best, {})
-                if ema is not None and not done and step % relabel_every == 0:
-                    pseudo.relabel(ema)
-                    entry["pseudo_boxes"] = pseudo.boxes
-                    data = datasets()
-                    relabelled = True
-                if done or relabelled:
-                    break
-            epoch += 1
-    finally:
-        bar.close()
-    if not val:
-        _checkpoint(evaluated, class_names, config, best_path, step, history, None, {})
-    return best_path, best, history
-
-
 # -- the pipeline ------------------------------------------------------------------------------------
+
+def student_train_config(train_config: TrainConfig, steps: int, labelled_images: int) -> TrainConfig:
+    """The TrainConfig of the student and of teacher continued: `steps` steps with the strong
+    augmentation; validation as often as the teacher's (`val_every` in epochs becomes steps)."""
+    val_every = train_config.val_every
+    if train_config.epochs is not None:
+        val_every *= math.ceil(max(1, labelled_images) / train_config.batch_size)
+    return dataclasses.replace(train_config, steps=steps, epochs=None, min_steps=None, strong=True,
+                               val_every=max(1, val_every))
+
+
+def _teacher_steps(train_config: TrainConfig, labelled_images: int) -> int:
+    if train_config.steps is not None:
+        return train_config.steps
+    steps = train_config.epochs * math.ceil(max(1, labelled_images) / train_config.batch_size)  # type: ignore[operator]
+    return max(steps, train_config.min_steps or 0)
+
+
+def _val_predictions(detector: Detector, val: Sequence[Sample], classes: Sequence[str], config: TrainConfig,
+                     device: torch.device) -> dict[str, Annotation]:
+    from boxloop.inference import predict_paths
+
+    detector.to(device)  # type: ignore[attr-defined]
+    return {s.name: det.to_annotation(s.name, list(classes)) for s, (_, det) in zip(val, predict_paths(
+        detector, [s.path for s in val], config.image_size, batch_size=config.batch_size, device=None,
+        num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False))}
+
+
+def _pseudo_samples(pool: Mapping[str, Detections], unlabelled: Sequence[Sample], classes: list[str],
+                    thresholds: ClasswiseThresholds, lambda_u: float) -> tuple[dict[str, Annotation], list[Sample]]:
+    """Accepted pseudo boxes per image and the student's Samples (weights lambda_u * alpha_m)."""
+    thresholds.reset()
+    thresholds.update(pool.values())
+    by_name = {s.name: s for s in unlabelled}
+    labels, samples = {}, []
+    for key, (d, alpha) in accept_certainty(pool, thresholds).items():
+        ann = d.to_annotation(key, classes, source=Source.PSEUDO)
+        labels[key] = ann
+        samples.append(Sample(by_name[key].path, ann, weights=lambda_u * alpha, key=key))
+    return labels, samples
+
 
 def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainConfig,
              semi_config: SemiConfig | None = None, out_dir: str | Path = "semi",
-             teacher_checkpoint: str | Path | None = None, model: str = "faster_rcnn",
-             detector_kwargs: Mapping[str, Any] | None = None, progress: bool = True) -> SemiResult:
-    """Teacher -> certainty-aware pseudo labels -> student -> keep the better on validation.
+             teacher_checkpoint: str | Path | None = None, model: str = DETECTOR,
+             detector_kwargs: Mapping[str, Any] | None = None, progress: bool = True,
+             continued_dir: str | Path | None = None,
+             teacher_predictions: Mapping[str, Detections] | None = None) -> SemiResult:
+    """Teacher -> certainty-aware pseudo labels -> student and teacher continued -> the guard.
 
     `data`: a `store.Project` (see `semi_inputs_from_project`; class_names None = its classes) or a
     tuple (labelled Samples, unlabelled paths or Samples, val Samples). The teacher is trained with
     `train_config` (out_dir/teacher, resumable) unless `teacher_checkpoint` is given (its class list
     must equal `class_names`). `model` / `detector_kwargs` build it (faster_rcnn gets
-    box_head="interval" unless told otherwise, since CA needs v). Writes out_dir/best.pt (the chosen
-    model), out_dir/student/best.pt and out_dir/semi.json.
+    box_head="interval" unless told otherwise, since CA needs v). Student and teacher continued
+    train with `student_train_config` in out_dir/student and `continued_dir` [out_dir/continued].
+    `teacher_predictions`: the teacher's weak-view predictions (`weak_predict`) on the unlabelled
+    images by name, when the caller has them already. Writes out_dir/best.pt (the chosen model) and
+    out_dir/semi.json.
     """
+    from boxloop.compare import paired_bootstrap
     from boxloop.detectors import create_detector
 
     semi = semi_config or SemiConfig()
@@ -460,25 +372,27 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
     labelled = [s for s in labelled if s.annotation is not None]
     val = [s for s in val if s.annotation is not None]
     unlabelled = _as_unlabelled(unlabelled_items)
+    device = resolve_device(train_config.device)
 
     # teacher
     if teacher_checkpoint is not None:
-        teacher, _, _ = load_detector(teacher_checkpoint, expect_classes=classes, device=train_config.device)
+        teacher, _, meta = load_detector(teacher_checkpoint, expect_classes=classes, device=device)
         teacher_path = Path(teacher_checkpoint)
+        teacher_steps = int(meta.get("total_steps") or _teacher_steps(train_config, len(labelled)))
     else:
         kwargs = dict(detector_kwargs or {})
         if model == "faster_rcnn" and semi.certainty:
             kwargs.setdefault("box_head", "interval")
         teacher = create_detector(model, len(classes), seed=train_config.seed, **kwargs)
-        teacher_path = fit(teacher, labelled, val, classes, train_config, out_dir / "teacher",
-                           progress=progress).best_checkpoint
-    device = resolve_device(train_config.device)
+        fitted = fit(teacher, labelled, val, classes, train_config, out_dir / "teacher", progress=progress)
+        teacher_path, teacher_steps = fitted.best_checkpoint, fitted.total_steps
     teacher.to(device)  # type: ignore[attr-defined]
-    sup_map = _validate(teacher, val, classes, train_config, device) if val else None
+    teacher_map = _validate(teacher, val, classes, train_config, device) if val else None
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def finish(result: SemiResult) -> SemiResult:
-        src = result.student_checkpoint if result.chosen == "semi" else result.teacher_checkpoint
+        src = {"semi": result.student_checkpoint, "supervised": result.continued_checkpoint or
+               result.teacher_checkpoint}[result.chosen]
         if Path(src).resolve() != (out_dir / "best.pt").resolve():  # type: ignore[arg-type]
             shutil.copyfile(src, out_dir / "best.pt")  # type: ignore[arg-type]
         (out_dir / "semi.json").write_text(json.dumps({**result.to_dict(), "semi_config": semi.to_dict()}, indent=2))
@@ -486,7 +400,8 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
         return result
 
     if not unlabelled:
-        return finish(SemiResult(out_dir / "best.pt", "supervised", sup_map, None, None, teacher_path, None,
+        return finish(SemiResult(out_dir / "best.pt", "supervised", None, None, None, teacher_path, None,
+                                 teacher_val_map50=teacher_map, steps={"teacher": teacher_steps},
                                  message="no unlabelled images: trained and kept the supervised model only"))
 
     certainty = semi.certainty and bool(getattr(teacher, "has_loc_quality", False))
@@ -494,42 +409,68 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
         log.warning("the teacher (%s) predicts no localization quality: certainty (CA) switched off, p alone is "
                     "used; build faster_rcnn with box_head='interval' for seed 001's p*v",
                     getattr(teacher, "config", {}).get("name"))
-    pseudo = _Pseudo(unlabelled, classes, semi, certainty, train_config.image_size, train_config.batch_size)
-    pseudo.relabel(teacher)
-    first = (len(pseudo.labels), pseudo.boxes, pseudo.thresholds.thresholds, pseudo.thresholds.weights,
-             dict(pseudo.labels), {s.name: np.asarray(s.weights) for s in pseudo.samples})
-    student_config = train_config
-    if semi.student_steps is not None or semi.student_epochs is not None:
-        student_config = dataclasses.replace(train_config, steps=semi.student_steps, epochs=semi.student_epochs)
-    student = copy.deepcopy(teacher)  # initialised from the teacher
-    student_path, _, history = _train_student(student, labelled, val, pseudo, classes, student_config, semi,
-                                              out_dir / "student", progress)
-    semi_model, _, _ = load_detector(student_path, expect_classes=classes, device=device)
-    semi_map = _validate(semi_model, val, classes, train_config, device) if val else None
+    if teacher_predictions is None:
+        dets = weak_predict(teacher, [s.path for s in unlabelled], train_config.image_size, flip=semi.flip,
+                            score_threshold=semi.candidate_threshold, batch_size=train_config.batch_size,
+                            flip_iou=semi.flip_iou)
+        pool = {s.name: d for s, d in zip(unlabelled, dets)}
+    else:
+        missing = [s.name for s in unlabelled if s.name not in teacher_predictions]
+        if missing:
+            raise ValueError(f"fit_semi: teacher_predictions lack {len(missing)} unlabelled images "
+                             f"(e.g. {missing[:3]})")
+        pool = {s.name: teacher_predictions[s.name] for s in unlabelled}
+    thresholds = semi.thresholds(len(classes), certainty)
+    labels, pseudo = _pseudo_samples(pool, unlabelled, classes, thresholds, semi.lambda_u)
+    n_box = sum(len(a) for a in labels.values())
 
-    if sup_map is None or semi_map is None:
-        chosen, delta = "supervised", None
-        message = ("no validation image with a box: cannot compare the models, kept the supervised one; "
+    # student and teacher continued: one training function, one config
+    steps = semi.student_steps or teacher_steps
+    sc = student_train_config(train_config, steps, len(labelled))
+    cont_dir = Path(continued_dir) if continued_dir is not None else out_dir / "continued"
+    cont_model = copy.deepcopy(teacher)
+    continued = fit(cont_model, labelled, val, classes, sc, cont_dir, progress=progress)  # holds its best weights
+    student_path, history, student_steps = None, [], None
+    guard = semi_map = delta = sup_map = None
+    if pseudo:
+        student_model = copy.deepcopy(teacher)
+        student = fit(student_model, labelled + pseudo, val, classes, sc, out_dir / "student", progress=progress)
+        student_path, history, student_steps = student.best_checkpoint, student.history, student.total_steps
+        if val:
+            truth = {s.name: s.annotation for s in val}
+            cmp = paired_bootstrap(truth, _val_predictions(student_model, val, classes, train_config, device),
+                                   _val_predictions(cont_model, val, classes, train_config, device), classes,
+                                   resamples=semi.guard_resamples, level=semi.guard_level, margin=semi.min_gain,
+                                   seed=train_config.seed)
+            guard = cmp.to_dict()
+            semi_map, sup_map, delta = cmp.a, cmp.b, cmp.delta
+    if sup_map is None and val:
+        sup_map = _validate(cont_model, val, classes, train_config, device)
+    chosen = "semi" if guard is not None and guard["a_better"] else "supervised"
+    tau_txt = ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, thresholds.thresholds))
+    if n_box == 0:
+        # the student would see exactly what teacher continued sees
+        message = (f"no pseudo-label passed the thresholds ({tau_txt}), so there is no student: kept teacher "
+                   f"continued ({steps} more steps on the labelled images). Lower --tau, or train the teacher "
+                   "longer (its localization quality v may still be low)")
+    elif not val or guard is None or guard["delta"] is None:
+        message = ("no validation image with a box: cannot compare the models, kept teacher continued; "
                    "add labelled validation images to let the semi-supervised model be chosen")
     else:
-        delta = semi_map - sup_map
-        chosen = "semi" if delta > semi.min_gain else "supervised"
-        message = (f"kept the {'semi-supervised' if chosen == 'semi' else 'supervised'} model: val mAP50 "
-                   f"supervised {sup_map:.4f}, semi-supervised {semi_map:.4f} ({delta:+.4f})")
-    n_img, n_box, tau_m, alpha_m, labels, weights = first
-    if n_box == 0 and unlabelled:
-        # the student saw the labelled images only: any gain is longer training, not semi-supervision
-        message += ("; no pseudo-label passed the thresholds (" +
-                    ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, tau_m)) +
-                    "), so the student only trained longer on the labelled images: lower --tau, or train "
-                    "the teacher longer" + (" (fcos's predicted IoU v stays low on a weak teacher)"
-                                             if certainty and getattr(teacher, "config", {}).get("name") in ("fcos", "fcos_lite") else ""))
+        verdict = ("above" if chosen == "semi" else "not above") + f" {semi.min_gain:g}"
+        message = (f"kept {'the semi-supervised student' if chosen == 'semi' else 'teacher continued'}: val mAP50 "
+                   f"teacher continued {sup_map:.4f}, student {semi_map:.4f} ({delta:+.4f}; "
+                   f"{100 * semi.guard_level:g}% paired bootstrap interval over {guard['images']} validation images "
+                   f"[{guard['low']:+.4f}, {guard['high']:+.4f}], {verdict})")
     return finish(SemiResult(
         out_dir / "best.pt", chosen, sup_map, semi_map, delta, teacher_path, student_path,
-        pseudo_images=n_img, pseudo_boxes=n_box, unlabelled_images=len(unlabelled),
-        thresholds={c: float(t) for c, t in zip(classes, tau_m)},
-        alpha={c: float(a) for c, a in zip(classes, alpha_m)},
-        certainty_used=certainty, message=message, pseudo_labels=labels, pseudo_weights=weights, history=history))
+        continued_checkpoint=continued.best_checkpoint, teacher_val_map50=teacher_map, guard=guard,
+        steps={"teacher": teacher_steps, "student": student_steps, "continued": continued.total_steps},
+        pseudo_images=len(labels), pseudo_boxes=n_box, unlabelled_images=len(unlabelled),
+        thresholds={c: float(t) for c, t in zip(classes, thresholds.thresholds)},
+        alpha={c: float(a) for c, a in zip(classes, thresholds.weights)},
+        certainty_used=certainty, message=message, pseudo_labels=labels,
+        pseudo_weights={s.name: np.asarray(s.weights) for s in pseudo}, history=history))
 
 
 # -- benchmark helper -----------------------------------------------------------------------------

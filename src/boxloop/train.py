@@ -60,7 +60,8 @@ class TrainConfig:
     training in epochs, steps when training in steps; `patience`
     counts evaluations without a better validation mAP50 (None: no early stopping).
     `checkpoint_every` (steps) adds saves of last.pt between the ones at each epoch end and each
-    validation. `lr_milestones` are fractions of training where the 'step' schedule multiplies the
+    validation. `strong`: seed 001's strong photometric augmentation (data.train_transform) on every
+    training image, as a semi-supervised student and its supervised baseline train. `lr_milestones` are fractions of training where the 'step' schedule multiplies the
     learning rate by `lr_gamma`.
     """
 
@@ -88,6 +89,7 @@ class TrainConfig:
     flip: bool = True
     scale_jitter: tuple[float, float] | None = (0.8, 1.2)
     color: bool = True
+    strong: bool = False
     val_score_threshold: float = 0.05
 
     def __post_init__(self) -> None:
@@ -143,7 +145,8 @@ class TrainConfig:
 
 # Fields whose change makes a resumed run a different run.
 _RESUME_FIXED = ("epochs", "steps", "min_steps", "batch_size", "image_size", "optimizer", "lr", "weight_decay", "momentum",
-                 "warmup_steps", "schedule", "lr_milestones", "lr_gamma", "seed", "flip", "scale_jitter", "color")
+                 "warmup_steps", "schedule", "lr_milestones", "lr_gamma", "seed", "flip", "scale_jitter", "color",
+                 "strong")
 
 
 @dataclass
@@ -374,7 +377,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
 
     dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
                                                                    scale_jitter=config.scale_jitter,
-                                                                   color=config.color), seed=config.seed)
+                                                                   color=config.color, strong=config.strong),
+                               seed=config.seed)
 
     def checkpoint(path: Path, complete: bool) -> None:
         save_checkpoint({
