@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                          num_workers=args.num_workers)
     torch.manual_seed(args.seed)
     detector = build(class_names, args.image_size, args.backbone, args.detector, args.options)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fit(detector, train, val, class_names, config, workdir, progress=True)
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     vals = [(h["epoch"], h["val_map50"]) for h in result.history if "val_map50" in h]
     print(f"trained {result.step} steps in {train_s:.0f} s (this call); val mAP50 by epoch: "
           + ", ".join(f"{e:.0f}:{m:.3f}" for e, m in vals))
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if calib["n"]:
         print(f"  predicted vs true IoU ({calib['n']} detections scoring >= 0.3): Spearman {calib['spearman']:.3f}, "
               f"MAE {calib['mae']:.3f} (mean predicted {calib['mean_predicted']:.3f}, true {calib['mean_true']:.3f})")
-    print(f"  training {train_s / 60:.1f} min, test inference {test_s:.1f} s on {device}")
+    print(f"  training {train_s / 60:.1f} min ({train_cpu_s / 60:.1f} CPU-min over {torch.get_num_threads()} threads), test inference {test_s:.1f} s on {device}")
 
     report = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         "dataset": {"root": str(args.data), "classes": class_names, "train": len(train), "val": len(val),
                     "test": len(test_keys), "loader_warnings": warnings},
         "train_config": config.to_dict(), "detector_config": dict(detector.config),
-        "train_seconds": round(train_s, 1), "steps": result.step, "completed": result.completed,
+        "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu_s, 1),
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "steps": result.step, "completed": result.completed,
         "note": "train_seconds covers this call only; a resumed run adds to earlier calls",
         "val_map50_history": [{"epoch": round(e, 2), "map50": m} for e, m in vals],
         "best_val_map50": result.best_map50, "test_inference_seconds": round(test_s, 2),
