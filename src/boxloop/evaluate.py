@@ -263,6 +263,21 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
+def _voc_status(ground_truth: Mapping[str, Annotation], predictions: Mapping[str, Annotation],
+                class_names: Sequence[str], iou_threshold: float) -> tuple[dict, dict, _Flat, _Flat, np.ndarray]:
+    """VOC matching shared by voc_map and voc_matches: (classes, images, gt, predictions in
+    descending score, TP/FP/IGNORED status per prediction)."""
+    classes = _class_index(class_names)
+    images = _image_index(ground_truth, predictions, "predictions", "ground_truth")
+    gt = _flatten(ground_truth, images, classes, "ground_truth")
+    pred = _flatten(predictions, images, classes, "predictions")
+    _require_scores(pred, "predictions")
+    order = _descending(pred.score)
+    pred = _Flat(pred.image[order], pred.label[order], pred.xyxy[order], pred.score[order], pred.difficult[order])
+    status, _, _ = _match(pred, gt, len(classes), iou_threshold, reassign=False)
+    return classes, images, gt, pred, status
+
+
 def voc_map(ground_truth: Mapping[str, Annotation], predictions: Mapping[str, Annotation],
             class_names: Sequence[str], iou_threshold: float = 0.5) -> dict:
     """Pascal VOC 2010+ mean AP at one IoU threshold.
@@ -272,14 +287,7 @@ def voc_map(ground_truth: Mapping[str, Annotation], predictions: Mapping[str, An
     has); a class without ground truth has ap None. `precision`/`recall` are float arrays, one point
     per non-ignored detection in descending score (for plots; `evaluate` leaves them out).
     """
-    classes = _class_index(class_names)
-    images = _image_index(ground_truth, predictions, "predictions", "ground_truth")
-    gt = _flatten(ground_truth, images, classes, "ground_truth")
-    pred = _flatten(predictions, images, classes, "predictions")
-    _require_scores(pred, "predictions")
-    order = _descending(pred.score)
-    pred = _Flat(pred.image[order], pred.label[order], pred.xyxy[order], pred.score[order], pred.difficult[order])
-    status, _, _ = _match(pred, gt, len(classes), iou_threshold, reassign=False)
+    classes, images, gt, pred, status = _voc_status(ground_truth, predictions, class_names, iou_threshold)
 
     npos = np.bincount(gt.label[~gt.difficult], minlength=len(classes))
     npred = np.bincount(pred.label, minlength=len(classes))
@@ -313,14 +321,7 @@ def voc_matches(ground_truth: Mapping[str, Annotation], predictions: Mapping[str
     "score" (D,), "tp" (D,) bool, all in descending score; "num_gt" (images, classes) non-difficult
     truth boxes}.
     """
-    classes = _class_index(class_names)
-    images = _image_index(ground_truth, predictions, "predictions", "ground_truth")
-    gt = _flatten(ground_truth, images, classes, "ground_truth")
-    pred = _flatten(predictions, images, classes, "predictions")
-    _require_scores(pred, "predictions")
-    order = _descending(pred.score)
-    pred = _Flat(pred.image[order], pred.label[order], pred.xyxy[order], pred.score[order], pred.difficult[order])
-    status, _, _ = _match(pred, gt, len(classes), iou_threshold, reassign=False)
+    classes, images, gt, pred, status = _voc_status(ground_truth, predictions, class_names, iou_threshold)
     keep = status != IGNORED
     num_gt = np.zeros((len(images), len(classes)), np.int64)
     np.add.at(num_gt, (gt.image[~gt.difficult], gt.label[~gt.difficult]), 1)
