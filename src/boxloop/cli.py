@@ -235,6 +235,8 @@ BatchOpt = Annotated[int, typer.Option(help="Images per batch.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")]
 
 
 def loop_config(model: str = "fcos", backbone: str = "efficientnet_lite0", epochs: int | None = None,
@@ -528,9 +530,12 @@ def simulate(
     semi: Annotated[Optional[str], typer.Option(help="Add auto-labelling to every round: autolabel or certainty.")] = None,
     take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
     no_pretrained: NoPretrainedOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Compare strategies on labelled data with a simulated annotator; writes OUT/results.json and plots.
-    Re-running the same command resumes where it stopped."""
+    Re-running the same command resumes where it stopped. With --workers, each strategy x seed run is
+    a Ray task (one torch thread each)."""
     from boxloop.report import format_table, learning_curve_table
     from boxloop.simulate import simulate as run_sim
 
@@ -542,7 +547,7 @@ def simulate(
                     strategy=name, unit=unit, budget=budget)  # validates every name before any work
     res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
                   annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
-                  echo=lambda m: out.print(escape(m)))
+                  echo=lambda m: out.print(escape(m)), workers=workers, ray_address=ray_address)
     typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 
