@@ -35,15 +35,6 @@ def test_default_path_does_not_import_ray() -> None:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """One local Ray with 2 CPUs for the module (simulate uses a Ray that is already running)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def data(make_synthetic):
     return make_synthetic(n_images=24, image_size=SIZE, seed=5)
 

@@ -400,14 +400,22 @@ def predict(
     threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = 0.3,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Predict boxes on a folder of images with a trained model."""
+    """Predict boxes on a folder of images with a trained model (with --workers: on Ray actors)."""
     from boxloop.predictions import write_predictions
 
     if not 0 <= threshold < 1:
         raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
-    det, names, image_size, _ = _open_detector(project, checkpoint, device)
-    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size, batch_size, device)
+    det, names, image_size, ckpt = _open_detector(project, checkpoint, device)
+    scoring = None
+    if workers is not None or ray_address is not None:
+        from boxloop.ray_scoring import RayScoring
+
+        scoring = RayScoring.from_cli(workers, ray_address, device)
+    path, n, boxes = write_predictions(det, names, images, out_dir, fmt, threshold, image_size, batch_size, device,
+                                       scoring=scoring, checkpoint=ckpt)
     out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}")
 
 
@@ -435,6 +443,8 @@ def query(
     empty_share: Annotated[float, typer.Option(help="Share of the batch for images where the model sees nothing.")] = 0.0,
     semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """One round for a human annotator: train, predict the pool, pick the most informative images
     (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`."""
@@ -446,6 +456,11 @@ def query(
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
+    scoring = None
+    if workers is not None or ray_address is not None:  # the pool is scored on Ray actors
+        from boxloop.ray_scoring import RayScoring
+
+        scoring = RayScoring.from_cli(workers, ray_address, device)
     with Project.open(project) as proj, proj.writer_lock():
         pending = open_round(proj)
         if pending is not None and not force:
@@ -474,7 +489,7 @@ def query(
                 part.unlink(missing_ok=True)
             if round_id not in {r["id"] for r in proj.rounds()}:
                 proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
-        m = run_round(proj, cfg, None, round_id)
+        m = run_round(proj, cfg, None, round_id, scoring=scoring)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
     if m.get("map50") is not None:

@@ -31,6 +31,7 @@ from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
 if TYPE_CHECKING:
+    from boxloop.ray_scoring import RayScoring
     from boxloop.strategies import DetectionTable
 
 log = logging.getLogger("boxloop.loop")
@@ -265,8 +266,9 @@ def labelled_counts(project: Project) -> dict[str, Any]:
 
 
 def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
-                 chunk: int = 64) -> None:
-    """Predictions of this round's model on the pool, stored chunk by chunk (a resume skips the done ones)."""
+                 chunk: int = 64, scoring: RayScoring | None = None) -> None:
+    """Predictions of this round's model on the pool, stored chunk by chunk (a resume skips the done ones).
+    With `scoring`, on Ray actors (boxloop.ray_scoring), to the same results."""
     from boxloop.inference import predict_paths
 
     pool = pool_paths(project)
@@ -274,6 +276,13 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
         "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
     todo = [p for p in pool if p not in done]
     if not todo:
+        return
+    if scoring is not None:
+        from boxloop.ray_scoring import predict_pool
+
+        predict_pool(project, round_id, todo, model_dir(project, round_id) / "best.pt", config.image_size,
+                     config.predict_batch_size, min(config.score_threshold, config.t_d), scoring,
+                     device=config.device, group_chunk=chunk)
         return
     det = _load_round_detector(project, round_id, config)
     root = project.image_root
@@ -491,10 +500,11 @@ def _step_pause() -> float:
 
 def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotation] | None, round_id: int,
               last: bool = False, progress: bool = True, stop_at: str | None = None,
-              on_step: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+              on_step: Callable[[int, str], None] | None = None, scoring: RayScoring | None = None) -> dict[str, Any]:
     """Run (or resume) round `round_id` to its end, or to `stop_at`. `truth` None = a human oracle:
     the round stops after `select` and waits for `boxloop import`. `last` = no selection after this
-    round's evaluation (the loop's final model) unless take_all_last."""
+    round's evaluation (the loop's final model) unless take_all_last. `scoring`: score the pool on
+    Ray (where it runs is not part of the config: the results are the same)."""
     rounds = {r["id"]: r for r in project.rounds()}
     if round_id not in rounds:
         project.start_round(config.to_dict(), step="train", round_id=round_id)
@@ -515,7 +525,7 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
                 step_evaluate(project, round_id, config, progress)
                 nxt = "done" if last and not config.take_all_last else "predict"
             elif step == "predict":
-                step_predict(project, round_id, config, progress)
+                step_predict(project, round_id, config, progress, scoring=scoring)
                 nxt = "select"
             elif step == "select":
                 step_select(project, round_id, config, last=last)  # writes step "oracle" itself

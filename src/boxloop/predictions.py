@@ -16,8 +16,10 @@ from boxloop.structures import Annotation, Source
 
 def write_predictions(detector, class_names: Sequence[str], images: Path, out: Path, fmt: str = "voc",
                       threshold: float = 0.3, image_size: int = 512, batch_size: int = 8,
-                      device: str = "auto", progress: bool = True) -> tuple[Path, int, int]:
-    """Predict every image under `images`; returns (where written, images, boxes)."""
+                      device: str = "auto", progress: bool = True, scoring=None,
+                      checkpoint: Path | None = None) -> tuple[Path, int, int]:
+    """Predict every image under `images`; returns (where written, images, boxes). With `scoring`
+    (a ray_scoring.RayScoring), on Ray actors that load `checkpoint`, to the same predictions."""
     from boxloop import formats
     from boxloop.images import list_images
     from boxloop.inference import predict_paths
@@ -29,9 +31,15 @@ def write_predictions(detector, class_names: Sequence[str], images: Path, out: P
     if not rels:
         raise ValueError(f"{images} holds no images ({', '.join(sorted({'.jpg', '.png', '.tif'}))} ...)")
     anns: list[Annotation] = []
-    for rel, (_, det) in zip(rels, predict_paths(detector, [images / r for r in rels], image_size,
-                                                 batch_size=batch_size, device=device,
-                                                 score_threshold=threshold, progress=progress)):
+    paths = [images / r for r in rels]
+    if scoring is not None:
+        from boxloop.ray_scoring import score_all
+
+        results = score_all(checkpoint, paths, image_size, batch_size, threshold, scoring, device)
+    else:
+        results = predict_paths(detector, paths, image_size, batch_size=batch_size, device=device,
+                                score_threshold=threshold, progress=progress)
+    for rel, (_, det) in zip(rels, results, strict=True):
         anns.append(det[det.scores >= threshold].to_annotation(rel, list(class_names), source=Source.PREDICTED))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
