@@ -313,6 +313,8 @@ def train(
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
     ema: Annotated[Optional[float], typer.Option(help="--semi: Mean Teacher momentum, e.g. 0.999.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Train on this many processes through torchrun (DDP: gloo on CPU, nccl on GPU); --batch-size is the total.")] = None,
+    torchrun_args: Annotated[Optional[str], typer.Option(help="With --nproc: torchrun's own options for several machines, e.g. '--nnodes=2 --node-rank=0 --rdzv-endpoint=head:29500'.")] = None,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
@@ -325,6 +327,8 @@ def train(
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
                       lr=lr, optimizer=optimizer, semi="certainty" if semi else None)
+    if nproc is not None and semi:
+        raise ValueError("--nproc trains supervised only; drop --semi or --nproc")
     with Project.open(project) as proj, proj.writer_lock():
         if semi:
             from boxloop.semi import SemiConfig, fit_semi
@@ -340,7 +344,10 @@ def train(
                       f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
             best = res.best_checkpoint
         else:
-            result, n_train, n_val = train_project(proj, cfg)
+            import shlex
+
+            result, n_train, n_val = train_project(proj, cfg, nproc=nproc,
+                                                   torchrun_args=shlex.split(torchrun_args or ""))
             out.print(f"trained {model} on {n_train} images ({n_val} validation): best validation mAP50 "
                       f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
                       f"{escape(str(result.best_checkpoint))}")

@@ -182,11 +182,14 @@ def set_current_checkpoint(project: Project, path: str | Path) -> None:
     project.set_meta("current_checkpoint", str(Path(path).resolve()))
 
 
-def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True):
+def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True,
+                  nproc: int | None = None, torchrun_args: Sequence[str] = ()):
     """Train on the project's current labels; the checkpoint becomes the project's current model.
 
     The model folder is named after the settings and the labels trained on, so re-running the same
-    command resumes (or returns at once) and any change of labels or settings trains anew."""
+    command resumes (or returns at once) and any change of labels or settings trains anew. `nproc`:
+    train on that many processes through torchrun (boxloop.ddp); the folder is the same, so a run
+    may resume with another process count."""
     import hashlib
     import json as _json
 
@@ -200,7 +203,14 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
         out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
     detector = create_detector(config.model, num_classes=project.num_classes, seed=config.train_config(0).seed,
                                **config.detector_kwargs())
-    result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress, resume=True)
+    if nproc is not None:
+        from boxloop.ddp import fit_distributed
+
+        result = fit_distributed(detector, train, val, project.classes, config.train_config(0), out_dir, nproc,
+                                 progress=progress, torchrun_args=torchrun_args)
+    else:
+        result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress,
+                     resume=True)
     set_current_checkpoint(project, result.best_checkpoint)
     return result, len(train), len(val)
 
