@@ -79,6 +79,11 @@ def test_ray_results_equal_sequential_and_rerun_does_only_the_missing(data, sequ
     assert _runs(again) == _runs(sequential[1])
 
 
+def test_a_user_error_in_a_task_is_raised_as_itself(data, ray_local, tmp_path) -> None:
+    with pytest.raises(ValueError, match="--initial 1000 is more than"):
+        simulate(out=tmp_path / "bad", workers=2, **{**_kw(data), "initial": 1000})
+
+
 def _flock_holder(path: Path) -> int | None:
     """The pid holding an flock on `path` (from /proc/locks), without touching the lock."""
     try:
