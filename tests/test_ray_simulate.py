@@ -34,6 +34,15 @@ def test_default_path_does_not_import_ray() -> None:
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_without_ray_the_options_say_how_to_install_it(monkeypatch) -> None:
+    from boxloop.ray_session import RayNotInstalled, ray_session
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(RayNotInstalled, match=r"pip install 'boxloop\[ray\]'"):
+        with ray_session(2):
+            pass
+
+
 @pytest.fixture(scope="module")
 def data(make_synthetic):
     return make_synthetic(n_images=24, image_size=SIZE, seed=5)
