@@ -19,6 +19,7 @@ at the same path on every node (a shared file system).
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -213,7 +214,8 @@ def predict_pool(project: Project, round_id: int, keys: Sequence[str], checkpoin
         groups = batch_groups(len(todo), batch_size, group_chunk)
         stream = score_paths(checkpoint, [root / k for k in todo], groups, image_size, score_threshold, scoring,
                              device)
-        store_stream(project, round_id, todo, stream, chunk=write_chunk, stats=stats)
+        with closing(stream):  # an error in the writer ends the local Ray now, not at garbage collection
+            store_stream(project, round_id, todo, stream, chunk=write_chunk, stats=stats)
         done = _stored(project, round_id, todo)
         todo = [k for k in todo if k not in done]
     if todo:
@@ -239,11 +241,13 @@ def score_all(checkpoint: str | Path | None, paths: Sequence[str | Path], image_
     if checkpoint is None:
         raise ValueError("scoring on Ray needs the checkpoint's path (the actors load it)")
     got: dict[int, Detections] = {}
-    for i, det in score_paths(checkpoint, paths, batch_groups(len(paths), batch_size), image_size, score_threshold,
-                              scoring, device):
-        if isinstance(det, str):
-            raise ImageError(paths[i], *det.split("\0", 1))
-        got.setdefault(i, det)
+    stream = score_paths(checkpoint, paths, batch_groups(len(paths), batch_size), image_size, score_threshold,
+                         scoring, device)
+    with closing(stream):
+        for i, det in stream:
+            if isinstance(det, str):
+                raise ImageError(paths[i], *det.split("\0", 1))
+            got.setdefault(i, det)
     lost = [str(paths[i]) for i in range(len(paths)) if i not in got]
     if lost:
         raise RuntimeError(f"{len(lost)} images came back without predictions (first: {lost[0]}); run it again")
