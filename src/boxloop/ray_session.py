@@ -14,13 +14,17 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["RayNotInstalled", "ray_session", "unwrap_remote_error", "cluster_gpus"]
+__all__ = ["RayNotInstalled", "RayUnreachable", "ray_session", "unwrap_remote_error", "cluster_gpus"]
 
 INSTALL_HINT = "pip install 'boxloop[ray]'"
 
 
 class RayNotInstalled(ValueError):
     """--workers / --ray-address without Ray installed (a user error: one line, exit 1)."""
+
+
+class RayUnreachable(ValueError):
+    """--ray-address names no Ray cluster this process can join (a user error: one line, exit 1)."""
 
 
 def import_ray() -> Any:
@@ -44,7 +48,14 @@ def ray_session(workers: int | None, address: str | None = None) -> Iterator[Any
         return
     quiet = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError: all "cannot join"
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+            raise RayUnreachable(
+                f"cannot join the Ray cluster at {address}: {first}. Is it running (`ray start --head` on one "
+                "machine)? With Ray's token authentication, set RAY_AUTH_MODE=token here and give the cluster's "
+                "token (~/.ray/auth_token or RAY_AUTH_TOKEN)") from e
     else:
         # the workers inherit this environment: boxloop (and PYTHONPATH) resolve as they do here
         ray.init(num_cpus=workers or os.cpu_count() or 1, **quiet)
