@@ -113,8 +113,10 @@ def main() -> None:
     single_s = time.perf_counter() - t0
     boxes = sum(len(d) for d in project.load_predictions(1).values()) / len(keys)
     reference = blobs(project, 1)
+    blob_bytes = sum(len(b) for b in reference.values()) / len(reference)
     print(f"single process: {single_s:.1f} s ({1000 * single_s / len(keys):.1f} ms/image: decode+resize "
-          f"~{1000 * decode_per_image:.1f}, store {1000 * t_store / len(keys):.2f}); {boxes:.1f} boxes/image",
+          f"~{1000 * decode_per_image:.1f}, store {1000 * t_store / len(keys):.2f}); {boxes:.1f} boxes/image, "
+          f"{blob_bytes / 1024:.1f} KiB stored/image",
           flush=True)
 
     times: dict[int, list[float]] = {1: [], 2: []}
@@ -141,7 +143,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "ray": __import__("ray").__version__, "processor": platform.processor()},
         "settings": vars(args) | {"workdir": str(work), "detector": det.config},
-        "pool_images": len(keys), "boxes_per_image": round(boxes, 1),
+        "pool_images": len(keys), "boxes_per_image": round(boxes, 1), "blob_bytes_per_image": round(blob_bytes),
         "single_process": {"seconds": round(single_s, 2), "ms_per_image": round(1000 * single_s / len(keys), 2),
                            "decode_ms_per_image": round(1000 * decode_per_image, 2),
                            "store_ms_per_image": round(1000 * t_store / len(keys), 3)},
