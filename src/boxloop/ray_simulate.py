@@ -54,15 +54,21 @@ def missing_jobs(spec: SimSpec, seeds: Sequence[int], strategies: Sequence[str])
 
 def simulate_on_ray(spec: SimSpec, seeds: Sequence[int], strategies: Sequence[str], truth: dict[str, Annotation],
                     workers: int | None = None, address: str | None = None, threads: int = 1,
-                    echo: Callable[[str], None] = print, max_retries: int = 3) -> list[Job]:
+                    gpus: float | None = None, echo: Callable[[str], None] = print,
+                    max_retries: int = 3) -> list[Job]:
     """Run what is missing as Ray tasks; returns the jobs run. `workers` sizes a local Ray (and caps
-    the tasks in flight on a cluster); `threads` torch threads (and Ray CPUs) per task."""
+    the tasks in flight on a cluster); `threads` torch threads (and Ray CPUs) per task; `gpus` per
+    task (default: 1 with device 'cuda', else 0: Ray hides the GPUs from a task that asks for none,
+    so 'auto' trains on the CPU)."""
     jobs = missing_jobs(spec, seeds, strategies)
     if not jobs:
         echo("every run is finished; nothing to do")
         return []
     with ray_session(workers if address is None else None, address) as ray:
-        task = ray.remote(run_job).options(num_cpus=threads, max_retries=max_retries, retry_exceptions=False)
+        if gpus is None:
+            gpus = 1.0 if spec.config.device == "cuda" else 0.0
+        task = ray.remote(run_job).options(num_cpus=threads, num_gpus=gpus, max_retries=max_retries,
+                                           retry_exceptions=False)
         truth_ref = ray.put(truth)
         limit = workers or len(jobs)
         waiting = list(jobs)
