@@ -236,7 +236,7 @@ DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
-RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local Ray.")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (auto, or HEAD:6379; run on one of its nodes) instead of starting a local Ray.")]
 
 
 def loop_config(model: str = "fcos", backbone: str = "efficientnet_lite0", epochs: int | None = None,
