@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from boxloop.data import DetectionDataset, Sample, collate, train_transform
-from boxloop.detectors import create_detector
+from boxloop.detectors import create_detector, saved_config
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
 
@@ -245,6 +245,7 @@ def load_detector(path: str | Path, expect_classes: Sequence[str] | None = None,
         _check_classes(path, class_names, expect_classes)
     cfg = dict(ckpt["detector_config"])
     name, num_classes = cfg.pop("name"), cfg.pop("num_classes")
+    cfg = saved_config(name, cfg)
     if "pretrained_backbone" in cfg:
         cfg["pretrained_backbone"] = False  # the checkpoint holds every weight; don't fetch any
     detector = create_detector(name, num_classes, **cfg)
