@@ -5,7 +5,7 @@ docs/scale_out.md sizes a 1M-image pool from.
     .venv/bin/python benchmarks/ray_scoring.py --images 64 --repeats 1 # a smoke run
 
 Pool: --images generated 640x480 JPEGs (noise and shapes, like throughput.py) in a project; model:
-fcos on the offline Lite0 backbone (not the default fcos_lite) at --image-size, untrained heads (the cost
+the default detector (fcos_lite on the offline Lite0) at --image-size, untrained heads (the cost
 of a forward pass does not depend on the weights), score threshold --threshold (default 0: 100 boxes
 an image, the most the store and the wire carry). Each repetition
 scores the whole pool into a fresh round of the project through `ray_scoring.predict_pool` (what the
@@ -80,6 +80,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
+    from boxloop.defaults import DETECTOR
     from boxloop.detectors import create_detector
     from boxloop.images import load_rgb
     from boxloop.inference import predict_paths
@@ -92,7 +93,7 @@ def main() -> None:
     if not (work / "images").exists():
         make_jpegs(work / "images", args.images)
     project = init_project(work / "project", work / "images", None, classes=CLASSES, progress=False, force=True)
-    det = create_detector("fcos", len(CLASSES), seed=0, min_size=args.image_size, max_size=args.image_size)
+    det = create_detector(DETECTOR, len(CLASSES), seed=0, min_size=args.image_size, max_size=args.image_size)
     ckpt = model_dir(project, 1) / "best.pt"
     save_checkpoint({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "detector_config": det.config,
                      "class_names": CLASSES, "model": det.state_dict()}, ckpt)

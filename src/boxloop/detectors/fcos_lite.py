@@ -32,10 +32,12 @@ all inherited from `FCOSDetector`), and replaces the rest, in the manner of Nano
   probabilities and their mean), both detached: a quality loss that reached the box tower cost up
   to 3 points of mAP50. `fcos` trains its IoU branch on the assigned (positive) locations only, so
   where a neighbouring location fires its "predicted IoU" is whatever the branch extrapolates.
-  Losses measured on BCCD (`quality_weighting`): GFL's quality focal loss ("focal") barely ranks
-  boxes that fit (its weight |t - q|^2 ignores small errors), plain BCE ("bce") ranks better, and
-  BCE with the boxes that fit (IoU > 0.5) weighed 10x ("fit") best; the varifocal loss
-  (`quality_loss="varifocal"`) overestimated the IoU of poorly placed boxes.
+  Losses measured on BCCD, 15 epochs, test detections scoring >= 0.3 (`quality_weighting`): GFL's
+  quality focal loss ("focal", plain distances) ranked them at Spearman 0.19 against the true IoU
+  (its weight |t - q|^2 ignores small errors), plain BCE ("bce") at 0.17, BCE with the boxes that
+  fit (IoU > 0.5) weighed 10x ("fit", the default) at 0.42. Since the score is class probability x
+  quality, the ranking also lifted test mAP50 from 0.801 ("bce") to 0.873, Platelets from 0.58 to
+  0.78. The varifocal loss (`quality_loss="varifocal"`) overestimated the IoU of poorly placed boxes.
 
 Written here: the neck, the head, the BN folding and the builder. torchvision supplies FCOS's
 transform (resize, normalise, batch), the anchor-point generator and the ops; timm the backbone.
@@ -173,7 +175,7 @@ class LiteFCOSModel(FCOS):
 class FCOSLiteDetector(FCOSDetector):
     """FCOSDetector with a quality loss over every location and channels_last inputs."""
 
-    def __init__(self, *args: Any, quality_loss: str = "own_box_iou", quality_weighting: str = "focal",
+    def __init__(self, *args: Any, quality_loss: str = "own_box_iou", quality_weighting: str = "fit",
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if quality_loss not in QUALITY_LOSSES:
@@ -213,7 +215,7 @@ def build_fcos_lite(
     cpu_bf16: bool = True,
     backbone: str = "efficientnet_lite0",
     quality_loss: str = "own_box_iou",
-    quality_weighting: str = "focal",
+    quality_weighting: str = "fit",
     box_bins: int = 16,
 ) -> FCOSDetector:
     """fcos_lite on the offline Lite0 (P3-P5, strides 8, 16, 32).
