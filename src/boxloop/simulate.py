@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from boxloop.forecast import forecast_line
 from boxloop.loop import LoopConfig, _step_pause, assign_splits, round_history, run_round
 from boxloop.store import DB_NAME, Project
 from boxloop.strategies import NEEDS_EMBEDDING
@@ -185,6 +186,9 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
             for r in range(rounds + 1):
                 echo(f"seed {seed} {name}: round {r}/{rounds}")
                 run_round(run, cfg, truth, r, last=(r == rounds), progress=progress)
+                line = forecast_line(round_history(run), config.unit, budget)  # from the third round on
+                if line:
+                    echo(f"seed {seed} {name}: {line}")
             run.close()
         project.close()
     results = collect_results(out, strategies, seeds, config, initial_strategy)
