@@ -118,6 +118,15 @@ def test_box_level_uses_boxes_and_units_pair_separately():
     assert "least_confidence (boxes)" in format_auc_table(st)
 
 
+def test_fallback_rounds_are_listed():
+    res = hand_results()
+    res["runs"][2]["rounds"][0]["fallback"] = {"strategy": "random", "reason": "no box"}
+    st = curve_statistics(res)
+    assert st["strategies"]["least_confidence"]["fallback_rounds"] == {0: [{"round": 0, "strategy": "random"}]}
+    assert st["strategies"]["random"]["fallback_rounds"] == {}
+    assert "least_confidence seed 0: r0 random" in format_auc_table(st)
+
+
 def _power_results():
     n = [20, 46, 72, 98, 124, 150]
     runs = []

@@ -202,8 +202,13 @@ def forecast_line(history: Sequence[Mapping[str, Any]], unit: str = "images",
     plo, phi = fc["plateau_interval"]
     n95 = fc["labels_for_95pct_of_plateau"]
     word = "images" if unit == "images" else "boxes"
+    if fc["plateau"] >= 0.999:  # held at the bound: the rounds so far show no saturation
+        plateau = f"no plateau in sight yet (fit runs to mAP50 1.0; lower end {plo:.3f})"
+    else:
+        plateau = (f"plateau {fc['plateau']:.3f} [{plo:.3f}, {phi:.3f}], "
+                   f"{100 * (fc['share_of_plateau_now'] or 0):.0f}% of it now")
+        if math.isfinite(n95) and n95 <= 100 * fc["n_last"]:
+            plateau += f", 95% of it at ~{n95:.0f} {word}"
     return (f"forecast: +{p['n'] - fc['n_last']:.0f} {word} (to {p['n']:.0f}) -> mAP50 {p['map50']:.3f} "
-            f"[{lo:.3f}, {hi:.3f}], gain {p['gain']:+.3f} [{glo:+.3f}, {ghi:+.3f}]; plateau {fc['plateau']:.3f} "
-            f"[{plo:.3f}, {phi:.3f}], {100 * (fc['share_of_plateau_now'] or 0):.0f}% of it now"
-            + (f", 95% of it at ~{n95:.0f} {word}" if math.isfinite(n95) else "")
-            + f" ({int(LEVEL * 100)}% intervals, power-law fit on {fc['points']} rounds)")
+            f"[{lo:.3f}, {hi:.3f}], gain {p['gain']:+.3f} [{glo:+.3f}, {ghi:+.3f}]; {plateau} "
+            f"({int(LEVEL * 100)}% intervals, power-law fit on {fc['points']} rounds)")

@@ -144,8 +144,13 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
         per = {"auc_labelled": {}, "auc_seconds": {}}
         shares: dict[int, dict[Any, float]] = {}
         xs: dict[int, list[float]] = {}
+        fallbacks: dict[Any, list[dict[str, Any]]] = {}
         for run in runs:
             seed = run.get(SEED)
+            fb = [{"round": int(r[ROUND]), "strategy": r["fallback"].get("strategy")} for r in run[ROUNDS]
+                  if isinstance(r.get("fallback"), Mapping)]
+            if fb:  # rounds whose model kept no box: their query was not the strategy's own (boxloop.fallback)
+                fallbacks[seed] = fb
             for name, x_key in (("auc_labelled", labelled_key(unit)), ("auc_seconds", COST_SECONDS)):
                 rng = ranges.get((unit, seed, x_key))
                 x, y = _points(run[ROUNDS], x_key)
@@ -159,6 +164,7 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
                         xs.setdefault(int(row[ROUND]), []).append(_num(row.get(labelled_key(unit))))
         for name in per:
             entry[name] = {"per_seed": per[name], **mean_std(list(per[name].values()))}
+        entry["fallback_rounds"] = fallbacks
         if shares:
             entry["share_of_full"] = [{"round": r, "labelled": float(np.nanmean(xs[r])), "per_seed": shares[r],
                                        **mean_std(list(shares[r].values()))} for r in sorted(shares)]
@@ -236,7 +242,12 @@ def format_auc_table(stats: Mapping[str, Any]) -> str:
 
         body.append([label, _ms(e["auc_labelled"]), per, diff("auc_labelled"), _ms(e["auc_seconds"]),
                      diff("auc_seconds")])
-    return _markdown(head, body)
+    text = _markdown(head, body)
+    fbs = [f"{label} seed {seed}: " + ", ".join(f"r{f['round']} {f['strategy']}" for f in fb)
+           for label, e in stats["strategies"].items() for seed, fb in e.get("fallback_rounds", {}).items()]
+    if fbs:
+        text += "\nrounds that took a fallback (the model kept no box; not the strategy's own choice): " + "; ".join(fbs)
+    return text
 
 
 def format_forecast_table(fc: Mapping[str, Any]) -> str:
@@ -250,9 +261,10 @@ def format_forecast_table(fc: Mapping[str, Any]) -> str:
         row = [label]
         if f:
             nx = f["next"][0]
+            lo, hi = f["plateau_interval"]
             row += [f"{nx['n']:.0f}", f"{nx['map50']:.3f} [{nx['interval'][0]:.3f}, {nx['interval'][1]:.3f}]",
                     f"{nx['gain']:+.3f} [{nx['gain_interval'][0]:+.3f}, {nx['gain_interval'][1]:+.3f}]",
-                    f"{f['plateau']:.3f} [{f['plateau_interval'][0]:.3f}, {f['plateau_interval'][1]:.3f}]"]
+                    f"not in sight (>= {lo:.3f})" if f["plateau"] >= 0.999 else f"{f['plateau']:.3f} [{lo:.3f}, {hi:.3f}]"]
         else:
             row += ["-"] * 4
         row += ([f"{bt['mae']:.3f} (fit on {bt['fit_on']})", f"{bt['next_round_mae']:.3f}", f"{100 * bt['coverage']:.0f}%"]
