@@ -404,7 +404,8 @@ def describe_estimate(est: Mapping[str, Any], args) -> str:
              f"  at {est['step_seconds']:.3f} s/step, {est['predict_seconds_per_image']:.4f} s/image, "
              f"{est['save_seconds']} s/checkpoint save: {est['cpu_minutes']} CPU-minutes; "
              f"{est['shards']} shard(s) of {args.threads or 'default'} thread(s): {est['minutes_per_shard']} min "
-             f"-> ~{est['wall_minutes']} min wall on an idle machine"]
+             f"-> ~{est['wall_minutes']} min wall "
+             + ("at the speed measured now" if getattr(args, "measure", False) else "on an idle machine")]
     return "\n".join(lines)
 
 
@@ -678,6 +679,23 @@ def describe(check: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def timings(workdir: Path) -> dict[str, Any]:
+    """Seconds spent per job (summed over the calls that worked on it) and per shard, from
+    WORKDIR/timings.jsonl: the wall time of a run that was split over processes and sessions."""
+    path = workdir / "timings.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    per_job: dict[str, float] = {}
+    per_shard: dict[str, float] = {}
+    for r in rows:
+        per_job[r["job"]] = per_job.get(r["job"], 0.0) + r["seconds"]
+        per_shard[r["shard"]] = per_shard.get(r["shard"], 0.0) + r["seconds"]
+    return {"per_job_seconds": per_job, "per_shard_minutes": {k: round(v / 60, 1) for k, v in per_shard.items()},
+            "total_minutes": round(sum(per_job.values()) / 60, 1),
+            "first_finished": rows[0]["finished"], "last_finished": rows[-1]["finished"]}
+
+
 def report(args, spec, say) -> dict[str, Any]:
     """Everything on disk, every seed: tables, statistics, forecasts, target checks, plots, the JSON."""
     from boxloop.report import (curve_statistics, forecast_summary, format_auc_table, format_forecast_table,
@@ -686,12 +704,15 @@ def report(args, spec, say) -> dict[str, Any]:
 
     seeds = seeds_on_disk(args.workdir)
     full = {s: f for s in seeds if (f := full_data_reference(spec, args, s, None, say)) is not None}
-    out: dict[str, Any] = {"seeds_on_disk": seeds, "full_data": full, "units": {}}
+    out: dict[str, Any] = {"seeds_on_disk": seeds, "full_data": full, "units": {}, "timings": timings(args.workdir)}
     if full:
         m = [f["map50"] for f in full.values()]
         say(f"\nfull-data reference ({len(m)} seed(s), {full_steps(args)} steps): test mAP50 "
             + ", ".join(f"seed {s}: {f['map50']:.4f}" for s, f in full.items())
             + (f"; mean {np.mean(m):.4f} ± {np.std(m, ddof=1):.4f}" if len(m) > 1 else ""))
+    if out["timings"]:
+        t = out["timings"]
+        say(f"time spent (all calls): {t['total_minutes']} min in jobs; per shard {t['per_shard_minutes']}")
     for unit in args.unit_list:
         results = collect_unit(args, unit, seeds, full)
         if not results["runs"]:
@@ -821,8 +842,13 @@ def main(argv: list[str] | None = None) -> int:
         for j in mine:
             t0 = time.perf_counter()
             run_job(spec, args, j, truth, say)
-            say(f"[{j.name}] done ({time.perf_counter() - t0:.0f} s)")
-    rep = report(args, spec, say)
+            seconds = time.perf_counter() - t0
+            say(f"[{j.name}] done ({seconds:.0f} s)")
+            with open(args.workdir / "timings.jsonl", "a") as f:  # one line per job and call: the wall time
+                f.write(json.dumps({"job": j.name, "seconds": round(seconds, 1), "shard": args.shard or "0/1",
+                                    "threads": args.threads, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    with locked(args.workdir / "locks" / "report.lock"):  # shards finishing together write the same files
+        rep = report(args, spec, say)
     doc = {"command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "machine": machine(args.device),
            "dataset": {"name": spec.name, "images": str(spec.images), "test_list": str(spec.test_list),
                        "trainval_images": sizes.trainval, "test_images": sizes.test},
@@ -831,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
            "estimate": {k: v for k, v in est.items() if k != "per_job"},
            "seconds_this_call": round(time.perf_counter() - t_start, 1), **rep}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
+    tmp = args.json.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(finite(doc), indent=1, allow_nan=False, default=str))
     os.replace(tmp, args.json)
     say(f"\nwrote {args.json}; per unit: {args.workdir}/<unit>/results.json, plots/, report.html")
