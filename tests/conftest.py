@@ -81,6 +81,17 @@ def bccd_dir() -> Path:
     return BCCD_DIR
 
 
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator:
+    """A local Ray with 2 CPUs for a test module (boxloop's Ray paths use a Ray already running; it
+    is shut down after the module, so no idle Ray sits beside the other tests); skips when Ray is
+    not installed (`pip install -e '.[dev]'` installs it)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread() -> Iterator[None]:
     """One torch thread for every test: tiny models on a shared 2-core machine run faster so (with

@@ -14,7 +14,7 @@ from boxloop.defaults import DETECTOR, run_defaults
 from boxloop.detectors import create_detector
 from boxloop.detectors.backbones import lite0_body
 from boxloop.detectors.common import cpu_bf16_supported
-from boxloop.detectors.fcos import own_box_iou, quality_focal_loss, varifocal_loss
+from boxloop.detectors.fcos import distribution_focal_loss, own_box_iou, quality_focal_loss, varifocal_loss
 from boxloop.structures import iou
 
 from test_detector_contract import scene
@@ -82,6 +82,33 @@ def test_quality_focal_loss_on_a_hand_computed_case():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_distribution_focal_loss_on_a_hand_computed_case():
+    """GFL eq. 6: y = 1.25 over bins 0..2 -> -(0.75 log p1 + 0.25 log p2); beyond the last bin -> last bin."""
+    logits = torch.log(torch.tensor([[[0.2, 0.5, 0.3]] * 4]))  # probabilities 0.2, 0.5, 0.3 on every side
+    target = torch.tensor([[1.25, 0.0, 2.0, 7.0]])
+    got = distribution_focal_loss(logits, target)[0]
+    want = [-(0.75 * math.log(0.5) + 0.25 * math.log(0.3)), -math.log(0.2),
+            -math.log(0.3), -math.log(0.3)]
+    assert got.tolist() == pytest.approx(want, abs=1e-3)
+
+
+def test_distribution_head_decodes_expected_distances_and_reads_quality_off_them(one_thread):
+    """fcos_lite's box head: per-side distributions over 0..16 strides; the side is their expected value,
+    and the quality depends on their shape (GFLv2's DGQP) without its gradient reaching the boxes."""
+    det = create_detector("fcos_lite", num_classes=2, pretrained_backbone=False, box_bins=16)
+    head = det.model.head
+    feats = [torch.randn(1, 128, s, s) for s in (8, 4, 2)]
+    out = head(feats)
+    n_loc = 64 + 16 + 4
+    assert out["bbox_distribution"].shape == (1, n_loc, 4, 17)
+    probs = out["bbox_distribution"].softmax(-1)
+    assert torch.allclose(out["bbox_regression"], (probs * torch.arange(17.0)).sum(-1), atol=1e-5)
+    out["bbox_ctrness"].sum().backward()
+    assert head.quality_mlp[0].weight.grad.abs().sum() > 0  # reads the tower and the distributions
+    assert head.box_out.weight.grad is None or head.box_out.weight.grad.abs().sum() == 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in head.box_tower.parameters())
+
+
 def test_own_box_iou_is_the_best_overlap_with_a_trusted_box():
     pred = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 5], [50, 50, 60, 60], [20, 0, 30, 10]]])
     targets = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]]), "weights": torch.tensor([1.0, 0.0])}]
@@ -111,7 +138,8 @@ def trained_lite(one_thread):
 @pytest.mark.skipif(not cpu_bf16_supported(), reason="this CPU has no native bfloat16")
 def test_bfloat16_outputs_agree_with_float32(trained_lite):
     """Tolerance, at every location: class probability and predicted IoU within 0.02, box distances
-    within 3% (+0.5 px). Detections themselves may swap between two neighbours whose scores tie."""
+    within 10% (+1 px), and within 3% (+0.5 px) at 99% of the locations (a side whose distribution
+    is flat, as at background locations, moves most when its logits are rounded). Detections themselves may swap between two neighbours whose scores tie."""
     from boxloop.detectors.common import prepare_images
 
     det, images, _ = trained_lite
@@ -124,7 +152,9 @@ def test_bfloat16_outputs_agree_with_float32(trained_lite):
                      fw.bbox_regression.float() * fw.strides[None, :, None]))
     (p32, q32, d32), (p16, q16, d16) = outs
     assert (p16 - p32).abs().max() < 0.02 and (q16 - q32).abs().max() < 0.02
-    assert ((d16 - d32).abs() <= 0.03 * d32.abs() + 0.5).all()
+    err = (d16 - d32).abs()
+    assert (err <= 0.03 * d32.abs() + 0.5).float().mean() >= 0.99
+    assert (err <= 0.10 * d32.abs() + 1.0).all()
     # and predict() uses bf16 when asked, float32 when not
     det.cpu_bf16 = True
     a = det.predict(images[:1], score_threshold=0.0)[0]
@@ -165,6 +195,21 @@ def test_old_fcos_checkpoint_loads_and_predicts_as_before(tmp_path, one_thread):
     assert names == ["a", "b"] and again.config["name"] == "fcos"
     np.testing.assert_allclose(after.scores, before.scores, atol=1e-6)
     np.testing.assert_allclose(after.boxes.xyxy, before.boxes.xyxy, atol=1e-4)
+
+
+def test_fcos_lite_checkpoint_from_before_the_distribution_head_loads(tmp_path, one_thread):
+    """A checkpoint whose config predates `box_bins` was built with plain distances: it loads as such."""
+    from boxloop.train import load_detector, save_checkpoint
+
+    old = create_detector("fcos_lite", num_classes=2, pretrained_backbone=False, box_bins=0).eval()
+    config = {k: v for k, v in old.config.items() if k not in ("box_bins", "quality_weighting")}
+    save_checkpoint({"format": "boxloop-checkpoint", "version": 1, "detector_config": config,
+                     "class_names": ["a", "b"], "model": old.state_dict()}, tmp_path / "old.pt")
+    loaded, _, _ = load_detector(tmp_path / "old.pt")
+    image = torch.rand(3, 96, 128)
+    a, b = old.predict([image], score_threshold=0.0)[0], loaded.predict([image], score_threshold=0.0)[0]
+    assert loaded.model.head.box_bins == 0
+    np.testing.assert_allclose(a.boxes.xyxy, b.boxes.xyxy, atol=1e-4)
 
 
 def test_backbone_other_than_lite0_is_refused():

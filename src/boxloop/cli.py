@@ -269,6 +269,8 @@ SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
 DetectorOpt = Annotated[Optional[list[str]], typer.Option(
     "--detector-option", help="A detector builder option KEY=VALUE (repeatable), e.g. trainable_layers=2.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (auto, or HEAD:6379; run on one of its nodes) instead of starting a local Ray.")]
 
 
 def check_detector_options(model: str, options: dict[str, Any]) -> None:
@@ -372,6 +374,8 @@ def train(
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
     strict: StrictOpt = False,
+    nproc: Annotated[Optional[int], typer.Option(help="Train on this many processes through torchrun (DDP: gloo on CPU, nccl on GPU); --batch-size is the total.")] = None,
+    torchrun_args: Annotated[Optional[str], typer.Option(help="With --nproc: torchrun's own options for several machines, e.g. '--nnodes=2 --node-rank=0 --rdzv-endpoint=head:29500'.")] = None,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
 
@@ -387,6 +391,8 @@ def train(
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
                       detector_options=detector_options(detector_option),
                       lr=lr, optimizer=optimizer, semi="certainty" if semi else None)
+    if nproc is not None and semi:
+        raise ValueError("--nproc trains supervised only; drop --semi or --nproc")
     with Project.open(project) as proj, proj.writer_lock():
         if semi:
             from boxloop.semi import SemiConfig, fit_semi
@@ -402,7 +408,10 @@ def train(
                       f"kept [bold]{res.chosen}[/bold]" + (f" ({res.message})" if res.message else ""))
             best = res.best_checkpoint
         else:
-            result, n_train, n_val = train_project(proj, cfg, strict=strict)
+            import shlex
+
+            result, n_train, n_val = train_project(proj, cfg, strict=strict, nproc=nproc,
+                                                   torchrun_args=shlex.split(torchrun_args or ""))
             out.print(f"trained {cfg.model} on {n_train} images ({n_val} validation): best validation mAP50 "
                       f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
                       f"{escape(str(result.best_checkpoint))}")
@@ -464,19 +473,27 @@ def predict(
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
-    """Predict boxes on a folder of images with a trained model. Images that cannot be decoded are
-    left out and named; files already in --out are not replaced unless --overwrite."""
+    """Predict boxes on a folder of images with a trained model (with --workers: on Ray actors). Images
+    that cannot be decoded are left out and named; files already in --out are not replaced unless
+    --overwrite."""
     from boxloop.predictions import write_predictions
 
     if not 0 <= threshold < 1:
         raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
     from boxloop.defaults import run_defaults
 
-    det, names, image_size, _ = _open_detector(project, checkpoint, device)
+    det, names, image_size, ckpt = _open_detector(project, checkpoint, device)
+    scoring = None
+    if workers is not None or ray_address is not None:
+        from boxloop.ray_scoring import RayScoring
+
+        scoring = RayScoring.from_cli(workers, ray_address, device)
     path, n, boxes, skipped = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
                                                 batch_size or run_defaults(device).batch_size, device,
-                                                overwrite=overwrite, strict=strict)
+                                                overwrite=overwrite, strict=strict, scoring=scoring, checkpoint=ckpt)
     for rel, problem in skipped:
         warn(f"{images / rel}: {problem}; left out (--strict makes this an error)")
     out.print(f"[green]predicted[/green] {n} images, {boxes} boxes >= {threshold} -> {escape(str(path))}"
@@ -509,6 +526,8 @@ def query(
     semi: Annotated[Optional[str], typer.Option(help="After the answers: autolabel or certainty.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an open batch that was never answered (it goes stale).")] = False,
     strict: StrictOpt = False,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """One round for a human annotator: train, predict the pool, pick the most informative images
     (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`.
@@ -524,6 +543,11 @@ def query(
                       detector_options=detector_options(detector_option),
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
     check_batch_target(out_dir, fmt)  # before any work: a wrong --format or --out must change nothing
+    scoring = None
+    if workers is not None or ray_address is not None:  # the pool is scored on Ray actors
+        from boxloop.ray_scoring import RayScoring
+
+        scoring = RayScoring.from_cli(workers, ray_address, device)
     with Project.open(project) as proj, proj.writer_lock():
         pending = open_round(proj)
         if pending is not None and not force:
@@ -555,7 +579,7 @@ def query(
         cold = checkpoint is None and needs_cold_start(proj)
         if cold:  # nothing to train on: the first batch by typicality in the pretrained embedding
             cfg = open_select_round(proj, cfg, round_id)
-        m = run_round(proj, cfg, None, round_id, strict=strict)
+        m = run_round(proj, cfg, None, round_id, strict=strict, scoring=scoring)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
         from boxloop.forecast import forecast_line
@@ -626,9 +650,12 @@ def simulate(
     take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
     no_pretrained: NoPretrainedOpt = False,
     detector_option: DetectorOpt = None,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
 ) -> None:
     """Compare strategies on labelled data with a simulated annotator; writes OUT/results.json and plots.
-    Re-running the same command resumes where it stopped."""
+    Re-running the same command resumes where it stopped. With --workers, each strategy x seed run is
+    a Ray task (one torch thread each)."""
     from boxloop.report import format_table, learning_curve_table
     from boxloop.simulate import simulate as run_sim
 
@@ -641,7 +668,8 @@ def simulate(
                     strategy=name, unit=unit, budget=budget)  # validates every name before any work
     res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
                   annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
-                  echo=lambda m: out.print(escape(m)), initial_strategy=initial_strategy)
+                  echo=lambda m: out.print(escape(m)), initial_strategy=initial_strategy, workers=workers,
+                  ray_address=ray_address)
     typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 

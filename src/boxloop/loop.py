@@ -35,6 +35,7 @@ from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
 if TYPE_CHECKING:
+    from boxloop.ray_scoring import RayScoring
     from boxloop.strategies import DetectionTable
 
 log = logging.getLogger("boxloop.loop")
@@ -210,11 +211,13 @@ def set_current_checkpoint(project: Project, path: str | Path) -> None:
 
 
 def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True,
-                  strict: bool = False):
+                  strict: bool = False, nproc: int | None = None, torchrun_args: Sequence[str] = ()):
     """Train on the project's current labels; the checkpoint becomes the project's current model.
 
     The model folder is named after the settings and the labels trained on, so re-running the same
-    command resumes (or returns at once) and any change of labels or settings trains anew."""
+    command resumes (or returns at once) and any change of labels or settings trains anew. `nproc`:
+    train on that many processes through torchrun (boxloop.ddp); the folder is the same, so a run
+    may resume with another process count."""
     import hashlib
     import json as _json
 
@@ -228,7 +231,14 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
         out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
     detector = create_detector(config.model, num_classes=project.num_classes, seed=config.train_config(0).seed,
                                **config.detector_kwargs())
-    result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress, resume=True)
+    if nproc is not None:
+        from boxloop.ddp import fit_distributed
+
+        result = fit_distributed(detector, train, val, project.classes, config.train_config(0), out_dir, nproc,
+                                 progress=progress, torchrun_args=torchrun_args)
+    else:
+        result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress,
+                     resume=True)
     set_current_checkpoint(project, result.best_checkpoint)
     return result, len(train), len(val)
 
@@ -307,10 +317,11 @@ def labelled_counts(project: Project) -> dict[str, Any]:
 
 
 def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
-                 chunk: int = 64, strict: bool = False) -> None:
+                 chunk: int = 64, strict: bool = False, scoring: RayScoring | None = None) -> None:
     """Predictions of this round's model on the pool, stored chunk by chunk (a resume skips the done ones).
     A pool image that is missing or no longer decodes is left out (so it cannot be selected) and
-    recorded; `strict` makes it an error."""
+    recorded; `strict` makes it an error. With `scoring`, on Ray actors (boxloop.ray_scoring), to the
+    same results."""
     from boxloop.images import ImageError
     from boxloop.inference import predict_paths
     from boxloop.integrity import SkippedImage, record_skipped, usable_images
@@ -321,7 +332,6 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
     todo = usable_images(project, [p for p in pool if p not in done], "predict", strict)
     if not todo:
         return
-    det = _load_round_detector(project, round_id, config)
     root = project.image_root
     bad: list[SkippedImage] = []
 
@@ -330,6 +340,16 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
             raise ImageError(path, problem, "replace it, or run without --strict to leave it out")
         log.warning("%s: %s; left out of the pool (listed by `boxloop status`)", path, problem)
         bad.append(SkippedImage(path.relative_to(root).as_posix(), problem, "predict"))
+
+    if scoring is not None:
+        from boxloop.ray_scoring import predict_pool
+
+        predict_pool(project, round_id, todo, model_dir(project, round_id) / "best.pt", config.image_size,
+                     config.predict_batch_size, min(config.score_threshold, config.t_d), scoring,
+                     device=config.device, group_chunk=chunk, on_skip=lambda key, problem: skip(root / key, problem))
+        record_skipped(project, bad)  # a kill before this: the rerun scores these again and records them
+        return
+    det = _load_round_detector(project, round_id, config)
 
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
@@ -567,11 +587,13 @@ def _step_pause() -> float:
 
 def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotation] | None, round_id: int,
               last: bool = False, progress: bool = True, stop_at: str | None = None,
-              on_step: Callable[[int, str], None] | None = None, strict: bool = False) -> dict[str, Any]:
+              on_step: Callable[[int, str], None] | None = None, strict: bool = False,
+              scoring: RayScoring | None = None) -> dict[str, Any]:
     """Run (or resume) round `round_id` to its end, or to `stop_at`. `truth` None = a human oracle:
     the round stops after `select` and waits for `boxloop import`. `last` = no selection after this
     round's evaluation (the loop's final model) unless take_all_last. `strict`: an image gone bad
-    since init stops the round instead of being left out."""
+    since init stops the round instead of being left out. `scoring`: score the pool on Ray (where it
+    runs is not part of the config: the results are the same)."""
     rounds = {r["id"]: r for r in project.rounds()}
     if round_id not in rounds:
         project.start_round(config.to_dict(), step="train", round_id=round_id)
@@ -592,7 +614,7 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
                 step_evaluate(project, round_id, config, progress)
                 nxt = "done" if last and not config.take_all_last else "predict"
             elif step == "predict":
-                step_predict(project, round_id, config, progress, strict=strict)
+                step_predict(project, round_id, config, progress, strict=strict, scoring=scoring)
                 nxt = "select"
             elif step == "select":
                 step_select(project, round_id, config, last=last)  # writes step "oracle" itself

@@ -18,12 +18,14 @@ from boxloop.structures import Annotation, Source
 def write_predictions(detector, class_names: Sequence[str], images: Path, out: Path, fmt: str = "voc",
                       threshold: float = 0.3, image_size: int = 512, batch_size: int = 8,
                       device: str = "auto", progress: bool = True, overwrite: bool = False,
-                      strict: bool = False) -> tuple[Path, int, int, list[tuple[str, str]]]:
+                      strict: bool = False, scoring=None, checkpoint: Path | None = None
+                      ) -> tuple[Path, int, int, list[tuple[str, str]]]:
     """Predict every image under `images`; returns (where written, images, boxes, skipped).
 
     An image that does not decode is left out and listed in `skipped` as (path, problem), or with
     `strict` stops everything before a file is written. A file already in `out` is never replaced
-    unless `overwrite`."""
+    unless `overwrite`. With `scoring` (a ray_scoring.RayScoring), on Ray actors that load
+    `checkpoint`, to the same predictions."""
     from boxloop import formats
     from boxloop.images import ImageError, list_images
     from boxloop.inference import predict_paths
@@ -46,8 +48,15 @@ def write_predictions(detector, class_names: Sequence[str], images: Path, out: P
         skipped.append((path.relative_to(images).as_posix(), problem))
 
     anns: list[Annotation] = []
-    for path, det in predict_paths(detector, [images / r for r in rels], image_size, batch_size=batch_size,
-                                   device=device, score_threshold=threshold, progress=progress, on_skip=skip):
+    paths = [images / r for r in rels]
+    if scoring is not None:
+        from boxloop.ray_scoring import score_all
+
+        results = score_all(checkpoint, paths, image_size, batch_size, threshold, scoring, device, on_skip=skip)
+    else:
+        results = predict_paths(detector, paths, image_size, batch_size=batch_size, device=device,
+                                score_threshold=threshold, progress=progress, on_skip=skip)
+    for path, det in results:
         rel = path.relative_to(images).as_posix()
         anns.append(det[det.scores >= threshold].to_annotation(rel, list(class_names), source=Source.PREDICTED))
     with staged_output(out, overwrite) as stage:

@@ -10,6 +10,8 @@ plots beside it. Re-running the same command on the same OUT resumes each projec
 (projects are copied whole or not at all; each round resumes at its step).
 
 Written by hand: the experiment layout and the withholding of labels; the rest is loop.run_round.
+With `workers`/`ray_address` the same `seed_base` and `run_strategy` calls run as Ray tasks
+(boxloop.ray_simulate), each in its own folder; only their scheduling differs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -138,62 +141,136 @@ def run_name(strategy: str, semi: str | None) -> str:
     return strategy if not semi else f"{strategy}+{semi}"
 
 
+@dataclass(frozen=True)
+class SimSpec:
+    """What every run of one `simulate` command shares (picklable: Ray ships it to its workers)."""
+
+    out: Path
+    images: Path
+    annotations: Path | None
+    fmt: str | None
+    test_list: Path | None
+    test_fraction: float | None
+    initial: int
+    budget: int
+    rounds: int
+    config: LoopConfig
+    initial_strategy: str = "random"
+    embed: bool = False  # some strategy needs image embeddings: the base computes them once, runs copy the cache
+
+    def base_dir(self, seed: int) -> Path:
+        return self.out / f"seed{seed}" / "base"
+
+    def run_dir(self, seed: int, strategy: str) -> Path:
+        return self.out / f"seed{seed}" / run_name(strategy, self.config.semi).replace("+", "_")
+
+
+def check_initial_strategy(spec: SimSpec, seed: int) -> None:
+    """Refuse an OUT whose base for `seed` chose its seed set by another initial strategy."""
+    base_dir = spec.base_dir(seed)
+    if not (base_dir / DB_NAME).exists():
+        return
+    with Project.open(base_dir) as project:
+        if project.get_meta("withheld_for_simulation") is None:
+            return
+        made = project.get_meta("initial_strategy", "random")
+    if made != spec.initial_strategy:
+        raise ValueError(f"{spec.out} holds runs whose seed set was chosen by {made!r}, not {spec.initial_strategy!r}; "
+                         "use another --out for the other initial strategy")
+
+
+def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: bool = True,
+              echo: Callable[[str], None] = print) -> Path:
+    """OUT/seedS/base: the seed set kept (chosen by `spec.initial_strategy`), every other label
+    withheld, image embeddings when a strategy needs them, the round-0 model trained (resumes)."""
+    from boxloop.project import init_project
+
+    cfg0 = dataclasses.replace(spec.config, seed=seed, budget=spec.budget)
+    base_dir = spec.base_dir(seed)
+    if not (base_dir / DB_NAME).exists() or Project.open(base_dir).get_meta("withheld_for_simulation") is None:
+        project = init_project(base_dir, spec.images, spec.annotations, fmt=spec.fmt, test_list=spec.test_list,
+                               test_fraction=None if spec.test_list else spec.test_fraction, seed=seed, force=True,
+                               progress=progress)
+        withhold(project, spec.initial, seed, cfg0, spec.initial_strategy)
+    else:
+        check_initial_strategy(spec, seed)
+        project = Project.open(base_dir)
+    with project:
+        if spec.embed:  # embed once here; every run's copy takes the cache
+            from boxloop.embedding import project_embeddings
+
+            project_embeddings(project, [r.path for r in project.images(...) if r.split != "test"],
+                               spec.config.device)
+        echo(f"seed {seed}: initial model on {spec.initial} labelled images ({spec.initial_strategy} seed set)")
+        run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
+    return base_dir
+
+
+def run_strategy(spec: SimSpec, seed: int, strategy: str, truth: dict[str, Annotation], progress: bool = True,
+                 echo: Callable[[str], None] = print) -> Path:
+    """One strategy's rounds in its own folder, started from a copy of the seed's base (resumes)."""
+    run_dir = spec.run_dir(seed, strategy)
+    if not (run_dir / DB_NAME).exists():
+        with Project.open(spec.base_dir(seed)) as base:
+            copy_project(base, run_dir)
+    cfg = dataclasses.replace(spec.config, seed=seed, budget=spec.budget, strategy=strategy)
+    name = run_name(strategy, spec.config.semi)
+    with Project.open(run_dir) as run:
+        for r in range(spec.rounds + 1):
+            echo(f"seed {seed} {name}: round {r}/{spec.rounds}")
+            run_round(run, cfg, truth, r, last=(r == spec.rounds), progress=progress)
+            line = forecast_line(round_history(run), spec.config.unit, spec.budget)  # from the third round on
+            if line:
+                echo(f"seed {seed} {name}: {line}")
+    return run_dir
+
+
+def run_finished(spec: SimSpec, seed: int, strategy: str) -> bool:
+    """True when the run's last round is done (a rerun has nothing left to do for it)."""
+    db = spec.run_dir(seed, strategy) / DB_NAME
+    if not db.exists():
+        return False
+    with Project.open(db.parent) as p:
+        last = {r["id"]: r for r in p.rounds()}.get(spec.rounds)
+    return last is not None and last["status"] == "done"
+
+
 def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, budget: int, rounds: int,
              seeds: Sequence[int], config: LoopConfig, annotations: Path | None = None, fmt: str | None = None,
              test_list: Path | None = None, test_fraction: float | None = 0.2, progress: bool = True,
-             echo: Callable[[str], None] = print, initial_strategy: str = "random") -> dict[str, Any]:
+             echo: Callable[[str], None] = print, initial_strategy: str = "random", workers: int | None = None,
+             ray_address: str | None = None) -> dict[str, Any]:
     """Run every (seed, strategy) for `rounds` query rounds; returns (and writes) the results dict.
-    `initial_strategy`: how the seed set is chosen, "random" or "typical"; one OUT holds one kind."""
+    `initial_strategy`: how the seed set is chosen, "random" or "typical"; one OUT holds one kind.
+
+    With `workers` or `ray_address`, every run is a Ray task (boxloop.ray_simulate); the results are
+    the same as those of the sequential runs."""
     if initial_strategy not in INITIAL_STRATEGIES:
         raise ValueError(f"--initial-strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got {initial_strategy!r}")
-    from boxloop.project import init_project
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, ann = dataset_paths(Path(dataset), annotations)
     truth = load_truth(images, ann, fmt)
+    spec = SimSpec(out=out, images=images, annotations=ann, fmt=fmt, test_list=test_list,
+                   test_fraction=test_fraction, initial=initial, budget=budget, rounds=rounds, config=config,
+                   initial_strategy=initial_strategy, embed=any(s in NEEDS_EMBEDDING for s in strategies))
+    for seed in seeds:  # before any work, also for seeds whose runs are all finished
+        check_initial_strategy(spec, seed)
     (out / "simulate_config.json").write_text(json.dumps(
         {"dataset": str(dataset), "strategies": list(strategies), "initial": initial,
          "initial_strategy": initial_strategy, "budget": budget, "rounds": rounds, "seeds": list(seeds), "config": config.to_dict()}, indent=2))
-    for seed in seeds:
-        cfg0 = dataclasses.replace(config, seed=seed, budget=budget)
-        base_dir = out / f"seed{seed}" / "base"
-        if not (base_dir / DB_NAME).exists() or Project.open(base_dir).get_meta("withheld_for_simulation") is None:
-            project = init_project(base_dir, images, ann, fmt=fmt, test_list=test_list,
-                                   test_fraction=None if test_list else test_fraction, seed=seed, force=True,
-                                   progress=progress)
-            withhold(project, initial, seed, cfg0, initial_strategy)
-        else:
-            project = Project.open(base_dir)
-            made = project.get_meta("initial_strategy", "random")
-            if made != initial_strategy:
-                project.close()
-                raise ValueError(f"{out} holds runs whose seed set was chosen by {made!r}, not {initial_strategy!r}; "
-                                 "use another --out for the other initial strategy")
-        if any(s in NEEDS_EMBEDDING for s in strategies):  # embed once here; every run's copy takes the cache
-            from boxloop.embedding import project_embeddings
+    if workers is not None or ray_address is not None:
+        from boxloop.ray_simulate import simulate_on_ray
 
-            project_embeddings(project, [r.path for r in project.images(...) if r.split != "test"], config.device)
-        echo(f"seed {seed}: initial model on {initial} labelled images ({initial_strategy} seed set)")
-        run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
-        for strategy in strategies:
-            name = run_name(strategy, config.semi)
-            run_dir = out / f"seed{seed}" / name.replace("+", "_")
-            if not (run_dir / DB_NAME).exists():
-                copy_project(project, run_dir)
-            cfg = dataclasses.replace(cfg0, strategy=strategy)
-            run = Project.open(run_dir)
-            for r in range(rounds + 1):
-                echo(f"seed {seed} {name}: round {r}/{rounds}")
-                run_round(run, cfg, truth, r, last=(r == rounds), progress=progress)
-                line = forecast_line(round_history(run), config.unit, budget)  # from the third round on
-                if line:
-                    echo(f"seed {seed} {name}: {line}")
-            run.close()
-        project.close()
+        simulate_on_ray(spec, seeds, strategies, truth, workers=workers, address=ray_address, echo=echo)
+    else:
+        for seed in seeds:
+            seed_base(spec, seed, truth, progress, echo)
+            for strategy in strategies:
+                run_strategy(spec, seed, strategy, truth, progress, echo)
     results = collect_results(out, strategies, seeds, config, initial_strategy)
     write_results(out, results)
-    write_gallery(out / f"seed{seeds[-1]}" / run_name(strategies[-1], config.semi).replace("+", "_"), out)
+    write_gallery(spec.run_dir(seeds[-1], strategies[-1]), out)
     return results
 
 

@@ -6,7 +6,10 @@ from it, so resuming at any step is exact), the seeded per-epoch order and per-i
 with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
 checks, and halving the batch (as gradient accumulation over halves) on CUDA out-of-memory.
 torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler, clip_grad_norm_), tqdm the
-progress bar, boxloop.evaluate the mAP, boxloop.inference the validation predictions.
+progress bar, boxloop.evaluate the mAP, boxloop.inference the validation predictions. With `dist`
+(boxloop.ddp, under torchrun) the same loop runs on every rank: each takes its share of every batch
+(DistributedSampler over the same seeded order), DDP averages the gradients, rank 0 validates and
+writes the checkpoints.
 
 Determinism: on CPU the same seed gives the same weights, interrupted or not (tested). On CUDA,
 some kernels are nondeterministic; results agree only approximately.
@@ -23,16 +26,19 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from boxloop.data import DetectionDataset, Sample, collate, train_transform
-from boxloop.detectors import create_detector
+from boxloop.detectors import create_detector, saved_config
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
+
+if TYPE_CHECKING:
+    from boxloop.ddp import DistContext
 
 __all__ = ["TrainConfig", "FitResult", "CheckpointError", "TrainingDiverged", "fit", "load_detector", "load_checkpoint",
            "save_checkpoint", "resolve_device", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
@@ -239,6 +245,7 @@ def load_detector(path: str | Path, expect_classes: Sequence[str] | None = None,
         _check_classes(path, class_names, expect_classes)
     cfg = dict(ckpt["detector_config"])
     name, num_classes = cfg.pop("name"), cfg.pop("num_classes")
+    cfg = saved_config(name, cfg)
     if "pretrained_backbone" in cfg:
         cfg["pretrained_backbone"] = False  # the checkpoint holds every weight; don't fetch any
     detector = create_detector(name, num_classes, **cfg)
@@ -293,7 +300,7 @@ def _validate(detector: Detector, samples: Sequence[Sample], class_names: Sequen
 
 def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
         class_names: Sequence[str], config: TrainConfig, out_dir: str | Path, progress: bool = True,
-        resume: bool = True, stop_after: int | None = None) -> FitResult:
+        resume: bool = True, stop_after: int | None = None, dist: DistContext | None = None) -> FitResult:
     """Train `detector` in place; write out_dir/last.pt and out_dir/best.pt; return what happened.
 
     Samples without an annotation are skipped (unlabelled); negatives train as negatives. With
@@ -301,6 +308,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     the final model. On return the detector holds the best weights. With `resume` and an existing
     out_dir/last.pt from the same setup, training continues from it. `stop_after` ends this call
     after that many steps (last.pt saved), for time-sliced training and for tests of resuming.
+    `dist`: this process is one rank of a torchrun job (see boxloop.ddp.fit_distributed).
     """
     from tqdm.auto import tqdm
 
@@ -380,7 +388,12 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                                                                    color=config.color, strong=config.strong),
                                seed=config.seed)
 
+    main = dist is None or dist.is_main
+    loss_fn = dist.wrap(detector) if dist is not None else detector.loss
+
     def checkpoint(path: Path, complete: bool) -> None:
+        if not main:
+            return  # rank 0 writes; the weights are the same on every rank
         save_checkpoint({
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
@@ -394,7 +407,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         }, path)
 
     state = {"micro": config.batch_size}
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (progress and main))
     steps_this_call = 0
     detector.train()  # type: ignore[attr-defined]
     try:
@@ -403,13 +416,19 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
             dataset.set_epoch(epoch)
             order = _epoch_order(len(train), config.seed, epoch)
             batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+            if dist is not None:  # this rank's share of each of those batches
+                batches = dist.local_batches(len(train), config.seed, epoch, config.batch_size)
             # Its own generator: creating a loader must not draw from the global RNG (resume = same run).
             loader = DataLoader(dataset, batch_sampler=batches[pos:], collate_fn=collate,
                                 num_workers=config.num_workers, pin_memory=device.type == "cuda",
                                 generator=torch.Generator().manual_seed(config.seed + epoch))
             for images, targets in loader:
+                if dist is not None:
+                    dist.set_batch(len(train), config.batch_size, step % steps_per_epoch)
                 parts = _train_step(detector, optimizer, scaler, images, targets, device, use_amp, amp_dtype,
-                                    config.grad_clip, state)
+                                    config.grad_clip, state, loss_fn)
+                if dist is not None:
+                    parts = dist.mean(parts)
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 step += 1
@@ -425,10 +444,12 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 else:
                     due = step % config.val_every == 0
                 if val and (due or done):
-                    map50 = _validate(detector, val, class_names, config, device)
+                    map50 = _validate(detector, val, class_names, config, device) if main else None
+                    if dist is not None:
+                        map50 = dist.broadcast(map50)
                     detector.train()  # type: ignore[attr-defined]
                     entry["val_map50"] = map50
-                    if progress:
+                    if progress and main:
                         bar.write(f"step {step}: val mAP50 {map50:.4f}")
                     if best_map50 is None or map50 > best_map50:
                         best_map50, best_step, evals_since_best = map50, step, 0
@@ -453,6 +474,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 break
     finally:
         bar.close()
+    if dist is not None:
+        dist.barrier()  # rank 0's checkpoints are on disk before any rank reads best.pt
     completed = step >= total_steps or stopped_early
     if not completed:
         return FitResult(best_path, last_path, best_map50, history, step, total_steps, False, False)
@@ -471,8 +494,11 @@ def _finish(detector: Detector, device: torch.device, best_path: Path, last_path
 
 def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                 images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device, use_amp: bool,
-                amp_dtype: torch.dtype, grad_clip: float | None, state: dict[str, int]) -> dict[str, float]:
-    """One optimiser step over the batch, in micro-batches of state['micro'] (halved on CUDA OOM)."""
+                amp_dtype: torch.dtype, grad_clip: float | None, state: dict[str, int],
+                loss_fn: Any = None) -> dict[str, float]:
+    """One optimiser step over the batch, in micro-batches of state['micro'] (halved on CUDA OOM).
+    `loss_fn` (default detector.loss): the DDP-wrapped loss under torchrun."""
+    loss_fn = loss_fn or detector.loss
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "weights")} for t in targets]
     n = len(images)
@@ -483,7 +509,7 @@ def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: to
             for i in range(0, n, state["micro"]):
                 ims, tgs = images[i:i + state["micro"]], targets[i:i + state["micro"]]
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    losses = detector.loss(ims, tgs)
+                    losses = loss_fn(ims, tgs)
                 total = sum(losses.values())
                 if not torch.isfinite(total):
                     raise TrainingDiverged(f"training loss is {float(total)}; lower the learning rate or check the boxes")

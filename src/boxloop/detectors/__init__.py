@@ -20,6 +20,17 @@ DETECTORS: dict[str, str] = {
     "retinanet": "boxloop.detectors.retinanet:build_retinanet",
 }
 
+# Options added to a builder after checkpoints were written without them: the value those
+# checkpoints were built with (a saved config lacking the key gets it back when it loads).
+CONFIG_BEFORE: dict[str, dict[str, Any]] = {
+    "fcos_lite": {"box_bins": 0, "quality_weighting": "focal"},
+}
+
+
+def saved_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's builder options, with the options it predates set as it was built."""
+    return {**CONFIG_BEFORE.get(name, {}), **config}
+
 
 def _builder(name: str):
     if name not in DETECTORS:
@@ -56,4 +67,4 @@ def create_detector(name: str, num_classes: int, seed: int | None = None, **kwar
         return builder(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["DETECTORS", "Detector", "check_options", "create_detector"]
+__all__ = ["DETECTORS", "Detector", "check_options", "create_detector", "saved_config"]

@@ -21,14 +21,23 @@ all inherited from `FCOSDetector`), and replaces the rest, in the manner of Nano
   0.70 and 0.76), so the neck and head learn on fixed ImageNet features. Frozen stages have their
   BatchNorm folded into the conv before them (exact, since neither changes), and the whole model
   runs in channels_last, which oneDNN's CPU convolutions prefer;
+- boxes as distributions (GFL): each side's distance, in strides, is a distribution over the bins
+  0..`box_bins` [16] whose expected value is the distance, trained with GFL's distribution focal
+  loss beside the GIoU term. On BCCD (15 epochs) it lifted test AP75 from 0.43 to 0.53 and mAP50
+  from 0.789 to 0.801 over plain distances (`box_bins=0`, still buildable);
 - localization quality trained to mean the IoU: at EVERY location the quality logit is taught the
   IoU of that location's own decoded box with the ground-truth box it overlaps most (0 where it
-  overlaps none), with GFL's quality focal loss. `fcos` trains its IoU branch on the assigned
-  (positive) locations only, so where a neighbouring location fires its "predicted IoU" is
-  whatever the branch extrapolates; the varifocal loss (positives weighted by their IoU,
-  background towards 0) overestimated the IoU of poorly placed boxes, and a quality focal loss
-  with background towards 0 underestimated good ones (both measured on BCCD; the options remain
-  as `quality_loss`).
+  overlaps none). It is read by a small MLP off the box tower's features and, as GFLv2's
+  distribution-guided quality predictor, off the shape of the four side distributions (top-4
+  probabilities and their mean), both detached: a quality loss that reached the box tower cost up
+  to 3 points of mAP50. `fcos` trains its IoU branch on the assigned (positive) locations only, so
+  where a neighbouring location fires its "predicted IoU" is whatever the branch extrapolates.
+  Losses measured on BCCD, 15 epochs, test detections scoring >= 0.3 (`quality_weighting`): GFL's
+  quality focal loss ("focal", plain distances) ranked them at Spearman 0.19 against the true IoU
+  (its weight |t - q|^2 ignores small errors), plain BCE ("bce") at 0.17, BCE with the boxes that
+  fit (IoU > 0.5) weighed 10x ("fit", the default) at 0.42. Since the score is class probability x
+  quality, the ranking also lifted test mAP50 from 0.801 ("bce") to 0.873, Platelets from 0.58 to
+  0.78. The varifocal loss (`quality_loss="varifocal"`) overestimated the IoU of poorly placed boxes.
 
 Written here: the neck, the head, the BN folding and the builder. torchvision supplies FCOS's
 transform (resize, normalise, batch), the anchor-point generator and the ops; timm the backbone.
@@ -54,6 +63,8 @@ __all__ = ["LitePAN", "LiteHead", "build_fcos_lite"]
 
 STRIDES = (8, 16, 32)
 QUALITY_LOSSES = ("own_box_iou", "quality_focal", "varifocal")
+QUALITY_WEIGHTINGS = ("focal", "bce", "fit")
+DGQP_TOPK = 4
 
 
 class LitePAN(nn.Module):
@@ -94,32 +105,63 @@ class LiteHead(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, levels: int, num_convs: int = 2,
-                 prior_prob: float = 0.01) -> None:
+                 prior_prob: float = 0.01, box_bins: int = 16, quality_hidden: int = 32) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.box_bins = int(box_bins)
         groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 2)
         self.cls_tower = nn.Sequential(*(_dw_separable(channels, groups) for _ in range(num_convs)))
         self.box_tower = nn.Sequential(*(_dw_separable(channels, groups) for _ in range(num_convs)))
         self.cls_out = nn.Conv2d(channels, num_classes, 1)
-        self.box_out = nn.Conv2d(channels, 5, 1)
-        self.scales = nn.Parameter(torch.ones(levels))
-        for conv in (self.cls_out, self.box_out):
+        if self.box_bins:
+            self.box_out = nn.Conv2d(channels, 4 * (self.box_bins + 1), 1)
+            # the quality reads the box tower's features and, as GFLv2's distribution-guided quality
+            # predictor, the top-4 probabilities of each side's distribution and their mean
+            self.quality_mlp = nn.Sequential(nn.Linear(channels + 4 * (DGQP_TOPK + 1), quality_hidden),
+                                             nn.ReLU(inplace=True), nn.Linear(quality_hidden, 1))
+            self.register_buffer("bin_values", torch.arange(self.box_bins + 1, dtype=torch.float32), persistent=False)
+            convs = (self.cls_out, self.box_out)
+        else:
+            self.box_out = nn.Conv2d(channels, 5, 1)
+            self.scales = nn.Parameter(torch.ones(levels))
+            convs = (self.cls_out, self.box_out)
+        for conv in convs:
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
         with torch.no_grad():
             self.cls_out.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
-        cls, box = [], []
+        cls, box, qual = [], [], []
         for f in x:
             cls.append(self.cls_out(self.cls_tower(f)).flatten(2))  # (B, C, H*W)
-            box.append(self.box_out(self.box_tower(f)).flatten(2))  # (B, 5, H*W)
-        sizes = torch.tensor([b.shape[2] for b in box], device=x[0].device)
-        scale = torch.repeat_interleave(self.scales, sizes)[None, :, None]  # each level's scale, per location
+            t = self.box_tower(f)
+            if self.box_bins:
+                # distribution logits in float32: their softmax's expected value moved boxes by up
+                # to 3 px at stride 32 when the logits were bfloat16
+                with torch.autocast(t.device.type, enabled=False):
+                    box.append(self.box_out(t.float()).flatten(2))
+            else:
+                box.append(self.box_out(t).flatten(2))
+            if self.box_bins:
+                # the quality never pulls on the box features: measured on BCCD, a quality loss that
+                # reached the box tower cost up to 3 points of mAP50
+                qual.append(t.detach().flatten(2))
         cls_t = torch.cat(cls, dim=2).transpose(1, 2)
         box_t = torch.cat(box, dim=2).transpose(1, 2)
-        return {"cls_logits": cls_t, "bbox_regression": F.softplus(box_t[..., :4] * scale),
-                "bbox_ctrness": box_t[..., 4:]}
+        if not self.box_bins:
+            sizes = torch.tensor([b.shape[2] for b in box], device=x[0].device)
+            scale = torch.repeat_interleave(self.scales, sizes)[None, :, None]  # each level's scale, per location
+            return {"cls_logits": cls_t, "bbox_regression": F.softplus(box_t[..., :4] * scale),
+                    "bbox_ctrness": box_t[..., 4:]}
+        dist = box_t.float().unflatten(-1, (4, self.box_bins + 1))  # (B, L, 4, n + 1)
+        probs = dist.softmax(dim=-1)
+        sides = (probs * self.bin_values).sum(-1)  # expected distance per side, in strides
+        stats = probs.detach().topk(DGQP_TOPK, dim=-1).values
+        stats = torch.cat([stats, stats.mean(-1, keepdim=True)], dim=-1).flatten(-2)  # (B, L, 20)
+        tower = torch.cat(qual, dim=2).transpose(1, 2).float()  # (B, L, channels)
+        quality = self.quality_mlp(torch.cat([tower, stats], dim=-1))
+        return {"cls_logits": cls_t, "bbox_regression": sides, "bbox_ctrness": quality, "bbox_distribution": dist}
 
 
 class LiteFCOSModel(FCOS):
@@ -133,11 +175,16 @@ class LiteFCOSModel(FCOS):
 class FCOSLiteDetector(FCOSDetector):
     """FCOSDetector with a quality loss over every location and channels_last inputs."""
 
-    def __init__(self, *args: Any, quality_loss: str = "own_box_iou", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, quality_loss: str = "own_box_iou", quality_weighting: str = "fit",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if quality_loss not in QUALITY_LOSSES:
             raise ValueError(f"quality_loss must be one of {', '.join(QUALITY_LOSSES)}, got {quality_loss!r}")
+        if quality_weighting not in QUALITY_WEIGHTINGS:
+            raise ValueError(f"quality_weighting must be one of {', '.join(QUALITY_WEIGHTINGS)}, "
+                             f"got {quality_weighting!r}")
         self.quality_loss = quality_loss
+        self.quality_weighting = quality_weighting
 
     box_loss_weight = 2.0
 
@@ -168,6 +215,8 @@ def build_fcos_lite(
     cpu_bf16: bool = True,
     backbone: str = "efficientnet_lite0",
     quality_loss: str = "own_box_iou",
+    quality_weighting: str = "fit",
+    box_bins: int = 16,
 ) -> FCOSDetector:
     """fcos_lite on the offline Lite0 (P3-P5, strides 8, 16, 32).
 
@@ -182,6 +231,8 @@ def build_fcos_lite(
                          "use --model fcos for other backbones")
     if channels < 8:
         raise ValueError(f"channels must be >= 8, got {channels}")
+    if box_bins < 0:
+        raise ValueError(f"box_bins must be >= 0 (0: plain distances), got {box_bins}")
     if head_convs < 1:
         raise ValueError(f"head_convs must be >= 1, got {head_convs}")
     has_weights = bool(pretrained_backbone) and str(pretrained_backbone).lower() != "false"
@@ -191,7 +242,7 @@ def build_fcos_lite(
                                    freeze_bn=True, fold_frozen=fold_frozen_bn)
     neck = LitePAN(body, in_channels, channels)
     anchor_gen = AnchorGenerator(tuple((s,) for s in STRIDES), ((1.0,),) * len(STRIDES))
-    head = LiteHead(channels, num_classes, len(STRIDES), num_convs=head_convs)
+    head = LiteHead(channels, num_classes, len(STRIDES), num_convs=head_convs, box_bins=box_bins)
     model = LiteFCOSModel(neck, num_classes, min_size=min_size, max_size=max_size, image_mean=list(LITE_MEAN),
                           image_std=list(LITE_STD), anchor_generator=anchor_gen, head=head,
                           center_sampling_radius=center_sampling_radius, score_thresh=score_thresh,
@@ -208,8 +259,9 @@ def build_fcos_lite(
         "max_negatives_per_positive": max_negatives_per_positive,
         "min_negatives_per_image": min_negatives_per_image, "topk_candidates": topk_candidates,
         "channels_last": channels_last, "fold_frozen_bn": fold_frozen_bn, "amp": amp, "cpu_bf16": cpu_bf16,
-        "quality_loss": quality_loss,
+        "quality_loss": quality_loss, "quality_weighting": quality_weighting, "box_bins": box_bins,
     }
     return FCOSLiteDetector(model, num_classes, config, max_negatives_per_positive=max_negatives_per_positive,
                             min_negatives_per_image=min_negatives_per_image, topk_candidates=topk_candidates,
-                            amp=amp, cpu_bf16=cpu_bf16, quality_loss=quality_loss)
+                            amp=amp, cpu_bf16=cpu_bf16, quality_loss=quality_loss,
+                            quality_weighting=quality_weighting)
