@@ -503,8 +503,9 @@ def run_job(spec, args, job: Job, truth, say) -> None:
             run_round(run, cfg, truth, r, last=(r == rounds), progress=args.progress)
             row = round_history(run)[-1]
             fb = f"; fallback: {row['fallback']['strategy']}" if row.get("fallback") else ""
+            m = "-" if row.get("map50") is None else f"{row['map50']:.3f}"
             say(f"{job.name} round {r}/{rounds}: {row['images_labelled']} images, {row['boxes_labelled']} boxes, "
-                f"mAP50 {row['map50']:.3f} ({time.perf_counter() - t0:.0f} s){fb}")
+                f"mAP50 {m}, {row.get('train_steps') or 0} steps ({time.perf_counter() - t0:.0f} s){fb}")
             line = forecast_line(round_history(run), unit, budget)
             if line:
                 say(f"  {line}")
