@@ -83,7 +83,7 @@ def decode_png(data: bytes) -> Image.Image:
 
 def test_plots_written_and_decode(tmp_path: Path) -> None:
     paths = plot_learning_curves(make_results(), tmp_path / "plots")
-    assert set(paths) == {"map50_vs_images", "map50_vs_boxes", "cost_hours", "per_class_ap50",
+    assert set(paths) == {"map50_vs_images", "map50_vs_boxes", "cost_hours", "forecast", "per_class_ap50",
                           "labelled_per_class", "thresholds", "pseudo_labels"}
     for name, p in paths.items():
         assert p.exists() and p.suffix == ".png", name
@@ -201,7 +201,7 @@ def test_write_report_from_dir(tmp_path: Path, gallery: list[dict]) -> None:
     html_path = write_report(out, tmp_path / "r" / "report.html", title="BCCD <test>")
     page = html_path.read_text(encoding="utf-8")
     pngs = _check_self_contained(page)
-    assert len(pngs) == 7 + len(gallery)
+    assert len(pngs) == 8 + len(gallery)
     assert "BCCD &lt;test&gt;" in page
     for section in ("summary", "map50_vs_images", "per_class_ap50", "labelled_per_class", "thresholds",
                     "pseudo_labels", "table", "gallery"):
@@ -217,7 +217,7 @@ def test_write_report_from_dict_with_absent_parts(tmp_path: Path) -> None:
             row.pop("thresholds", None), row.pop("pseudo_images", None), row.pop("pseudo_boxes", None)
     page = write_report(results, tmp_path / "report.html").read_text()
     pngs = _check_self_contained(page)
-    assert len(pngs) == 5
+    assert len(pngs) == 6
     assert "No pseudo-labels" in page and "No gallery recorded" in page
 
 
@@ -261,7 +261,7 @@ def test_chromium_renders_every_image(tmp_path: Path, gallery: list[dict]) -> No
     m = re.search(r"WIDTHS=(\[[^\]]*\])", dom)
     assert m, dom[-2000:]
     widths = json.loads(m.group(1))
-    assert len(widths) == n_img == 7 + len(gallery)
+    assert len(widths) == n_img == 8 + len(gallery)
     assert all(w > 0 for w in widths), widths
     keep = os.environ.get("BOXLOOP_REPORT_SCREENSHOT")
     if keep:

@@ -72,8 +72,10 @@ def test_results_schema_and_plots(uninterrupted):
 
 def test_strategies_share_seed_set_and_round0_model(uninterrupted):
     out, res = uninterrupted
-    r0 = [r["rounds"][0] for r in res["runs"]]
-    assert all(x == r0[0] for x in r0[1:])  # same seed set, same model: identical round-0 metrics
+    # same seed set, same model: identical round-0 metrics (how each strategy then chose its query,
+    # e.g. a recorded fallback when the tiny model kept no box, is the strategy's own)
+    r0 = [{k: v for k, v in r["rounds"][0].items() if k != "fallback"} for r in res["runs"]]
+    assert all(x == r0[0] for x in r0[1:])
     labelled = []
     for s in STRATEGIES:
         with sqlite3.connect(out / "seed0" / s / DB_NAME) as c:

@@ -582,8 +582,14 @@ def query(
         m = run_round(proj, cfg, None, round_id, strict=strict, scoring=scoring)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
+        from boxloop.forecast import forecast_line
+        from boxloop.loop import round_history
+
+        ahead = forecast_line(round_history(proj), unit, budget)  # what the next batch should buy (3+ rounds)
     if m.get("map50") is not None:
         out.print(f"round {round_id}: model mAP50 {m['map50']:.3f} on the fixed test set")
+    if ahead:
+        out.print(escape(ahead))
     if cold:
         out.print("no trained model and no labelled image yet: the first batch is chosen by [bold]typical[/bold] "
                   "(the most representative images of each cluster of the pretrained backbone's embedding), "

@@ -57,6 +57,10 @@ class LoopConfig:
     epochs: int | None = 12
     steps: int | None = None
     min_steps: int | None = None  # with epochs: at least this many steps (few-image rounds still learn)
+    # warm start: a round after the first starts from the previous round's model and trains
+    # `warm_steps` steps (None: the same schedule as a round from scratch)
+    warm_start: bool = False
+    warm_steps: int | None = None
     image_size: int = 320
     batch_size: int = 8
     lr: float | None = None  # None: the detector's recipe (defaults.training_recipe)
@@ -106,7 +110,8 @@ class LoopConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def train_config(self, round_id: int):
+    def train_config(self, round_id: int, warm: bool = False):
+        """The round's TrainConfig; `warm`: a round that starts from the previous round's model."""
         from boxloop.train import TrainConfig
 
         from boxloop.defaults import training_recipe
@@ -114,12 +119,15 @@ class LoopConfig:
         optimizer, lr = training_recipe(self.model)
         if self.optimizer is not None and self.optimizer != optimizer and self.lr is None:
             lr = 0.01 if self.optimizer == "sgd" else 0.001  # another optimizer: its usual rate
-        return TrainConfig(epochs=self.epochs, steps=self.steps, min_steps=self.min_steps if self.steps is None else None,
+        epochs, steps, min_steps = self.epochs, self.steps, self.min_steps if self.steps is None else None
+        if warm and self.warm_steps is not None:
+            epochs, steps, min_steps = None, self.warm_steps, None
+        return TrainConfig(epochs=epochs, steps=steps, min_steps=min_steps,
                            batch_size=self.batch_size,
                            image_size=self.image_size, lr=self.lr if self.lr is not None else lr,
                            optimizer=self.optimizer or optimizer,
                            device=self.device, seed=self.seed + 1000 * round_id, val_every=self.val_every,
-                           warmup_steps=min(100, 5 * max(1, (self.steps or 20) // 20)))
+                           warmup_steps=min(100, 5 * max(1, (steps or 20) // 20)))
 
     def detector_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"backbone": self.backbone, "pretrained_backbone": self.pretrained_backbone,
@@ -243,11 +251,18 @@ def step_train(project: Project, round_id: int, config: LoopConfig, progress: bo
     train, val = training_samples(project, strict)
     detector = create_detector(config.model, num_classes=project.num_classes,
                                seed=config.train_config(round_id).seed, **config.detector_kwargs())
-    result = fit(detector, train, val, project.classes, config.train_config(round_id), model_dir(project, round_id),
-                 progress=progress, resume=True)
+    previous = model_dir(project, round_id - 1) / "best.pt"
+    warm = config.warm_start and round_id > 0 and previous.exists()
+    if warm:  # a resumed fit() then replaces these weights by its own last.pt
+        from boxloop.train import load_checkpoint
+
+        detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]
+    result = fit(detector, train, val, project.classes, config.train_config(round_id, warm),
+                 model_dir(project, round_id), progress=progress, resume=True)
     with project.transaction():
         project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
-                                       "val_images": len(val)})
+                                       "val_images": len(val), "train_steps": result.total_steps,
+                                       "warm_start_from": round_id - 1 if warm else None})
         set_current_checkpoint(project, result.best_checkpoint)
 
 
@@ -367,7 +382,8 @@ def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[st
 
 def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
     """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
-    from boxloop.strategies import DETECTOR_FREE, NEEDS_EMBEDDING, DetectionTable, select
+    from boxloop import fallback as fb
+    from boxloop.strategies import NEEDS_EMBEDDING, DetectionTable, select
 
     if config.strategy == "typical":  # needs no prediction: the cold start has no model to make them
         pool = DetectionTable.empty(keys=pool_paths(project), num_classes=project.num_classes)
@@ -378,23 +394,33 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
     rng = np.random.default_rng([config.seed, round_id])
     options: dict[str, Any] = {}
+    name, fallback = config.strategy, None  # fallback: what chose instead when the model kept no box (fallback.py)
     if config.unit == "images":
         if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
             options["empty_share"] = config.empty_share
         if config.strategy == "coreset":
-            options["labelled_features"] = _labelled_features(project, round_id, config)
+            name, extra, fallback = fb.coreset_inputs(project, round_id, config, pool)
+            options = {**options, **extra} if name == "coreset" else {}
         if config.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
             from boxloop.embedding import selection_features
 
             options.update(selection_features(project, pool.keys, config.device))
         budget = pool.num_images if last and config.take_all_last else config.budget
-        sel = select(config.strategy, pool, budget, unit="images", rng=rng, **options)
+        sel = select(name, pool, budget, unit="images", rng=rng, **options)
         items = [(k, None, s) for k, s in zip(sel.items, sel.scores or [None] * len(sel))]
     else:
         options["t_d"] = config.t_d
         options["exclude"] = _checked_exclusions(project, pool)
-        sel = select(config.strategy, pool, config.budget, unit="boxes", rng=rng, **options)
-        items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
+        if fb.box_pool_is_empty(pool, config.t_d, options["exclude"]):
+            sel, fallback = fb.whole_images_instead(project, pool, config, rng)
+            items = [(k, None, None) for k in sel.items]
+        else:
+            if config.strategy == "coreset":
+                options["labelled_features"], fallback = fb.box_coreset_centres(project, round_id, config, pool,
+                                                                                options["exclude"])
+            sel = select(config.strategy, pool, config.budget, unit="boxes", rng=rng, **options)
+            items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
+    fallback = fallback or fb.ranked_nothing(sel, pool, config.strategy)
     with project.transaction():
         project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
         project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
@@ -403,14 +429,12 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
                                                             "coverage", "switch_coverage", "clusters")}
         if "thresholds" in info and info["thresholds"] is not None:
             info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
-        # images where the model kept no box: a score-based strategy cannot rank them, so a pool of
-        # only such images (an untrained model) is chosen in the seeded random order; say so
-        blind = int(pool.num_images - np.unique(pool.image_index).shape[0])
-        info["images_without_detections"] = blind
-        if blind == pool.num_images and config.strategy not in DETECTOR_FREE and info.get("phase") != "typical":
-            log.warning("round %d: the model kept no box on any of the %d pool images, so %s had nothing to rank "
-                        "and chose at random; train longer (more --epochs/--steps) before trusting the strategy",
-                        round_id, blind, config.strategy)
+        # images where the model kept no box; a strategy left with nothing to rank took a fallback: record it
+        info["images_without_detections"] = int(pool.num_images - np.unique(pool.image_index).shape[0])
+        if fallback is not None:
+            info["fallback"] = fallback
+            log.warning("round %d: %s took a fallback: %s; train longer (more --steps) before trusting the "
+                        "strategy", round_id, config.strategy, fallback["reason"])
         project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
                                                    "count": len(sel), **info})
         project.update_round(round_id, step="oracle")
@@ -454,7 +478,8 @@ def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapp
     queries = [q for q in project.queries(round=round_id, state="open") if only is None or q["path"] in only]
     preds = project.load_predictions(round_id)
     names = project.classes
-    if config.unit == "images" and all(q["box_index"] is None for q in queries):
+    whole = all(q["box_index"] is None for q in queries) and (config.unit == "images" or bool(queries))
+    if whole:  # image level, or a box-level round that asked whole images (fallback.whole_images_instead)
         keys = list(dict.fromkeys(q["path"] for q in queries))
         shown = {k: preds[k][preds[k].scores >= config.display_threshold] for k in keys if k in preds}
         answers, cost = ImageOracle(truth, class_names=names).answer(keys, pre_annotations=shown)
@@ -665,9 +690,11 @@ def round_history(project: Project) -> list[dict[str, Any]]:
             row["thresholds"] = sel["thresholds"]
         if "phase" in sel:  # budget_aware: which strategy chose this round's query, and why
             row["phase"], row["coverage"] = sel["phase"], sel.get("coverage")
-        for k in ("pseudo_images", "pseudo_boxes"):
+        for k in ("pseudo_images", "pseudo_boxes", "train_steps", "warm_start_from"):
             if k in m:
                 row[k] = m[k]
+        if sel.get("fallback"):  # how this round's query was chosen when its model kept no box (fallback.py)
+            row["fallback"] = sel["fallback"]
         rows.append(row)
         if "cost" in m:
             cum = cum + Cost(**m["cost"])

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from boxloop.forecast import forecast_line
 from boxloop.loop import LoopConfig, _step_pause, assign_splits, round_history, run_round
 from boxloop.store import DB_NAME, Project
 from boxloop.strategies import NEEDS_EMBEDDING
@@ -218,6 +219,9 @@ def run_strategy(spec: SimSpec, seed: int, strategy: str, truth: dict[str, Annot
         for r in range(spec.rounds + 1):
             echo(f"seed {seed} {name}: round {r}/{spec.rounds}")
             run_round(run, cfg, truth, r, last=(r == spec.rounds), progress=progress)
+            line = forecast_line(round_history(run), spec.config.unit, spec.budget)  # from the third round on
+            if line:
+                echo(f"seed {seed} {name}: {line}")
     return run_dir
 
 

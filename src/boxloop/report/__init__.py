@@ -10,6 +10,8 @@ The package, by what each part does:
   keys.py        the results and gallery keys the report reads, spelled once
   sources.py     reading a simulate folder, a results.json, a dict or a project into that schema
   statistics.py  grouping runs, aligning rounds across seeds, the table and the summary (numpy)
+  curves.py      area under the curve per seed, paired differences to random, shares of the full-data
+                 mAP50, the power-law forecast and its backtest (boxloop.forecast)
   plots.py       the plots (matplotlib, object-oriented API on the Agg canvas: no pyplot, no display)
   html.py        the gallery (Pillow) and the one self-contained page (every image a base64 PNG)
 No torch import (a project is read only when one is given) and no network.
@@ -17,6 +19,14 @@ No torch import (a project is read only when one is given) and no network.
 
 from __future__ import annotations
 
+from boxloop.report.curves import (
+    curve_statistics,
+    forecast_summary,
+    format_auc_table,
+    format_forecast_table,
+    normalised_auc,
+    paired,
+)
 from boxloop.report.html import PROVENANCE_COLOURS, render_gallery, write_report
 from boxloop.report.plots import plot_learning_curves
 from boxloop.report.sources import load_results, project_gallery, report_source
@@ -33,4 +43,10 @@ __all__ = [
     "load_results",
     "project_gallery",
     "report_source",
+    "curve_statistics",
+    "forecast_summary",
+    "format_auc_table",
+    "format_forecast_table",
+    "normalised_auc",
+    "paired",
 ]

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from boxloop.report.curves import curve_statistics, forecast_summary, format_auc_table, format_forecast_table
 from boxloop.report.keys import BOXES, IMAGE, LABELS, SCORES, SOURCES
 from boxloop.report.plots import _figures, _png_bytes
 from boxloop.report.sources import _load_gallery, load_results
@@ -221,6 +222,27 @@ def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
             f"<th>mAP50 mean ± std</th><th>seeds</th></tr>{body}</table>")
 
 
+def _pre(text: str) -> str:
+    return f"<pre>{html.escape(text)}</pre>"
+
+
+def _auc_html(stats: Mapping[str, Any]) -> str:
+    if not stats["strategies"]:
+        return "<p>No evaluated rounds yet.</p>"
+    return ("<p>Normalised area under mAP50 against labels (images; boxes drawn or verified at box level) and "
+            "against annotation seconds: a mean mAP50 over the seed's common range. Δ: paired difference to "
+            "random on the same seed (mean ± std over seeds; on how many seeds it is above). A mean smaller "
+            "than its std is a tie.</p>" + _pre(format_auc_table(stats)))
+
+
+def _forecast_html(fc: Mapping[str, Any]) -> str:
+    if not any(e.get("forecast") or e.get("backtest") for e in fc.values()):
+        return ""
+    return ("<p>Power law a - b n^-c fitted to the mean curve (next budget: one more step of the last size); "
+            "backtest: fitted on the first rounds of each seed, the rest predicted (mean absolute error, share "
+            "of the later rounds inside the 90% interval).</p>" + _pre(format_forecast_table(fc)))
+
+
 def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: str = "boxloop report",
                  gallery: Sequence[Mapping[str, Any]] | Path | None = None, flat_rounds: int = 2,
                  flat_gain: float = 0.01, max_gallery: int = 12) -> Path:
@@ -262,6 +284,9 @@ def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: 
                      "No per-class thresholds recorded (only the localization_aware strategy sets them)."),
         plot_section("Pseudo-labels", ["pseudo_labels"], "No pseudo-labels in these runs."),
         "<h2 id=table>Learning-curve table</h2>" + _table_html(learning_curve_table(results)),
+        "<h2 id=auc>Area under the learning curve</h2>" + _auc_html(curve_statistics(results)),
+        plot_section("Forecast", ["forecast"], "Fewer than three evaluated rounds: no forecast yet."),
+        _forecast_html(forecast_summary(results)),
     ]
     gal = ["<h2 id=gallery>Last query</h2>"]
     if not items:

@@ -1,8 +1,9 @@
-"""The report's plots: learning curves against images, boxes and annotation cost, per-class AP50,
-labelled objects per class, selection thresholds and pseudo-label counts, per round.
+"""The report's plots: learning curves against images, boxes and annotation cost, the power-law
+forecast, per-class AP50, labelled objects per class, selection thresholds and pseudo-label counts,
+per round.
 
-Written by hand: which plots exist (one only where its data is present), the layout of each, and the
-min-max band over seeds. matplotlib draws them with its object-oriented API on the Agg canvas, so no
+Written by hand: which plots exist (one only where its data is present), the layout of each, and one
+thin line per seed beside the mean. matplotlib draws them with its object-oriented API on the Agg canvas, so no
 pyplot state and no display is touched; the numbers come from statistics.py.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from boxloop.report.curves import _points, labelled_key
 from boxloop.report.keys import (
     AP50, BOXES_LABELLED, COST_SECONDS, FULL_DATA_MAP50, IMAGES_LABELLED, LABELLED_PER_CLASS, PER_CLASS,
     PSEUDO_BOXES, PSEUDO_IMAGES, ROUNDS, THRESHOLDS,
@@ -64,6 +66,14 @@ def _full_data_line(ax: Any, groups: Groups) -> None:
         ax.axhline(v, color="black", linestyle="--", linewidth=1, label=f"full data ({v:.3f})")
 
 
+def _seed_lines(ax: Any, runs: Sequence[Mapping[str, Any]], x_key: str, colour: Any, x_scale: float = 1.0) -> None:
+    """One thin line per seed: the spread the mean hides (issue 13: not only the mean)."""
+    for run in runs:
+        x, y = _points(run[ROUNDS], x_key)
+        if len(x):
+            ax.plot(x / x_scale, y, color=colour, linewidth=0.8, alpha=0.35)
+
+
 def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | None:
     colours = _colours(groups)
     curves = {lab: _curve(runs, x_key) for lab, runs in groups.items()}
@@ -75,13 +85,13 @@ def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | 
         if not len(x):
             continue
         n = len(groups[lab])
-        ax.plot(x, y, marker="o", markersize=3, color=colours[lab], label=f"{lab} (n={n})")
+        ax.plot(x, y, marker="o", markersize=3, linewidth=2, color=colours[lab], label=f"{lab} (n={n})")
         if n > 1:
-            ax.fill_between(x, lo, hi, color=colours[lab], alpha=0.2, linewidth=0)
+            _seed_lines(ax, groups[lab], x_key, colours[lab])
     _full_data_line(ax, groups)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mAP50 (test set)")
-    ax.set_title(f"mAP50 against {xlabel}: mean over seeds, band = min-max")
+    ax.set_title(f"mAP50 against {xlabel}: mean over seeds (thick), one thin line per seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -105,9 +115,9 @@ def _cost_figure(groups: Groups) -> Figure | None:
         if rounds:
             ax1.plot(rounds, hours, marker="o", markersize=3, color=colours[lab], label=lab)
         if len(x):
-            ax2.plot(x / 3600.0, y, marker="o", markersize=3, color=colours[lab], label=lab)
+            ax2.plot(x / 3600.0, y, marker="o", markersize=3, linewidth=2, color=colours[lab], label=lab)
             if len(groups[lab]) > 1:
-                ax2.fill_between(x / 3600.0, lo, hi, color=colours[lab], alpha=0.2, linewidth=0)
+                _seed_lines(ax2, groups[lab], COST_SECONDS, colours[lab], 3600.0)
     ax1.set_xlabel("round")
     _integer_x(ax1)
     ax1.set_ylabel("annotation cost so far (hours)")
@@ -197,6 +207,45 @@ def _pseudo_figure(groups: Groups) -> Figure | None:
     return fig
 
 
+def _forecast_figure(groups: Groups) -> Figure | None:
+    """Mean curve per strategy, the power law fitted to it, extended half as far again with its 90%
+    band (boxloop.forecast): where the curve is heading and how sure that is."""
+    from boxloop.forecast import MIN_POINTS, forecast
+
+    colours = _colours(groups)
+    drawn = []
+    fig = _new_figure(7.5, 4.5)
+    ax = fig.add_subplot()
+    units = set()
+    for lab, runs in groups.items():
+        unit = str(runs[0].get("unit", "images"))
+        x, y, _, _ = _curve(runs, labelled_key(unit))
+        if len(np.unique(x)) < MIN_POINTS:
+            continue
+        grid = np.linspace(x.min(), 1.5 * x.max(), 40)
+        try:
+            fc = forecast(x, y, grid, boots=100)
+        except ValueError:
+            continue
+        pred = np.array([p["map50"] for p in fc["next"]])
+        lo = np.array([p["interval"][0] for p in fc["next"]])
+        hi = np.array([p["interval"][1] for p in fc["next"]])
+        ax.plot(x, y, "o", markersize=4, color=colours[lab])
+        ax.plot(grid, pred, "--", color=colours[lab], label=f"{lab}: plateau {fc['plateau']:.3f}")
+        ax.fill_between(grid, lo, hi, color=colours[lab], alpha=0.12, linewidth=0)
+        drawn.append(lab)
+        units.add(unit)
+    if not drawn:
+        return None
+    _full_data_line(ax, groups)
+    ax.set_xlabel("boxes labelled" if units == {"boxes"} else "images labelled" if units == {"images"} else "labels")
+    ax.set_ylabel("mAP50 (test set)")
+    ax.set_title("Forecast: a - b n^-c fitted to the mean curve (90% band)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
 def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every plot whose data is present, in report order."""
     groups = _group(results)
@@ -207,6 +256,8 @@ def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
          lambda: _learning_curve_figure(groups, BOXES_LABELLED, "boxes labelled")),
         ("cost_hours", "Annotation cost in hours (drawing 50.8 s, verifying 21.9 s per box: seed 003 §5.3)",
          lambda: _cost_figure(groups)),
+        ("forecast", "Learning-curve forecast: where more labels are heading (boxloop.forecast)",
+         lambda: _forecast_figure(groups)),
         ("per_class_ap50", "Per-class AP50 per round (seed 003 Fig. 6.6)",
          lambda: _small_multiples(groups, PER_CLASS, AP50, "AP50", "Per-class AP50 per round")),
         ("labelled_per_class", "Labelled objects per class per round (seed 003 Fig. 6.7)",
