@@ -254,15 +254,10 @@ def model_dir(project: Project, iteration: int) -> Path:
     return project.dir / "models" / f"autolabel_{iteration:03d}"
 
 
-def _detector_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {"backbone": cfg["backbone"], "pretrained_backbone": cfg["pretrained_backbone"],
-            "min_size": cfg["image_size"], "max_size": cfg["image_size"], **cfg["detector_options"]}
-
-
 def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
-    from boxloop.detectors import create_detector
+    from boxloop.detectors import DetectorSpec
     from boxloop.loop import training_samples
-    from boxloop.train import TrainConfig, fit, load_checkpoint
+    from boxloop.train import TrainConfig, load_checkpoint, short_warmup, train_detector
 
     train, val = training_samples(project)
     if i == 1 and cfg.get("initial_checkpoint"):
@@ -274,17 +269,16 @@ def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> 
         return {"steps": 0, "train_images": len(train), "val_images": len(val),
                 "best_val_map50": meta.get("best_map50"), "initial_checkpoint": cfg["initial_checkpoint"]}
     steps = iteration_steps(cfg, i)
-    # Seeded build: random-initialised layers must not depend on what ran before.
-    detector = create_detector(cfg["model"], num_classes=project.num_classes, seed=cfg["seed"] + 1000 * i,
-                               **_detector_kwargs(cfg))
+    spec = DetectorSpec.sized(cfg["model"], cfg["backbone"], cfg["pretrained_backbone"], cfg["image_size"],
+                              cfg["detector_options"])
     previous = model_dir(project, i - 1) / "best.pt"
-    if cfg["warm_start"] and i > 1 and previous.exists():
-        detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]
+    warm = cfg["warm_start"] and i > 1 and previous.exists()
+    # the seed makes the build's random layers independent of what ran before
     tc = TrainConfig(steps=steps, batch_size=cfg["batch_size"], image_size=cfg["image_size"], lr=cfg["lr"],
                      optimizer=cfg.get("optimizer", "sgd"), device=cfg["device"], seed=cfg["seed"] + 1000 * i,
-                     val_every=cfg["val_every"] or max(1, steps // 10),
-                     warmup_steps=min(100, 5 * max(1, steps // 20)))
-    result = fit(detector, train, val, project.classes, tc, model_dir(project, i), progress=progress, resume=True)
+                     val_every=cfg["val_every"] or max(1, steps // 10), warmup_steps=short_warmup(steps))
+    _, result = train_detector(spec, project.classes, train, val, tc, model_dir(project, i),
+                               init=previous if warm else None, progress=progress)
     return {"steps": steps, "train_images": len(train), "val_images": len(val),
             "best_val_map50": result.best_map50}
 

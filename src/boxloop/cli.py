@@ -400,7 +400,7 @@ def train(
             sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
                             reweight=not no_reweight, certainty=not no_certainty)
             res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.model,
-                           detector_kwargs=cfg.detector_kwargs())
+                           detector_kwargs=cfg.detector_spec().kwargs())
             set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "

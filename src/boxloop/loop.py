@@ -35,6 +35,7 @@ from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
 if TYPE_CHECKING:
+    from boxloop.detectors import DetectorSpec
     from boxloop.ray_scoring import RayScoring
     from boxloop.strategies import DetectionTable
 
@@ -107,7 +108,7 @@ class LoopConfig:
         return dataclasses.asdict(self)
 
     def train_config(self, round_id: int):
-        from boxloop.train import TrainConfig
+        from boxloop.train import TrainConfig, short_warmup
 
         from boxloop.defaults import training_recipe
 
@@ -119,14 +120,14 @@ class LoopConfig:
                            image_size=self.image_size, lr=self.lr if self.lr is not None else lr,
                            optimizer=self.optimizer or optimizer,
                            device=self.device, seed=self.seed + 1000 * round_id, val_every=self.val_every,
-                           warmup_steps=min(100, 5 * max(1, (self.steps or 20) // 20)))
+                           warmup_steps=short_warmup(self.steps))
 
-    def detector_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"backbone": self.backbone, "pretrained_backbone": self.pretrained_backbone,
-                              "min_size": self.image_size, "max_size": self.image_size}
-        if self.model == "faster_rcnn" and self.semi == "certainty":
-            kw["box_head"] = "interval"  # seed 001: localization quality v drives NMS and pseudo-labels
-        return {**kw, **self.detector_options}
+    def detector_spec(self) -> DetectorSpec:
+        """The detector every round builds; certainty pseudo-labels (seed 001) need localization quality."""
+        from boxloop.detectors import DetectorSpec
+
+        return DetectorSpec.sized(self.model, self.backbone, self.pretrained_backbone, self.image_size,
+                                  self.detector_options, loc_quality=self.semi == "certainty")
 
 
 # -- what trains with which weight ---------------------------------------------------------------
@@ -213,38 +214,26 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
     import hashlib
     import json as _json
 
-    from boxloop.detectors import create_detector
-    from boxloop.train import fit
+    from boxloop.train import train_detector
 
     train, val = training_samples(project, strict)
     if out_dir is None:
         fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
                                    else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
         out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
-    detector = create_detector(config.model, num_classes=project.num_classes, seed=config.train_config(0).seed,
-                               **config.detector_kwargs())
-    if nproc is not None:
-        from boxloop.ddp import fit_distributed
-
-        result = fit_distributed(detector, train, val, project.classes, config.train_config(0), out_dir, nproc,
-                                 progress=progress, torchrun_args=torchrun_args)
-    else:
-        result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress,
-                     resume=True)
+    _, result = train_detector(config.detector_spec(), project.classes, train, val, config.train_config(0), out_dir,
+                               progress=progress, nproc=nproc, torchrun_args=torchrun_args)
     set_current_checkpoint(project, result.best_checkpoint)
     return result, len(train), len(val)
 
 
 def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
                strict: bool = False) -> None:
-    from boxloop.detectors import create_detector
-    from boxloop.train import fit
+    from boxloop.train import train_detector
 
     train, val = training_samples(project, strict)
-    detector = create_detector(config.model, num_classes=project.num_classes,
-                               seed=config.train_config(round_id).seed, **config.detector_kwargs())
-    result = fit(detector, train, val, project.classes, config.train_config(round_id), model_dir(project, round_id),
-                 progress=progress, resume=True)
+    _, result = train_detector(config.detector_spec(), project.classes, train, val, config.train_config(round_id),
+                               model_dir(project, round_id), progress=progress)
     with project.transaction():
         project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
                                        "val_images": len(val)})
