@@ -85,11 +85,7 @@ _SINCE = {"target_precision": 0.9, "initial_checkpoint": None}
 
 def autolabel_pool(project: Project) -> list[str]:
     """Images TSODA may still auto-label: unlabelled, outside every split, holding no pseudo box."""
-    rows = project.connection.execute(
-        "SELECT i.path FROM images i WHERE i.status = 'unlabelled' AND i.split IS NULL AND NOT EXISTS "
-        "(SELECT 1 FROM boxes b WHERE b.image_id = i.id AND b.active = 1 AND b.source = 'pseudo') ORDER BY i.id"
-    ).fetchall()
-    return [r[0] for r in rows]
+    return project.image_set("autolabel_pool")
 
 
 def default_steps(num_images: int, batch_size: int) -> tuple[int, int, int]:
@@ -167,7 +163,7 @@ def autolabel(
     if project.num_classes < 1:
         raise ValueError(f"{project.dir} has no classes; import some labelled images first")
 
-    n_images = int(project.connection.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+    n_images = project.image_count()
     d_first, d_inc, d_max = default_steps(n_images, batch_size)
     config: dict[str, Any] = {
         "threshold": thr, "target_precision": float(target_precision),
@@ -349,8 +345,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
         project.set_split(test_keys, "val")
         share = list(project.get_meta(PSEUDO_TEST_META, [])) + sorted(test_keys)
         project.set_meta(PSEUDO_TEST_META, share)
-        total = int(project.connection.execute(
-            "SELECT COUNT(DISTINCT image_id) FROM boxes WHERE active = 1 AND source = 'pseudo'").fetchone()[0])
+        total = project.pseudo_image_count()
         remaining = len(autolabel_pool(project))
         row = {
             "iteration": i,

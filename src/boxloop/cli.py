@@ -559,7 +559,7 @@ def query(
             run_round(proj, cfg, None, last["id"])
         if pending is not None:
             with proj.transaction():
-                proj.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+                proj.mark_stale()
                 proj.update_round(pending["id"], step="done", status="done")
         last = proj.last_round()
         round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)

@@ -168,10 +168,7 @@ def training_samples(project: Project, strict: bool = False) -> tuple[list, list
 
 def pool_paths(project: Project) -> list[str]:
     """Images a person may still be asked about: not fully labelled, not test, not val."""
-    rows = project.connection.execute(
-        "SELECT path FROM images WHERE status != 'labelled' AND (split IS NULL OR split = 'train') ORDER BY id"
-    ).fetchall()
-    return [r[0] for r in rows]
+    return project.image_set("pool")
 
 
 def model_dir(project: Project, round_id: int) -> Path:
@@ -279,15 +276,7 @@ def step_evaluate(project: Project, round_id: int, config: LoopConfig, progress:
 
 def labelled_counts(project: Project) -> dict[str, Any]:
     """Images and boxes a person has labelled outside the test set, and per class."""
-    q = project.connection.execute
-    images = q("SELECT COUNT(*) FROM images WHERE status IN ('labelled', 'partial') AND split != 'test'").fetchone()[0]
-    names = project.classes
-    per_class = {n: 0 for n in names}
-    for cid, n in q("SELECT b.class_id, COUNT(*) FROM boxes b JOIN images i ON i.id = b.image_id "
-                    "WHERE b.active = 1 AND b.source = 'human' AND i.split != 'test' GROUP BY b.class_id"):
-        per_class[names[cid]] = n
-    return {"images_labelled": int(images), "human_boxes": int(sum(per_class.values())),
-            "labelled_per_class": per_class}
+    return project.labelled_counts()
 
 
 def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
@@ -301,8 +290,7 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
     from boxloop.integrity import SkippedImage, record_skipped, usable_images
 
     pool = pool_paths(project)
-    done = {r[0] for r in project.connection.execute(
-        "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
+    done = project.predicted_paths(round_id)
     todo = usable_images(project, [p for p in pool if p not in done], "predict", strict)
     if not todo:
         return
@@ -385,7 +373,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         sel = select(config.strategy, pool, config.budget, unit="boxes", rng=rng, **options)
         items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
     with project.transaction():
-        project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+        project.mark_stale()
         project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
@@ -522,8 +510,7 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
     boxes = 0
     with project.transaction():
         # replace the loop's own earlier auto-labels (never those of `boxloop autolabel`)
-        project.connection.execute("UPDATE boxes SET active = 0 WHERE source = 'pseudo' AND active = 1 "
-                                   "AND model LIKE 'loop_round_%'")
+        project.deactivate_boxes(sources=("pseudo",), model_prefix="loop_round_")
         for key, (d, w) in accepted.items():
             if project.image(key).status != "unlabelled":
                 continue

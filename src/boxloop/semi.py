@@ -276,8 +276,7 @@ def semi_inputs_from_project(project: Any) -> tuple[list[Sample], list[Sample], 
     root = project.image_root
     from boxloop.integrity import usable_images
 
-    keys = usable_images(project, [r.path for r in project.images(status="unlabelled") if r.split not in ("test", "val")],
-                         "semi")
+    keys = usable_images(project, project.image_set("unlabelled_pool"), "semi")
     unlabelled = [Sample(root / k, key=k) for k in keys]
     return train, unlabelled, val
 

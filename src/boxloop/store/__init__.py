@@ -15,7 +15,8 @@ never sees half an import and a second writer waits up to `timeout` seconds, the
 hold PROJECT/.lock through `writer_lock()`, so a second loop on the same project fails fast.
 
 Modules by concern: schema (migrations, constants, subsets), dbfile (opening checks, read-only
-access), core (connection, transactions, locks, meta), images, labels, rounds (with metrics and
+access), core (connection, transactions, locks, meta), images (and the named image sets: the
+pool defined once), files (file records, skipped images), labels, rounds (with metrics and
 queries), predictions (with the blob format). `Project` joins them; only they touch SQL.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 from boxloop.store.dbfile import NotAProject, remove_database, retire_database
 from boxloop.store.core import ProjectBusy, ProjectExists
+from boxloop.store.files import Files
 from boxloop.store.images import ImageRecord
 from boxloop.store.labels import Labels
 from boxloop.store.predictions import (Predictions, detection_table_from_blobs, detections_from_bytes,
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 
-class Project(Labels, Predictions, Rounds):
+class Project(Labels, Predictions, Files, Rounds):
     """A boxloop project directory and its SQLite database.
 
     Use `Project.create(...)` for a new project and `Project.open(path)` for an existing one; both
@@ -65,8 +67,6 @@ class Project(Labels, Predictions, Rounds):
             return self._status()
 
     def _status(self) -> dict[str, Any]:
-        from boxloop.integrity import skipped_images
-
         q = self._conn.execute
         by_split = {"train": 0, "val": 0, "test": 0, "pool": 0}
         by_status = {st: 0 for st in STATUSES}
@@ -86,9 +86,7 @@ class Project(Labels, Predictions, Rounds):
             per_source[src] += n
             if src == "human" and cid is not None:
                 per_class[names[cid]] = n
-        pseudo_images = q(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT image_id FROM boxes WHERE active = 1 AND source = 'pseudo')"
-        ).fetchone()[0]
+        pseudo_images = self.pseudo_image_count()
         rounds = q("SELECT COUNT(*) FROM rounds").fetchone()[0]
         last = q("SELECT id, step, status FROM rounds ORDER BY id DESC LIMIT 1").fetchone()
         return {
@@ -112,6 +110,6 @@ class Project(Labels, Predictions, Rounds):
             "last_round": None if last is None else {"id": last[0], "step": last[1], "status": last[2]},
             "open_queries": q("SELECT COUNT(*) FROM queries WHERE state = 'open'").fetchone()[0],
             "warnings": len(self.warnings),
-            "skipped_images": [s.as_dict() for s in skipped_images(self)],
+            "skipped_images": [{"path": p, "reason": r, "stage": s} for p, r, s in self.skipped_rows()],
             "schema_version": self.schema_version,
         }

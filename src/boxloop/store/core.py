@@ -12,7 +12,7 @@ import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from boxloop.store.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
                                   remove_database, retire_database)
@@ -117,8 +117,21 @@ class Core:
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """The raw connection, for read queries other modules need and this class lacks."""
+        """The raw connection, for tests and benchmarks that look inside the database. boxloop's own
+        modules never use it: they call a named method (tests/test_structure.py checks)."""
         return self._conn
+
+    def backup_to(self, path: str | Path, before: Callable[[], None] | None = None) -> None:
+        """Copy the database to `path` with SQLite's backup API (consistent even with WAL).
+        `before` runs once the target file exists, before any page is copied."""
+        target = sqlite3.connect(Path(path))
+        try:
+            if before is not None:
+                before()
+            with target:
+                self._conn.backup(target)
+        finally:
+            target.close()
 
     # -- create / open / close ------------------------------------------------------------------
     @classmethod

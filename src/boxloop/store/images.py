@@ -10,7 +10,7 @@ import numpy as np
 import sqlite3
 
 from boxloop.store.core import Core
-from boxloop.store.schema import SPLITS, STATUSES
+from boxloop.store.schema import IMAGE_SETS, SPLITS, STATUSES
 from boxloop.structures import check_class_name
 
 @dataclass(frozen=True)
@@ -156,3 +156,13 @@ class Images(Core):
             self._conn.executemany(
                 "UPDATE images SET status = ?, round_labelled = COALESCE(?, round_labelled) WHERE id = ?", ids
             )
+
+    def image_set(self, name: str) -> list[str]:
+        """Relative paths of a named set of images (`IMAGE_SETS`: the pool, autolabel's pool, ...)."""
+        if name not in IMAGE_SETS:
+            raise ValueError(f"image set must be one of {', '.join(IMAGE_SETS)}, got {name!r}")
+        cond, order = IMAGE_SETS[name]
+        return [r[0] for r in self._conn.execute(f"SELECT i.path FROM images i WHERE {cond} ORDER BY {order}")]
+
+    def image_count(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM images").fetchone()[0])

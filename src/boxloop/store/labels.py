@@ -109,9 +109,10 @@ class Labels(Images):
 
     def deactivate_boxes(
         self, image: int | str | None = None, sources: Sequence[str] | None = None,
-        box_ids: Sequence[int] | None = None,
+        box_ids: Sequence[int] | None = None, model_prefix: str | None = None,
     ) -> int:
-        """Retire boxes (kept for history): of one image and/or some sources, or by id. Returns count."""
+        """Retire boxes (kept for history): of one image and/or some sources and/or made by models
+        whose name starts with `model_prefix`, or by id. Returns count."""
         cond, args = ["active = 1"], []
         if image is not None:
             cond.append("image_id = ?")
@@ -119,6 +120,9 @@ class Labels(Images):
         if sources is not None:
             cond.append(f"source IN ({','.join('?' * len(sources))})")
             args.extend(str(Source(s)) for s in sources)
+        if model_prefix is not None:
+            cond.append("substr(model, 1, ?) = ?")
+            args.extend([len(model_prefix), model_prefix])
         with self.transaction():
             if box_ids is not None:
                 cur = self._conn.executemany(
@@ -148,6 +152,25 @@ class Labels(Images):
         for c in ("x1", "y1", "x2", "y2"):
             del table[c]
         return table
+
+    def labelled_counts(self) -> dict[str, Any]:
+        """Images and boxes a person has labelled outside the test set, and per class."""
+        q = self._conn.execute
+        images = q("SELECT COUNT(*) FROM images WHERE status IN ('labelled', 'partial') AND split != 'test'"
+                   ).fetchone()[0]
+        names = self.classes
+        per_class = {n: 0 for n in names}
+        for cid, n in q("SELECT b.class_id, COUNT(*) FROM boxes b JOIN images i ON i.id = b.image_id "
+                        "WHERE b.active = 1 AND b.source = 'human' AND i.split != 'test' GROUP BY b.class_id"):
+            per_class[names[cid]] = n
+        return {"images_labelled": int(images), "human_boxes": int(sum(per_class.values())),
+                "labelled_per_class": per_class}
+
+    def pseudo_image_count(self) -> int:
+        """Images holding an active pseudo box."""
+        return int(self._conn.execute(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT image_id FROM boxes WHERE active = 1 AND source = 'pseudo')"
+        ).fetchone()[0])
 
     # -- annotations ----------------------------------------------------------------------------
     @staticmethod

@@ -37,6 +37,11 @@ class Predictions(Images):
         # p.image_id (= i.id) walks the primary key in order; "ORDER BY i.id" sorted every blob in a temp b-tree
         return self._conn.execute(sql + " ORDER BY p.image_id", args)
 
+    def predicted_paths(self, round: int) -> set[str]:
+        """Images holding stored predictions of `round` (a resumed prediction skips them)."""
+        return {r[0] for r in self._conn.execute(
+            "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (int(round),))}
+
     def load_predictions(self, round: int, model: str | None = None) -> dict[str, Detections]:
         """{relative path: Detections} of one round (one model, or all if there is only one)."""
         out: dict[str, Detections] = {}

@@ -114,6 +114,11 @@ class Rounds(Core):
         keys = ("id", "round", "batch", "image_id", "path", "box_id", "box_index", "strategy", "score", "state")
         return [dict(zip(keys, r)) for r in rows]
 
+    def mark_stale(self) -> int:
+        """Every open query becomes stale (a new batch replaces it); returns how many."""
+        with self.transaction():
+            return self._conn.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'").rowcount
+
     def set_query_state(self, query_ids: Iterable[int], state: str) -> None:
         with self.transaction():
             self._conn.executemany("UPDATE queries SET state = ? WHERE id = ?", [(state, int(i)) for i in query_ids])

@@ -136,6 +136,22 @@ SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+# Named sets of images, each defined here once: (SQL condition on images `i`, order).
+IMAGE_SETS: dict[str, tuple[str, str]] = {
+    # the active-learning pool: what a person may still be asked about (not fully labelled, not
+    # test, not val; partially labelled images stay in it)
+    "pool": ("i.status != 'labelled' AND (i.split IS NULL OR i.split = 'train')", "i.id"),
+    # what TSODA may still auto-label: unlabelled, outside every split, holding no pseudo box
+    "autolabel_pool": ("i.status = 'unlabelled' AND i.split IS NULL AND NOT EXISTS (SELECT 1 FROM boxes b "
+                       "WHERE b.image_id = i.id AND b.active = 1 AND b.source = 'pseudo')", "i.id"),
+    # the semi-supervised student's unlabelled images: unlabelled, never test or val
+    "unlabelled_pool": ("i.status = 'unlabelled' AND (i.split IS NULL OR i.split = 'train')", "i.id"),
+    # the images the detector learns from: labelled (or partially) and in the train split
+    "labelled_train": ("i.status IN ('labelled', 'partial') AND i.split = 'train'", "i.id"),
+    # what a simulation may keep as its initial labels: labelled, outside the test set
+    "labelled_not_test": ("i.status = 'labelled' AND (i.split IS NULL OR i.split != 'test')", "i.path"),
+}
+
 def split_sql(script: str) -> list[str]:
     """Statements of a migration (none holds a ';' inside a literal)."""
     return [s.strip() for s in script.split(";") if s.strip()]
