@@ -41,7 +41,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("boxloop.loop")
 
-STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi", "done")
+# The round's step order, in one place: each step's successor, given the round's config and whether
+# it is the loop's last round. A step whose result is a label change (select, oracle, semi) records
+# its successor itself, in the transaction of that result; run_round records the others.
+TRANSITIONS: dict[str, Callable[[LoopConfig, bool], str]] = {
+    "train": lambda config, last: "evaluate",
+    "evaluate": lambda config, last: "done" if last and not config.take_all_last else "predict",
+    "predict": lambda config, last: "select",
+    "select": lambda config, last: "oracle",
+    "oracle": lambda config, last: "semi" if config.semi else "done",
+    "semi": lambda config, last: "done",
+}
+STEPS = (*TRANSITIONS, "done")
+_RECORDS_ITS_SUCCESSOR = ("select", "oracle", "semi")
+
+
+def next_step(step: str, config: LoopConfig, last: bool = False) -> str:
+    """The step after `step` (TRANSITIONS)."""
+    return TRANSITIONS[step](config, last)
 
 
 @dataclass(frozen=True)
@@ -390,7 +407,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
                         round_id, blind, config.strategy)
         project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
                                                    "count": len(sel), **info})
-        project.update_round(round_id, step="oracle")
+        project.update_round(round_id, step=next_step("select", config, last))
 
 
 def _labelled_features(project: Project, round_id: int, config: LoopConfig) -> np.ndarray | None:
@@ -488,7 +505,7 @@ def _finish_oracle(project: Project, round_id: int, queries: Sequence[Mapping], 
     total = cost if before is None else Cost(**before) + cost
     project.set_metric(round_id, "cost", total.as_dict())
     if not project.queries(round=round_id, state="open"):
-        nxt = "semi" if config.semi else "done"
+        nxt = next_step("oracle", config)
         project.update_round(round_id, step=nxt, status="done" if nxt == "done" else None)
 
 
@@ -520,7 +537,7 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
             boxes += len(d)
         out = {"pseudo_images": len(accepted), "pseudo_boxes": boxes}
         project.set_metrics(round_id, out)
-        project.update_round(round_id, step="done")
+        project.update_round(round_id, step=next_step("semi", config))
     return out
 
 
@@ -551,6 +568,14 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
         step = "train"
     else:
         step = rounds[round_id]["step"]
+    run: dict[str, Callable[[], Any]] = {
+        "train": lambda: step_train(project, round_id, config, progress, strict),
+        "evaluate": lambda: step_evaluate(project, round_id, config, progress),
+        "predict": lambda: step_predict(project, round_id, config, progress, strict=strict, scoring=scoring),
+        "select": lambda: step_select(project, round_id, config, last=last),
+        "oracle": lambda: step_oracle(project, round_id, config, truth),  # type: ignore[arg-type]
+        "semi": lambda: step_semi(project, round_id, config),
+    }
     pause = _step_pause()
     with project.writer_lock():
         while step != "done" and step != stop_at:
@@ -558,35 +583,17 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
                 time.sleep(pause)
             if on_step is not None:
                 on_step(round_id, step)
-            if step == "train":
-                step_train(project, round_id, config, progress, strict)
-                nxt = "evaluate"
-            elif step == "evaluate":
-                step_evaluate(project, round_id, config, progress)
-                nxt = "done" if last and not config.take_all_last else "predict"
-            elif step == "predict":
-                step_predict(project, round_id, config, progress, strict=strict, scoring=scoring)
-                nxt = "select"
-            elif step == "select":
-                step_select(project, round_id, config, last=last)  # writes step "oracle" itself
-                step = "oracle"
-                if truth is None:
-                    break
-                continue
-            elif step == "oracle":
-                if truth is None:
-                    break
-                step_oracle(project, round_id, config, truth)  # writes "semi"/"done" itself
-                step = "semi" if config.semi else "done"
-                continue
-            elif step == "semi":
-                step_semi(project, round_id, config)
-                step = "done"
-                continue
-            else:
-                raise ValueError(f"round {round_id} is at an unknown step {step!r}")
-            project.update_round(round_id, step=nxt)
+            if step == "oracle" and truth is None:
+                break  # a person answers; `boxloop import` records the answers and the next step
+            if step not in run:
+                raise ValueError(f"round {round_id} is at an unknown step {step!r}; the steps are {', '.join(STEPS)}")
+            run[step]()
+            nxt = next_step(step, config, last)
+            if step not in _RECORDS_ITS_SUCCESSOR:
+                project.update_round(round_id, step=nxt)
             step = nxt
+            if step == "oracle" and truth is None:
+                break
         if step == "done":
             project.update_round(round_id, status="done")
     return project.metrics(round_id).get(round_id, {})
