@@ -12,38 +12,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boxloop.loop import LoopConfig, pool_paths, round_history, run_round
-from boxloop.simulate import copy_project, withhold
+from boxloop.loop import pool_paths, round_history, run_round
+from boxloop.simulate import copy_project
 from boxloop.store import Project
 from boxloop.structures import Boxes, Detections
 
-SIZE = 64
-TINY = dict(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, epochs=None, steps=8,
-            image_size=SIZE, batch_size=4, device="cpu", val_every=1000, budget=3,
-            detector_options={"fpn_channels": 32, "head_convs": 1})
+# the tiny loop of test_loop.py, and its base project (6 labelled images, round 0 stopped at predict)
+from test_loop import base, data, tiny_config as cfg  # noqa: E402,F401  (fixtures, re-registered here)
+
 BLIND = dict(score_threshold=0.99, t_d=0.99)  # nothing the 8-step model predicts scores this high
-
-
-def cfg(**kw) -> LoopConfig:
-    return LoopConfig(**{**TINY, **kw})
-
-
-@pytest.fixture(scope="module")
-def data(make_synthetic):
-    return make_synthetic(n_images=24, image_size=SIZE, seed=3)
-
-
-@pytest.fixture(scope="module")
-def base(data, tmp_path_factory) -> Project:
-    from boxloop.project import init_project
-
-    root = tmp_path_factory.mktemp("fallback_base")
-    project = init_project(root / "base", data.images, data.annotations_dir, test_fraction=0.2, seed=0,
-                           progress=False)
-    withhold(project, 6, 0, cfg())
-    run_round(project, cfg(strategy="random"), data.annotations, 0, progress=False, stop_at="predict")
-    yield project
-    project.close()
 
 
 @pytest.fixture()
