@@ -141,12 +141,11 @@ class LiteHead(nn.Module):
                 # to 3 px at stride 32 when the logits were bfloat16
                 with torch.autocast(t.device.type, enabled=False):
                     box.append(self.box_out(t.float()).flatten(2))
-            else:
-                box.append(self.box_out(t).flatten(2))
-            if self.box_bins:
                 # the quality never pulls on the box features: measured on BCCD, a quality loss that
                 # reached the box tower cost up to 3 points of mAP50
                 qual.append(t.detach().flatten(2))
+            else:
+                box.append(self.box_out(t).flatten(2))
         cls_t = torch.cat(cls, dim=2).transpose(1, 2)
         box_t = torch.cat(box, dim=2).transpose(1, 2)
         if not self.box_bins:
@@ -223,8 +222,9 @@ def build_fcos_lite(
     min_size/max_size as for `fcos` (training passes images already at image_size). channels: the
     neck and head width. trainable_layers: backbone levels that train, counted from the top
     (default 0 with weights: the backbone is frozen; 5 without). cpu_bf16: predict in bfloat16 on a CPU that has it
-    (training stays float32: bf16 made the backward slower here). The returned detector's `config`
-    rebuilds it.
+    (training stays float32: bf16 made the backward slower here). box_bins: each box side as a
+    distribution over 0..box_bins strides (0: a plain distance). quality_weighting: "fit" (default),
+    "bce" or "focal" (see the module docstring). The returned detector's `config` rebuilds it.
     """
     if backbone != "efficientnet_lite0":
         raise ValueError(f"fcos_lite is built on efficientnet_lite0 only, got backbone={backbone!r}; "
