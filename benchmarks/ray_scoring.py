@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import platform
 import shlex
@@ -48,7 +49,14 @@ CLASSES = ["a", "b", "c"]
 
 
 def make_jpegs(folder: Path, n: int, width: int = 640, height: int = 480, seed: int = 0) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """n generated JPEGs in `folder`, written to a side folder first: an interrupted run leaves no
+    half-made pool that a rerun would take for the whole one."""
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == n:
+        return
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
         arr = rng.normal(128, 30, size=(height, width, 3)).clip(0, 255).astype(np.uint8)
@@ -58,7 +66,8 @@ def make_jpegs(folder: Path, n: int, width: int = 640, height: int = 480, seed: 
             x, y = rng.integers(0, width - 60), rng.integers(0, height - 60)
             w, h = rng.integers(20, 60, 2)
             d.ellipse([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-        img.save(folder / f"img{i:06d}.jpg", quality=90)
+        img.save(partial / f"img{i:06d}.jpg", quality=90)
+    partial.rename(folder)
 
 
 def blobs(project, round_id: int) -> dict[str, bytes]:
@@ -90,8 +99,7 @@ def main() -> None:
     from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_detector, save_checkpoint
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="boxloop_rayscore_"))
-    if not (work / "images").exists():
-        make_jpegs(work / "images", args.images)
+    make_jpegs(work / "images", args.images)
     project = init_project(work / "project", work / "images", None, classes=CLASSES, progress=False, force=True)
     det = create_detector(DETECTOR, len(CLASSES), seed=0, min_size=args.image_size, max_size=args.image_size)
     ckpt = model_dir(project, 1) / "best.pt"

@@ -73,7 +73,9 @@ def test_is_a_detector_and_loss_falls(trained):
     name, det, _, history = trained
     assert isinstance(det, Detector) and det.num_classes == 2 and det.config["name"] == name
     assert all(np.isfinite(history))
-    assert history[-1] < history[0], history
+    # the trend, not the last step: fcos_lite's quality target is the IoU of its own boxes, so as the
+    # boxes improve more locations count as fitting (weighed 10x) and that term can rise for a step
+    assert np.mean(history[-4:]) < history[0], history
 
 
 def test_predict_fields_in_original_pixels(trained):

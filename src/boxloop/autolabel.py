@@ -85,11 +85,7 @@ _SINCE = {"target_precision": 0.9, "initial_checkpoint": None}
 
 def autolabel_pool(project: Project) -> list[str]:
     """Images TSODA may still auto-label: unlabelled, outside every split, holding no pseudo box."""
-    rows = project.connection.execute(
-        "SELECT i.path FROM images i WHERE i.status = 'unlabelled' AND i.split IS NULL AND NOT EXISTS "
-        "(SELECT 1 FROM boxes b WHERE b.image_id = i.id AND b.active = 1 AND b.source = 'pseudo') ORDER BY i.id"
-    ).fetchall()
-    return [r[0] for r in rows]
+    return project.image_set("autolabel_pool")
 
 
 def default_steps(num_images: int, batch_size: int) -> tuple[int, int, int]:
@@ -167,7 +163,7 @@ def autolabel(
     if project.num_classes < 1:
         raise ValueError(f"{project.dir} has no classes; import some labelled images first")
 
-    n_images = int(project.connection.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+    n_images = project.image_count()
     d_first, d_inc, d_max = default_steps(n_images, batch_size)
     config: dict[str, Any] = {
         "threshold": thr, "target_precision": float(target_precision),
@@ -254,15 +250,10 @@ def model_dir(project: Project, iteration: int) -> Path:
     return project.dir / "models" / f"autolabel_{iteration:03d}"
 
 
-def _detector_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    return {"backbone": cfg["backbone"], "pretrained_backbone": cfg["pretrained_backbone"],
-            "min_size": cfg["image_size"], "max_size": cfg["image_size"], **cfg["detector_options"]}
-
-
 def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
-    from boxloop.detectors import create_detector
+    from boxloop.detectors import DetectorSpec
     from boxloop.loop import training_samples
-    from boxloop.train import TrainConfig, fit, load_checkpoint
+    from boxloop.train import TrainConfig, load_checkpoint, short_warmup, train_detector
 
     train, val = training_samples(project)
     if i == 1 and cfg.get("initial_checkpoint"):
@@ -274,17 +265,16 @@ def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> 
         return {"steps": 0, "train_images": len(train), "val_images": len(val),
                 "best_val_map50": meta.get("best_map50"), "initial_checkpoint": cfg["initial_checkpoint"]}
     steps = iteration_steps(cfg, i)
-    # Seeded build: random-initialised layers must not depend on what ran before.
-    detector = create_detector(cfg["model"], num_classes=project.num_classes, seed=cfg["seed"] + 1000 * i,
-                               **_detector_kwargs(cfg))
+    spec = DetectorSpec.sized(cfg["model"], cfg["backbone"], cfg["pretrained_backbone"], cfg["image_size"],
+                              cfg["detector_options"])
     previous = model_dir(project, i - 1) / "best.pt"
-    if cfg["warm_start"] and i > 1 and previous.exists():
-        detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]
+    warm = cfg["warm_start"] and i > 1 and previous.exists()
+    # the seed makes the build's random layers independent of what ran before
     tc = TrainConfig(steps=steps, batch_size=cfg["batch_size"], image_size=cfg["image_size"], lr=cfg["lr"],
                      optimizer=cfg.get("optimizer", "sgd"), device=cfg["device"], seed=cfg["seed"] + 1000 * i,
-                     val_every=cfg["val_every"] or max(1, steps // 10),
-                     warmup_steps=min(100, 5 * max(1, steps // 20)))
-    result = fit(detector, train, val, project.classes, tc, model_dir(project, i), progress=progress, resume=True)
+                     val_every=cfg["val_every"] or max(1, steps // 10), warmup_steps=short_warmup(steps))
+    _, result = train_detector(spec, project.classes, train, val, tc, model_dir(project, i),
+                               init=previous if warm else None, progress=progress)
     return {"steps": steps, "train_images": len(train), "val_images": len(val),
             "best_val_map50": result.best_map50}
 
@@ -355,8 +345,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
         project.set_split(test_keys, "val")
         share = list(project.get_meta(PSEUDO_TEST_META, [])) + sorted(test_keys)
         project.set_meta(PSEUDO_TEST_META, share)
-        total = int(project.connection.execute(
-            "SELECT COUNT(DISTINCT image_id) FROM boxes WHERE active = 1 AND source = 'pseudo'").fetchone()[0])
+        total = project.pseudo_image_count()
         remaining = len(autolabel_pool(project))
         row = {
             "iteration": i,

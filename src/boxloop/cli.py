@@ -400,7 +400,7 @@ def train(
             sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
                             reweight=not no_reweight, certainty=not no_certainty)
             res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.model,
-                           detector_kwargs=cfg.detector_kwargs())
+                           detector_kwargs=cfg.detector_spec().kwargs())
             set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             out.print(f"semi-supervised: {res.pseudo_images} images auto-labelled ({res.pseudo_boxes} boxes); "
@@ -559,7 +559,7 @@ def query(
             run_round(proj, cfg, None, last["id"])
         if pending is not None:
             with proj.transaction():
-                proj.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+                proj.mark_stale()
                 proj.update_round(pending["id"], step="done", status="done")
         last = proj.last_round()
         round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)

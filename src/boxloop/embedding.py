@@ -179,9 +179,7 @@ def project_embeddings(project, keys: Sequence[str], device: str = "auto", progr
 
 def labelled_training_keys(project) -> list[str]:
     """The images the detector learns from: labelled (or partially) and in the train split."""
-    rows = project.connection.execute(
-        "SELECT path FROM images WHERE status IN ('labelled', 'partial') AND split = 'train' ORDER BY id").fetchall()
-    return [r[0] for r in rows]
+    return project.image_set("labelled_train")
 
 
 def selection_features(project, pool_keys: Sequence[str], device: str = "auto", progress: bool = False

@@ -9,16 +9,14 @@ Images that cannot be used (missing, undecodable, changed) are recorded in the `
 table, with the reason and the step that met them, and shown by `boxloop status`; a later check
 that finds the file usable again removes the record.
 
-Written by hand: the check order and the policy above, and the SQL of the two columns and the table
-this module owns (schema in `boxloop.store`). `boxloop.images` hashes and decodes; `os.stat` measures.
+Written by hand: the check order and the policy above. `boxloop.store` (store/files.py) reads and
+writes the two columns and the table; `boxloop.images` hashes and decodes; `os.stat` measures.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -58,43 +56,14 @@ class FileCheck:
     problems: tuple[SkippedImage, ...]
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _has_schema(project: Project) -> bool:
-    return project.schema_version >= 2  # a read-only project of an older schema has neither
-
-
 def skipped_images(project: Project) -> list[SkippedImage]:
     """Every image recorded as left out, by path."""
-    if not _has_schema(project):
-        return []
-    rows = project.connection.execute("SELECT path, reason, stage FROM skipped_images ORDER BY path")
-    return [SkippedImage(*r) for r in rows]
+    return [SkippedImage(*r) for r in project.skipped_rows()]
 
 
 def record_skipped(project: Project, items: Iterable[SkippedImage]) -> None:
     """Record images as left out (one transaction; a path already recorded gets the new reason)."""
-    rows = [(s.path, s.reason, s.stage, _now()) for s in items]
-    if rows and _has_schema(project):
-        with project.transaction():
-            project.connection.executemany(
-                "INSERT OR REPLACE INTO skipped_images(path, reason, stage, at) VALUES (?, ?, ?, ?)", rows)
-
-
-def _best_effort(project: Project, statements: Sequence[tuple[str, list[tuple]]]) -> None:
-    """Writes that only save work next time: on a read-only project they are left out."""
-    if not any(rows for _, rows in statements) or not _has_schema(project):
-        return
-    try:
-        with project.transaction():
-            for sql, rows in statements:
-                if rows:
-                    project.connection.executemany(sql, rows)
-    except sqlite3.OperationalError as e:
-        if "readonly" not in str(e) and "read-only" not in str(e):
-            raise
+    project.add_skipped((s.path, s.reason, s.stage) for s in items)
 
 
 def check_images(project: Project, keys: Sequence[str], stage: str) -> FileCheck:
@@ -105,10 +74,7 @@ def check_images(project: Project, keys: Sequence[str], stage: str) -> FileCheck
     unlabelled one: measured and hashed again and usable, if it decodes. A missing file: a problem.
     Records of earlier problems of usable keys are removed; new problems are only returned."""
     root = project.image_root
-    cols = "file_size, mtime_ns" if _has_schema(project) else "NULL, NULL"
-    rows = {r[0]: r[1:] for r in project.connection.execute(
-        f"SELECT path, id, sha256, width, height, status, {cols}, EXISTS (SELECT 1 FROM boxes b "
-        "WHERE b.image_id = i.id AND b.active = 1) FROM images i")}
+    rows = project.file_records()
     ok: list[str] = []
     problems: list[SkippedImage] = []
     stamp: list[tuple] = []
@@ -152,19 +118,8 @@ def check_images(project: Project, keys: Sequence[str], stage: str) -> FileCheck
         ok.append(key)
         remeasured.append((now, nw, nh, st.st_size, st.st_mtime_ns, iid))
         log.info("%s: unlabelled and replaced since init; measured again (%dx%d)", path, nw, nh)
-    _best_effort(project, [
-        ("UPDATE images SET sha256 = ?, file_size = ?, mtime_ns = ? WHERE id = ?", stamp),
-        ("UPDATE images SET sha256 = ?, width = ?, height = ?, file_size = ?, mtime_ns = ? WHERE id = ?", remeasured),
-        ("DELETE FROM skipped_images WHERE path = ?", [(k,) for k in ok] if _recorded(project, ok) else []),
-    ])
+    project.refresh_file_records(stamp, remeasured, ok)
     return FileCheck(tuple(ok), tuple(problems))
-
-
-def _recorded(project: Project, keys: Sequence[str]) -> bool:
-    if not keys or not _has_schema(project):
-        return False
-    recorded = {r[0] for r in project.connection.execute("SELECT path FROM skipped_images")}
-    return bool(recorded.intersection(keys))
 
 
 def refuse_problems(problems: Sequence[SkippedImage], what: str, hint: str, root: Path | None = None) -> None:

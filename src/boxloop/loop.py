@@ -35,12 +35,30 @@ from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
 if TYPE_CHECKING:
+    from boxloop.detectors import DetectorSpec
     from boxloop.ray_scoring import RayScoring
     from boxloop.strategies import DetectionTable
 
 log = logging.getLogger("boxloop.loop")
 
-STEPS = ("train", "evaluate", "predict", "select", "oracle", "semi", "done")
+# The round's step order, in one place: each step's successor, given the round's config and whether
+# it is the loop's last round. A step whose result is a label change (select, oracle, semi) records
+# its successor itself, in the transaction of that result; run_round records the others.
+TRANSITIONS: dict[str, Callable[[LoopConfig, bool], str]] = {
+    "train": lambda config, last: "evaluate",
+    "evaluate": lambda config, last: "done" if last and not config.take_all_last else "predict",
+    "predict": lambda config, last: "select",
+    "select": lambda config, last: "oracle",
+    "oracle": lambda config, last: "semi" if config.semi else "done",
+    "semi": lambda config, last: "done",
+}
+STEPS = (*TRANSITIONS, "done")
+_RECORDS_ITS_SUCCESSOR = ("select", "oracle", "semi")
+
+
+def next_step(step: str, config: LoopConfig, last: bool = False) -> str:
+    """The step after `step` (TRANSITIONS)."""
+    return TRANSITIONS[step](config, last)
 
 
 @dataclass(frozen=True)
@@ -112,7 +130,7 @@ class LoopConfig:
 
     def train_config(self, round_id: int, warm: bool = False):
         """The round's TrainConfig; `warm`: a round that starts from the previous round's model."""
-        from boxloop.train import TrainConfig
+        from boxloop.train import TrainConfig, short_warmup
 
         from boxloop.defaults import training_recipe
 
@@ -127,14 +145,14 @@ class LoopConfig:
                            image_size=self.image_size, lr=self.lr if self.lr is not None else lr,
                            optimizer=self.optimizer or optimizer,
                            device=self.device, seed=self.seed + 1000 * round_id, val_every=self.val_every,
-                           warmup_steps=min(100, 5 * max(1, (steps or 20) // 20)))
+                           warmup_steps=short_warmup(steps))
 
-    def detector_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {"backbone": self.backbone, "pretrained_backbone": self.pretrained_backbone,
-                              "min_size": self.image_size, "max_size": self.image_size}
-        if self.model == "faster_rcnn" and self.semi == "certainty":
-            kw["box_head"] = "interval"  # seed 001: localization quality v drives NMS and pseudo-labels
-        return {**kw, **self.detector_options}
+    def detector_spec(self) -> DetectorSpec:
+        """The detector every round builds; certainty pseudo-labels (seed 001) need localization quality."""
+        from boxloop.detectors import DetectorSpec
+
+        return DetectorSpec.sized(self.model, self.backbone, self.pretrained_backbone, self.image_size,
+                                  self.detector_options, loc_quality=self.semi == "certainty")
 
 
 # -- what trains with which weight ---------------------------------------------------------------
@@ -175,10 +193,7 @@ def training_samples(project: Project, strict: bool = False) -> tuple[list, list
 
 def pool_paths(project: Project) -> list[str]:
     """Images a person may still be asked about: not fully labelled, not test, not val."""
-    rows = project.connection.execute(
-        "SELECT path FROM images WHERE status != 'labelled' AND (split IS NULL OR split = 'train') ORDER BY id"
-    ).fetchall()
-    return [r[0] for r in rows]
+    return project.image_set("pool")
 
 
 def model_dir(project: Project, round_id: int) -> Path:
@@ -221,44 +236,29 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
     import hashlib
     import json as _json
 
-    from boxloop.detectors import create_detector
-    from boxloop.train import fit
+    from boxloop.train import train_detector
 
     train, val = training_samples(project, strict)
     if out_dir is None:
         fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
                                    else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
         out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
-    detector = create_detector(config.model, num_classes=project.num_classes, seed=config.train_config(0).seed,
-                               **config.detector_kwargs())
-    if nproc is not None:
-        from boxloop.ddp import fit_distributed
-
-        result = fit_distributed(detector, train, val, project.classes, config.train_config(0), out_dir, nproc,
-                                 progress=progress, torchrun_args=torchrun_args)
-    else:
-        result = fit(detector, train, val, project.classes, config.train_config(0), out_dir, progress=progress,
-                     resume=True)
+    _, result = train_detector(config.detector_spec(), project.classes, train, val, config.train_config(0), out_dir,
+                               progress=progress, nproc=nproc, torchrun_args=torchrun_args)
     set_current_checkpoint(project, result.best_checkpoint)
     return result, len(train), len(val)
 
 
 def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
                strict: bool = False) -> None:
-    from boxloop.detectors import create_detector
-    from boxloop.train import fit
+    from boxloop.train import train_detector
 
     train, val = training_samples(project, strict)
-    detector = create_detector(config.model, num_classes=project.num_classes,
-                               seed=config.train_config(round_id).seed, **config.detector_kwargs())
     previous = model_dir(project, round_id - 1) / "best.pt"
     warm = config.warm_start and round_id > 0 and previous.exists()
-    if warm:  # a resumed fit() then replaces these weights by its own last.pt
-        from boxloop.train import load_checkpoint
-
-        detector.load_state_dict(load_checkpoint(previous)["model"])  # type: ignore[attr-defined]
-    result = fit(detector, train, val, project.classes, config.train_config(round_id, warm),
-                 model_dir(project, round_id), progress=progress, resume=True)
+    _, result = train_detector(config.detector_spec(), project.classes, train, val,
+                               config.train_config(round_id, warm), model_dir(project, round_id),
+                               init=previous if warm else None, progress=progress)
     with project.transaction():
         project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
                                        "val_images": len(val), "train_steps": result.total_steps,
@@ -305,15 +305,7 @@ def step_evaluate(project: Project, round_id: int, config: LoopConfig, progress:
 
 def labelled_counts(project: Project) -> dict[str, Any]:
     """Images and boxes a person has labelled outside the test set, and per class."""
-    q = project.connection.execute
-    images = q("SELECT COUNT(*) FROM images WHERE status IN ('labelled', 'partial') AND split != 'test'").fetchone()[0]
-    names = project.classes
-    per_class = {n: 0 for n in names}
-    for cid, n in q("SELECT b.class_id, COUNT(*) FROM boxes b JOIN images i ON i.id = b.image_id "
-                    "WHERE b.active = 1 AND b.source = 'human' AND i.split != 'test' GROUP BY b.class_id"):
-        per_class[names[cid]] = n
-    return {"images_labelled": int(images), "human_boxes": int(sum(per_class.values())),
-            "labelled_per_class": per_class}
+    return project.labelled_counts()
 
 
 def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
@@ -327,8 +319,7 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
     from boxloop.integrity import SkippedImage, record_skipped, usable_images
 
     pool = pool_paths(project)
-    done = {r[0] for r in project.connection.execute(
-        "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
+    done = project.predicted_paths(round_id)
     todo = usable_images(project, [p for p in pool if p not in done], "predict", strict)
     if not todo:
         return
@@ -422,7 +413,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
             items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
     fallback = fallback or fb.ranked_nothing(sel, pool, config.strategy)
     with project.transaction():
-        project.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+        project.mark_stale()
         project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
@@ -437,7 +428,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
                         "strategy", round_id, config.strategy, fallback["reason"])
         project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
                                                    "count": len(sel), **info})
-        project.update_round(round_id, step="oracle")
+        project.update_round(round_id, step=next_step("select", config, last))
 
 
 def _labelled_features(project: Project, round_id: int, config: LoopConfig) -> np.ndarray | None:
@@ -536,7 +527,7 @@ def _finish_oracle(project: Project, round_id: int, queries: Sequence[Mapping], 
     total = cost if before is None else Cost(**before) + cost
     project.set_metric(round_id, "cost", total.as_dict())
     if not project.queries(round=round_id, state="open"):
-        nxt = "semi" if config.semi else "done"
+        nxt = next_step("oracle", config)
         project.update_round(round_id, step=nxt, status="done" if nxt == "done" else None)
 
 
@@ -558,8 +549,7 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
     boxes = 0
     with project.transaction():
         # replace the loop's own earlier auto-labels (never those of `boxloop autolabel`)
-        project.connection.execute("UPDATE boxes SET active = 0 WHERE source = 'pseudo' AND active = 1 "
-                                   "AND model LIKE 'loop_round_%'")
+        project.deactivate_boxes(sources=("pseudo",), model_prefix="loop_round_")
         for key, (d, w) in accepted.items():
             if project.image(key).status != "unlabelled":
                 continue
@@ -569,7 +559,7 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
             boxes += len(d)
         out = {"pseudo_images": len(accepted), "pseudo_boxes": boxes}
         project.set_metrics(round_id, out)
-        project.update_round(round_id, step="done")
+        project.update_round(round_id, step=next_step("semi", config))
     return out
 
 
@@ -600,6 +590,14 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
         step = "train"
     else:
         step = rounds[round_id]["step"]
+    run: dict[str, Callable[[], Any]] = {
+        "train": lambda: step_train(project, round_id, config, progress, strict),
+        "evaluate": lambda: step_evaluate(project, round_id, config, progress),
+        "predict": lambda: step_predict(project, round_id, config, progress, strict=strict, scoring=scoring),
+        "select": lambda: step_select(project, round_id, config, last=last),
+        "oracle": lambda: step_oracle(project, round_id, config, truth),  # type: ignore[arg-type]
+        "semi": lambda: step_semi(project, round_id, config),
+    }
     pause = _step_pause()
     with project.writer_lock():
         while step != "done" and step != stop_at:
@@ -607,35 +605,17 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
                 time.sleep(pause)
             if on_step is not None:
                 on_step(round_id, step)
-            if step == "train":
-                step_train(project, round_id, config, progress, strict)
-                nxt = "evaluate"
-            elif step == "evaluate":
-                step_evaluate(project, round_id, config, progress)
-                nxt = "done" if last and not config.take_all_last else "predict"
-            elif step == "predict":
-                step_predict(project, round_id, config, progress, strict=strict, scoring=scoring)
-                nxt = "select"
-            elif step == "select":
-                step_select(project, round_id, config, last=last)  # writes step "oracle" itself
-                step = "oracle"
-                if truth is None:
-                    break
-                continue
-            elif step == "oracle":
-                if truth is None:
-                    break
-                step_oracle(project, round_id, config, truth)  # writes "semi"/"done" itself
-                step = "semi" if config.semi else "done"
-                continue
-            elif step == "semi":
-                step_semi(project, round_id, config)
-                step = "done"
-                continue
-            else:
-                raise ValueError(f"round {round_id} is at an unknown step {step!r}")
-            project.update_round(round_id, step=nxt)
+            if step == "oracle" and truth is None:
+                break  # a person answers; `boxloop import` records the answers and the next step
+            if step not in run:
+                raise ValueError(f"round {round_id} is at an unknown step {step!r}; the steps are {', '.join(STEPS)}")
+            run[step]()
+            nxt = next_step(step, config, last)
+            if step not in _RECORDS_ITS_SUCCESSOR:
+                project.update_round(round_id, step=nxt)
             step = nxt
+            if step == "oracle" and truth is None:
+                break
         if step == "done":
             project.update_round(round_id, status="done")
     return project.metrics(round_id).get(round_id, {})

@@ -36,11 +36,10 @@ from boxloop.store import (
     ImageRecord,
     Project,
     ProjectExists,
-    check_class_name,
     remove_database,
     retire_database,
 )
-from boxloop.structures import Annotation, Source
+from boxloop.structures import Annotation, Source, check_class_name
 
 __all__ = ["export_project", "init_project", "resolve_test_list", "stratified_sample"]
 

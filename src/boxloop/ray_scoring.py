@@ -262,10 +262,7 @@ def predict_pool(project: Project, round_id: int, keys: Sequence[str], checkpoin
 
 
 def _stored(project: Project, round_id: int, keys: Sequence[str]) -> set[str]:
-    rows = project.connection.execute(
-        "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))
-    wanted = set(keys)
-    return {r[0] for r in rows if r[0] in wanted}
+    return project.predicted_paths(round_id).intersection(keys)
 
 
 def score_all(checkpoint: str | Path | None, paths: Sequence[str | Path], image_size: int, batch_size: int,

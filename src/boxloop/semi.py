@@ -65,7 +65,7 @@ from boxloop.defaults import DETECTOR
 from boxloop.detectors.base import Detector
 from boxloop.pseudo import ClasswiseThresholds, _check_probability, accept_certainty
 from boxloop.structures import Annotation, Boxes, Detections, Source, iou
-from boxloop.train import TrainConfig, _validate, fit, load_detector, resolve_device
+from boxloop.train import TrainConfig, fit, load_detector, resolve_device, train_detector, validation_map50
 
 __all__ = ["SemiConfig", "SemiResult", "fit_semi", "weak_predict", "merge_flip", "pseudo_label_quality",
            "semi_inputs_from_project", "student_train_config"]
@@ -276,8 +276,7 @@ def semi_inputs_from_project(project: Any) -> tuple[list[Sample], list[Sample], 
     root = project.image_root
     from boxloop.integrity import usable_images
 
-    keys = usable_images(project, [r.path for r in project.images(status="unlabelled") if r.split not in ("test", "val")],
-                         "semi")
+    keys = usable_images(project, project.image_set("unlabelled_pool"), "semi")
     unlabelled = [Sample(root / k, key=k) for k in keys]
     return train, unlabelled, val
 
@@ -303,13 +302,6 @@ def student_train_config(train_config: TrainConfig, steps: int, labelled_images:
         val_every *= math.ceil(max(1, labelled_images) / train_config.batch_size)
     return dataclasses.replace(train_config, steps=steps, epochs=None, min_steps=None, strong=True,
                                val_every=max(1, val_every))
-
-
-def _teacher_steps(train_config: TrainConfig, labelled_images: int) -> int:
-    if train_config.steps is not None:
-        return train_config.steps
-    steps = train_config.epochs * math.ceil(max(1, labelled_images) / train_config.batch_size)  # type: ignore[operator]
-    return max(steps, train_config.min_steps or 0)
 
 
 def _val_predictions(detector: Detector, val: Sequence[Sample], classes: Sequence[str], config: TrainConfig,
@@ -355,7 +347,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
     out_dir/semi.json.
     """
     from boxloop.compare import paired_bootstrap
-    from boxloop.detectors import create_detector
+    from boxloop.detectors import DetectorSpec
 
     semi = semi_config or SemiConfig()
     out_dir = Path(out_dir)
@@ -378,16 +370,14 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
     if teacher_checkpoint is not None:
         teacher, _, meta = load_detector(teacher_checkpoint, expect_classes=classes, device=device)
         teacher_path = Path(teacher_checkpoint)
-        teacher_steps = int(meta.get("total_steps") or _teacher_steps(train_config, len(labelled)))
+        teacher_steps = int(meta.get("total_steps") or train_config.total_steps(len(labelled)))
     else:
-        kwargs = dict(detector_kwargs or {})
-        if model == "faster_rcnn" and semi.certainty:
-            kwargs.setdefault("box_head", "interval")
-        teacher = create_detector(model, len(classes), seed=train_config.seed, **kwargs)
-        fitted = fit(teacher, labelled, val, classes, train_config, out_dir / "teacher", progress=progress)
+        spec = DetectorSpec(model, dict(detector_kwargs or {}), loc_quality=semi.certainty)
+        teacher, fitted = train_detector(spec, classes, labelled, val, train_config, out_dir / "teacher",
+                                         progress=progress)
         teacher_path, teacher_steps = fitted.best_checkpoint, fitted.total_steps
     teacher.to(device)  # type: ignore[attr-defined]
-    teacher_map = _validate(teacher, val, classes, train_config, device) if val else None
+    teacher_map = validation_map50(teacher, val, classes, train_config, device) if val else None
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def finish(result: SemiResult) -> SemiResult:
@@ -445,7 +435,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
             guard = cmp.to_dict()
             semi_map, sup_map, delta = cmp.a, cmp.b, cmp.delta
     if sup_map is None and val:
-        sup_map = _validate(cont_model, val, classes, train_config, device)
+        sup_map = validation_map50(cont_model, val, classes, train_config, device)
     chosen = "semi" if guard is not None and guard["a_better"] else "supervised"
     tau_txt = ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, thresholds.thresholds))
     if n_box == 0:

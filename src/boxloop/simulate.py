@@ -21,7 +21,6 @@ import glob
 import json
 import os
 import shutil
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -84,9 +83,7 @@ def withhold(project: Project, initial: int, seed: int, config: LoopConfig, init
              ) -> list[str]:
     """Keep `initial` labelled non-test images labelled (chosen by `initial_strategy`); make every other
     non-test image unlabelled."""
-    q = project.connection.execute
-    candidates = [r[0] for r in q("SELECT path FROM images WHERE status = 'labelled' AND "
-                                  "(split IS NULL OR split != 'test') ORDER BY path")]
+    candidates = project.image_set("labelled_not_test")
     if initial > len(candidates):
         raise ValueError(f"--initial {initial} is more than the {len(candidates)} labelled non-test images")
     keep = initial_set(project, candidates, initial, seed, initial_strategy, config.device)
@@ -118,13 +115,8 @@ def copy_project(src: Project, dst: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=dst.name + ".", dir=dst.parent))
     try:
-        target = sqlite3.connect(tmp / DB_NAME)
         pause = _step_pause()
-        if pause:
-            time.sleep(pause)
-        with target:
-            src.connection.backup(target)
-        target.close()
+        src.backup_to(tmp / DB_NAME, before=(lambda: time.sleep(pause)) if pause else None)
         models = src.dir / "models" / "round_000"
         if models.exists():
             shutil.copytree(models, tmp / "models" / "round_000")

@@ -26,22 +26,23 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from boxloop.data import DetectionDataset, Sample, collate, train_transform
-from boxloop.detectors import create_detector, saved_config
+from boxloop.detectors import DetectorSpec, create_detector, saved_config
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
 
 if TYPE_CHECKING:
     from boxloop.ddp import DistContext
 
-__all__ = ["TrainConfig", "FitResult", "CheckpointError", "TrainingDiverged", "fit", "load_detector", "load_checkpoint",
-           "save_checkpoint", "resolve_device", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+__all__ = ["TrainConfig", "FitResult", "FitHooks", "CheckpointError", "TrainingDiverged", "fit", "train_detector",
+           "short_warmup", "validation_map50", "load_detector", "load_checkpoint", "save_checkpoint", "resolve_device",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 log = logging.getLogger("boxloop")
 
@@ -136,6 +137,14 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
 
+    def total_steps(self, train_images: int) -> int:
+        """The optimiser steps a fit() on `train_images` labelled images makes (`steps`, or `epochs`
+        of batches with the `min_steps` floor)."""
+        if self.steps is not None:
+            return self.steps
+        steps = self.epochs * math.ceil(max(1, train_images) / self.batch_size)  # type: ignore[operator]
+        return max(steps, self.min_steps or 0)
+
     def lr_factor(self, step: int, total_steps: int) -> float:
         """Multiplier of `lr` at `step`: linear warm-up from 0.001, then the schedule."""
         if step < self.warmup_steps:
@@ -147,6 +156,12 @@ class TrainConfig:
         if self.schedule == "cosine":
             return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return self.lr_gamma ** sum(step >= m * total_steps for m in self.lr_milestones)
+
+
+def short_warmup(steps: int | None) -> int:
+    """Warm-up of the loop's and auto-labelling's short runs: 5 steps per 100 planned, at least 5
+    (5 when the run counts epochs), at most 100; the default 100 would be most of such a run."""
+    return min(100, 5 * max(1, (steps or 20) // 20))
 
 
 # Fields whose change makes a resumed run a different run.
@@ -283,8 +298,10 @@ def _labelled(samples: Sequence[Sample]) -> list[Sample]:
     return [s for s in samples if s.annotation is not None]
 
 
-def _validate(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
-              config: TrainConfig, device: torch.device) -> float:
+def validation_map50(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
+                     config: TrainConfig, device: torch.device) -> float:
+    """mAP50 of `detector` on labelled `samples`, predicted as fit() validates (config's image size,
+    batch and score threshold); 0.0 when they hold no box."""
     from boxloop.evaluate import evaluate
 
     truth = {s.name: s.annotation for s in samples}
@@ -298,9 +315,99 @@ def _validate(detector: Detector, samples: Sequence[Sample], class_names: Sequen
     return 0.0 if map50 is None else float(map50)  # None: no ground-truth box in the validation images
 
 
+Images = list[torch.Tensor]
+Targets = list[dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """Where a training method plugs into fit()'s one loop instead of copying it.
+
+    `batch(step, images, targets)` returns the batch to train on: a teacher's pseudo-labels, refreshed
+    targets, another view. It gets the loader's CPU tensors; `step` counts the steps made before this
+    one. `after_step(step, entry)` runs once per optimiser step, after that step's validation (an EMA
+    teacher's update, logging); `step` counts the steps made, `entry` is the step's history row.
+    Checkpoints do not hold a hook's state: a hook whose state must survive a resume keeps it itself.
+    Under torchrun every rank runs the hooks."""
+
+    batch: Callable[[int, Images, Targets], tuple[Images, Targets]] | None = None
+    after_step: Callable[[int, dict[str, Any]], None] | None = None
+
+
+@dataclass
+class _Optimisation:
+    """What an optimiser step needs besides the batch, built once per fit(). `micro`: the micro-batch
+    size, halved on CUDA out-of-memory; `loss_fn`: detector.loss, or its DDP-wrapped form."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    use_amp: bool
+    amp_dtype: torch.dtype
+    grad_clip: float | None
+    micro: int
+    loss_fn: Any = None
+
+
+def _optimisation(detector: Detector, config: TrainConfig, device: torch.device, total_steps: int) -> _Optimisation:
+    use_amp = config.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    params = [p for p in detector.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+    if config.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                                                           weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return _Optimisation(optimizer, scheduler, scaler, device, use_amp, amp_dtype, config.grad_clip, config.batch_size)
+
+
+@dataclass
+class _Progress:
+    """Where a fit() stands. Every checkpoint holds all of it, so a resume continues exactly."""
+
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_map50: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    stopped_early: bool = False
+
+
+def _restore(detector: Detector, opt: _Optimisation, config: TrainConfig, class_names: list[str],
+             last_path: Path) -> tuple[_Progress, bool]:
+    """Load last.pt after checking it comes from the same setup; (progress, whether it was complete)."""
+    try:
+        ckpt = load_checkpoint(last_path, map_location=opt.device)
+    except CheckpointError as e:  # a damaged resume point: say how to start over instead
+        raise CheckpointError(f"cannot resume training: {e}. To train from the start instead, delete "
+                              f"{last_path}") from e
+    _check_classes(last_path, ckpt["class_names"], class_names)
+    if ckpt["detector_config"] != getattr(detector, "config", None):
+        raise CheckpointError(f"{last_path} was made for model {ckpt['detector_config']}, this fit() trains "
+                              f"{getattr(detector, 'config', None)}; use another out_dir or resume=False")
+    old = TrainConfig.from_dict(ckpt["train_config"])
+    changed = [k for k in _RESUME_FIXED if getattr(old, k) != getattr(config, k)]
+    if changed:
+        raise CheckpointError(f"{last_path} was trained with other settings ({', '.join(f'{k}: {getattr(old, k)} -> {getattr(config, k)}' for k in changed)}); "
+                              "use another out_dir or resume=False")
+    detector.load_state_dict(ckpt["model"])  # type: ignore[attr-defined]
+    opt.optimizer.load_state_dict(ckpt["optimizer"])
+    opt.scheduler.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt and ckpt["scaler"]:
+        opt.scaler.load_state_dict(ckpt["scaler"])
+    run = _Progress(int(ckpt["step"]), list(ckpt["history"]), ckpt.get("best_map50"), ckpt.get("best_step"),
+                    int(ckpt.get("evals_since_best", 0)), bool(ckpt.get("stopped_early", False)))
+    _set_rng_state(ckpt["rng"], opt.device)
+    return run, bool(ckpt.get("complete"))
+
+
 def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
         class_names: Sequence[str], config: TrainConfig, out_dir: str | Path, progress: bool = True,
-        resume: bool = True, stop_after: int | None = None, dist: DistContext | None = None) -> FitResult:
+        resume: bool = True, stop_after: int | None = None, dist: DistContext | None = None,
+        hooks: FitHooks | None = None) -> FitResult:
     """Train `detector` in place; write out_dir/last.pt and out_dir/best.pt; return what happened.
 
     Samples without an annotation are skipped (unlabelled); negatives train as negatives. With
@@ -308,10 +415,12 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     the final model. On return the detector holds the best weights. With `resume` and an existing
     out_dir/last.pt from the same setup, training continues from it. `stop_after` ends this call
     after that many steps (last.pt saved), for time-sliced training and for tests of resuming.
-    `dist`: this process is one rank of a torchrun job (see boxloop.ddp.fit_distributed).
+    `dist`: this process is one rank of a torchrun job (see boxloop.ddp.fit_distributed). `hooks`:
+    what a training method adds to each step (FitHooks).
     """
     from tqdm.auto import tqdm
 
+    hooks = hooks or FitHooks()
     out_dir = Path(out_dir)
     class_names = list(class_names)
     train = _labelled(train_samples)
@@ -331,56 +440,19 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                     cfg["min_size"], cfg.get("max_size"), config.image_size)
     device = resolve_device(config.device)
     detector.to(device)  # type: ignore[attr-defined]
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = config.steps if config.steps is not None else config.epochs * steps_per_epoch  # type: ignore[operator]
-    if config.steps is None and config.min_steps is not None:
-        total_steps = max(total_steps, config.min_steps)
-
-    params = [p for p in detector.parameters() if p.requires_grad]  # type: ignore[attr-defined]
-    if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                                           weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    total_steps = config.total_steps(len(train))
+    opt = _optimisation(detector, config, device, total_steps)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    step, history, best_map50, best_step, evals_since_best = 0, [], None, None, 0
-    stopped_early = False
     if resume and last_path.exists():
-        try:
-            ckpt = load_checkpoint(last_path, map_location=device)
-        except CheckpointError as e:  # a damaged resume point: say how to start over instead
-            raise CheckpointError(f"cannot resume training: {e}. To train from the start instead, delete "
-                                  f"{last_path}") from e
-        _check_classes(last_path, ckpt["class_names"], class_names)
-        if ckpt["detector_config"] != getattr(detector, "config", None):
-            raise CheckpointError(f"{last_path} was made for model {ckpt['detector_config']}, this fit() trains "
-                                  f"{getattr(detector, 'config', None)}; use another out_dir or resume=False")
-        old = TrainConfig.from_dict(ckpt["train_config"])
-        changed = [k for k in _RESUME_FIXED if getattr(old, k) != getattr(config, k)]
-        if changed:
-            raise CheckpointError(f"{last_path} was trained with other settings ({', '.join(f'{k}: {getattr(old, k)} -> {getattr(config, k)}' for k in changed)}); "
-                                  "use another out_dir or resume=False")
-        detector.load_state_dict(ckpt["model"])  # type: ignore[attr-defined]
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        step, history = int(ckpt["step"]), list(ckpt["history"])
-        best_map50, best_step = ckpt.get("best_map50"), ckpt.get("best_step")
-        evals_since_best = int(ckpt.get("evals_since_best", 0))
-        stopped_early = bool(ckpt.get("stopped_early", False))
-        _set_rng_state(ckpt["rng"], device)
-        if ckpt.get("complete"):
-            return _finish(detector, device, best_path, last_path, best_map50, history, step, total_steps,
-                           True, stopped_early)
-        log.info("resuming %s at step %d of %d", last_path, step, total_steps)
+        run, complete = _restore(detector, opt, config, class_names, last_path)
+        if complete:
+            return _finish(detector, device, FitResult(best_path, last_path, run.best_map50, run.history, run.step,
+                                                       total_steps, True, run.stopped_early))
+        log.info("resuming %s at step %d of %d", last_path, run.step, total_steps)
     else:
+        run = _Progress()
         torch.manual_seed(config.seed)
 
     dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
@@ -389,7 +461,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                                seed=config.seed)
 
     main = dist is None or dist.is_main
-    loss_fn = dist.wrap(detector) if dist is not None else detector.loss
+    opt.loss_fn = dist.wrap(detector) if dist is not None else detector.loss
 
     def checkpoint(path: Path, complete: bool) -> None:
         if not main:
@@ -398,21 +470,20 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
             "model": detector.state_dict(),  # type: ignore[attr-defined]
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "step": step, "epoch": step / steps_per_epoch, "total_steps": total_steps,
-            "train_config": config.to_dict(), "history": history, "best_map50": best_map50,
-            "best_step": best_step, "evals_since_best": evals_since_best, "complete": complete,
-            "stopped_early": stopped_early, "rng": _rng_state(device),
+            "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict() if opt.scaler.is_enabled() else {},
+            "step": run.step, "epoch": run.step / steps_per_epoch, "total_steps": total_steps,
+            "train_config": config.to_dict(), "history": run.history, "best_map50": run.best_map50,
+            "best_step": run.best_step, "evals_since_best": run.evals_since_best, "complete": complete,
+            "stopped_early": run.stopped_early, "rng": _rng_state(device),
         }, path)
 
-    state = {"micro": config.batch_size}
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (progress and main))
+    bar = tqdm(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
     steps_this_call = 0
     detector.train()  # type: ignore[attr-defined]
     try:
-        while step < total_steps and not stopped_early:
-            epoch, pos = divmod(step, steps_per_epoch)
+        while run.step < total_steps and not run.stopped_early:
+            epoch, pos = divmod(run.step, steps_per_epoch)
             dataset.set_epoch(epoch)
             order = _epoch_order(len(train), config.seed, epoch)
             batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
@@ -424,51 +495,54 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                                 generator=torch.Generator().manual_seed(config.seed + epoch))
             for images, targets in loader:
                 if dist is not None:
-                    dist.set_batch(len(train), config.batch_size, step % steps_per_epoch)
-                parts = _train_step(detector, optimizer, scaler, images, targets, device, use_amp, amp_dtype,
-                                    config.grad_clip, state, loss_fn)
+                    dist.set_batch(len(train), config.batch_size, run.step % steps_per_epoch)
+                if hooks.batch is not None:
+                    images, targets = hooks.batch(run.step, images, targets)
+                parts = _train_step(detector, opt, images, targets)
                 if dist is not None:
                     parts = dist.mean(parts)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                step += 1
+                lr = opt.optimizer.param_groups[0]["lr"]
+                opt.scheduler.step()
+                run.step += 1
                 steps_this_call += 1
-                entry = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, **parts}
-                history.append(entry)
+                entry = {"step": run.step, "epoch": run.step / steps_per_epoch, "lr": lr, **parts}
+                run.history.append(entry)
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}")
-                epoch_end = step % steps_per_epoch == 0
-                done = step >= total_steps
+                epoch_end = run.step % steps_per_epoch == 0
+                done = run.step >= total_steps
                 if config.epochs is not None:
-                    due = epoch_end and (step // steps_per_epoch) % config.val_every == 0
+                    due = epoch_end and (run.step // steps_per_epoch) % config.val_every == 0
                 else:
-                    due = step % config.val_every == 0
+                    due = run.step % config.val_every == 0
                 if val and (due or done):
-                    map50 = _validate(detector, val, class_names, config, device) if main else None
+                    map50 = validation_map50(detector, val, class_names, config, device) if main else None
                     if dist is not None:
                         map50 = dist.broadcast(map50)
                     detector.train()  # type: ignore[attr-defined]
                     entry["val_map50"] = map50
                     if progress and main:
-                        bar.write(f"step {step}: val mAP50 {map50:.4f}")
-                    if best_map50 is None or map50 > best_map50:
-                        best_map50, best_step, evals_since_best = map50, step, 0
+                        bar.write(f"step {run.step}: val mAP50 {map50:.4f}")
+                    if run.best_map50 is None or map50 > run.best_map50:
+                        run.best_map50, run.best_step, run.evals_since_best = map50, run.step, 0
                         checkpoint(best_path, complete=False)
                     else:
-                        evals_since_best += 1
-                        if config.patience is not None and evals_since_best >= config.patience:
-                            stopped_early = True
-                            log.info("early stop at step %d: no better val mAP50 in %d evaluations", step,
-                                     evals_since_best)
+                        run.evals_since_best += 1
+                        if config.patience is not None and run.evals_since_best >= config.patience:
+                            run.stopped_early = True
+                            log.info("early stop at step %d: no better val mAP50 in %d evaluations", run.step,
+                                     run.evals_since_best)
+                if hooks.after_step is not None:
+                    hooks.after_step(run.step, entry)
                 stop_now = stop_after is not None and steps_this_call >= stop_after
-                periodic = config.checkpoint_every is not None and step % config.checkpoint_every == 0
-                if done or stopped_early:
+                periodic = config.checkpoint_every is not None and run.step % config.checkpoint_every == 0
+                if done or run.stopped_early:
                     if not val:
                         checkpoint(best_path, complete=True)
                     checkpoint(last_path, complete=True)
                 elif epoch_end or periodic or stop_now or (val and due):
                     checkpoint(last_path, complete=False)
-                if done or stopped_early or stop_now:
+                if done or run.stopped_early or stop_now:
                     break
             if stop_after is not None and steps_this_call >= stop_after:
                 break
@@ -476,60 +550,77 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         bar.close()
     if dist is not None:
         dist.barrier()  # rank 0's checkpoints are on disk before any rank reads best.pt
-    completed = step >= total_steps or stopped_early
-    if not completed:
-        return FitResult(best_path, last_path, best_map50, history, step, total_steps, False, False)
-    return _finish(detector, device, best_path, last_path, best_map50, history, step, total_steps, True,
-                   stopped_early)
+    completed = run.step >= total_steps or run.stopped_early
+    result = FitResult(best_path, last_path, run.best_map50, run.history, run.step, total_steps, completed,
+                       run.stopped_early if completed else False)
+    return _finish(detector, device, result) if completed else result
 
 
-def _finish(detector: Detector, device: torch.device, best_path: Path, last_path: Path, best_map50: float | None,
-            history: list, step: int, total_steps: int, completed: bool, stopped_early: bool) -> FitResult:
-    """Load the best weights into the detector and report."""
-    if best_path.exists():
-        detector.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])  # type: ignore[attr-defined]
+def train_detector(spec: DetectorSpec, class_names: Sequence[str], train: Sequence[Sample], val: Sequence[Sample],
+                   config: TrainConfig, out_dir: str | Path, init: str | Path | None = None, progress: bool = True,
+                   resume: bool = True, nproc: int | None = None,
+                   torchrun_args: Sequence[str] = ()) -> tuple[Detector, FitResult]:
+    """Build `spec`'s detector and fit() it: the one place a detector is built to be trained.
+
+    Its random layers come from `config.seed` alone, so a resumed process builds the same model.
+    `init`: a checkpoint whose weights it starts from (a warm start; a resumed fit() replaces them
+    by its last.pt). `nproc`: train on that many processes through torchrun (boxloop.ddp).
+    Returns the detector, holding the best weights, and what fit() reported."""
+    detector = spec.build(len(class_names), seed=config.seed)
+    if init is not None:
+        detector.load_state_dict(load_checkpoint(init)["model"])  # type: ignore[attr-defined]
+    if nproc is not None:
+        from boxloop.ddp import fit_distributed
+
+        result = fit_distributed(detector, train, val, class_names, config, out_dir, nproc, progress=progress,
+                                 resume=resume, torchrun_args=torchrun_args)
+    else:
+        result = fit(detector, train, val, class_names, config, out_dir, progress=progress, resume=resume)
+    return detector, result
+
+
+def _finish(detector: Detector, device: torch.device, result: FitResult) -> FitResult:
+    """Load the best weights into the detector; return `result`."""
+    if result.best_checkpoint.exists():
+        detector.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])  # type: ignore[attr-defined]
     detector.eval()  # type: ignore[attr-defined]
-    return FitResult(best_path, last_path, best_map50, history, step, total_steps, completed, stopped_early)
+    return result
 
 
-def _train_step(detector: Detector, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device, use_amp: bool,
-                amp_dtype: torch.dtype, grad_clip: float | None, state: dict[str, int],
-                loss_fn: Any = None) -> dict[str, float]:
-    """One optimiser step over the batch, in micro-batches of state['micro'] (halved on CUDA OOM).
-    `loss_fn` (default detector.loss): the DDP-wrapped loss under torchrun."""
-    loss_fn = loss_fn or detector.loss
+def _train_step(detector: Detector, opt: _Optimisation, images: Images, targets: Targets) -> dict[str, float]:
+    """One optimiser step over the batch, in micro-batches of opt.micro (halved on CUDA OOM)."""
+    device = opt.device
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "weights")} for t in targets]
     n = len(images)
     while True:
-        optimizer.zero_grad(set_to_none=True)
+        opt.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         try:
-            for i in range(0, n, state["micro"]):
-                ims, tgs = images[i:i + state["micro"]], targets[i:i + state["micro"]]
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    losses = loss_fn(ims, tgs)
+            for i in range(0, n, opt.micro):
+                ims, tgs = images[i:i + opt.micro], targets[i:i + opt.micro]
+                with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+                    losses = opt.loss_fn(ims, tgs)
                 total = sum(losses.values())
                 if not torch.isfinite(total):
                     raise TrainingDiverged(f"training loss is {float(total)}; lower the learning rate or check the boxes")
                 frac = len(ims) / n
-                scaler.scale(total * frac).backward()
+                opt.scaler.scale(total * frac).backward()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) * frac
                 sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * frac
             break
         except torch.OutOfMemoryError:
-            if state["micro"] == 1:
+            if opt.micro == 1:
                 raise RuntimeError("out of GPU memory on a single image; lower image_size or train on the cpu")
-            state["micro"] = max(1, state["micro"] // 2)
-            optimizer.zero_grad(set_to_none=True)
+            opt.micro = max(1, opt.micro // 2)
+            opt.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             log.warning("out of GPU memory: batch halved to %d (gradients accumulated over the batch), retrying",
-                        state["micro"])
-    if grad_clip is not None:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(detector.parameters(), grad_clip)  # type: ignore[attr-defined]
-    scaler.step(optimizer)
-    scaler.update()
+                        opt.micro)
+    if opt.grad_clip is not None:
+        opt.scaler.unscale_(opt.optimizer)
+        torch.nn.utils.clip_grad_norm_(detector.parameters(), opt.grad_clip)  # type: ignore[attr-defined]
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
     return sums

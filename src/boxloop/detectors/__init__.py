@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from boxloop.detectors.base import Detector
 
@@ -67,4 +68,37 @@ def create_detector(name: str, num_classes: int, seed: int | None = None, **kwar
         return builder(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["DETECTORS", "Detector", "check_options", "create_detector", "saved_config"]
+# What a detector needs to predict localization quality (seed 001's v, which certainty-aware
+# pseudo-labelling multiplies in): faster_rcnn only with the interval box head; the others always do.
+LOC_QUALITY_OPTIONS: dict[str, dict[str, Any]] = {"faster_rcnn": {"box_head": "interval"}}
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A detector to build: registry name and builder options. `loc_quality`: it must predict
+    localization quality, so LOC_QUALITY_OPTIONS are added where `options` do not say otherwise."""
+
+    model: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    loc_quality: bool = False
+
+    @classmethod
+    def sized(cls, model: str, backbone: str, pretrained_backbone: bool, image_size: int,
+              options: Mapping[str, Any] | None = None, loc_quality: bool = False) -> DetectorSpec:
+        """A spec whose detector takes images of `image_size` as they come (min_size = max_size =
+        image_size, see train.fit's warning); `options` add to or override those."""
+        base = {"backbone": backbone, "pretrained_backbone": pretrained_backbone, "min_size": image_size,
+                "max_size": image_size}
+        return cls(model, {**base, **(options or {})}, loc_quality)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The builder's keyword arguments."""
+        extra = LOC_QUALITY_OPTIONS.get(self.model, {}) if self.loc_quality else {}
+        return {**extra, **self.options}
+
+    def build(self, num_classes: int, seed: int | None = None) -> Detector:
+        return create_detector(self.model, num_classes, seed=seed, **self.kwargs())
+
+
+__all__ = ["DETECTORS", "Detector", "DetectorSpec", "LOC_QUALITY_OPTIONS", "check_options", "create_detector",
+           "saved_config"]
