@@ -23,21 +23,26 @@ steps from scratch; each later round starts from the previous round's model (war
 WARM_STEPS = 80 more, whatever the labelled set's size (the same effort for every strategy at every
 round; 19 epochs of the 33 training images of round 1, 5 of the 117 of round 6). 200 steps on the
 16 training images of a seed set give a model that keeps boxes of every class (BCCD seed 0: test
-mAP50 0.577); a round that keeps none would record its fallback (boxloop.fallback). Validation runs
+mAP50 0.744 with today's fcos_lite); a round that keeps none would record its fallback
+(boxloop.fallback). Validation runs
 once, at the end of each training (val_every larger than the steps): picking a checkpoint by 4
 validation images is noise (shared/AL_NOTES.md).
 
 Warm start or from scratch, measured (BCCD seed 0, random, fcos_lite 320 px, the real loop; round 0
-= 20 images, 200 steps, test mAP50 0.577):
-    46 images: warm start 100 steps 0.670 | from scratch 200 steps 0.573
-    72 images: warm start 100 steps 0.724 | from scratch 200 steps 0.534
+= 20 images, 200 steps from scratch):
+    fcos_lite with GFL boxes (main since 3976cb9): round 0 0.744
+        46 images: warm start 100 steps 0.800 | from scratch 200 steps 0.632
+    fcos_lite before it (ee8a6a8): round 0 0.577
+        46 images: warm start 100 steps 0.670 | from scratch 200 steps 0.573
+        72 images: warm start 100 steps 0.724 | from scratch 200 steps 0.534
 From scratch, a fixed step count spread over a growing set leaves each round's model less trained
 than the last and the curve falls (the issue's falling demo); warm-started, every round adds
 training and the curve rises, at half the steps. So warm start is the default; `--no-warm-start`
 trains every round from scratch for STEPS steps. The preset's 80 warm steps (not the measured 100)
 make the whole plan fit 90 minutes.
 
-Time, from per-step costs measured here (1 torch thread on an idle core, fcos_lite 320 px, batch 8):
+Time, from per-step costs measured here (1 torch thread on an idle core, fcos_lite 320 px, batch 8;
+the GFL-box fcos_lite measured the same as the one before under equal load, 0.88 against 0.89 s):
 0.554 s a training step, 0.034 s an image predicted, ~0.06 s a checkpoint save (last.pt at every
 epoch end), ~2 s a round for selection, oracle and database. Per seed:
     steps:  base 200 + images 5 x 6 x 80 + boxes 3 x 4 x 80 + full data (200 + 6 x 80) = 4240
