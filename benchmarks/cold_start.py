@@ -22,9 +22,17 @@ seed sets, and everything after compares strategies. Per seed (paired):
              which separate the seed set's share of the gain from the strategy's.
 The hybrid's switch round and its coverage per round come from results.json (`phase`, `coverage`).
 
-The settings are a preset until the learning-curve protocol (its own issue) lands; then pass its
-settings (--epochs/--min-steps/--image-size/...) or replace the presets with it. Resumable: re-run the
-same command with the same --workdir; each arm is one `simulate` OUT, which resumes where it stopped.
+On the learning-curve protocol (issue 13's label_efficiency.py: steps with warm start, 3 seeds, the same
+seed sets and test set), which is how the targets are measured on 2 cores: the random arm IS that
+benchmark's image-level runs, and the typical arm is the same benchmark with `--initial-strategy typical`;
+`--protocol` pairs the two, trains nothing:
+    .venv/bin/python benchmarks/label_efficiency.py --preset cpu --shard 0/2 --threads 1 &   # + 1/2
+    .venv/bin/python benchmarks/label_efficiency.py --preset cpu --initial-strategy typical --unit images \
+        --strategies random,budget_aware --no-full-data --shard 0/2 --threads 1 &            # + 1/2
+    .venv/bin/python benchmarks/cold_start.py --protocol                                      # the pairing
+The presets below run the two arms here through `simulate` instead (an epochs schedule without warm
+start, of its own). Resumable: re-run the same command with the same --workdir; each arm is one
+`simulate` OUT, which resumes where it stopped.
 Writes benchmarks/results/cold_start.json (or --json): the command, the machine, the settings, the
 per-seed table, the target checks and every run's rounds. Absent BCCD: says so and exits 0.
 
@@ -187,6 +195,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/results/cold_start_<dataset>")
     ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/cold_start[_synthetic].json")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--protocol", nargs="?", const="/tmp/boxloop_label_efficiency_bccd_cpu", default=None,
+                    metavar="WORKDIR", help="pair label_efficiency.py's random-seed-set runs in WORKDIR/images with "
+                    "its --initial-strategy typical runs in WORKDIR_typical/images; train nothing")
     args = ap.parse_args(argv)
     synthetic = args.dataset == "synthetic"
     args.preset = args.preset or ("synthetic" if synthetic else "cpu")
@@ -197,8 +208,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def protocol_arms(workdir: Path) -> dict[str, dict[str, Any]]:
+    """The two arms from label_efficiency.py's results.json files (written by its report)."""
+    arms = {}
+    for arm, folder in (("random_init", workdir), ("typical_init", Path(f"{workdir}_typical"))):
+        path = folder / "images" / "results.json"
+        if not path.exists():
+            flag = "" if arm == "random_init" else " --initial-strategy typical"
+            raise SystemExit(f"{path} is missing: run `benchmarks/label_efficiency.py --preset cpu{flag} "
+                             f"--workdir {folder}` (or its --report-only) first")
+        arms[arm] = json.loads(path.read_text())
+    return arms
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.protocol:
+        return main_protocol(args, argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     spec = dataset_or_skip(args)
     if spec is None:
@@ -220,15 +246,28 @@ def main(argv: list[str] | None = None) -> int:
                              annotations=spec.annotations, test_list=spec.test_list, progress=args.progress,
                              echo=lambda m: print(m, flush=True), initial_strategy=init)
     singles = [n for n in csv(args.strategies_random) if n not in ("random", HYBRID)]
+    return finish(args, argv, arms, seeds, singles, time.perf_counter() - t0, spec.name)
+
+
+def main_protocol(args: argparse.Namespace, argv: list[str] | None) -> int:
+    workdir = Path(args.protocol)
+    arms = protocol_arms(workdir)
+    seeds = sorted({int(r["seed"]) for r in arms["typical_init"]["runs"]} & {int(r["seed"]) for r in arms["random_init"]["runs"]})
+    singles = sorted({r["strategy"] for r in arms["random_init"]["runs"]} - {"random", HYBRID})
+    args.preset = "label_efficiency cpu (protocol)"
+    return finish(args, argv, arms, seeds, singles, 0.0, str(workdir))
+
+
+def finish(args: argparse.Namespace, argv: list[str] | None, arms: Mapping[str, Mapping[str, Any]],
+           seeds: Sequence[int], singles: Sequence[str], seconds: float, dataset: str) -> int:
     cmp = compare(arms["random_init"], arms["typical_init"], seeds, singles)
     checks = targets(cmp, len(seeds))
-    seconds = time.perf_counter() - t0
     text = report(cmp, seeds)
     print(text)
     print("targets:", json.dumps(checks))
     out = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None
                                                                                    else sys.argv[1:])]),
-           "machine": machine(args.device), "dataset": spec.name, "preset": args.preset,
+           "machine": machine(args.device), "dataset": dataset, "preset": args.preset,
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "seconds_this_call": round(seconds, 1), "comparisons": cmp, "targets": checks,
            "table": text, "runs": {arm: res["runs"] for arm, res in arms.items()}}

@@ -56,6 +56,13 @@ epoch end), ~2 s a round for selection, oracle and database. Per seed:
 `--estimate` prints this plan from the constants (`--measure`: times a few steps here first) and
 trains nothing.
 
+Cold start (issue 16): `--initial-strategy typical` chooses each seed set with `typical` (no trained
+model) instead of at random; everything else is the same protocol. It has its own workdir
+(..._typical) and JSON, and benchmarks/cold_start.py --protocol pairs its runs with the random-seed-set
+runs of the plain command, seed by seed:
+    .venv/bin/python benchmarks/label_efficiency.py --preset cpu --initial-strategy typical \
+        --unit images --strategies random,budget_aware --no-full-data --shard 0/2 --threads 1 &  # + 1/2
+
 Resuming: every job (a seed's base, a strategy's run, a seed's full-data model) lives in its own
 project folder under WORKDIR and resumes at its step (training at its last checkpoint): re-run the
 same command and only the missing rounds train. Seeds and shards are separate invocations whose
@@ -470,7 +477,7 @@ def ensure_base(spec, args, seed: int, truth, say) -> None:
         if project is None:
             project = init_project(bdir, spec.images, spec.annotations, test_list=spec.test_list, seed=seed,
                                    force=True, progress=args.progress)
-            withhold(project, args.initial, seed, cfg)
+            withhold(project, args.initial, seed, cfg, initial_strategy=args.initial_strategy)
         with project:
             rounds = {r["id"]: r for r in project.rounds()}
             if 0 not in rounds or rounds[0]["step"] not in ("predict", "done"):
@@ -756,7 +763,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--unit", dest="units", default=None, help="images, boxes, or both (images,boxes)")
     ap.add_argument("--strategies", default=None, help="image-level strategies, comma-separated (random included)")
     ap.add_argument("--box-strategies", default=None, help="box-level strategies, comma-separated")
-    ap.add_argument("--initial", type=int, default=None, help="random seed set (images)")
+    ap.add_argument("--initial", type=int, default=None, help="seed set (images)")
+    ap.add_argument("--initial-strategy", choices=("random", "typical"), default="random",
+                    help="how the seed set is chosen (issue 16's cold start; typical: its own workdir and JSON)")
     ap.add_argument("--budget", type=int, default=None, help="images per round")
     ap.add_argument("--rounds", type=int, default=None, help="image-level query rounds")
     ap.add_argument("--box-budget", type=int, default=None, help="boxes per round")
@@ -809,11 +818,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if not 0 <= k < n:
             ap.error(f"--shard {args.shard}: K must lie in 0..N-1")
         args.shard_index, args.shard_count = k, n
+    arm = "" if args.initial_strategy == "random" else f"_{args.initial_strategy}"
     if args.workdir is None:
-        args.workdir = Path(f"/tmp/boxloop_label_efficiency_{Path(args.dataset).name}_{preset}")
+        args.workdir = Path(f"/tmp/boxloop_label_efficiency_{Path(args.dataset).name}_{preset}{arm}")
     if args.json is None:
-        args.json = HERE / "results" / ("label_efficiency_synthetic.json" if preset == "synthetic"
-                                        else "label_efficiency.json")
+        args.json = HERE / "results" / (f"label_efficiency{arm}_synthetic.json" if preset == "synthetic"
+                                        else f"label_efficiency{arm}.json")
     return args
 
 

@@ -77,7 +77,8 @@ def test_user_errors_are_one_red_line(synthetic_dataset, tmp_path: Path) -> None
     assert res.exit_code == 2 and "not both" in res.output
 
 
-DEMO_TINY = ("--image-size", "64", "--steps", "2", "--rounds", "1", "--initial", "4", "--budget", "2")
+DEMO_TINY = ("--image-size", "64", "--steps", "2", "--warm-steps", "2", "--rounds", "1", "--initial", "4",
+             "--budget", "2", "--seeds", "0")
 
 
 def test_demo(tmp_path: Path) -> None:
@@ -87,7 +88,9 @@ def test_demo(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "circle" in res.stdout and "human boxes" in res.stdout
     s = _status(tmp_path / "demo" / "project")
-    assert s["images"] == 14 and s["test_images"] == 3
+    assert s["images"] == 14 and s["test_images"] == 4  # a quarter, the demo's test share
+    loo = json.loads((tmp_path / "demo" / "simulate" / "test_sensitivity.json").read_text())
+    assert loo["images"] == 4 and "test set: 4 images" in res.stdout.replace("\n", " ")
     runs = json.loads((tmp_path / "demo" / "simulate" / "results.json").read_text())["runs"]
     assert sorted(r["strategy"] for r in runs) == ["localization_aware+autolabel", "random+autolabel"] or \
         sorted(r["strategy"] for r in runs) == ["localization_aware", "random"]

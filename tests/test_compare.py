@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_evaluate import CLASSES, random_case
 
-from boxloop.compare import paired_bootstrap, resampled_map50
+from boxloop.compare import leave_one_out_map50, paired_bootstrap, resampled_map50
 from boxloop.evaluate import voc_map, voc_matches
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
@@ -61,3 +61,20 @@ def test_paired_bootstrap_needs_more_than_noise() -> None:
     empty = {k: Annotation(k, Boxes(np.zeros((0, 4)), (100, 100)), ()) for k in gt3}
     r = paired_bootstrap(empty, {}, {}, ["cat"])
     assert r.delta is None and not r.a_better
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_leave_one_out_matches_voc_map_without_each_image(seed: int) -> None:
+    gt, pred = random_case(seed)
+    loo = leave_one_out_map50(gt, pred, CLASSES)
+    full = voc_map(gt, pred, CLASSES)["map"]
+    changes = {k: abs(voc_map({j: a for j, a in gt.items() if j != k},
+                              {j: a for j, a in pred.items() if j != k}, CLASSES)["map"] - full) for k in gt}
+    assert loo["map50"] == pytest.approx(full, abs=1e-12) and loo["images"] == len(gt)
+    assert loo["max_change"] == pytest.approx(max(changes.values()), abs=1e-12)
+    assert changes[loo["worst_image"]] == pytest.approx(loo["max_change"], abs=1e-12)
+
+
+def test_leave_one_out_of_a_perfect_test_set_moves_nothing() -> None:
+    gt, hit = _images(10, 1)
+    assert leave_one_out_map50(gt, hit, ["cat"])["max_change"] == 0.0

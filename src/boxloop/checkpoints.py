@@ -22,7 +22,7 @@ from boxloop.detectors.base import Detector
 from boxloop.inference import resolve_device
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "TrainingDiverged", "save_checkpoint",
-           "load_checkpoint", "load_detector"]
+           "copy_checkpoint", "load_checkpoint", "load_detector"]
 
 CHECKPOINT_FORMAT = "boxloop-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -67,6 +67,23 @@ def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
         pass  # some file systems refuse fsync on folders; the rename is done either way
     finally:
         os.close(dir_fd)
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Copy a checkpoint beside `dst`, fsync, rename: a full disk or a kill never leaves a truncated `dst`."""
+    import shutil
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".copying", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, open(src, "rb") as g:
+            shutil.copyfileobj(g, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

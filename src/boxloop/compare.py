@@ -26,7 +26,7 @@ import numpy as np
 from boxloop.evaluate import voc_matches
 from boxloop.structures import Annotation
 
-__all__ = ["BootstrapComparison", "resampled_map50", "paired_bootstrap"]
+__all__ = ["BootstrapComparison", "resampled_map50", "paired_bootstrap", "leave_one_out_map50"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +102,21 @@ def paired_bootstrap(truth: Mapping[str, Annotation], predictions_a: Mapping[str
     low, high = (float(np.quantile(d, tail)), float(np.quantile(d, 1 - tail))) if d.size else (None, None)
     return BootstrapComparison(a, b, a - b, low, high, level, resamples, n, margin,
                                bool(low is not None and low > margin))
+
+
+def leave_one_out_map50(truth: Mapping[str, Annotation], predictions: Mapping[str, Annotation],
+                        class_names: Sequence[str]) -> dict[str, Any]:
+    """How much one test image moves mAP50: mAP50 on all images and with each image left out (one
+    weight row per image, that image weighted 0). A test set is big enough for comparisons when
+    `max_change` is small (issue 13: <= 0.02 for the demo)."""
+    m = voc_matches(truth, predictions, class_names)
+    n = len(m["images"])
+    if n == 0 or m["num_gt"].sum() == 0:
+        return {"images": n, "map50": None, "max_change": None, "mean_change": None, "worst_image": None}
+    full = float(resampled_map50(m, np.ones((1, n)))[0])
+    loo = resampled_map50(m, 1.0 - np.eye(n))
+    change = np.abs(loo - full)
+    change = np.where(np.isnan(change), 0.0, change)
+    worst = int(np.argmax(change))
+    return {"images": n, "map50": full, "max_change": float(change.max()), "mean_change": float(change.mean()),
+            "worst_image": str(m["images"][worst])}

@@ -107,6 +107,10 @@ class LoopConfig:
     gamma2: float = 0.6
     dynamic_threshold: bool = True
     reweight: bool = True
+    # never worse with pseudo-labels: a round that has them also trains without them and keeps them
+    # only when a paired bootstrap over the validation images says they help (compare.py, as semi's guard)
+    pseudo_guard: bool = True
+    guard_level: float = 0.9
 
     def __post_init__(self) -> None:
         if self.unit not in ("images", "boxes"):
@@ -251,19 +255,69 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
 
 def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
                strict: bool = False) -> None:
+    """Train the round's model into model_dir(round)/best.pt. With pseudo-labels in the training set
+    and `pseudo_guard`, train with and without them and keep the one the guard picks (never worse)."""
     from boxloop.train import train_detector
 
     train, val = training_samples(project, strict)
     previous = model_dir(project, round_id - 1) / "best.pt"
     warm = config.warm_start and round_id > 0 and previous.exists()
-    _, result = train_detector(config.detector_spec(), project.classes, train, val,
-                               config.train_config(round_id, warm), model_dir(project, round_id),
-                               init=previous if warm else None, progress=progress)
+    out = model_dir(project, round_id)
+    pseudo_keys = set(project.annotations("pseudo")) if config.semi and config.pseudo_guard else set()
+    human = [s for s in train if s.name not in pseudo_keys]
+    fits = {"with_pseudo": train, "without_pseudo": human} if len(human) < len(train) else {"": train}
+    trained = {name: train_detector(config.detector_spec(), project.classes, samples, val,
+                                    config.train_config(round_id, warm), out / name if name else out,
+                                    init=previous if warm else None, progress=progress)
+               for name, samples in fits.items()}
+    metrics: dict[str, Any] = {}
+    chosen = ""
+    if "" not in trained:
+        from boxloop.checkpoints import copy_checkpoint
+
+        metrics["pseudo_guard"] = guard = pseudo_guard(project, config, val, trained, len(train) - len(human))
+        chosen = "with_pseudo" if guard["kept"] else "without_pseudo"
+        copy_checkpoint(trained[chosen][1].best_checkpoint, out / "best.pt")
+    result = trained[chosen][1]
+    metrics.update({"best_val_map50": result.best_map50, "train_images": len(fits[chosen]),
+                    "val_images": len(val), "train_steps": result.total_steps,
+                    "warm_start_from": round_id - 1 if warm else None})
     with project.transaction():
-        project.set_metrics(round_id, {"best_val_map50": result.best_map50, "train_images": len(train),
-                                       "val_images": len(val), "train_steps": result.total_steps,
-                                       "warm_start_from": round_id - 1 if warm else None})
-        set_current_checkpoint(project, result.best_checkpoint)
+        project.set_metrics(round_id, metrics)
+        set_current_checkpoint(project, out / "best.pt")
+
+
+def pseudo_guard(project: Project, config: LoopConfig, val: Sequence[Any],
+                 trained: Mapping[str, tuple[Any, Any]], pseudo_images: int) -> dict[str, Any]:
+    """The never-worse verdict on the models trained with and without the pseudo-labels (guard_verdict)."""
+    from boxloop.train import validation_predictions
+
+    tc = config.train_config(0)
+    truth = {s.name: s.annotation for s in val}
+    return guard_verdict(truth, validation_predictions(trained["with_pseudo"][0], val, project.classes, tc),
+                         validation_predictions(trained["without_pseudo"][0], val, project.classes, tc),
+                         project.classes, config.guard_level, config.seed, pseudo_images)
+
+
+def guard_verdict(truth: Mapping[str, Annotation], with_pseudo: Mapping[str, Annotation],
+                  without_pseudo: Mapping[str, Annotation], classes: Sequence[str], level: float, seed: int,
+                  pseudo_images: int) -> dict[str, Any]:
+    """Keep the pseudo-labels only when the model trained with them is better on the validation
+    images than the one trained without, beyond the noise of a few images: the lower end of the
+    paired bootstrap interval of the mAP50 difference above 0 (compare.py, the rule of semi's guard;
+    AL_NOTES: a +0.02 point estimate on a handful of images was noise). No validation box: not kept."""
+    from boxloop.compare import paired_bootstrap
+
+    cmp = paired_bootstrap(truth, with_pseudo, without_pseudo, classes, level=level, seed=seed)
+    if cmp.delta is None:
+        reason = "no validation box: cannot show that the pseudo-labels help; trained without them"
+    else:
+        reason = (f"val mAP50 with pseudo-labels {cmp.a:.4f}, without {cmp.b:.4f} ({cmp.delta:+.4f}; "
+                  f"{100 * cmp.level:g}% paired bootstrap interval over {cmp.images} images "
+                  f"[{cmp.low:+.4f}, {cmp.high:+.4f}]): "
+                  + ("kept" if cmp.a_better else "dropped (the interval does not lie above 0)"))
+    return {"kept": cmp.a_better, "pseudo_images": pseudo_images, "with": cmp.a, "without": cmp.b,
+            "low": cmp.low, "high": cmp.high, "images": cmp.images, "reason": reason}
 
 
 def test_metrics(project: Project, detector, image_size: int, device: str = "auto", batch_size: int = 8,
@@ -673,6 +727,8 @@ def round_history(project: Project) -> list[dict[str, Any]]:
         for k in ("pseudo_images", "pseudo_boxes", "train_steps", "warm_start_from"):
             if k in m:
                 row[k] = m[k]
+        if "pseudo_guard" in m:  # never worse: were the pseudo-labels this round trained on kept, and why
+            row["pseudo_kept"], row["pseudo_guard"] = m["pseudo_guard"]["kept"], m["pseudo_guard"]["reason"]
         if sel.get("fallback"):  # how this round's query was chosen when its model kept no box (fallback.py)
             row["fallback"] = sel["fallback"]
         rows.append(row)

@@ -65,7 +65,8 @@ from boxloop.defaults import DETECTOR
 from boxloop.detectors.base import Detector
 from boxloop.pseudo import ClasswiseThresholds, _check_probability, accept_certainty
 from boxloop.structures import Annotation, Boxes, Detections, Source, iou
-from boxloop.train import TrainConfig, fit, load_detector, resolve_device, train_detector, validation_map50
+from boxloop.train import (TrainConfig, fit, load_detector, resolve_device, train_detector, validation_map50,
+                           validation_predictions)
 
 __all__ = ["SemiConfig", "SemiResult", "fit_semi", "weak_predict", "merge_flip", "pseudo_label_quality",
            "semi_inputs_from_project", "student_train_config"]
@@ -304,16 +305,6 @@ def student_train_config(train_config: TrainConfig, steps: int, labelled_images:
                                val_every=max(1, val_every))
 
 
-def _val_predictions(detector: Detector, val: Sequence[Sample], classes: Sequence[str], config: TrainConfig,
-                     device: torch.device) -> dict[str, Annotation]:
-    from boxloop.inference import predict_paths
-
-    detector.to(device)  # type: ignore[attr-defined]
-    return {s.name: det.to_annotation(s.name, list(classes)) for s, (_, det) in zip(val, predict_paths(
-        detector, [s.path for s in val], config.image_size, batch_size=config.batch_size, device=None,
-        num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False))}
-
-
 def _pseudo_samples(pool: Mapping[str, Detections], unlabelled: Sequence[Sample], classes: list[str],
                     thresholds: ClasswiseThresholds, lambda_u: float) -> tuple[dict[str, Annotation], list[Sample]]:
     """Accepted pseudo boxes per image and the student's Samples (weights lambda_u * alpha_m)."""
@@ -428,8 +419,8 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
         student_path, history, student_steps = student.best_checkpoint, student.history, student.total_steps
         if val:
             truth = {s.name: s.annotation for s in val}
-            cmp = paired_bootstrap(truth, _val_predictions(student_model, val, classes, train_config, device),
-                                   _val_predictions(cont_model, val, classes, train_config, device), classes,
+            cmp = paired_bootstrap(truth, validation_predictions(student_model, val, classes, train_config, device),
+                                   validation_predictions(cont_model, val, classes, train_config, device), classes,
                                    resamples=semi.guard_resamples, level=semi.guard_level, margin=semi.min_gain,
                                    seed=train_config.seed)
             guard = cmp.to_dict()

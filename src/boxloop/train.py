@@ -34,12 +34,13 @@ from boxloop.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Checkpoi
 from boxloop.detectors import DetectorSpec
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
+from boxloop.structures import Annotation
 
 if TYPE_CHECKING:
     from boxloop.ddp import DistContext
 
 __all__ = ["TrainConfig", "FitResult", "FitHooks", "CheckpointError", "TrainingDiverged", "fit", "train_detector",
-           "short_warmup", "validation_map50", "load_detector", "load_checkpoint", "save_checkpoint", "resolve_device",
+           "short_warmup", "validation_map50", "validation_predictions", "load_detector", "load_checkpoint", "save_checkpoint", "resolve_device",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 log = logging.getLogger("boxloop")
@@ -192,20 +193,24 @@ def _labelled(samples: Sequence[Sample]) -> list[Sample]:
     return [s for s in samples if s.annotation is not None]
 
 
+def validation_predictions(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
+                           config: TrainConfig, device: torch.device | None = None) -> dict[str, Annotation]:
+    """Predictions of `detector` on `samples`, made as fit() validates (config's image size, batch and
+    score threshold): what validation_map50 scores and the never-worse guards compare."""
+    if device is not None:
+        detector.to(device)  # type: ignore[attr-defined]
+    return {s.name: det.to_annotation(s.name, list(class_names)) for s, (_, det) in zip(samples, predict_paths(
+        detector, [s.path for s in samples], config.image_size, batch_size=config.batch_size, device=None,
+        num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False))}
+
+
 def validation_map50(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
                      config: TrainConfig, device: torch.device) -> float:
-    """mAP50 of `detector` on labelled `samples`, predicted as fit() validates (config's image size,
-    batch and score threshold); 0.0 when they hold no box."""
+    """mAP50 of `detector` on labelled `samples` (validation_predictions); 0.0 when they hold no box."""
     from boxloop.evaluate import evaluate
 
     truth = {s.name: s.annotation for s in samples}
-    preds = {}
-    for s, (_, det) in zip(samples, predict_paths(detector, [s.path for s in samples], config.image_size,
-                                                   batch_size=config.batch_size, device=None,
-                                                   num_workers=config.num_workers,
-                                                   score_threshold=config.val_score_threshold, progress=False)):
-        preds[s.name] = det.to_annotation(s.name, class_names)
-    map50 = evaluate(truth, preds, class_names)["map50"]
+    map50 = evaluate(truth, validation_predictions(detector, samples, class_names, config), class_names)["map50"]
     return 0.0 if map50 is None else float(map50)  # None: no ground-truth box in the validation images
 
 
