@@ -251,10 +251,10 @@ def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(
     import boxloop.autolabel as al
 
     first = al.model_dir(full_run[0], 1) / "best.pt"
-    real = al._validation_table(full_run[0], al._load(full_run[0], {**RUN, "device": "cpu"}, 1), RUN)
+    real = al.validation_table(full_run[0], al._load(full_run[0], {**RUN, "device": "cpu"}, 1), RUN)
     assert real.ndim == 2 and real.shape[1] == 2 and set(np.unique(real[:, 1])) <= {0.0, 1.0}
     table = np.array([(0.9, 1), (0.06, 1), (0.04, 0)], float)
-    monkeypatch.setattr(al, "_validation_table", lambda project, det, cfg: table)
+    monkeypatch.setattr(al, "validation_table", lambda project, det, cfg: table)
     project = new_project(few_labels, tmp_path / "project")
     rows = autolabel(project, iterations=1, initial_checkpoint=first, **{**RUN, "threshold": "auto"})
     assert len(rows) == 1 and rows[0]["steps"] == 0
@@ -270,7 +270,7 @@ def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(
     assert all(torch.equal(a[k], b[k]) for k in a)
     project.close()
     # no threshold reaches 0.9: nothing is labelled, the row says what the scores look like
-    monkeypatch.setattr(al, "_validation_table", lambda project, det, cfg: np.array([(0.9, 0), (0.5, 1)], float))
+    monkeypatch.setattr(al, "validation_table", lambda project, det, cfg: np.array([(0.9, 0), (0.5, 1)], float))
     project = new_project(few_labels, tmp_path / "project2")
     rows = autolabel(project, iterations=1, initial_checkpoint=first, **{**RUN, "threshold": "auto"})
     assert rows[0]["threshold"] is None and rows[0]["images_auto_labelled"] == 0

@@ -151,7 +151,9 @@ def test_box_round_makes_partial_images_with_weights_and_background(run, data):
     run.update_round(0, step="select")
 
     lam = 0.3
-    cfg = tiny_config(unit="boxes", strategy="least_confidence", budget=3, t_d=0.1, lambda_d=lam)
+    # noisy_precision None: seed 002's rule, every unchecked box of the pool (score >= t_d) trains
+    cfg = tiny_config(unit="boxes", strategy="least_confidence", budget=3, t_d=0.1, lambda_d=lam,
+                      noisy_precision=None)
     run_round(run, cfg, truth, 0, progress=False)
 
     assert {(q["path"], q["box_index"]) for q in run.queries(round=0)} == {(a, 0), (a, 1), (b, 0)}
@@ -188,6 +190,27 @@ def test_box_round_makes_partial_images_with_weights_and_background(run, data):
     assert len(sb.annotation) == 1 and np.allclose(sb.weights, [lam])
     np.testing.assert_allclose(sb.annotation.boxes.xyxy, gb.boxes.xyxy[:1])  # the object, not the background box
     assert iou(sb.annotation.boxes.xyxy, bg_box[None]).max() < 0.5
+
+
+def test_noisy_label_threshold_comes_from_validation_precision(run, monkeypatch):
+    """Unchecked predicted boxes train from the lowest score whose validation precision is >= 0.5.
+    By hand: rows above 0.3 are 2 right of 5 (0.4), above 0.4 are 2 of 4 (0.5): the threshold is 0.4."""
+    from boxloop import autolabel, loop
+
+    table = np.array([(0.9, 1), (0.8, 0), (0.6, 0), (0.5, 1), (0.4, 0), (0.3, 0), (0.2, 0)], float)
+    monkeypatch.setattr(autolabel, "validation_table", lambda project, det, cfg: table)
+    monkeypatch.setattr(loop, "_load_round_detector", lambda project, round_id, config: None)
+    cfg = tiny_config(unit="boxes", strategy="least_confidence")
+    assert loop.noisy_label_threshold(run, 0, cfg) == pytest.approx(0.4)
+    m = run.metrics(0)[0]
+    assert m["noisy_label_threshold"] == pytest.approx(0.4) and "precision >= 0.5" in m["noisy_label_rule"]
+    # stored with the round: a second call (a human answering in parts) gives the same threshold
+    monkeypatch.setattr(autolabel, "validation_table", lambda project, det, cfg: table[:0])
+    assert loop.noisy_label_threshold(run, 0, cfg) == pytest.approx(0.4)
+    # no validation detection reaches the precision: what the annotator is shown
+    assert loop.noisy_label_threshold(run, 1, cfg) == cfg.display_threshold
+    # seed 002's rule on request: the box pool's t_d
+    assert loop.noisy_label_threshold(run, 2, tiny_config(noisy_precision=None, t_d=0.07)) == pytest.approx(0.07)
 
 
 # -- stopping rules and history --------------------------------------------------------------------------

@@ -323,7 +323,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
     if pool:
         det = _load(project, cfg, i)
         root = project.image_root
-        table = _validation_table(project, det, cfg)
+        table = validation_table(project, det, cfg)
         if auto:
             threshold = pseudo.threshold_for_precision(table, cfg["target_precision"]) if table is not None else None
         preds = {k: d for k, (_, d) in zip(pool, predict_paths(
@@ -387,7 +387,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
     return nxt
 
 
-def _validation_table(project: Project, det: Any, cfg: Mapping[str, Any]) -> np.ndarray | None:
+def validation_table(project: Project, det: Any, cfg: Mapping[str, Any]) -> np.ndarray | None:
     """(score, is_tp) of the model's detections (score >= 0.01) on the human validation images, or
     None without a validation image holding a box."""
     from boxloop.evaluate import voc_matches

@@ -96,6 +96,10 @@ class LoopConfig:
     empty_share: float = 0.0
     t_d: float = 0.05  # box pool threshold (seed 002)
     lambda_d: float = 0.5  # weight of unchecked predicted boxes (seed 002 eq. 3)
+    # unchecked predicted boxes train as noisy labels from the lowest score at which the round's model's
+    # validation detections are at least this precise (0.5: a noisy box is more often right than wrong);
+    # None: every box of the box pool (score >= t_d), as seed 002 does
+    noisy_precision: float | None = 0.5
     take_all_last: bool = False  # the last round takes every image left (seed 003 §6.6)
     display_threshold: float = 0.3  # pre-annotations shown to the annotator score at least this
     val_fraction: float = 0.2  # share of newly labelled images that go to validation
@@ -538,9 +542,10 @@ def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapp
     asked = [(k, preds[k].boxes.xyxy[b], int(preds[k].labels[b])) for k, b in items]
     answers, cost = BoxOracle(truth, class_names=names).answer(asked)
     grouped = answers_by_image(items, answers)
+    min_score = noisy_label_threshold(project, round_id, config)
     with project.transaction():
         for key, checked in grouped.items():
-            _store_box_answers(project, key, preds[key], checked, config, round_id)
+            _store_box_answers(project, key, preds[key], checked, config, round_id, min_score)
         assign_splits(project, [k for k in grouped if project.image(k).split is None], config, round_id)
         _finish_oracle(project, round_id, queries, cost, config)
     return cost
@@ -551,12 +556,46 @@ def replace_provenance(ann: Annotation, round_id: int) -> Annotation:
     return dataclasses.replace(ann, provenance=tuple(Provenance(source=Source.HUMAN, round=round_id) for _ in ann.labels))
 
 
+def noisy_label_threshold(project: Project, round_id: int, config: LoopConfig) -> float:
+    """The lowest score an unchecked predicted box needs to train as a noisy label (weight lambda_d).
+
+    seed 002 keeps every box of the box pool (score >= t_d, low for recall). Measured on BCCD (issue
+    13, 3 seeds): at t_d = 0.05 a partial image carried ~86 unchecked boxes against ~14 true objects,
+    28% of them on an object, and box-level rounds fell from 0.709 to 0.685 test mAP50 while image
+    rounds rose. So the threshold is the lowest at which the round's model's detections on the
+    validation images reach `noisy_precision` (pseudo.threshold_for_precision), never below t_d;
+    without a validation box it is display_threshold (what the annotator is shown). Computed once a
+    round and stored with its metrics (a human may answer a round in parts)."""
+    stored = project.metrics().get(round_id, {}).get("noisy_label_threshold")
+    if stored is not None:
+        return float(stored)
+    threshold, rule = config.t_d, "t_d (noisy_precision None: every box of the box pool)"
+    if config.noisy_precision is not None:
+        from boxloop.autolabel import validation_table
+        from boxloop.pseudo import precision_above, threshold_for_precision
+
+        table = validation_table(project, _load_round_detector(project, round_id, config),
+                                 {"image_size": config.image_size, "batch_size": config.predict_batch_size,
+                                  "device": config.device})
+        found = threshold_for_precision(table, config.noisy_precision) if table is not None and len(table) else None
+        if found is None:
+            threshold, rule = config.display_threshold, (f"display_threshold: no validation threshold reaches precision "
+                                                         f"{config.noisy_precision:g}")
+        else:
+            threshold = max(config.t_d, found)
+            rule = (f"the lowest with validation precision >= {config.noisy_precision:g} "
+                    f"({precision_above(table, found)[0]:.3f} over {precision_above(table, found)[1]} detections)")
+    project.set_metrics(round_id, {"noisy_label_threshold": float(threshold), "noisy_label_rule": rule})
+    return float(threshold)
+
+
 def _store_box_answers(project: Project, key: str, det: Detections, checked: Mapping, config: LoopConfig,
-                       round_id: int) -> None:
-    """A partially labelled image: all checked answers so far, plus this round's unchecked predictions."""
+                       round_id: int, min_score: float | None = None) -> None:
+    """A partially labelled image: all checked answers so far, plus this round's unchecked predictions
+    scoring at least `min_score` (default t_d)."""
     earlier = project.annotations("partial", sources=("human", "background")).get(key)
-    ann, weights = partial_labels(key, det, checked, project.classes, lambda_d=config.lambda_d, min_score=config.t_d,
-                                  round=round_id)
+    ann, weights = partial_labels(key, det, checked, project.classes, lambda_d=config.lambda_d,
+                                  min_score=config.t_d if min_score is None else min_score, round=round_id)
     # unchecked predictions overlapping an earlier checked box are already answered
     keep = np.ones(len(ann), bool)
     if earlier is not None and len(earlier):
