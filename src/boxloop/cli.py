@@ -1,30 +1,28 @@
 """The `boxloop` command line: one thin function per command over the modules that do the work.
 
-Typer parses the arguments and rich prints tables and messages; written by hand here are only the
-mapping from user errors (bad labels, broken images, a busy or missing project, invalid values) to
-one red line and exit code 1 (usage errors: 2, from click; BOXLOOP_DEBUG=1 shows the traceback),
-and the status table. Add a command as
-one more `@app.command()` function that calls a module and prints; keep the work in the module.
+Typer parses the arguments and rich prints tables and messages. The shared option types and their
+reading into configs are in boxloop.cli_options, the consoles and tables in boxloop.cli_output, and
+the mapping from user errors (bad labels, broken images, a busy or missing project, invalid values)
+to one red line and exit code 1 (usage errors: 2, from click; BOXLOOP_DEBUG=1 shows the traceback)
+in boxloop.cli_errors; the demo's story is boxloop.demo. Add a command as one more `@app.command()`
+function that calls a module and prints; keep the work in the module.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import logging
-import os
-import shutil
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
+from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-if TYPE_CHECKING:
-    from boxloop.store import Project
+from boxloop.cli_errors import user_errors
+from boxloop.cli_options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, EpochsOpt, ModelOpt, NoPretrainedOpt,
+                                 OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
+                                 check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
+                                 unit_float)
+from boxloop.cli_output import out, print_autolabel_rows, print_metrics, print_status, warn
 
 app = typer.Typer(
     name="boxloop",
@@ -33,154 +31,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions that mean 'your input is wrong', not 'boxloop is broken' (no traceback)."""
-    from boxloop.formats import FormatError
-    from boxloop.images import ImageError
-    from boxloop.store import ProjectBusy
-
-    return (FormatError, ImageError, ProjectBusy, ValueError, FileNotFoundError, NotADirectoryError, KeyError)
-
-
-class _EchoWarnings(logging.Handler):
-    """boxloop's logged warnings (an image left out, a strategy with nothing to rank) as warning lines."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        warn(record.getMessage())
-
-
-def user_errors(fn: F) -> F:
-    """Decorator: a user error becomes one red line on stderr and exit code 1; logged warnings and
-    Python warnings (a truncated image loaded) become yellow warning lines while the command runs."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        logger, echo = logging.getLogger("boxloop"), _EchoWarnings(logging.WARNING)
-        logger.addHandler(echo)
-        try:
-            with warnings.catch_warnings():
-                warnings.showwarning = lambda message, *_a, **_k: warn(str(message))
-                return fn(*args, **kwargs)
-        except _user_errors() as e:
-            if os.environ.get("BOXLOOP_DEBUG"):
-                raise  # the full traceback, for bug reports
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            err.print(f"[bold red]error:[/bold red] [red]{escape(str(msg))}[/red]")
-            raise typer.Exit(1) from None
-        except Exception as e:  # a full disk or a read-only folder is the machine's state, not a bug
-            msg = storage_problem(e, kwargs.get("project"))
-            if msg is None or os.environ.get("BOXLOOP_DEBUG"):
-                raise
-            err.print(f"[bold red]error:[/bold red] [red]{escape(msg)}[/red]")
-            raise typer.Exit(1) from None
-        finally:
-            logger.removeHandler(echo)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def storage_problem(e: BaseException, project: Path | None = None) -> str | None:
-    """What to tell the user when `e` (or an exception it was raised from: torch wraps a failed write
-    in a RuntimeError) is a full disk, a read-only file system or a denied write; None otherwise."""
-    import errno
-    import sqlite3
-
-    def readonly(folder: Path) -> bool:
-        try:
-            return bool(os.statvfs(folder).f_flag & os.ST_RDONLY) or not os.access(folder, os.W_OK)
-        except OSError:
-            return False
-
-    def full(folder: Path) -> bool:
-        try:
-            st = os.statvfs(folder)
-        except OSError:
-            return False
-        return st.f_bavail * st.f_frsize < 1 << 20
-
-    again = "run the same command again (the project keeps everything saved before this failure)"
-    seen: set[int] = set()
-    x: BaseException | None = e
-    while x is not None and id(x) not in seen:
-        seen.add(id(x))
-        # a failed copy names (source, destination): the destination is what could not be written
-        name = (getattr(x, "filename2", None) or getattr(x, "filename", None) or project or "a file")
-        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-            return f"cannot write {name}: no space left on the device; free some disk space and {again}"
-        if isinstance(x, OSError) and x.errno == errno.EROFS:
-            return (f"cannot write {name}: read-only file system; make it writable "
-                    f"(or copy the project to a writable folder) and {again}")
-        if isinstance(x, OSError) and x.errno in (errno.EACCES, errno.EPERM) and x.filename:
-            return f"permission denied: {name}; give this user access to it and {again}"
-        if isinstance(x, sqlite3.OperationalError) and project is not None:
-            text, where = str(x), Path(project)
-            db = where / "boxloop.db"
-            if "full" in text or ("disk I/O" in text and full(where)):
-                return f"cannot write {db}: no space left on the device ({text}); free some disk space and {again}"
-            if "readonly" in text or "read-only" in text or ("unable to open" in text and readonly(where)):
-                return (f"cannot write {db}: the project folder is read-only ({text}); make it writable "
-                        f"(or copy the project to a writable folder) and {again}")
-            if "disk I/O" in text or "unable to open" in text:
-                return f"cannot use {db}: {text}; check the disk and the folder's permissions, then {again}"
-        x = x.__cause__ or x.__context__
-    return None
-
-
-def warn(msg: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
-
-
-def print_status(status: dict[str, Any]) -> None:
-    """The human-readable form of `Project.status()`."""
-    t = Table(title=f"boxloop project {status['project']}", show_header=False, title_justify="left")
-    t.add_column("what")
-    t.add_column("count", justify="right")
-    rows = [
-        ("images", status["images"]),
-        ("  test (fixed)", status["test_images"]),
-        ("  train", status["train_images"]),
-        ("  val", status["val_images"]),
-        ("  pool (no split)", status["pool_images"]),
-        ("labelled images", status["labelled_images"]),
-        ("  of which negative", status["negative_images"]),
-        ("partially labelled images", status["partial_images"]),
-        ("unlabelled images", status["unlabelled_images"]),
-        ("auto-labelled images", status["pseudo_images"]),
-        ("human boxes", status["boxes"]),
-        ("rounds", status["rounds"]),
-    ]
-    for k, v in rows:
-        t.add_row(k, str(v))
-    out.print(t)
-    c = Table(title="boxes", title_justify="left")
-    c.add_column("class")
-    c.add_column("human", justify="right")
-    for name, n in status["boxes_per_class"].items():
-        c.add_row(escape(name), str(n))
-    out.print(c)
-    out.print("boxes by source: " + ", ".join(f"{k} {v}" for k, v in status["boxes_per_source"].items()))
-    if status.get("last_round"):
-        r = status["last_round"]
-        out.print(f"last round: {r['id']} ({r['status']}, step {r['step']})")
-    if status.get("warnings"):
-        out.print(f"[yellow]{status['warnings']} warning(s) at init[/yellow] (see `boxloop status --json`)")
-    if status.get("skipped_images"):
-        out.print(f"[yellow]{len(status['skipped_images'])} image(s) left out[/yellow] because they cannot be used "
-                  "(see `boxloop status --json`, skipped_images)")
 
 
 # -- commands -----------------------------------------------------------------------------------
-
-StrictOpt = Annotated[bool, typer.Option("--strict", help="An image that is truncated, cannot be decoded or changed under its labels is an error, not left out with a warning.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (otherwise a clash stops before anything is written).")]
-
-
 
 @app.command()
 @user_errors
@@ -257,98 +110,6 @@ def export(
 
 
 # -- the detector: train, evaluate, predict ------------------------------------------------------
-
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (default: the CPU-first one), fcos (with IoU branch), faster_rcnn or retinanet.")]
-BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
-StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
-SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
-NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
-DetectorOpt = Annotated[Optional[list[str]], typer.Option(
-    "--detector-option", help="A detector builder option KEY=VALUE (repeatable), e.g. trainable_layers=2.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
-RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (auto, or HEAD:6379; run on one of its nodes) instead of starting a local Ray.")]
-
-
-def check_detector_options(model: str, options: dict[str, Any]) -> None:
-    """Refuse an unknown model or option before any work (the error lists the valid ones)."""
-    from boxloop.detectors import check_options
-
-    check_options(model, options)
-
-
-def detector_options(pairs: list[str] | None) -> dict[str, Any]:
-    """--detector-option KEY=VALUE pairs -> builder keyword arguments (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--detector-option")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
-                steps: int | None = None, image_size: int | None = None, batch_size: int | None = None,
-                device: str = "auto", seed: int = 0, no_pretrained: bool = False, **kw: Any):  # -> loop.LoopConfig
-    """The loop's config from CLI options; what the user left unset comes from `run_defaults(device)`."""
-    from boxloop.defaults import run_defaults
-    from boxloop.loop import LoopConfig
-
-    d = run_defaults(device)
-    model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
-    check_detector_options(model, {"backbone": backbone, **kw.get("detector_options", {})})
-    if epochs is not None and steps is not None:
-        raise typer.BadParameter("pass --epochs or --steps, not both", param_hint="--epochs")
-    if epochs is None and steps is None:  # the default schedule: epochs, with a floor in steps
-        epochs = d.epochs
-        kw.setdefault("min_steps", d.min_steps)
-    return LoopConfig(model=model, backbone=backbone, pretrained_backbone=not no_pretrained, epochs=epochs,
-                      steps=steps, image_size=image_size, batch_size=batch_size, device=device, seed=seed, **kw)
-
-
-def _open_detector(project: Path | None, checkpoint: Path | None, device: str):
-    """(detector, class names, image size) from --checkpoint or the project's current model."""
-    from boxloop.train import load_detector
-
-    if checkpoint is None:
-        if project is None:
-            raise typer.BadParameter("give a PROJECT or --checkpoint PATH", param_hint="--checkpoint")
-        from boxloop.loop import current_checkpoint
-        from boxloop.store import Project
-
-        with Project.open(project) as proj:
-            checkpoint = current_checkpoint(proj)
-            classes = proj.classes
-    else:
-        classes = None
-        if project is not None:
-            from boxloop.store import Project
-
-            with Project.open(project) as proj:
-                classes = proj.classes
-    det, names, meta = load_detector(checkpoint, expect_classes=classes, device="cpu")
-    image_size = int((meta.get("train_config") or {}).get("image_size", 512))
-    return det, names, image_size, checkpoint
-
-
-def print_metrics(m: dict[str, Any], title: str) -> None:
-    t = Table(title=title, title_justify="left")
-    for c in ("class", "AP50 (VOC)", "COCO AP", "boxes"):
-        t.add_column(c, justify="left" if c == "class" else "right")
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    for name, v in m.get("per_class", {}).items():
-        t.add_row(escape(name), fmt(v.get("ap50")), fmt(v.get("coco_ap")), str(v.get("num_gt", "")))
-    t.add_row("[bold]mean[/bold]", fmt(m.get("map50")), fmt(m.get("coco_ap")), str(m.get("num_gt", "")))
-    out.print(t)
-    out.print(f"AP50 {fmt(m.get('ap50'))}  AP75 {fmt(m.get('ap75'))}  APs/m/l {fmt(m.get('ap_small'))}/"
-              f"{fmt(m.get('ap_medium'))}/{fmt(m.get('ap_large'))}")
-
 
 @app.command()
 @user_errors
@@ -449,7 +210,7 @@ def evaluate(
         from boxloop.loop import test_metrics
         from boxloop.store import Project
 
-        det, _, image_size, ckpt = _open_detector(project, checkpoint, device)
+        det, _, image_size, ckpt = open_detector(project, checkpoint, device)
         with Project.open(project) as proj:
             m = test_metrics(proj, det, image_size, device, progress=not as_json)
         if not m:
@@ -485,12 +246,8 @@ def predict(
         raise ValueError(f"--threshold must lie in [0, 1), got {threshold}")
     from boxloop.defaults import run_defaults
 
-    det, names, image_size, ckpt = _open_detector(project, checkpoint, device)
-    scoring = None
-    if workers is not None or ray_address is not None:
-        from boxloop.ray_scoring import RayScoring
-
-        scoring = RayScoring.from_cli(workers, ray_address, device)
+    det, names, image_size, ckpt = open_detector(project, checkpoint, device)
+    scoring = ray_scoring(workers, ray_address, device)
     path, n, boxes, skipped = write_predictions(det, names, images, out_dir, fmt, threshold, image_size,
                                                 batch_size or run_defaults(device).batch_size, device,
                                                 overwrite=overwrite, strict=strict, scoring=scoring, checkpoint=ckpt)
@@ -532,48 +289,16 @@ def query(
     """One round for a human annotator: train, predict the pool, pick the most informative images
     (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`.
     A project with no model and no label yet gets its first batch from `typical` (no training)."""
-    from boxloop.coldstart import needs_cold_start, open_select_round
-    from boxloop.human import check_batch_target, open_round, write_batch
-    from boxloop.loop import model_dir, run_round
+    from boxloop.human import check_batch_target, query_round, write_batch
     from boxloop.store import Project
 
     cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
                       detector_options=detector_options(detector_option),
                       strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
     check_batch_target(out_dir, fmt)  # before any work: a wrong --format or --out must change nothing
-    scoring = None
-    if workers is not None or ray_address is not None:  # the pool is scored on Ray actors
-        from boxloop.ray_scoring import RayScoring
-
-        scoring = RayScoring.from_cli(workers, ray_address, device)
+    scoring = ray_scoring(workers, ray_address, device)  # the pool is scored on Ray actors
     with Project.open(project) as proj, proj.writer_lock():
-        pending = open_round(proj)
-        if pending is not None and not force:
-            n = len(proj.queries(round=pending["id"], state="open"))
-            raise ValueError(f"round {pending['id']} still has {n} open queries: answer them with `boxloop import` "
-                             "or pass --force to replace the batch")
-        last = proj.last_round()
-        if last is not None and last["step"] == "semi":
-            run_round(proj, cfg, None, last["id"])
-        if pending is not None:
-            with proj.transaction():
-                proj.mark_stale()
-                proj.update_round(pending["id"], step="done", status="done")
-        last = proj.last_round()
-        round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)
-        if checkpoint is not None and round_id not in {r["id"] for r in proj.rounds()}:
-            # the round row decides, not the file: a copy killed before its round row is made again
-            from boxloop.train import load_detector
-
-            load_detector(checkpoint, expect_classes=proj.classes)  # refuses another class list
-            from boxloop.checkpoints import copy_checkpoint
-
-            copy_checkpoint(checkpoint, model_dir(proj, round_id) / "best.pt")
-            proj.start_round(cfg.to_dict(), step="evaluate", round_id=round_id)
-        cold = checkpoint is None and needs_cold_start(proj)
-        if cold:  # nothing to train on: the first batch by typicality in the pretrained embedding
-            cfg = open_select_round(proj, cfg, round_id)
-        m = run_round(proj, cfg, None, round_id, strict=strict, scoring=scoring)
+        round_id, m, cold = query_round(proj, cfg, checkpoint, force=force, strict=strict, scoring=scoring)
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
         from boxloop.forecast import forecast_line
@@ -668,15 +393,6 @@ def simulate(
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
 
 
-def _unit_float(text: str, name: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a number in (0, 1) or 'auto', got {text!r}") from None
-    if not 0 < v < 1:
-        raise ValueError(f"{name} must lie in (0, 1), got {text}")
-    return v
-
 
 @app.command()
 @user_errors
@@ -703,7 +419,7 @@ def autolabel(
     from boxloop.autolabel import autolabel as run_autolabel, autolabel_pool
     from boxloop.store import Project
 
-    thr: float | str = "auto" if threshold.strip().lower() == "auto" else _unit_float(threshold, "--threshold")
+    thr: float | str = "auto" if threshold.strip().lower() == "auto" else unit_float(threshold, "--threshold")
     from boxloop.defaults import run_defaults
 
     d = run_defaults(device)
@@ -718,15 +434,7 @@ def autolabel(
                              steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
                              pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
                              device=device, seed=seed, detector_options=options)
-    t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
-    for c in ("iteration", "steps", "threshold", "new images", "total", "boxes", "left", "test mAP50"):
-        t.add_column(c, justify="right")
-    for r in rows:
-        m, th = r.get("map50"), r.get("threshold")
-        t.add_row(str(r["iteration"]), str(r["steps"]), "-" if th is None else f"{th:.2f}", str(r["images_auto_labelled"]),
-                  str(r["total_auto_labelled"]), str(r["boxes"]), str(r["remaining_unlabelled"]),
-                  "-" if m is None else f"{m:.3f}")
-    out.print(t)
+    print_autolabel_rows(rows)
     if rows and rows[-1].get("guidance"):
         out.print(f"[yellow]nothing auto-labelled in iteration {rows[-1]['iteration']}:[/yellow] {escape(rows[-1]['guidance'])}")
     out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels with: boxloop export "
@@ -749,56 +457,6 @@ def report(
     out.print(f"[green]report[/green] {escape(str(path))}")
 
 
-# -- demo: each step a small function, so later issues add theirs -------------------------------
-
-DEMO_MARKER = ".boxloop-demo"
-
-
-def demo_dataset(root: Path, n_images: int, image_size: int, seed: int) -> Path:
-    """Generate the synthetic dataset under root/data (replacing an earlier demo's)."""
-    from boxloop.synthetic import make_dataset
-
-    root.mkdir(parents=True, exist_ok=True)
-    if any(root.iterdir()) and not (root / DEMO_MARKER).exists():
-        raise ValueError(f"{root} is not empty and was not made by `boxloop demo`; choose another --out")
-    (root / DEMO_MARKER).write_text("made by boxloop demo; safe to delete\n")
-    data = root / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    make_dataset(data, n_images=n_images, image_size=image_size, seed=seed)
-    return data
-
-
-DEMO_TEST_FRACTION = 0.25  # 50 of the default 200 images: one test image moves mAP50 by ~1 point, not 5
-
-
-def demo_project(root: Path, data: Path, seed: int) -> Project:
-    """Init the demo project (replacing an earlier demo's) with the demo's fixed test set."""
-    from boxloop.project import init_project
-
-    return init_project(root / "project", data / "images", data / "annotations", test_fraction=DEMO_TEST_FRACTION,
-                        seed=seed, force=True, progress=False, log=warn)
-
-
-def demo_test_sensitivity(run_dir: Path, image_size: int, device: str) -> dict[str, Any]:
-    """How far one test image moves the final model's mAP50 (compare.leave_one_out_map50): the
-    test set is big enough for the demo's differences when that is small."""
-    from boxloop.compare import leave_one_out_map50
-    from boxloop.inference import predict_paths
-    from boxloop.loop import current_checkpoint
-    from boxloop.store import Project
-    from boxloop.train import load_detector
-
-    with Project.open(run_dir) as proj:
-        truth = proj.annotations("test")
-        det, classes, _ = load_detector(current_checkpoint(proj), expect_classes=proj.classes, device=device)
-        keys = list(truth)
-        preds = {k: d.to_annotation(k, classes) for k, (_, d) in
-                 zip(keys, predict_paths(det, [proj.image_root / k for k in keys], image_size, device=device,
-                                         progress=False))}
-    return leave_one_out_map50(truth, preds, classes)
-
-
 @app.command()
 @user_errors
 def demo(
@@ -817,50 +475,12 @@ def demo(
     (localization-aware against random) plus auto-labelling with a simulated annotator, mAP on the fixed
     test set every round for two seeds, and report.html. Auto-labels train a round's model only when
     validation shows they help (the never-worse rule: the round also trains without them)."""
-    from boxloop.report import format_table, learning_curve_table, write_report
-    from boxloop.simulate import simulate as run_sim
+    from boxloop.demo import run_demo
 
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     if not seed_list:
         raise typer.BadParameter("give at least one seed, e.g. 0,1", param_hint="--seeds")
-    out.print(f"[bold]1.[/bold] generating {n_images} synthetic images ({image_size} px: circles, squares and a rare "
-              f"triangle) in {escape(str(out_dir))}/data")
-    data = demo_dataset(out_dir, n_images, image_size, seed_list[0])
-    out.print(f"[bold]2.[/bold] a project over all of it (every label kept; {DEMO_TEST_FRACTION:.0%} fixed test set): "
-              f"{escape(str(out_dir))}/project")
-    with demo_project(out_dir, data, seed_list[0]) as proj:
-        print_status(proj.status())
-    out.print(f"[bold]3.[/bold] active learning with a simulated annotator, seeds {', '.join(map(str, seed_list))}: "
-              f"{initial} labelled images to start, {budget} more per round, {rounds} rounds. The first model trains "
-              f"{steps} steps (fcos_lite, offline EfficientNet-Lite0), each later round {warm_steps} more from the one "
-              "before; every round measures mAP50 on the fixed test set, asks about the most informative images and "
-              "auto-labels the confident rest, which the next round keeps only if validation says they help")
-    cfg = loop_config(None, "efficientnet_lite0", None, steps, image_size, 8, device, seed_list[0], False,
-                      strategy="localization_aware", budget=budget, semi="autolabel", pseudo_threshold=0.7,
-                      val_every=10 ** 6, warm_start=True, warm_steps=warm_steps)
-    sim = out_dir / "simulate"
-    if sim.exists():  # an earlier demo's runs (demo_dataset checked that the folder is the demo's own)
-        shutil.rmtree(sim)
-    strategies = ["random", "localization_aware"]
-    res = run_sim(data / "images", sim, strategies, initial=initial, budget=budget, rounds=rounds,
-                  seeds=seed_list, config=cfg, annotations=data / "annotations", progress=False,
-                  test_fraction=DEMO_TEST_FRACTION, echo=lambda m: out.print("   " + escape(m)))
-    typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
-    guarded = [r for run in res["runs"] for r in run["rounds"] if "pseudo_kept" in r]
-    if guarded:
-        kept = sum(bool(r["pseudo_kept"]) for r in guarded)
-        out.print(f"   never-worse rule: auto-labels kept in {kept} of {len(guarded)} rounds that had them "
-                  "(each such round trained with and without them; results.json says why)")
-    from boxloop.simulate import run_name
-
-    last = sim / f"seed{seed_list[-1]}" / run_name(strategies[-1], cfg.semi).replace("+", "_")
-    loo = demo_test_sensitivity(last, image_size, device)
-    if loo["max_change"] is not None:
-        out.print(f"   test set: {loo['images']} images; leaving any one out moves the last model's mAP50 by at most "
-                  f"{100 * loo['max_change']:.1f} points (mean {100 * loo['mean_change']:.1f})")
-    (sim / "test_sensitivity.json").write_text(json.dumps(loo, indent=1))
-    report_path = write_report(sim, out_dir / "report.html", title="boxloop demo")
-    out.print(f"[bold]4.[/bold] [green]report:[/green] {escape(str(report_path.resolve()))}")
+    run_demo(out_dir, n_images, image_size, rounds, steps, warm_steps, initial, budget, seed_list, device)
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

@@ -4,6 +4,8 @@ A batch folder holds the queried images with the model's boxes as pre-annotation
 checking a box costs 21.9 s, drawing one 50.8 s), in the format the annotator's tool opens
 (VOC XML beside each image for LabelImg/CVAT, a COCO file, YOLO txt, Label Studio tasks, CVAT XML),
 plus `batch.json`, which names the project, round and queried images so that answers map back.
+`query_round` is `boxloop query`'s round up to that batch: which round it is, an unanswered batch
+replaced only when asked, a given checkpoint as the round's model, the cold start.
 
 Batch file names flatten subfolders ('a/b.jpg' -> 'a__b.jpg') and are made unique within the batch,
 case-insensitively and by stem (a real 'a__b.jpg' keeps its name, the flattened one becomes
@@ -25,13 +27,17 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from boxloop.formats import FormatError
 from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
+
+if TYPE_CHECKING:
+    from boxloop.loop import LoopConfig
+    from boxloop.ray_scoring import RayScoring
 
 BATCH_FILE = "batch.json"
 QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
@@ -75,6 +81,45 @@ def check_batch_target(out: Path, fmt: str) -> None:
         raise ValueError(f"{out} is a file; pass a folder for the batch")
     if out.exists() and any(out.iterdir()) and not (out / BATCH_FILE).exists():
         raise ValueError(f"{out} is not empty and holds no earlier batch; choose an empty folder for the batch")
+
+
+def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = None, force: bool = False,
+                strict: bool = False, scoring: RayScoring | None = None) -> tuple[int, dict[str, Any], bool]:
+    """Run `boxloop query`'s round up to its open batch; (round id, its metrics, whether it was a cold start).
+
+    An unanswered batch is replaced only with `force` (its queries go stale); a round waiting in its
+    semi step finishes first. `checkpoint`: the round's model, instead of training one. A project
+    with no model and no label gets its first batch by typicality (coldstart). Hold the writer lock."""
+    from boxloop.coldstart import needs_cold_start, open_select_round
+    from boxloop.loop import model_dir, run_round
+
+    pending = open_round(project)
+    if pending is not None and not force:
+        n = len(project.queries(round=pending["id"], state="open"))
+        raise ValueError(f"round {pending['id']} still has {n} open queries: answer them with `boxloop import` "
+                         "or pass --force to replace the batch")
+    last = project.last_round()
+    if last is not None and last["step"] == "semi":
+        run_round(project, config, None, last["id"])
+    if pending is not None:
+        with project.transaction():
+            project.mark_stale()
+            project.update_round(pending["id"], step="done", status="done")
+    last = project.last_round()
+    round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)
+    if checkpoint is not None and round_id not in {r["id"] for r in project.rounds()}:
+        # the round row decides, not the file: a copy killed before its round row is made again
+        from boxloop.train import load_detector
+
+        load_detector(checkpoint, expect_classes=project.classes)  # refuses another class list
+        from boxloop.checkpoints import copy_checkpoint
+
+        copy_checkpoint(checkpoint, model_dir(project, round_id) / "best.pt")
+        project.start_round(config.to_dict(), step="evaluate", round_id=round_id)
+    cold = checkpoint is None and needs_cold_start(project)
+    if cold:  # nothing to train on: the first batch by typicality in the pretrained embedding
+        config = open_select_round(project, config, round_id)
+    return round_id, run_round(project, config, None, round_id, strict=strict, scoring=scoring), cold
 
 
 def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", display_threshold: float | None = None,
