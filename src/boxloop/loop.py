@@ -8,12 +8,15 @@ the result is a label change. A killed process therefore resumes at the step it 
 resumes from its last checkpoint, prediction skips images already stored, and an oracle answer is
 either wholly in the store or not at all.
 
-Written by hand here: the step order, which boxes train with which weight (human 1, unchecked
-predicted lambda_d, pseudo alpha_m), the stopping rules. Images whose file went missing or bad, or
-changed under their labels, since init are left out of training and prediction and recorded
-(`boxloop.integrity`; `strict` makes them errors); the fixed test set refuses to shrink. Everything else is delegated: training to
-`train.fit`, prediction to `inference.predict_paths`, selection to `strategies.select`, answers to
-`oracle`, pseudo-labels to `pseudo`, metrics to `evaluate`.
+Written by hand here: the step order and the predict, select, oracle and semi steps. The train and
+evaluate steps (which boxes train with which weight: human 1, unchecked predicted lambda_d, pseudo
+alpha_m; the never-worse rule for pseudo-labels; the model folders) are boxloop.round_model, the
+round history and the stopping rules boxloop.history; this module re-exports their names. Images
+whose file went missing or bad, or changed under their labels, since init are left out of training
+and prediction and recorded (`boxloop.integrity`; `strict` makes them errors); the fixed test set
+refuses to shrink. Everything else is delegated: training to `train.fit`, prediction to
+`inference.predict_paths`, selection to `strategies.select`, answers to `oracle`, pseudo-labels to
+`pseudo`, metrics to `evaluate`.
 """
 
 from __future__ import annotations
@@ -25,12 +28,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from boxloop.defaults import DETECTOR
-from boxloop.oracle import DRAW_SECONDS, BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
+from boxloop.history import StopRule, round_history  # noqa: F401 (re-exported)
+from boxloop.oracle import BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
+# re-exported, so `from boxloop.loop import step_train` keeps working; run_round calls the steps by
+# their names in this module (a test may replace loop.step_train)
+from boxloop.round_model import (_load_round_detector, current_checkpoint, guard_verdict,  # noqa: F401
+                                 labelled_counts, model_dir, pseudo_guard, set_current_checkpoint,
+                                 step_evaluate, step_train, test_metrics, train_project, training_samples)
 from boxloop.store import Project
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
@@ -163,207 +172,12 @@ class LoopConfig:
                                   self.detector_options, loc_quality=self.semi == "certainty")
 
 
-# -- what trains with which weight ---------------------------------------------------------------
-
-
-def _weights_by_path(project: Project, subset: str, split: Any = ...) -> dict[str, np.ndarray]:
-    """Per-box loss weights of a subset, in the order `annotations(subset)` lists the boxes."""
-    table = project.box_table(subset, split=split)
-    out: dict[str, list[float]] = {}
-    for path, w in zip(table["path"], table["weight"]):
-        out.setdefault(str(path), []).append(float(w))
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}
-
-
-def training_samples(project: Project, strict: bool = False) -> tuple[list, list]:
-    """(train, val) Samples: human labels weight 1, partial images with their stored weights
-    (unchecked predicted boxes lambda_d), pseudo-labelled pool images with their stored weights.
-    Images whose file is missing or changed since it was labelled are left out and recorded
-    (`strict`: an error)."""
-    from boxloop.data import Sample
-    from boxloop.integrity import usable_images
-
-    root = project.image_root
-    train: list[Sample] = []
-    for path, ann in project.annotations("train").items():
-        train.append(Sample(root / path, ann, key=path))
-    for subset in ("partial", "pseudo"):
-        anns = project.annotations(subset)
-        weights = _weights_by_path(project, subset)
-        for path, ann in anns.items():
-            if subset == "pseudo" and project.image(path).split in ("test", "val"):
-                continue
-            train.append(Sample(root / path, ann, weights=weights.get(path, np.ones(len(ann), np.float32)), key=path))
-    val = [Sample(root / p, a, key=p) for p, a in project.annotations("val").items()]
-    usable = set(usable_images(project, [s.name for s in train + val], "train", strict))
-    return [s for s in train if s.name in usable], [s for s in val if s.name in usable]
-
-
 def pool_paths(project: Project) -> list[str]:
     """Images a person may still be asked about: not fully labelled, not test, not val."""
     return project.image_set("pool")
 
 
-def model_dir(project: Project, round_id: int) -> Path:
-    return project.dir / "models" / f"round_{round_id:03d}"
-
-
 # -- steps -----------------------------------------------------------------------------------------
-
-
-def _load_round_detector(project: Project, round_id: int, config: LoopConfig):
-    from boxloop.train import load_detector
-
-    det, _, _ = load_detector(model_dir(project, round_id) / "best.pt", expect_classes=project.classes,
-                              device="cpu")
-    return det
-
-
-def current_checkpoint(project: Project) -> Path:
-    """The model `query`, `evaluate` and `predict` use: the last one trained on this project."""
-    path = project.get_meta("current_checkpoint")
-    if path and Path(path).exists():
-        return Path(path)
-    raise ValueError(f"{project.dir}: no trained model yet; run `boxloop train {project.dir}` first "
-                     "(or pass --checkpoint PATH)")
-
-
-def set_current_checkpoint(project: Project, path: str | Path) -> None:
-    """Make `path` the project's current model; stored absolute so that any working directory finds it."""
-    project.set_meta("current_checkpoint", str(Path(path).resolve()))
-
-
-def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True,
-                  strict: bool = False, nproc: int | None = None, torchrun_args: Sequence[str] = ()):
-    """Train on the project's current labels; the checkpoint becomes the project's current model.
-
-    The model folder is named after the settings and the labels trained on, so re-running the same
-    command resumes (or returns at once) and any change of labels or settings trains anew. `nproc`:
-    train on that many processes through torchrun (boxloop.ddp); the folder is the same, so a run
-    may resume with another process count."""
-    import hashlib
-    import json as _json
-
-    from boxloop.train import train_detector
-
-    train, val = training_samples(project, strict)
-    if out_dir is None:
-        fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
-                                   else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
-        out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
-    _, result = train_detector(config.detector_spec(), project.classes, train, val, config.train_config(0), out_dir,
-                               progress=progress, nproc=nproc, torchrun_args=torchrun_args)
-    set_current_checkpoint(project, result.best_checkpoint)
-    return result, len(train), len(val)
-
-
-def step_train(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
-               strict: bool = False) -> None:
-    """Train the round's model into model_dir(round)/best.pt. With pseudo-labels in the training set
-    and `pseudo_guard`, train with and without them and keep the one the guard picks (never worse)."""
-    from boxloop.train import train_detector
-
-    train, val = training_samples(project, strict)
-    previous = model_dir(project, round_id - 1) / "best.pt"
-    warm = config.warm_start and round_id > 0 and previous.exists()
-    out = model_dir(project, round_id)
-    pseudo_keys = set(project.annotations("pseudo")) if config.semi and config.pseudo_guard else set()
-    human = [s for s in train if s.name not in pseudo_keys]
-    fits = {"with_pseudo": train, "without_pseudo": human} if len(human) < len(train) else {"": train}
-    trained = {name: train_detector(config.detector_spec(), project.classes, samples, val,
-                                    config.train_config(round_id, warm), out / name if name else out,
-                                    init=previous if warm else None, progress=progress)
-               for name, samples in fits.items()}
-    metrics: dict[str, Any] = {}
-    chosen = ""
-    if "" not in trained:
-        from boxloop.checkpoints import copy_checkpoint
-
-        metrics["pseudo_guard"] = guard = pseudo_guard(project, config, val, trained, len(train) - len(human))
-        chosen = "with_pseudo" if guard["kept"] else "without_pseudo"
-        copy_checkpoint(trained[chosen][1].best_checkpoint, out / "best.pt")
-    result = trained[chosen][1]
-    metrics.update({"best_val_map50": result.best_map50, "train_images": len(fits[chosen]),
-                    "val_images": len(val), "train_steps": result.total_steps,
-                    "warm_start_from": round_id - 1 if warm else None})
-    with project.transaction():
-        project.set_metrics(round_id, metrics)
-        set_current_checkpoint(project, out / "best.pt")
-
-
-def pseudo_guard(project: Project, config: LoopConfig, val: Sequence[Any],
-                 trained: Mapping[str, tuple[Any, Any]], pseudo_images: int) -> dict[str, Any]:
-    """The never-worse verdict on the models trained with and without the pseudo-labels (guard_verdict)."""
-    from boxloop.train import validation_predictions
-
-    tc = config.train_config(0)
-    truth = {s.name: s.annotation for s in val}
-    return guard_verdict(truth, validation_predictions(trained["with_pseudo"][0], val, project.classes, tc),
-                         validation_predictions(trained["without_pseudo"][0], val, project.classes, tc),
-                         project.classes, config.guard_level, config.seed, pseudo_images)
-
-
-def guard_verdict(truth: Mapping[str, Annotation], with_pseudo: Mapping[str, Annotation],
-                  without_pseudo: Mapping[str, Annotation], classes: Sequence[str], level: float, seed: int,
-                  pseudo_images: int) -> dict[str, Any]:
-    """Keep the pseudo-labels only when the model trained with them is better on the validation
-    images than the one trained without, beyond the noise of a few images: the lower end of the
-    paired bootstrap interval of the mAP50 difference above 0 (compare.py, the rule of semi's guard;
-    AL_NOTES: a +0.02 point estimate on a handful of images was noise). No validation box: not kept."""
-    from boxloop.compare import paired_bootstrap
-
-    cmp = paired_bootstrap(truth, with_pseudo, without_pseudo, classes, level=level, seed=seed)
-    if cmp.delta is None:
-        reason = "no validation box: cannot show that the pseudo-labels help; trained without them"
-    else:
-        reason = (f"val mAP50 with pseudo-labels {cmp.a:.4f}, without {cmp.b:.4f} ({cmp.delta:+.4f}; "
-                  f"{100 * cmp.level:g}% paired bootstrap interval over {cmp.images} images "
-                  f"[{cmp.low:+.4f}, {cmp.high:+.4f}]): "
-                  + ("kept" if cmp.a_better else "dropped (the interval does not lie above 0)"))
-    return {"kept": cmp.a_better, "pseudo_images": pseudo_images, "with": cmp.a, "without": cmp.b,
-            "low": cmp.low, "high": cmp.high, "images": cmp.images, "reason": reason}
-
-
-def test_metrics(project: Project, detector, image_size: int, device: str = "auto", batch_size: int = 8,
-                 score_threshold: float = 0.05, progress: bool = True) -> dict[str, Any]:
-    """evaluate() of a detector on the project's fixed test set ({} when the project has none). A test
-    image that is missing or changed since it was labelled is an error: the test set stays fixed."""
-    from boxloop.evaluate import evaluate
-    from boxloop.inference import predict_paths
-    from boxloop.integrity import check_images, refuse_problems
-
-    truth = project.annotations("test")
-    if not truth:
-        return {}
-    refuse_problems(check_images(project, list(truth), "evaluate").problems, "of the fixed test set",
-                    "check the image folder and put the original files back; the test set must stay the same "
-                    "for results to compare", project.image_root)
-    root = project.image_root
-    keys = list(truth)
-    preds = {key: d.to_annotation(key, project.classes)
-             for key, (_, d) in zip(keys, predict_paths(detector, [root / k for k in keys], image_size,
-                                                          batch_size=batch_size, device=device,
-                                                          score_threshold=score_threshold, progress=progress))}
-    return evaluate(truth, preds, project.classes)
-
-
-def step_evaluate(project: Project, round_id: int, config: LoopConfig, progress: bool = True) -> dict[str, Any]:
-    """mAP of this round's model on the fixed test set, plus what had been labelled to get it."""
-    metrics: dict[str, Any] = {}
-    ev = test_metrics(project, _load_round_detector(project, round_id, config), config.image_size, config.device,
-                      config.predict_batch_size, config.score_threshold, progress)
-    if ev:
-        metrics.update({k: ev[k] for k in ("map50", "coco_ap", "ap50", "ap75") if k in ev})
-        metrics["per_class"] = {n: {"ap50": v.get("ap50"), "coco_ap": v.get("coco_ap"), "num_gt": v.get("num_gt")}
-                                for n, v in ev["per_class"].items()}
-    metrics.update(labelled_counts(project))
-    project.set_metrics(round_id, metrics)
-    return metrics
-
-
-def labelled_counts(project: Project) -> dict[str, Any]:
-    """Images and boxes a person has labelled outside the test set, and per class."""
-    return project.labelled_counts()
 
 
 def step_predict(project: Project, round_id: int, config: LoopConfig, progress: bool = True,
@@ -712,65 +526,3 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
         if step == "done":
             project.update_round(round_id, status="done")
     return project.metrics(round_id).get(round_id, {})
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """When more labels stop paying off: a label budget, a target mAP50, or a plateau."""
-
-    max_images: int | None = None
-    max_boxes: int | None = None
-    target_map50: float | None = None
-    plateau_delta: float | None = None  # gain in mAP50 below this ...
-    plateau_rounds: int = 2  # ... for this many rounds in a row
-
-    def reason(self, history: Sequence[Mapping[str, Any]]) -> str | None:
-        if not history:
-            return None
-        last = history[-1]
-        if self.target_map50 is not None and (last.get("map50") or 0) >= self.target_map50:
-            return f"target mAP50 {self.target_map50} reached ({last.get('map50'):.3f})"
-        if self.max_images is not None and last.get("images_labelled", 0) >= self.max_images:
-            return f"image budget {self.max_images} spent"
-        if self.max_boxes is not None and last.get("boxes_labelled", 0) >= self.max_boxes:
-            return f"box budget {self.max_boxes} spent"
-        if self.plateau_delta is not None and len(history) > self.plateau_rounds:
-            maps = [h.get("map50") or 0.0 for h in history]
-            gains = np.diff(maps[-(self.plateau_rounds + 1):])
-            if np.all(gains < self.plateau_delta):
-                return (f"learning curve flat: mAP50 gained less than {self.plateau_delta} in each of the last "
-                        f"{self.plateau_rounds} rounds")
-        return None
-
-
-def round_history(project: Project) -> list[dict[str, Any]]:
-    """One row per evaluated round, with cumulative annotation cost (the seed set counted as drawn)."""
-    metrics = project.metrics()
-    rows = []
-    cum = Cost()
-    evaluated = [r for r in sorted(metrics) if "images_labelled" in metrics[r]]
-    for r in evaluated:
-        m = metrics[r]
-        if r == evaluated[0]:
-            initial = m.get("human_boxes", 0)
-            cum = Cost(images=m["images_labelled"], boxes_drawn=initial, seconds=initial * DRAW_SECONDS)
-        row = {"round": r, "images_labelled": m["images_labelled"], "boxes_labelled": cum.boxes_labelled,
-               "cost_seconds": round(cum.seconds, 1), "map50": m.get("map50"), "coco_ap": m.get("coco_ap"),
-               "ap50": m.get("ap50"), "ap75": m.get("ap75"), "per_class": m.get("per_class", {}),
-               "labelled_per_class": m.get("labelled_per_class", {})}
-        sel = m.get("selection") or {}
-        if sel.get("thresholds"):
-            row["thresholds"] = sel["thresholds"]
-        if "phase" in sel:  # budget_aware: which strategy chose this round's query, and why
-            row["phase"], row["coverage"] = sel["phase"], sel.get("coverage")
-        for k in ("pseudo_images", "pseudo_boxes", "train_steps", "warm_start_from"):
-            if k in m:
-                row[k] = m[k]
-        if "pseudo_guard" in m:  # never worse: were the pseudo-labels this round trained on kept, and why
-            row["pseudo_kept"], row["pseudo_guard"] = m["pseudo_guard"]["kept"], m["pseudo_guard"]["reason"]
-        if sel.get("fallback"):  # how this round's query was chosen when its model kept no box (fallback.py)
-            row["fallback"] = sel["fallback"]
-        rows.append(row)
-        if "cost" in m:
-            cum = cum + Cost(**m["cost"])
-    return rows
