@@ -4,9 +4,10 @@ Written by hand: the step loop (one global step counter; epoch and position in t
 from it, so resuming at any step is exact), the seeded per-epoch order and per-item augmentation
 (see data.py), the warm-up + cosine/step learning-rate factor, validation mAP every `val_every`
 with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
-checks, and halving the batch (as gradient accumulation over halves) on CUDA out-of-memory.
-torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler, clip_grad_norm_), tqdm the
-progress bar, boxloop.evaluate the mAP, boxloop.inference the validation predictions. With `dist`
+checks. One optimiser step (micro-batches, the batch halved on CUDA out-of-memory) is
+boxloop.train_step; torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler,
+clip_grad_norm_), tqdm the progress bar, boxloop.evaluate the mAP, boxloop.inference the
+validation predictions. With `dist`
 (boxloop.ddp, under torchrun) the same loop runs on every rank: each takes its share of every batch
 (DistributedSampler over the same seeded order), DDP averages the gradients, rank 0 validates and
 writes the checkpoints.
@@ -35,6 +36,8 @@ from boxloop.detectors import DetectorSpec
 from boxloop.detectors.base import Detector
 from boxloop.inference import predict_paths, resolve_device
 from boxloop.structures import Annotation
+# fit() calls the step by this module's name for it, so a test can wrap train._train_step
+from boxloop.train_step import Images, Optimisation, Targets, build_optimisation, train_step as _train_step
 
 if TYPE_CHECKING:
     from boxloop.ddp import DistContext
@@ -214,8 +217,6 @@ def validation_map50(detector: Detector, samples: Sequence[Sample], class_names:
     return 0.0 if map50 is None else float(map50)  # None: no ground-truth box in the validation images
 
 
-Images = list[torch.Tensor]
-Targets = list[dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -233,35 +234,6 @@ class FitHooks:
     after_step: Callable[[int, dict[str, Any]], None] | None = None
 
 
-@dataclass
-class _Optimisation:
-    """What an optimiser step needs besides the batch, built once per fit(). `micro`: the micro-batch
-    size, halved on CUDA out-of-memory; `loss_fn`: detector.loss, or its DDP-wrapped form."""
-
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    use_amp: bool
-    amp_dtype: torch.dtype
-    grad_clip: float | None
-    micro: int
-    loss_fn: Any = None
-
-
-def _optimisation(detector: Detector, config: TrainConfig, device: torch.device, total_steps: int) -> _Optimisation:
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    params = [p for p in detector.parameters() if p.requires_grad]  # type: ignore[attr-defined]
-    if config.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                                                           weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s, total_steps))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    return _Optimisation(optimizer, scheduler, scaler, device, use_amp, amp_dtype, config.grad_clip, config.batch_size)
-
 
 @dataclass
 class _Progress:
@@ -275,7 +247,7 @@ class _Progress:
     stopped_early: bool = False
 
 
-def _restore(detector: Detector, opt: _Optimisation, config: TrainConfig, class_names: list[str],
+def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_names: list[str],
              last_path: Path) -> tuple[_Progress, bool]:
     """Load last.pt after checking it comes from the same setup; (progress, whether it was complete)."""
     try:
@@ -341,7 +313,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     detector.to(device)  # type: ignore[attr-defined]
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.total_steps(len(train))
-    opt = _optimisation(detector, config, device, total_steps)
+    opt = build_optimisation(detector, config, device, total_steps)
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.exists():
@@ -484,42 +456,3 @@ def _finish(detector: Detector, device: torch.device, result: FitResult) -> FitR
         detector.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])  # type: ignore[attr-defined]
     detector.eval()  # type: ignore[attr-defined]
     return result
-
-
-def _train_step(detector: Detector, opt: _Optimisation, images: Images, targets: Targets) -> dict[str, float]:
-    """One optimiser step over the batch, in micro-batches of opt.micro (halved on CUDA OOM)."""
-    device = opt.device
-    images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: t[k].to(device, non_blocking=True) for k in ("boxes", "labels", "weights")} for t in targets]
-    n = len(images)
-    while True:
-        opt.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        try:
-            for i in range(0, n, opt.micro):
-                ims, tgs = images[i:i + opt.micro], targets[i:i + opt.micro]
-                with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
-                    losses = opt.loss_fn(ims, tgs)
-                total = sum(losses.values())
-                if not torch.isfinite(total):
-                    raise TrainingDiverged(f"training loss is {float(total)}; lower the learning rate or check the boxes")
-                frac = len(ims) / n
-                opt.scaler.scale(total * frac).backward()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) * frac
-                sums["loss"] = sums.get("loss", 0.0) + float(total.detach()) * frac
-            break
-        except torch.OutOfMemoryError:
-            if opt.micro == 1:
-                raise RuntimeError("out of GPU memory on a single image; lower image_size or train on the cpu")
-            opt.micro = max(1, opt.micro // 2)
-            opt.optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            log.warning("out of GPU memory: batch halved to %d (gradients accumulated over the batch), retrying",
-                        opt.micro)
-    if opt.grad_clip is not None:
-        opt.scaler.unscale_(opt.optimizer)
-        torch.nn.utils.clip_grad_norm_(detector.parameters(), opt.grad_clip)  # type: ignore[attr-defined]
-    opt.scaler.step(opt.optimizer)
-    opt.scaler.update()
-    return sums
