@@ -4,15 +4,17 @@ torchvision builds the network and does the heavy lifting: `FasterRCNN` (transfo
 anchor generator, proposal filtering, `MultiScaleRoIAlign`, `TwoMLPHead`, `FastRCNNPredictor`),
 `BoxCoder`, `Matcher`, `BalancedPositiveNegativeSampler`, `batched_nms`; the FPN backbone comes
 from boxloop.detectors.backbones, input checks and the Detections conversion from
-boxloop.detectors.common. Written by hand here:
+boxloop.detectors.common, the helpers it shares with retinanet (backbone option defaults, feature
+map names, bounded negatives) from boxloop.detectors.torchvision_parts. Written by hand here:
 
 - `loss()`: the training forward pass, re-assembled from torchvision's parts so that per-box
   `weights` reach every anchor and RoI matched to a box (torchvision's losses take no weights), and
   so that negatives can be bounded (max negatives per positive, min negatives per image, hard
   negatives by loss; seed 004). With every weight 1 and the options off it computes exactly
   torchvision's losses (checked in tests/test_faster_rcnn.py).
-- `predict()`: our own post-processing, because `RoIHeads.postprocess_detections` throws away the
-  class-probability vector and the RoI features; we keep the index of the RoI each box came from.
+- `predict()`: our own post-processing (boxloop.detectors.roi_postprocess), because
+  `RoIHeads.postprocess_detections` throws away the class-probability vector and the RoI features;
+  we keep the index of the RoI each box came from.
 - `box_head="interval"` (seed 001): the RoI box predictor is `interval.IntervalBoxHead` (class
   logits + per-side classification over K intervals + fine offsets, eqs. 3-5) instead of
   torchvision's per-class delta regression. Training encodes each sampled RoI's matched gt box with
@@ -34,7 +36,6 @@ plain multipliers.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -50,86 +51,16 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
 
 from boxloop.detectors.backbones import build_backbone
-from boxloop.detectors.common import (
-    check_targets,
-    predict_context,
-    prepare_images,
-    scale_boxes,
-    to_detections,
-    to_torchvision_targets,
-)
-from boxloop.detectors.interval import IntervalBoxHead, localization_quality
+from boxloop.detectors.common import predict_context, prepare_images, to_torchvision_targets
+from boxloop.detectors.interval import IntervalBoxHead
+from boxloop.detectors.roi_postprocess import postprocess_interval, postprocess_standard
+from boxloop.detectors.torchvision_parts import (bounded_num_negatives, feature_names, prepare_inputs,
+                                                 resolve_backbone_options, select_negatives)
 from boxloop.structures import Detections
 
 __all__ = ["FasterRCNNDetector", "build_faster_rcnn", "BOX_HEADS"]
 
 BOX_HEADS = ("standard", "interval")
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers shared with retinanet.py
-# ---------------------------------------------------------------------------------------------
-
-
-def resolve_backbone_options(
-    pretrained: bool | str | Path, trainable_layers: int | None, freeze_bn: bool | None
-) -> tuple[bool | str, int, bool]:
-    """The defaults build_backbone would pick, made explicit so that `config` records them."""
-    has_weights = bool(pretrained) and str(pretrained).lower() != "false"
-    if trainable_layers is None:
-        trainable_layers = 3 if has_weights else 5
-    if freeze_bn is None:
-        freeze_bn = has_weights
-    return (str(pretrained) if isinstance(pretrained, Path) else pretrained), trainable_layers, freeze_bn
-
-
-@torch.no_grad()
-def feature_names(backbone: nn.Module, probe_size: int = 128) -> list[str]:
-    """Names of the feature maps the backbone returns, found by one tiny forward pass (the
-    anchor generator needs one size tuple per level, the RoI pooler the level names)."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        device = next(backbone.parameters()).device
-        out = backbone(torch.zeros(1, 3, probe_size, probe_size, device=device))
-    finally:
-        backbone.train(was_training)
-    if isinstance(out, Tensor):
-        return ["0"]
-    return list(out.keys())
-
-
-def prepare_inputs(
-    images: list[Tensor], targets: list[dict[str, Tensor]], num_classes: int, device: torch.device
-) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
-    """common.prepare_images + check_targets, moved to `device`."""
-    images = [im.to(device) for im in prepare_images(images)]
-    targets = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()}
-               for t in check_targets(targets, num_classes, images)]
-    return images, targets
-
-
-def select_negatives(
-    neg_idx: Tensor,
-    num_neg: int,
-    hardness: Tensor | None,
-) -> Tensor:
-    """`num_neg` of the candidate negatives: the hardest by `hardness` (OHEM) or a random subset."""
-    if num_neg >= neg_idx.numel():
-        return neg_idx
-    if hardness is not None:
-        return neg_idx[torch.topk(hardness, num_neg).indices]
-    return neg_idx[torch.randperm(neg_idx.numel(), device=neg_idx.device)[:num_neg]]
-
-
-def bounded_num_negatives(
-    num_pos: int, available: int, room: int, max_negatives_per_positive: float | None, min_negatives_per_image: int
-) -> int:
-    """Seed 004 / TF HardExampleMiner rule: at most max(ratio * positives, min per image) negatives."""
-    num = min(available, room)
-    if max_negatives_per_positive is not None:
-        num = min(num, max(int(math.floor(max_negatives_per_positive * num_pos)), min_negatives_per_image))
-    return max(num, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,87 +306,11 @@ class FasterRCNNDetector(nn.Module):
             rep = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
             if self.interval:
                 class_logits, side_logits, side_offsets = heads.box_predictor(rep)
-                return self._postprocess_interval(class_logits.float(), side_logits.float(), side_offsets.float(),
-                                                  rep, proposals, image_list.image_sizes, original, thr)
+                return postprocess_interval(heads, self.num_classes, class_logits.float(), side_logits.float(),
+                                            side_offsets.float(), rep, proposals, image_list.image_sizes, original, thr)
             class_logits, box_regression = heads.box_predictor(rep)
-            return self._postprocess(class_logits.float(), box_regression.float(), rep, proposals,
-                                     image_list.image_sizes, original, thr)
-
-    def _postprocess(
-        self,
-        class_logits: Tensor,
-        box_regression: Tensor,
-        rep: Tensor,
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-        original_sizes: list[tuple[int, int]],
-        score_threshold: float,
-    ) -> list[Detections]:
-        """RoIHeads.postprocess_detections, keeping the RoI index of every kept box."""
-        heads = self.model.roi_heads
-        c = self.num_classes
-        counts = [p.shape[0] for p in proposals]
-        pred_boxes = heads.box_coder.decode(box_regression, proposals)  # (R, C+1, 4)
-        probs = F.softmax(class_logits, -1)
-        out = []
-        for boxes, scores, feats, size, orig in zip(
-            pred_boxes.split(counts), probs.split(counts), rep.split(counts), image_sizes, original_sizes
-        ):
-            r = scores.shape[0]
-            boxes = box_ops.clip_boxes_to_image(boxes, size)[:, 1:].reshape(-1, 4)
-            fg = scores[:, 1:]
-            flat = fg.reshape(-1)
-            roi = torch.arange(r, device=flat.device).repeat_interleave(c)
-            lab = torch.arange(c, device=flat.device).repeat(r)
-            keep = torch.where(flat > score_threshold)[0]
-            keep = keep[box_ops.remove_small_boxes(boxes[keep], min_size=1e-2)]
-            keep = keep[box_ops.batched_nms(boxes[keep], flat[keep], lab[keep], heads.nms_thresh)]
-            keep = keep[: heads.detections_per_img]
-            k_roi = roi[keep]
-            out.append(to_detections(scale_boxes(boxes[keep], size, orig), lab[keep], flat[keep], fg[k_roi], orig,
-                                     features=feats[k_roi]))
-        return out
-
-    def _postprocess_interval(
-        self,
-        class_logits: Tensor,
-        side_logits: Tensor,
-        side_offsets: Tensor,
-        rep: Tensor,
-        proposals: list[Tensor],
-        image_sizes: list[tuple[int, int]],
-        original_sizes: list[tuple[int, int]],
-        score_threshold: float,
-    ) -> list[Detections]:
-        """Like `_postprocess`, for the interval head: one class-agnostic box per RoI decoded from
-        the argmax interval of each side, v per RoI, NMS (per class) ranked by p*v."""
-        heads = self.model.roi_heads
-        head: IntervalBoxHead = heads.box_predictor
-        c = self.num_classes
-        counts = [p.shape[0] for p in proposals]
-        all_props = torch.cat(proposals).float()
-        pred_boxes = head.coder.decode(side_logits, side_offsets, all_props)  # (R, 4)
-        quality = localization_quality(side_logits)  # (R,)
-        probs = F.softmax(class_logits, -1)
-        out = []
-        for boxes, scores, v, feats, size, orig in zip(pred_boxes.split(counts), probs.split(counts),
-                                                       quality.split(counts), rep.split(counts), image_sizes,
-                                                       original_sizes):
-            r = scores.shape[0]
-            boxes = box_ops.clip_boxes_to_image(boxes, size)
-            fg = scores[:, 1:]
-            flat = fg.reshape(-1)
-            roi = torch.arange(r, device=flat.device).repeat_interleave(c)
-            lab = torch.arange(c, device=flat.device).repeat(r)
-            keep = torch.where(flat > score_threshold)[0]
-            keep = keep[box_ops.remove_small_boxes(boxes[roi[keep]], min_size=1e-2)]
-            certainty = flat[keep] * v[roi[keep]]
-            keep = keep[box_ops.batched_nms(boxes[roi[keep]], certainty, lab[keep], heads.nms_thresh)]
-            keep = keep[: heads.detections_per_img]  # batched_nms returns descending p*v
-            k_roi = roi[keep]
-            out.append(to_detections(scale_boxes(boxes[k_roi], size, orig), lab[keep], flat[keep], fg[k_roi], orig,
-                                     loc_quality=v[k_roi], features=feats[k_roi]))
-        return out
+            return postprocess_standard(heads, self.num_classes, class_logits.float(), box_regression.float(), rep,
+                                        proposals, image_list.image_sizes, original, thr)
 
 
 def build_faster_rcnn(

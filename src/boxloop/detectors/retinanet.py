@@ -36,7 +36,7 @@ from torchvision.ops import boxes as box_ops, generalized_box_iou_loss, sigmoid_
 
 from boxloop.detectors.backbones import build_backbone
 from boxloop.detectors.common import predict_context, prepare_images, scale_boxes, to_detections
-from boxloop.detectors.faster_rcnn import (
+from boxloop.detectors.torchvision_parts import (
     bounded_num_negatives,
     feature_names,
     prepare_inputs,
