@@ -40,7 +40,7 @@ Writes benchmarks/results/semi_supervised.json (or --json). BCCD absent: says so
 
 Written here: the experiment layout, the threshold comparison, the tables, the target checks and
 the time estimate. boxloop does the rest (simulate.withhold, train.fit, semi.fit_semi /
-weak_predict / pseudo_label_quality, autolabel.autolabel, pseudo, loop.test_metrics).
+weak_predict / pseudo_label_quality, autolabel.autolabel, pseudo, round_model.test_metrics).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each iteration i = 1, 2, ...:
 
-    train     on the human train images plus the auto-labelled images in 'train' (loop.training_samples),
+    train     on the human train images plus the auto-labelled images in 'train' (round_model.training_samples),
               validated on the human val images; PROJECT/models/autolabel_{i:03d}, started from
               iteration i-1's best weights (seed 000 reloads its checkpoint); the steps follow
               seed 000's schedule (2,500, +1,500 per iteration, at most 8,500) scaled to the dataset
@@ -29,7 +29,7 @@ training one; it is copied into iteration 1's folder. Later iterations start fro
 
 Where the auto-labelled test share lives: its images get split 'val' (the store allows only
 test/train/val) and their paths are listed in the meta key `autolabel_pseudo_test`. 'val' keeps them
-out of everything that trains (`loop.training_samples` skips pseudo images in val/test), out of the
+out of everything that trains (`round_model.training_samples` skips pseudo images in val/test), out of the
 active-learning pool (`loop.pool_paths`) and out of the fixed test set: `annotations('test')` and
 `annotations('val')` return human-labelled images only, and a human correcting such an image turns it
 into an ordinary validation image, never a test image.
@@ -43,7 +43,7 @@ an uninterrupted run.
 Written by hand here: the iteration order, the step defaults, the resume bookkeeping and the
 autolabel.json table. Everything else is delegated: training to `train.fit`, prediction to
 `inference.predict_paths`, acceptance, split and schedule to `pseudo`, mAP to `evaluate` (via
-`loop.test_metrics` for the fixed test set), storage to `store.Project`.
+`round_model.test_metrics` for the fixed test set), storage to `store.Project`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A model trained too briefly, or on too few labels, may keep no detection above t
 A strategy that ranks detections then has nothing to rank. Instead of stopping the run (coreset's
 "needs labelled_features") or silently drawing at random, every such round takes a defined fallback
 and the round's selection metrics say so: `selection.fallback = {"strategy", "reason", ...}`
-(loop.round_history copies it into the round's row of results.json).
+(history.round_history copies it into the round's row of results.json).
 
 The fallbacks, by case:
 - image level, a score-based strategy (least_confidence, entropy, localization_aware, coreset on

@@ -6,7 +6,7 @@ Area under the curve (AUC): the piecewise-linear curve through (x, mAP50), integ
 from lo to hi and divided by hi - lo: a mean mAP50 over that stretch of labelling, in [0, 1], and
 the same whether x counts images or their share of trainval (the division removes the scale). Two
 x axes: the labels of the run's unit (images, or boxes drawn or verified at box level) and the
-annotation seconds (`cost_seconds`: the simulated annotator's time, loop.round_history, from
+annotation seconds (`cost_seconds`: the simulated annotator's time, history.round_history, from
 oracle.DRAW_SECONDS / VERIFY_SECONDS). Strategies spend seconds at different rates, so all runs of
 one seed (and unit) are compared over their COMMON range [largest first x, smallest last x], the
 curves interpolated linearly at the ends; a run cut short by an interrupted benchmark narrows that

@@ -1,12 +1,12 @@
 """The keys of the results schema that the report reads, spelled once.
 
 OUT/results.json (written by `boxloop simulate`) is {"runs": [run, ...]}; a run is {strategy, seed,
-unit, semi, rounds}; a round's row is what loop.round_history returns (images and boxes labelled,
+unit, semi, rounds}; a round's row is what history.round_history returns (images and boxes labelled,
 cost, mAP50, per-class AP, labelled objects per class, thresholds, pseudo-label counts).
 OUT/gallery.json is a list of items {image, boxes, labels, scores, sources}.
 
 Why constants: the report reads rows with `.get`, so a misspelt literal would turn a metric into a
-silent NaN; a misspelt constant is a NameError. The writers (loop.round_history, simulate, autolabel)
+silent NaN; a misspelt constant is a NameError. The writers (history.round_history, simulate, autolabel)
 still spell the same keys by hand; the report's own outputs (table rows, the summary dict) are its
 public shape and stay literal where they are built.
 """

@@ -3,7 +3,7 @@
 Written by hand: checking the results schema (keys.py) with messages that say which command writes
 it, finding gallery.json beside the results, and turning a project's rounds (or, for an auto-labelling
 project, its iterations) into one run and its last query into gallery items. json parses; the project
-itself (store.Project, loop.round_history) is read through its own API and imported only when a project
+itself (store.Project, history.round_history) is read through its own API and imported only when a project
 is given, so reading a simulate folder needs no torch.
 """
 
