@@ -22,7 +22,7 @@ from boxloop.store import Project
 from boxloop.structures import Annotation
 
 if TYPE_CHECKING:
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
 
 
 def _weights_by_path(project: Project, subset: str, split: Any = ...) -> dict[str, np.ndarray]:
