@@ -50,3 +50,13 @@ def test_the_rules_see_what_they_forbid() -> None:
     assert RAW.search("rows = project.connection.execute(sql)")
     assert not SQL.search("Select the images a person labels; update the model; delete nothing.")
     assert not RAW.search("project.image_set('pool')")
+
+
+MAX_LINES = 500
+
+
+def test_no_module_is_over_500_lines() -> None:
+    """A module past 500 lines holds more than one thing: split it by what its parts do (issue 11)."""
+    long = [f"{p.relative_to(SRC)}: {n} lines" for p in sorted(SRC.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
+    assert not long, f"modules over {MAX_LINES} lines (split them):\n" + "\n".join(long)
