@@ -461,7 +461,7 @@ def report(
 @user_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, runs and report.")] = Path("demo_out"),
-    n_images: Annotated[int, typer.Option("--images", help="Synthetic images to generate (a quarter is the test set).")] = 200,
+    n_images: Annotated[int, typer.Option("--images", help="Synthetic images to generate (a quarter is the test set).")] = 240,
     image_size: Annotated[int, typer.Option(help="Side of each square image, pixels.")] = 96,
     rounds: Annotated[int, typer.Option(help="Active-learning rounds after the initial one.")] = 3,
     steps: Annotated[int, typer.Option(help="Training steps of the first model.")] = 150,
