@@ -14,17 +14,17 @@ step-based schedule (T teacher steps, S further steps for every method that cont
     teacher            train.fit on the labelled images, T steps (the default detector, fcos_lite)
     teacher continued  S more steps from the teacher's weights on the labelled images, with the
                        student's strong augmentation (semi.fit_semi trains it: the fair baseline)
-    tsoda              autolabel (seed 000) with iteration 1 = the teacher and --threshold auto (the
+    tsoda              autolabel (TSODA) with iteration 1 = the teacher and --threshold auto (the
                        lowest threshold with validation precision >= 0.9); iteration 2 trains S steps
                        from the teacher on labelled + auto-labelled images; its model is reported
-    certainty          fit_semi (seed 001: CA + RE + DT) from the teacher, student S steps;
+    certainty          fit_semi (CertaintySSOD: CA + RE + DT) from the teacher, student S steps;
                        "student" = the student, "kept" = what the never-worse guard hands back
                        (the student only if a paired bootstrap interval over the validation images
                        puts it above teacher continued, else teacher continued)
-    ablations          at 10%: the student without CA, without RE, without DT (seed 001 Table 5)
+    ablations          at 10%: the student without CA, without RE, without DT (CertaintySSOD Table 5)
 
 Measured: test mAP50 (VOC), COCO AP, AP75, rare-class AP50 (WBC, Platelets); precision / recall of
-the accepted pseudo-labels against the withheld labels (seed 001 Fig. 3); per seed, student minus
+the accepted pseudo-labels against the withheld labels (CertaintySSOD Fig. 3); per seed, student minus
 teacher continued (AL_NOTES: report paired differences). Dynamic against fixed threshold at equal
 recall, on the teacher's weak-view predictions: the class-wise thresholds tau_m (DT) against ONE
 threshold on the same certainty p*v, chosen so that the overall recall is the same (the highest
@@ -203,7 +203,7 @@ def fixed_vs_dynamic(pool: Mapping[str, Any], withheld: Mapping[str, Any], class
                      certainty: bool, grid_step: float = 0.005) -> dict[str, Any]:
     """Per class: (precision, recall) of the dynamic thresholds (DT, on p*v with CA) and of one fixed
     threshold on the same score at the same overall recall (see the module notes); also the fixed tau
-    point [0.7], i.e. seed 001 without DT."""
+    point [0.7], i.e. CertaintySSOD without DT."""
     from boxloop.pseudo import accept_certainty, certainty_scores
 
     semi = semi_config(args)
@@ -611,7 +611,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="default: the detector's recipe")
     ap.add_argument("--val-every", type=int, default=None, help="steps")
-    ap.add_argument("--tau", type=float, default=None, help="seed 001's tau [0.7]")
+    ap.add_argument("--tau", type=float, default=None, help="CertaintySSOD's tau [0.7]")
     ap.add_argument("--clip-low", type=float, default=None, help="lower clip of tau_m [0.4]")
     ap.add_argument("--gamma1", type=float, default=0.05)
     ap.add_argument("--gamma2", type=float, default=0.6)

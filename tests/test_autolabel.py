@@ -1,4 +1,4 @@
-"""autolabel.py (TSODA, seed 000) on CPU: a tiny run on 20 generated 64 px images, 8 of them labelled,
+"""autolabel.py (TSODA, TSODA) on CPU: a tiny run on 20 generated 64 px images, 8 of them labelled,
 auto-labels the pool over a few iterations until it is empty, writes autolabel.json and the metrics
 rows, keeps its pseudo test share out of the fixed test set, exports VOC XML with <confidence> that
 loads back, and a run stopped after iteration 1 and resumed gives the same rows as one that was not.
@@ -68,7 +68,7 @@ def strip_seconds(rows):
 
 
 def test_default_steps_scale_seed_000():
-    # seed 000: 1,100 images at (assumed) batch 24 -> its own numbers
+    # TSODA: 1,100 images at (assumed) batch 24 -> its own numbers
     assert default_steps(1100, 24) == (2500, 1500, 8500)
     # 364 images at batch 8: scale = 364/1100 * 24/8 = 0.992727...
     s = 364 / 1100 * 3

@@ -1,4 +1,4 @@
-"""Tests for boxloop.evaluate against independent references: the worked example of seed 003
+"""Tests for boxloop.evaluate against independent references: the worked example of LocAwareAL
 Figure 3.3, hand-computed cases, pycocotools run on JSON files, and a plain-loop VOC devkit port."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def ann(image: str, boxes, labels, scores=None, difficult=None, size=SIZE) -> An
 
 
 # ------------------------------------------------------------------------------------------------
-# Seed 003, Figure 3.3 (/work/shared/seeds/003_*.txt, section 3.3, around line 690): 24 detections
+# LocAwareAL, Figure 3.3 (/work/shared/seeds/003_*.txt, section 3.3, around line 690): 24 detections
 # of one class ranked by confidence, 7 TP and 17 FP, with the columns Acc TP, Acc FP, P, R, Pinterp.
 # R of the first TP is 0.0666 = 1/15, so the class has 15 ground-truth objects. The document prints
 # its numbers truncated to 4 decimals. The AP is eq. 3.5 applied to the table: recall rises in steps of

@@ -225,7 +225,7 @@ def test_bad_targets_are_named():
         det.loss([img], [{**t, "boxes": torch.tensor([[5.0, 5, 5, 20]])}])
 
 
-# -- seed 001's interval head (box_head="interval") ------------------------------------------------
+# -- CertaintySSOD's interval head (box_head="interval") ------------------------------------------------
 
 
 def test_interval_head_trains_and_predicts_loc_quality(one_thread):

@@ -80,7 +80,7 @@ def test_predict_fields_and_original_coordinates(trained):
         assert ((d.class_probs >= 0) & (d.class_probs <= 1)).all()
         assert ((d.loc_quality >= 0) & (d.loc_quality <= 1)).all()
         assert (d.scores >= 0.01).all() and (np.diff(d.scores) <= 1e-6).all()
-        # score = class probability of the label x predicted IoU (plain product, seed 003 eq. 5.1)
+        # score = class probability of the label x predicted IoU (plain product, LocAwareAL eq. 5.1)
         np.testing.assert_allclose(d.scores, d.class_probs[np.arange(n), d.labels] * d.loc_quality, rtol=1e-5)
         assert (d.boxes.xyxy >= 0).all() and (d.boxes.xyxy[:, [0, 2]] <= w).all()
         assert (d.boxes.xyxy[:, [1, 3]] <= h).all() and d.boxes.nondegenerate().all()

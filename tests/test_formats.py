@@ -101,14 +101,14 @@ def test_voc_xml_looks_like_voc(tmp_path: Path) -> None:
     assert "<confidence>" not in a  # human boxes carry no score
     assert '<provenance source="human" round="3"' in a  # ... but a human box of round 3 keeps its round
     b = (tmp_path / "ann" / "sub" / "b.xml").read_text()
-    assert "<confidence>87.3</confidence>" in b  # percent, as seed 003 Figure 6.3
+    assert "<confidence>87.3</confidence>" in b  # percent, as LocAwareAL Figure 6.3
     assert 'source="pseudo"' in b and 'model="m-r2"' in b and "<loc_quality>0.61</loc_quality>" in b
     assert "<path>sub/b.png</path>" in b and "<filename>b.png</filename>" in b
     assert "<object>" not in (tmp_path / "ann" / "neg.xml").read_text()
 
 
 def test_voc_reads_seed_003_detector_output(tmp_path: Path, images: Path) -> None:
-    """Figure 6.3 of seed 003: <confidence> in percent, no provenance element -> a predicted box."""
+    """Figure 6.3 of LocAwareAL: <confidence> in percent, no provenance element -> a predicted box."""
     ann = tmp_path / "ann"
     ann.mkdir()
     (ann / "a.xml").write_text(

@@ -1,4 +1,4 @@
-"""Interval localization (seed 001 eqs. 3-5): the coder, the quality score and the box head."""
+"""Interval localization (CertaintySSOD eqs. 3-5): the coder, the quality score and the box head."""
 
 from __future__ import annotations
 

@@ -151,7 +151,7 @@ def test_box_round_makes_partial_images_with_weights_and_background(run, data):
     run.update_round(0, step="select")
 
     lam = 0.3
-    # noisy_precision None: seed 002's rule, every unchecked box of the pool (score >= t_d) trains
+    # noisy_precision None: FineGrainedAL's rule, every unchecked box of the pool (score >= t_d) trains
     cfg = tiny_config(unit="boxes", strategy="least_confidence", budget=3, t_d=0.1, lambda_d=lam,
                       noisy_precision=None)
     run_round(run, cfg, truth, 0, progress=False)
@@ -209,7 +209,7 @@ def test_noisy_label_threshold_comes_from_validation_precision(run, monkeypatch)
     assert loop.noisy_label_threshold(run, 0, cfg) == pytest.approx(0.4)
     # no validation detection reaches the precision: what the annotator is shown
     assert loop.noisy_label_threshold(run, 1, cfg) == cfg.display_threshold
-    # seed 002's rule on request: the box pool's t_d
+    # FineGrainedAL's rule on request: the box pool's t_d
     assert loop.noisy_label_threshold(run, 2, tiny_config(noisy_precision=None, t_d=0.07)) == pytest.approx(0.07)
 
 

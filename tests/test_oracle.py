@@ -1,4 +1,4 @@
-"""Simulated oracles: seed 002's box rule, seed 003's costs, seed 002 eq. 3's partial labels."""
+"""Simulated oracles: FineGrainedAL's box rule, LocAwareAL's costs, FineGrainedAL eq. 3's partial labels."""
 
 from __future__ import annotations
 

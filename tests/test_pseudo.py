@@ -1,4 +1,4 @@
-"""Pseudo-label acceptance: TSODA's fixed rule, seed 001 eq. 6, the 80/20 split and the schedule."""
+"""Pseudo-label acceptance: TSODA's fixed rule, CertaintySSOD eq. 6, the 80/20 split and the schedule."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def test_tsoda_schedule_values_and_scale():
 
 
 def test_certainty_uses_the_class_probability_not_the_detection_score() -> None:
-    """fcos scores a box p x predicted IoU; seed 001's p*v must use p (its label's class probability),
+    """fcos scores a box p x predicted IoU; CertaintySSOD's p*v must use p (its label's class probability),
     or v counts twice. Hand case: p = 0.9 / 0.6, v = 0.5 / 0.8, scores = p*v."""
     probs = np.array([[0.9, 0.1], [0.2, 0.6]], np.float32)
     v = np.array([0.5, 0.8], np.float32)
@@ -201,7 +201,7 @@ def test_certainty_uses_the_class_probability_not_the_detection_score() -> None:
                    np.array([0.45, 0.48], np.float32), probs, v)
     np.testing.assert_allclose(certainty_scores(d, certainty=True), [0.45, 0.48], rtol=1e-6)
     np.testing.assert_allclose(certainty_scores(d, certainty=False), [0.9, 0.6], rtol=1e-6)
-    # TSODA (seed 000) thresholds the detector's own score: 0.46 keeps the second box only
+    # TSODA (TSODA) thresholds the detector's own score: 0.46 keeps the second box only
     assert accept_fixed(d, 0.46).tolist() == [False, True]
 
 

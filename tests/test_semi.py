@@ -200,7 +200,7 @@ def _teacher_boxes(truth: Annotation, classes, p: float, v: float) -> Detections
 
 @pytest.mark.parametrize("v", [0.9, 0.5])
 def test_pseudo_labels_pass_the_dynamic_thresholds_only_when_v_is_high(run, data, tmp_path: Path, v: float) -> None:
-    """Seed 001's defaults (tau 0.7, gamma1 0.05, clip 0.4..0.9). A teacher that finds every object
+    """CertaintySSOD's defaults (tau 0.7, gamma1 0.05, clip 0.4..0.9). A teacher that finds every object
     with p = 0.95: with v = 0.9 (a quality that tracks IoU on right boxes) p*v = 0.855 passes every
     tau_m, the student trains on exact pseudo boxes (precision 1 against the withheld labels); with
     v = 0.5 (fcos's predicted IoU on BCCD, issue 14) p*v = 0.475 stays under every tau_m: no student,

@@ -96,7 +96,7 @@ def test_entropy_scores_by_hand():
     assert sel.items == ("torn",)
 
 
-# -- localization aware (seed 003 Algorithm 2) --------------------------------------------------
+# -- localization aware (LocAwareAL Algorithm 2) --------------------------------------------------
 
 
 def _la_pool():
@@ -266,7 +266,7 @@ def test_empty_share_in_uncertainty_strategies():
     assert sel.info["empty_images_taken"] == 2
 
 
-# -- box level (seed 002) ---------------------------------------------------------------------------
+# -- box level (FineGrainedAL) ---------------------------------------------------------------------------
 
 
 def _box_pool():

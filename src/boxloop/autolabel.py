@@ -1,13 +1,13 @@
-"""Iterative self-training, TSODA (seed 000): train, auto-label what the model is sure of, repeat.
+"""Iterative self-training, TSODA (TSODA): train, auto-label what the model is sure of, repeat.
 
 Each iteration i = 1, 2, ...:
 
     train     on the human train images plus the auto-labelled images in 'train' (round_model.training_samples),
               validated on the human val images; PROJECT/models/autolabel_{i:03d}, started from
-              iteration i-1's best weights (seed 000 reloads its checkpoint); the steps follow
-              seed 000's schedule (2,500, +1,500 per iteration, at most 8,500) scaled to the dataset
+              iteration i-1's best weights (TSODA reloads its checkpoint); the steps follow
+              TSODA's schedule (2,500, +1,500 per iteration, at most 8,500) scaled to the dataset
     evaluate  mAP50 on the project's fixed test set, and separately on the auto-labelled test share
-              ("pseudo test", seed 000 measures its model on such a share); the two are never mixed
+              ("pseudo test", TSODA measures its model on such a share); the two are never mixed
     label     predict on the unlabelled images (status 'unlabelled', no split, no pseudo box yet);
               every image with a detection above the threshold gets those detections as pseudo boxes
               (score and loc_quality kept in the provenance columns, weight 1); the new images are split
@@ -89,7 +89,7 @@ def autolabel_pool(project: Project) -> list[str]:
 
 
 def default_steps(num_images: int, batch_size: int) -> tuple[int, int, int]:
-    """Seed 000's (first, increment, maximum) = (2,500, 1,500, 8,500) steps scaled by
+    """TSODA's (first, increment, maximum) = (2,500, 1,500, 8,500) steps scaled by
     `pseudo.tsoda_scale(num_images, batch_size)`: the same number of passes over the data as the seed's
     1,100 images at (an assumed) batch 24. E.g. 364 images at batch 8: (2,482, 1,489, 8,438)."""
     scale = pseudo.tsoda_scale(max(1, num_images), batch_size)
@@ -123,13 +123,13 @@ def autolabel(
     """Run (or resume) TSODA on `project`; returns every iteration's row, also written to
     PROJECT/autolabel.json and to the project metrics (round 0, key 'autolabel').
 
-    Defaults: `threshold` 0.8 (seed 000; it found 0.9 better); "auto": from validation precision
+    Defaults: `threshold` 0.8 (TSODA; it found 0.9 better); "auto": from validation precision
     (`target_precision`, see the module notes). Steps per iteration i (1-based):
-    min(first + (i-1) * increment, max), where first/increment/max default to seed 000's
+    min(first + (i-1) * increment, max), where first/increment/max default to TSODA's
     2,500/1,500/8,500 steps times `pseudo.tsoda_scale(images in the project, batch_size)` (see
     `default_steps`); each of `steps_first`, `steps_increment`, `steps_max` overrides its value as
     given (unscaled). `iterations` None runs until no unlabelled image is left. `warm_start`
-    initialises iteration i from iteration i-1's best weights (seed 000 reloads its checkpoint); the
+    initialises iteration i from iteration i-1's best weights (TSODA reloads its checkpoint); the
     first iteration starts from the backbone's weights. `val_every` (steps) defaults to a tenth of the
     iteration's steps. `detector_options` go to the detector builder (e.g. fpn_channels, head_convs).
     `train_ratio` of each iteration's new images train; the rest form the pseudo test share.
@@ -241,7 +241,7 @@ def _run_phase(project: Project, state: dict[str, Any], progress: bool) -> dict[
 
 
 def iteration_steps(cfg: Mapping[str, Any], iteration: int) -> int:
-    """Training steps of 1-based `iteration` under a resolved config (seed 000's schedule)."""
+    """Training steps of 1-based `iteration` under a resolved config (TSODA's schedule)."""
     return pseudo.tsoda_schedule(iteration - 1, first=cfg["steps_first"], increment=cfg["steps_increment"],
                                  maximum=cfg["steps_max"])
 

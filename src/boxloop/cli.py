@@ -127,7 +127,7 @@ def train(
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
     detector_option: DetectorOpt = None,
-    semi: Annotated[bool, typer.Option("--semi", help="Certainty-aware teacher-student training on the unlabelled images (seed 001).")] = False,
+    semi: Annotated[bool, typer.Option("--semi", help="Certainty-aware teacher-student training on the unlabelled images (CertaintySSOD).")] = False,
     tau: Annotated[float, typer.Option(help="--semi: base pseudo-label threshold.")] = 0.7,
     gamma1: Annotated[float, typer.Option(help="--semi: exponent of the class-wise dynamic thresholds (eq. 6).")] = 0.05,
     gamma2: Annotated[float, typer.Option(help="--semi: exponent of the class re-weighting (eq. 6).")] = 0.6,
@@ -366,7 +366,7 @@ def simulate(
     batch_size: BatchOpt = None,
     device: DeviceOpt = "auto",
     semi: Annotated[Optional[str], typer.Option(help="Add auto-labelling to every round: autolabel or certainty.")] = None,
-    take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (seed 003 §6.6).")] = False,
+    take_all_last: Annotated[bool, typer.Option(help="The last round takes every image left (LocAwareAL §6.6).")] = False,
     no_pretrained: NoPretrainedOpt = False,
     detector_option: DetectorOpt = None,
     workers: WorkersOpt = None,
@@ -398,10 +398,10 @@ def simulate(
 @user_errors
 def autolabel(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    threshold: Annotated[str, typer.Option(help="An image joins training when a detection scores above this (seed 000: 0.8; 0.9 works better there), or 'auto': the lowest threshold whose validation precision is >= --target-precision.")] = "0.8",
+    threshold: Annotated[str, typer.Option(help="An image joins training when a detection scores above this (TSODA: 0.8; 0.9 works better there), or 'auto': the lowest threshold whose validation precision is >= --target-precision.")] = "0.8",
     target_precision: Annotated[float, typer.Option(help="--threshold auto: the validation precision to reach.")] = 0.9,
     iterations: Annotated[Optional[int], typer.Option(help="At most this many iterations (default: until the pool is empty).")] = None,
-    steps_first: Annotated[Optional[int], typer.Option(help="Training steps of the first iteration (default: seed 000's 2,500 scaled to the dataset).")] = None,
+    steps_first: Annotated[Optional[int], typer.Option(help="Training steps of the first iteration (default: TSODA's 2,500 scaled to the dataset).")] = None,
     steps_increment: Annotated[Optional[int], typer.Option(help="Steps added per iteration (default: 1,500 scaled).")] = None,
     steps_max: Annotated[Optional[int], typer.Option(help="Most steps of one iteration (default: 8,500 scaled).")] = None,
     model: ModelOpt = None,
@@ -413,7 +413,7 @@ def autolabel(
     no_pretrained: NoPretrainedOpt = False,
     detector_option: DetectorOpt = None,
 ) -> None:
-    """Iterative self-training (TSODA, seed 000): train, auto-label the images the model is sure of,
+    """Iterative self-training (TSODA, TSODA): train, auto-label the images the model is sure of,
     retrain, repeat. Writes PROJECT/autolabel.json; `export --subset pseudo` hands the auto-labels to a
     labelling tool for review. Re-running after an interruption resumes."""
     from boxloop.autolabel import autolabel as run_autolabel, autolabel_pool

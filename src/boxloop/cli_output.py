@@ -74,8 +74,8 @@ def print_metrics(m: dict[str, Any], title: str) -> None:
 
 
 def print_autolabel_rows(rows: list[dict[str, Any]]) -> None:
-    """The rows of `autolabel.autolabel`, one per iteration (seed 000 Table 3)."""
-    t = Table(title="auto-labelling (seed 000 Table 3)", title_justify="left")
+    """The rows of `autolabel.autolabel`, one per iteration (TSODA Table 3)."""
+    t = Table(title="auto-labelling (TSODA Table 3)", title_justify="left")
     for c in ("iteration", "steps", "threshold", "new images", "total", "boxes", "left", "test mAP50"):
         t.add_column(c, justify="right")
     for r in rows:

@@ -260,12 +260,12 @@ def eval_transform(image_size: int) -> Transform:
 
 
 def weak_transform(image_size: int) -> Transform:
-    """Teacher view of the teacher-student methods (seed 001): resize + horizontal flip."""
+    """Teacher view of the teacher-student methods (CertaintySSOD): resize + horizontal flip."""
     return _Recipe(image_size, flip=True)
 
 
 def strong_transform(image_size: int, flip: bool = True) -> Transform:
-    """Student view (seed 001, Unbiased Teacher recipe): colour jitter p=0.8, grayscale p=0.2,
+    """Student view (CertaintySSOD, Unbiased Teacher recipe): colour jitter p=0.8, grayscale p=0.2,
     Gaussian blur p=0.5, then three random-erasing (Cutout) patches of decreasing probability."""
     return _Recipe(image_size, flip=flip, photometric=_strong_photometric())
 

@@ -51,7 +51,7 @@ COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 1
 # ------------------------------------------------------------------------------------------------
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     """Pascal VOC 2010+ all-point interpolated AP: the area under the precision envelope
-    (P_interp(R) = max precision at recall >= R, seed 003 eq. 3.4-3.5), summed where recall changes.
+    (P_interp(R) = max precision at recall >= R, LocAwareAL eq. 3.4-3.5), summed where recall changes.
 
     `recall` and `precision` are the cumulative curve over detections in descending score. An empty
     curve (no detection) gives 0.0.
@@ -238,10 +238,10 @@ def evaluate(ground_truth: Mapping[str, Annotation], predictions: Mapping[str, A
              class_counts: Mapping[str, int] | None = None) -> dict:
     """VOC AP50 and COCO metrics in one JSON-serialisable dict (the keys the CLI and store use).
 
-    Rare classes (seed 001 Table 4 reports AP on "the rarest 10 classes" of COCO's 80 by number of
+    Rare classes (CertaintySSOD Table 4 reports AP on "the rarest 10 classes" of COCO's 80 by number of
     annotations in the training set): the `rare_k` classes with the fewest boxes, by default one
     eighth of the classes that have ground truth (10 of 80), at least one; counts come from
-    `class_counts` (pass the training set's, as seed 001 does) or else from this ground truth; ties
+    `class_counts` (pass the training set's, as CertaintySSOD does) or else from this ground truth; ties
     go by class order. Only classes with ground truth here can be rare. `rare_classes_ap50` is their
     mean VOC AP50, `rare_classes_coco_ap` their mean COCO AP.
     """
@@ -300,7 +300,7 @@ def _pr_counts(tp: int, fp: int, fn: int) -> dict:
 def precision_recall(predicted: Mapping[str, Annotation], truth: Mapping[str, Annotation],
                      class_names: Sequence[str], iou_threshold: float = 0.5) -> dict:
     """Precision and recall of one box set against another, e.g. pseudo-labels against withheld
-    ground truth (seed 001 Fig. 3, where the IoU threshold is swept).
+    ground truth (CertaintySSOD Fig. 3, where the IoU threshold is swept).
 
     Greedy matching, COCO style: predicted boxes in descending score (unscored boxes last, in input
     order) each take the free same-class truth box of highest IoU >= iou_threshold. A box matching

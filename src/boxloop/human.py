@@ -1,6 +1,6 @@
 """The human oracle: write a query batch for a labelling tool, and take the answers back.
 
-A batch folder holds the queried images with the model's boxes as pre-annotations (seed 003 §5.3:
+A batch folder holds the queried images with the model's boxes as pre-annotations (LocAwareAL §5.3:
 checking a box costs 21.9 s, drawing one 50.8 s), in the format the annotator's tool opens
 (VOC XML beside each image for LabelImg/CVAT, a COCO file, YOLO txt, Label Studio tasks, CVAT XML),
 plus `batch.json`, which names the project, round and queried images so that answers map back.

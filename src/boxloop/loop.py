@@ -268,7 +268,7 @@ def replace_provenance(ann: Annotation, round_id: int) -> Annotation:
 def noisy_label_threshold(project: Project, round_id: int, config: LoopConfig) -> float:
     """The lowest score an unchecked predicted box needs to train as a noisy label (weight lambda_d).
 
-    seed 002 keeps every box of the box pool (score >= t_d, low for recall). Measured on BCCD (issue
+    FineGrainedAL keeps every box of the box pool (score >= t_d, low for recall). Measured on BCCD (issue
     13, 3 seeds): at t_d = 0.05 a partial image carried ~86 unchecked boxes against ~14 true objects,
     28% of them on an object, and box-level rounds fell from 0.709 to 0.685 test mAP50 while image
     rounds rose. So the threshold is the lowest at which the round's model's detections on the
@@ -334,7 +334,7 @@ def _finish_oracle(project: Project, round_id: int, queries: Sequence[Mapping], 
 
 
 def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, int]:
-    """Auto-label the confident rest of the pool: TSODA's fixed threshold or seed 001's class-wise ones."""
+    """Auto-label the confident rest of the pool: TSODA's fixed threshold or CertaintySSOD's class-wise ones."""
     from boxloop import pseudo
 
     preds = project.load_predictions(round_id)

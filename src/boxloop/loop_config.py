@@ -52,19 +52,19 @@ class LoopConfig:
     unit: str = "images"  # images | boxes
     budget: int = 20  # per round, images or boxes
     empty_share: float = 0.0
-    t_d: float = 0.05  # box pool threshold (seed 002)
-    lambda_d: float = 0.5  # weight of unchecked predicted boxes (seed 002 eq. 3)
+    t_d: float = 0.05  # box pool threshold (FineGrainedAL)
+    lambda_d: float = 0.5  # weight of unchecked predicted boxes (FineGrainedAL eq. 3)
     # unchecked predicted boxes train as noisy labels from the lowest score at which the round's model's
     # validation detections are at least this precise (0.5: a noisy box is more often right than wrong);
-    # None: every box of the box pool (score >= t_d), as seed 002 does
+    # None: every box of the box pool (score >= t_d), as FineGrainedAL does
     noisy_precision: float | None = 0.5
-    take_all_last: bool = False  # the last round takes every image left (seed 003 §6.6)
+    take_all_last: bool = False  # the last round takes every image left (LocAwareAL §6.6)
     display_threshold: float = 0.3  # pre-annotations shown to the annotator score at least this
     val_fraction: float = 0.2  # share of newly labelled images that go to validation
     # semi-supervised step after the oracle: None | "autolabel" | "certainty"
     semi: str | None = None
-    pseudo_threshold: float = 0.8  # TSODA (seed 000)
-    tau: float = 0.7  # certainty-aware (seed 001)
+    pseudo_threshold: float = 0.8  # TSODA (TSODA)
+    tau: float = 0.7  # certainty-aware (CertaintySSOD)
     gamma1: float = 0.05
     gamma2: float = 0.6
     dynamic_threshold: bool = True
@@ -114,7 +114,7 @@ class LoopConfig:
                            warmup_steps=short_warmup(steps))
 
     def detector_spec(self) -> DetectorSpec:
-        """The detector every round builds; certainty pseudo-labels (seed 001) need localization quality."""
+        """The detector every round builds; certainty pseudo-labels (CertaintySSOD) need localization quality."""
         from boxloop.detectors import DetectorSpec
 
         return DetectorSpec.sized(self.model, self.backbone, self.pretrained_backbone, self.image_size,

@@ -1,18 +1,18 @@
 """Simulated annotators that answer from withheld ground truth, and what their answers cost.
 
 - `ImageOracle` (MISSION F6/F8): returns an image's full ground truth, negatives included (zero
-  boxes). With pre-annotations (seed 003 §5.3) the annotator fixes rather than draws: every ground
+  boxes). With pre-annotations (LocAwareAL §5.3) the annotator fixes rather than draws: every ground
   truth box matched by a pre-annotated box (IoU >= 0.5, same class, one-to-one, greedy by IoU) is
   *verified* (VERIFY_SECONDS = 21.9 s), every unmatched one is *drawn* (DRAW_SECONDS = 50.8 s), and
   every pre-annotated box left unmatched is *removed*. Removing costs `remove_seconds`, by default
   the verification time: the annotator has to look at the box and decide it is wrong (the seed
   gives no figure). Looking at an image costs `image_seconds` [0.0] on top (no figure either).
-- `BoxOracle` (seed 002 §4): a queried box is adjusted to the ground-truth box of maximum IoU
+- `BoxOracle` (FineGrainedAL §4): a queried box is adjusted to the ground-truth box of maximum IoU
   (any class) when that IoU >= 0.5 and takes that box's class; otherwise it is background and keeps
   its coordinates. Each query costs VERIFY_SECONDS, whatever the answer: the annotator checks one
   box and drags its corners. Counted as verified (box and class already right), adjusted, or
   removed (background).
-- `partial_labels` (seed 002 eq. 3): training labels for an image with some checked boxes.
+- `partial_labels` (FineGrainedAL eq. 3): training labels for an image with some checked boxes.
 
 Written by hand: the matching rules and the cost accounting; `boxloop.structures.iou` does the
 geometry.
@@ -41,10 +41,10 @@ __all__ = [
     "partial_labels",
 ]
 
-DRAW_SECONDS = 50.8  # seed 003 §5.3 (after Su et al.): drawing one box
-VERIFY_SECONDS = 21.9  # seed 003 §5.3: verifying one box
-MATCH_IOU = 0.5  # seed 002 §4: box oracle adjusts when IoU >= 0.5
-LAMBDA_D = 0.5  # seed 002 eq. 3: weight of unchecked predicted boxes
+DRAW_SECONDS = 50.8  # LocAwareAL §5.3 (after Su et al.): drawing one box
+VERIFY_SECONDS = 21.9  # LocAwareAL §5.3: verifying one box
+MATCH_IOU = 0.5  # FineGrainedAL §4: box oracle adjusts when IoU >= 0.5
+LAMBDA_D = 0.5  # FineGrainedAL eq. 3: weight of unchecked predicted boxes
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Cost:
 
     @property
     def boxes_labelled(self) -> int:
-        """Boxes a person touched: the cost unit of seed 002's learning curves."""
+        """Boxes a person touched: the cost unit of FineGrainedAL's learning curves."""
         return self.boxes_drawn + self.boxes_verified + self.boxes_adjusted + self.boxes_removed
 
     def as_dict(self) -> dict:
@@ -174,7 +174,7 @@ class BoxAnswer:
 
 
 class BoxOracle:
-    """Seed 002's simulated box annotator: snap to the max-IoU ground-truth box, or background."""
+    """FineGrainedAL's simulated box annotator: snap to the max-IoU ground-truth box, or background."""
 
     def __init__(self, truth: Mapping[Hashable, Annotation], class_names: Sequence[str] | None = None,
                  match_iou: float = MATCH_IOU, seconds_per_box: float = VERIFY_SECONDS) -> None:
@@ -237,7 +237,7 @@ def partial_labels(
     round: int = 0,
     model: str | None = None,
 ) -> tuple[Annotation, np.ndarray]:
-    """Training labels of a partially checked image (seed 002 §3.2, eq. 3) and per-box weights.
+    """Training labels of a partially checked image (FineGrainedAL §3.2, eq. 3) and per-box weights.
 
     - checked object answers: the ground-truth box and class, Source.HUMAN, weight 1 (two queries
       snapped to the same ground-truth box give it once);

@@ -1,5 +1,5 @@
 """Prediction files: a model's predictions for a folder of images written as VOC XML (one file
-per image, `<confidence>` per object, seed 003 Figure 6.3) or a COCO results list, and a
+per image, `<confidence>` per object, LocAwareAL Figure 6.3) or a COCO results list, and a
 (ground truth, predictions) pair of files read back for `boxloop evaluate`.
 
 Written by hand: the pairing of the two sides by image, and leaving out (and naming) the images that

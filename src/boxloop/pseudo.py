@@ -2,11 +2,11 @@
 
 Two recipes from the seeds:
 
-* TSODA (seed 000): an image joins training when it holds a detection whose score is above a fixed
+* TSODA (TSODA): an image joins training when it holds a detection whose score is above a fixed
   confidence threshold [0.8; 0.9 worked better]; its boxes above the threshold become pseudo labels
   with their scores kept. Auto-labelled images are split train/test [80/20], and each iteration trains
   longer [2,500 steps, +1,500 per iteration, at most 8,500].
-* Certainty-aware pseudo labels (seed 001, Sec. 2.3): per class m the product of class score p and
+* Certainty-aware pseudo labels (CertaintySSOD, Sec. 2.3): per class m the product of class score p and
   localization quality v is accumulated over the unlabelled predictions and turned into a class-wise
   threshold tau_m and loss weight alpha_m (eq. 6). Each component can be switched off (Table 5:
   CA = certainty, RE = re-weighting, DT = dynamic threshold).
@@ -43,9 +43,9 @@ __all__ = [
 
 K = TypeVar("K", bound=Hashable)
 
-# Seed 000's experiment: 1,100 Asirra images (100 labelled per class for 2 classes + 900 unlabelled).
+# TSODA's experiment: 1,100 Asirra images (100 labelled per class for 2 classes + 900 unlabelled).
 SEED000_IMAGES = 1100
-# Seed 000 does not state its batch size. It trains SSD + Inception with the TF Object Detection API,
+# TSODA does not state its batch size. It trains SSD + Inception with the TF Object Detection API,
 # whose sample config for that model (ssd_inception_v2_coco.config) uses 24: an assumption, not a fact
 # from the seed. Pass your own reference if you know better.
 SEED000_BATCH_SIZE = 24
@@ -61,21 +61,21 @@ def _check_probability(value: float, name: str) -> float:
 
 # -- fixed threshold (TSODA) ----------------------------------------------------------------------
 def accept_fixed(detections: Detections, threshold: float, use_loc_quality: bool = False) -> np.ndarray:
-    """Boolean mask of detections whose score is above `threshold` (strictly, as seed 000's TF code).
+    """Boolean mask of detections whose score is above `threshold` (strictly, as TSODA's TF code).
 
     With `use_loc_quality` the score compared is class score x localization quality (the certainty
-    of seed 001), which needs a detector that fills `loc_quality`.
+    of CertaintySSOD), which needs a detector that fills `loc_quality`.
     """
     threshold = _check_probability(threshold, "threshold")
     # Compare in float32, the dtype scores are stored in: a score of 0.8 is then not above 0.8.
-    # Seed 000's confidence is the detector's own score (fcos: p x predicted IoU; faster_rcnn: p).
+    # TSODA's confidence is the detector's own score (fcos: p x predicted IoU; faster_rcnn: p).
     score = certainty_scores(detections, True) if use_loc_quality else detections.scores
     return score > np.float32(threshold)
 
 
 def tsoda_accept(pool: Mapping[K, Detections], threshold: float = 0.8,
                  use_loc_quality: bool = False) -> dict[K, Detections]:
-    """TSODA's image rule (seed 000): images with at least one detection above `threshold`, each with
+    """TSODA's image rule (TSODA): images with at least one detection above `threshold`, each with
     only its detections above the threshold (scores kept in the returned Detections).
 
     Images with nothing above the threshold are left out: they stay unlabelled for the next iteration
@@ -135,9 +135,9 @@ def score_percentiles(scores: Iterable[float] | np.ndarray) -> dict[str, Any]:
     return {"boxes": int(s.size), "p50": p50, "p90": p90, "p99": p99, "max": float(s.max())}
 
 
-# -- certainty-aware, class-wise (seed 001) ---------------------------------------------------------
+# -- certainty-aware, class-wise (CertaintySSOD) ---------------------------------------------------------
 def certainty_scores(detections: Detections, certainty: bool = True) -> np.ndarray:
-    """Per-box certainty p * v (seed 001: class score times localization quality); p alone when
+    """Per-box certainty p * v (CertaintySSOD: class score times localization quality); p alone when
     `certainty` is off (v taken as 1). float32, like the scores.
 
     p is the class probability of the box's label, not `scores`: fcos's score is already p times its
@@ -156,7 +156,7 @@ def certainty_scores(detections: Detections, certainty: bool = True) -> np.ndarr
 
 @dataclass
 class ClasswiseThresholds:
-    """Class-wise dynamic thresholds tau_m and loss weights alpha_m, seed 001 eq. 6.
+    """Class-wise dynamic thresholds tau_m and loss weights alpha_m, CertaintySSOD eq. 6.
 
     For each class m the detector's foreground predictions j on the unlabelled images are accumulated
     into c_m = sum_j p_m^j v_m^j (p class score, v localization quality, eq. 4) and the count
@@ -294,7 +294,7 @@ class ClasswiseThresholds:
 
 def accept_certainty(pool: Mapping[K, Detections], thresholds: ClasswiseThresholds
                      ) -> dict[K, tuple[Detections, np.ndarray]]:
-    """Certainty-aware pseudo labels (seed 001): per image the boxes whose certainty is above their
+    """Certainty-aware pseudo labels (CertaintySSOD): per image the boxes whose certainty is above their
     class's tau_m, with per-box loss weights alpha_m (eq. 6; lambda_u of eq. 2 is the trainer's).
 
     Uses `thresholds` as they stand (call `thresholds.update(pool.values())` first to accumulate
@@ -308,10 +308,10 @@ def accept_certainty(pool: Mapping[K, Detections], thresholds: ClasswiseThreshol
     return out
 
 
-# -- split and schedule (seed 000) -----------------------------------------------------------------
+# -- split and schedule (TSODA) -----------------------------------------------------------------
 def split_autolabelled(keys: Sequence[K] | Iterable[K], train_ratio: float = 0.8,
                        rng: np.random.Generator | int | None = 0) -> tuple[list[K], list[K]]:
-    """Split auto-labelled images into train and test keeping seed 000's ratio [80/20].
+    """Split auto-labelled images into train and test keeping TSODA's ratio [80/20].
 
     Keys are sorted (by their text) before shuffling, so the split depends on the set of keys and the
     seed, not on the order they arrive in. n_train = round(train_ratio * n).
@@ -331,7 +331,7 @@ def split_autolabelled(keys: Sequence[K] | Iterable[K], train_ratio: float = 0.8
 def tsoda_schedule(iteration: int, first: int = 2500, increment: int = 1500, maximum: int = 8500,
                    scale: float = 1.0) -> int:
     """Training steps for TSODA iteration `iteration` (0-based): min(first + iteration * increment,
-    maximum), times `scale`, rounded, at least 1. Seed 000: 2,500, then +1,500 up to 8,500.
+    maximum), times `scale`, rounded, at least 1. TSODA: 2,500, then +1,500 up to 8,500.
 
     Use `tsoda_scale` for `scale` to adapt the seed's steps to another dataset size and batch size.
     """
@@ -348,7 +348,7 @@ def tsoda_schedule(iteration: int, first: int = 2500, increment: int = 1500, max
 def tsoda_scale(num_images: int, batch_size: int = SEED000_BATCH_SIZE,
                 reference_images: int = SEED000_IMAGES,
                 reference_batch_size: int = SEED000_BATCH_SIZE) -> float:
-    """Factor that turns seed 000's step counts into the same number of passes over your data.
+    """Factor that turns TSODA's step counts into the same number of passes over your data.
 
     steps ~ epochs * images / batch, so keeping the seed's epochs gives
     scale = (num_images / reference_images) * (reference_batch_size / batch_size).

@@ -1,4 +1,4 @@
-"""Certainty-aware teacher-student training (seed 001), and the check that it beat a fair baseline.
+"""Certainty-aware teacher-student training (CertaintySSOD), and the check that it beat a fair baseline.
 
     teacher    = supervised model on the labelled images (trained here, or a checkpoint)
     pseudo     = teacher's boxes on the unlabelled images, weak view (image + its mirror)
@@ -76,7 +76,7 @@ log = logging.getLogger("boxloop.semi")
 
 @dataclass(frozen=True)
 class SemiConfig:
-    """Seed 001's settings [tau=0.7, gamma1=0.05, gamma2=0.6, lambda_u=1] and the switches of its
+    """CertaintySSOD's settings [tau=0.7, gamma1=0.05, gamma2=0.6, lambda_u=1] and the switches of its
     Table 5: CA `certainty` (p*v instead of p), RE `reweight` (alpha_m), DT `dynamic_threshold`
     (tau_m instead of tau). `student_steps`: the student's (and teacher continued's) steps, default
     the teacher's. The guard: the student is kept when the lower end of the `guard_level` paired
@@ -235,7 +235,7 @@ class _ImageFiles(Dataset):
 def weak_predict(detector: Detector, paths: Sequence[str | Path], image_size: int, flip: bool = True,
                  score_threshold: float = 0.05, batch_size: int = 8, flip_iou: float = 0.55,
                  num_workers: int = 0) -> list[Detections]:
-    """The teacher's weak view (seed 001: horizontal flip): Detections per path in original pixels,
+    """The teacher's weak view (CertaintySSOD: horizontal flip): Detections per path in original pixels,
     the image and its mirror merged by `merge_flip` when `flip`, else the image alone."""
     from boxloop.inference import _predict_batch, model_device, to_original
 
@@ -388,7 +388,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
     certainty = semi.certainty and bool(getattr(teacher, "has_loc_quality", False))
     if semi.certainty and not certainty:
         log.warning("the teacher (%s) predicts no localization quality: certainty (CA) switched off, p alone is "
-                    "used; build faster_rcnn with box_head='interval' for seed 001's p*v",
+                    "used; build faster_rcnn with box_head='interval' for CertaintySSOD's p*v",
                     getattr(teacher, "config", {}).get("name"))
     if teacher_predictions is None:
         dets = weak_predict(teacher, [s.path for s in unlabelled], train_config.image_size, flip=semi.flip,
@@ -459,7 +459,7 @@ def fit_semi(data: Any, class_names: Sequence[str] | None, train_config: TrainCo
 def pseudo_label_quality(accepted: Mapping[str, Annotation | Detections | tuple[Detections, Any]],
                          withheld_truth: Mapping[str, Annotation], class_names: Sequence[str],
                          iou_threshold: float = 0.5) -> dict[str, Any]:
-    """Per-class precision / recall of accepted pseudo boxes against the withheld labels (seed 001
+    """Per-class precision / recall of accepted pseudo boxes against the withheld labels (CertaintySSOD
     Fig. 3), via `evaluate.precision_recall`. Images of `withheld_truth` without an accepted box count
     as having none (their objects are misses); accepted images must all be in `withheld_truth`."""
     from boxloop.evaluate import precision_recall

@@ -227,7 +227,7 @@ class Detections:
     """One image's predictions. Labels are class indices into the project's class list.
 
     `class_probs` is the full (N, C) foreground probability vector; `loc_quality` the predicted
-    localization quality (predicted IoU, or the mean top interval score of seed 001) or None where a
+    localization quality (predicted IoU, or the mean top interval score of CertaintySSOD) or None where a
     model has none; `features` a fixed-length (N, D) vector per box or None.
     """
 

@@ -57,7 +57,7 @@ class TrainConfig:
     training in epochs, steps when training in steps; `patience`
     counts evaluations without a better validation mAP50 (None: no early stopping).
     `checkpoint_every` (steps) adds saves of last.pt between the ones at each epoch end and each
-    validation. `strong`: seed 001's strong photometric augmentation (data.train_transform) on every
+    validation. `strong`: CertaintySSOD's strong photometric augmentation (data.train_transform) on every
     training image, as a semi-supervised student and its supervised baseline train. `lr_milestones` are fractions of training where the 'step' schedule multiplies the
     learning rate by `lr_gamma`.
     """

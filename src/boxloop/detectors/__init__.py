@@ -68,7 +68,7 @@ def create_detector(name: str, num_classes: int, seed: int | None = None, **kwar
         return builder(num_classes=num_classes, **kwargs)
 
 
-# What a detector needs to predict localization quality (seed 001's v, which certainty-aware
+# What a detector needs to predict localization quality (CertaintySSOD's v, which certainty-aware
 # pseudo-labelling multiplies in): faster_rcnn only with the interval box head; the others always do.
 LOC_QUALITY_OPTIONS: dict[str, dict[str, Any]] = {"faster_rcnn": {"box_head": "interval"}}
 

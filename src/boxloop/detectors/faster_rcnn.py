@@ -1,4 +1,4 @@
-"""Faster R-CNN with FPN (seeds 001 and 002) behind boxloop's Detector protocol.
+"""Faster R-CNN with FPN (CertaintySSOD and FineGrainedAL) behind boxloop's Detector protocol.
 
 torchvision builds the network and does the heavy lifting: `FasterRCNN` (transform, RPN head,
 anchor generator, proposal filtering, `MultiScaleRoIAlign`, `TwoMLPHead`, `FastRCNNPredictor`),
@@ -10,18 +10,18 @@ map names, bounded negatives) from boxloop.detectors.torchvision_parts. Written 
 - `loss()`: the training forward pass, re-assembled from torchvision's parts so that per-box
   `weights` reach every anchor and RoI matched to a box (torchvision's losses take no weights), and
   so that negatives can be bounded (max negatives per positive, min negatives per image, hard
-  negatives by loss; seed 004). With every weight 1 and the options off it computes exactly
+  negatives by loss; HardNegatives). With every weight 1 and the options off it computes exactly
   torchvision's losses (checked in tests/test_faster_rcnn.py).
 - `predict()`: our own post-processing (boxloop.detectors.roi_postprocess), because
   `RoIHeads.postprocess_detections` throws away the class-probability vector and the RoI features;
   we keep the index of the RoI each box came from.
-- `box_head="interval"` (seed 001): the RoI box predictor is `interval.IntervalBoxHead` (class
+- `box_head="interval"` (CertaintySSOD): the RoI box predictor is `interval.IntervalBoxHead` (class
   logits + per-side classification over K intervals + fine offsets, eqs. 3-5) instead of
   torchvision's per-class delta regression. Training encodes each sampled RoI's matched gt box with
   the head's `IntervalBoxCoder`; the losses are loss_classifier, loss_side_cls, loss_side_reg, each
   RoI scaled by its weight. Predict decodes the argmax interval of each side (class-agnostic, one
   box per RoI), fills `loc_quality` with v (eq. 4) and ranks NMS by p*v ("scores p and v drive
-  NMS", seed 001). `scores` stays the class probability p (so `scores == class_probs[i, label]`
+  NMS", CertaintySSOD). `scores` stays the class probability p (so `scores == class_probs[i, label]`
   as for the standard head, and `pseudo.certainty_scores` = scores * loc_quality is p*v, not
   p*v*v); boxes come out in p*v order. torchvision's own `model(images, targets)` forward only
   works with the standard head.
@@ -96,7 +96,7 @@ class FasterRCNNDetector(nn.Module):
         self.min_negatives_per_image = min_negatives_per_image
         self.hard_negatives = hard_negatives
         self.amp = amp
-        # seed 001's interval head predicts a localization quality per box
+        # CertaintySSOD's interval head predicts a localization quality per box
         self.interval = isinstance(model.roi_heads.box_predictor, IntervalBoxHead)
         self.has_loc_quality = self.interval
 
@@ -206,7 +206,7 @@ class FasterRCNNDetector(nn.Module):
         """Indices of the RoIs that enter the loss, per image.
 
         Options off: torchvision's BalancedPositiveNegativeSampler, unchanged. Otherwise positives
-        are sampled as torchvision does and the negatives are bounded (seed 004) and, with
+        are sampled as torchvision does and the negatives are bounded (HardNegatives) and, with
         `hard_negatives`, chosen by their current classification loss (OHEM, Shrivastava et al.
         2016; computed without grad over all candidate negatives).
         """
@@ -352,13 +352,13 @@ def build_faster_rcnn(
     `min_size` may be a tuple: torchvision then picks one at random per training batch (scale
     jitter). `anchor_sizes`: one size per FPN level (default 32, 64, 128, ... for as many levels as
     the backbone returns). `representation_size` is the box head's width and so `feature_dim`.
-    Negatives (seed 004, all off by default): `max_negatives_per_positive` caps the sampled
+    Negatives (HardNegatives, all off by default): `max_negatives_per_positive` caps the sampled
     background RoIs per image at ratio x sampled positives, but at least `min_negatives_per_image`
     (so an image with no boxes trains on exactly that many background RoIs: keep it > 0);
     `hard_negatives` picks the background RoIs by highest current classification loss (OHEM)
     instead of at random. The RPN keeps torchvision's balanced sampler. `amp`: float16 autocast in
     predict() on CUDA. `box_head`: "standard" (torchvision's FastRCNNPredictor, per-class box
-    deltas) or "interval" (seed 001's IntervalBoxHead with `num_intervals` [K=30] per side over
+    deltas) or "interval" (CertaintySSOD's IntervalBoxHead with `num_intervals` [K=30] per side over
     `interval_side_range` [0.5] x the proposal size either side; fills loc_quality). `config` records every argument resolved; rebuild with
     `create_detector(**config)` (pretrained_backbone=False skips reading ImageNet weights when a
     checkpoint follows).

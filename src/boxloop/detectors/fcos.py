@@ -1,16 +1,16 @@
-"""FCOS with an IoU-prediction branch: the localization-aware one-stage detector of seed 003.
+"""FCOS with an IoU-prediction branch: the localization-aware one-stage detector of LocAwareAL.
 
 torchvision supplies the parts: `FCOS` (its resize/normalise transform, anchor-point generator),
 `FCOSHead` (classification and regression towers), `sigmoid_focal_loss`,
 `generalized_box_iou_loss`, `box_iou`, `batched_nms`; the backbone comes from `backbones.py`.
 
 Written here, because torchvision's versions cannot do it:
-- IoU branch (YOLOX-like, seed 003 §5.2.2). The regression tower's one-channel output, which
+- IoU branch (YOLOX-like, LocAwareAL §5.2.2). The regression tower's one-channel output, which
   torchvision uses for centerness (and still names `bbox_ctrness` in the state dict), predicts
   instead the IoU between the location's decoded box and its matched ground truth. It is trained
   with BCE against that IoU (detached) on positive locations and REPLACES centerness: both
-  down-weight badly placed points, but only a predicted IoU means what seed 003's score needs.
-- Score = class confidence x predicted IoU, the plain product of seed 003 eq. 5.1 / YOLOX eq. 4.1
+  down-weight badly placed points, but only a predicted IoU means what LocAwareAL's score needs.
+- Score = class confidence x predicted IoU, the plain product of LocAwareAL eq. 5.1 / YOLOX eq. 4.1
   (`score_mode="sqrt"` gives torchvision's geometric mean instead). `loc_quality` = predicted IoU.
 - Per-box weights in the loss. Every location matched to a box carries that box's weight in all
   three terms (focal loss over all classes at the location, GIoU, IoU-branch BCE); background
@@ -18,7 +18,7 @@ Written here, because torchvision's versions cannot do it:
   positive nor as background): a zero-weight box is one we do not trust, which is not the same as
   knowing the place is empty. The terms are normalised by the number of positive locations with
   weight > 0 (at least 1), so a weight of 0.5 halves a box's share rather than being normalised away.
-- Optional bounded negatives (seed 004, SSD's options): keep per image only the hardest
+- Optional bounded negatives (HardNegatives, SSD's options): keep per image only the hardest
   `max(max_negatives_per_positive * positives, min_negatives_per_image)` background locations
   (by focal loss) in the classification term. Off by default: the focal loss already balances.
 - A batched postprocess that keeps, for every detection, the full sigmoid class vector, the

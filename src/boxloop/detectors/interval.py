@@ -1,4 +1,4 @@
-"""Localization as classification over intervals plus fine regression (seed 001, eqs. 3-5).
+"""Localization as classification over intervals plus fine regression (CertaintySSOD, eqs. 3-5).
 
 Each side of a proposal gets a line segment perpendicular to it, split evenly into K intervals
 [K=30]. The head predicts, per side, which interval holds the ground-truth side (K-way

@@ -1,4 +1,4 @@
-"""RetinaNet (seed 002's one-stage baseline) behind boxloop's Detector protocol.
+"""RetinaNet (FineGrainedAL's one-stage baseline) behind boxloop's Detector protocol.
 
 torchvision builds the network: `RetinaNet` (transform, `RetinaNetHead`, `AnchorGenerator`,
 `Matcher`, `BoxCoder`), with `sigmoid_focal_loss` and `batched_nms`; the FPN comes from
@@ -11,7 +11,7 @@ boxloop.detectors.common. Written by hand here:
   between the IoU thresholds. Normalisation stays torchvision's: per image, the number of foreground
   anchors (those of weight-0 boxes not counted). With every weight 1 and the options off it equals
   torchvision's loss (tests/test_retinanet.py).
-  Negatives (seed 004), off by default because the focal loss already down-weights easy ones:
+  Negatives (HardNegatives), off by default because the focal loss already down-weights easy ones:
   `max_negatives_per_positive` keeps per image only the hardest background anchors by focal loss,
   at most ratio x foreground anchors but at least `min_negatives_per_image` (SSD-style hard
   negative mining; an image with no boxes then contributes exactly `min_negatives_per_image`).
@@ -161,7 +161,7 @@ class RetinaNetDetector(nn.Module):
         return {"classification": sum(cls_losses) / n, "bbox_regression": sum(box_losses) / n}
 
     def _keep_hard_negatives(self, logits: Tensor, target: Tensor, fg: Tensor, valid: Tensor) -> Tensor:
-        """Mask keeping every non-background anchor and the hardest background ones (seed 004)."""
+        """Mask keeping every non-background anchor and the hardest background ones (HardNegatives)."""
         neg = torch.where(valid & ~fg)[0]
         num_neg = bounded_num_negatives(int(fg.sum()), neg.numel(), neg.numel(),
                                         self.max_negatives_per_positive, self.min_negatives_per_image)

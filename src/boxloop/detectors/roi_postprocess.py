@@ -4,7 +4,7 @@ torchvision's `RoIHeads.postprocess_detections` throws away the class-probabilit
 RoI features; these do its work (box decoding, clipping, score threshold, small-box removal,
 per-class `batched_nms`, the detections cap, all torchvision's) while keeping the index of the
 RoI each box came from, so that a box carries its RoI's class probabilities and box-head features.
-Written by hand: that bookkeeping, and for the interval head (seed 001) the decoding of one
+Written by hand: that bookkeeping, and for the interval head (CertaintySSOD) the decoding of one
 class-agnostic box per RoI with its localization quality v and NMS ranked by p*v.
 """
 

@@ -3,7 +3,7 @@
 Written by hand: the backbone option defaults made explicit (so a detector's `config` records
 them), the names of the feature maps a backbone returns (found by one tiny forward pass),
 input checks moved to a device, and the bounded, optionally hardest-first choice of negatives
-(seed 004, the TF HardExampleMiner rule). Input checks themselves are boxloop.detectors.common.
+(HardNegatives, the TF HardExampleMiner rule). Input checks themselves are boxloop.detectors.common.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def select_negatives(
 def bounded_num_negatives(
     num_pos: int, available: int, room: int, max_negatives_per_positive: float | None, min_negatives_per_image: int
 ) -> int:
-    """Seed 004 / TF HardExampleMiner rule: at most max(ratio * positives, min per image) negatives."""
+    """HardNegatives / TF HardExampleMiner rule: at most max(ratio * positives, min per image) negatives."""
     num = min(available, room)
     if max_negatives_per_positive is not None:
         num = min(num, max(int(math.floor(max_negatives_per_positive * num_pos)), min_negatives_per_image))

@@ -3,7 +3,7 @@
 defusedxml parses (DTDs and entity declarations are refused: billion-laughs and external-entity
 files never expand); the standard library's ElementTree writes. Written by hand: matching each XML
 to its image (by relative stem, then `<path>`, then `<filename>`), the path-escape checks, reading
-and writing the boxloop extras (seed 003 Figure 6.3's `<confidence>`, a `<provenance>` element and
+and writing the boxloop extras (LocAwareAL Figure 6.3's `<confidence>`, a `<provenance>` element and
 `<loc_quality>` for boxes a model made) and the VOC-root layout (JPEGImages/, Annotations/,
 ImageSets/Main/*.txt).
 
@@ -140,12 +140,12 @@ def _opt_float(text: str | None) -> float | None:
 
 
 def _provenance(obj: StdET.Element) -> Provenance:
-    """Provenance of one <object>: the <provenance> element, else a bare <confidence> (seed 003's
+    """Provenance of one <object>: the <provenance> element, else a bare <confidence> (LocAwareAL's
     detector output, in percent) marks a predicted box; else the box is human-drawn."""
     el = obj.find("provenance")
     confidence = _opt_float(_text(obj, "confidence"))
     if confidence is not None and confidence > 1:
-        confidence /= 100.0  # seed 003 Figure 6.3 writes 85.2 for 0.852
+        confidence /= 100.0  # LocAwareAL Figure 6.3 writes 85.2 for 0.852
     loc_quality = _opt_float(_text(obj, "loc_quality"))
     if el is None:
         if confidence is None:
@@ -355,7 +355,7 @@ def annotation_to_xml(ann: Annotation, folder: str = "") -> StdET.Element:
         _sub(obj, "difficult", str(int(ann.difficult[i])))
         p = ann.provenance[i]
         if p.score is not None:
-            _sub(obj, "confidence", f"{100.0 * p.score:.1f}")  # percent, as seed 003 Figure 6.3
+            _sub(obj, "confidence", f"{100.0 * p.score:.1f}")  # percent, as LocAwareAL Figure 6.3
         if p != Provenance():
             attrs = {"source": p.source.value, "round": str(p.round)}
             if p.model is not None:

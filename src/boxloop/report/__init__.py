@@ -3,7 +3,7 @@
 Input is the results schema that `simulate` writes (OUT/results.json: runs of strategy x seed, each a
 list of rounds with images/boxes labelled, cost, mAP50, per-class AP, labelled objects per class,
 selection thresholds and pseudo-label counts) and optionally OUT/gallery.json (the last query, boxes
-with their provenance). It answers the question of seed 003 Figs 6.5-6.8 and seed 002 Figs 3-4: what
+with their provenance). It answers the question of LocAwareAL Figs 6.5-6.8 and FineGrainedAL Figs 3-4: what
 did each label buy, and does labelling still pay?
 
 The package, by what each part does:

@@ -162,7 +162,7 @@ def summarize(results: Mapping[str, Any], flat_rounds: int = 2, flat_gain: float
     """Best strategy by last-round mean mAP50, what it cost, and whether its curve has flattened.
 
     Flattened: the mean mAP50 gained less than `flat_gain` over the last `flat_rounds` rounds (the
-    plateau stopping rule of seed 003 §5.2.3); None when there are not enough evaluated rounds.
+    plateau stopping rule of LocAwareAL §5.2.3); None when there are not enough evaluated rounds.
     """
     results = load_results(results)
     per = {}

@@ -74,7 +74,7 @@ def select(
 
     `pool`: image key -> Detections (images with no detection included: they are part of the pool)
     or a prebuilt DetectionTable. `budget`: images or boxes to query (None only for
-    localization_aware: every image its thresholds qualify, as seed 003 does). `rng`: a Generator
+    localization_aware: every image its thresholds qualify, as LocAwareAL does). `rng`: a Generator
     or a seed. `options` go to the strategy (e.g. aggregate="max", empty_share=0.1,
     labelled_features=..., t_d=0.1, exclude=[(key, box_index), ...]).
     """

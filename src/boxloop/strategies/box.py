@@ -1,14 +1,14 @@
-"""Box-level strategies (seed 002): query K single predicted boxes instead of whole images.
+"""Box-level strategies (FineGrainedAL): query K single predicted boxes instead of whole images.
 
-The box pool U_B is every prediction on the unlabelled images with score >= t_d (seed 002 eq. 1),
-minus the boxes already checked (`exclude`). Seed 002 gives no value for t_d, only "low, for high
+The box pool U_B is every prediction on the unlabelled images with score >= t_d (FineGrainedAL eq. 1),
+minus the boxes already checked (`exclude`). FineGrainedAL gives no value for t_d, only "low, for high
 recall"; our default [0.1] is a choice (detectors here predict down to 0.05). Each strategy is
 `fn(table, budget, rng, **options) -> Selection(unit="boxes", items=((key, box_index), ...))`,
 registered in `BOX_STRATEGIES`; box_index indexes the image's Detections as predicted.
 
 - random: uniform over U_B.
 - least_confidence: the K boxes with the lowest max class probability (highest 1 - P).
-- coreset: greedy k-center on box features (seed 002 used Faster R-CNN's FC2 features), starting
+- coreset: greedy k-center on box features (FineGrainedAL used Faster R-CNN's FC2 features), starting
   from the labelled boxes' features L_B.
 
 Written by hand; numpy does the arithmetic, k-center lives in coreset.py.
@@ -27,7 +27,7 @@ from boxloop.structures import Selection
 
 __all__ = ["BOX_STRATEGIES", "T_D", "box_pool", "random_boxes", "least_confidence_boxes", "coreset_boxes"]
 
-T_D = 0.1  # box-pool threshold t_d (seed 002 eq. 1 names it, gives no value)
+T_D = 0.1  # box-pool threshold t_d (FineGrainedAL eq. 1 names it, gives no value)
 
 
 def box_pool(table: DetectionTable, t_d: float = T_D, exclude: Iterable[tuple[Hashable, int]] = (),

@@ -34,7 +34,7 @@ FEATURE_MODELS = "fcos_lite, fcos, faster_rcnn, retinanet"
 
 
 def least_confidence_scores(table: DetectionTable) -> np.ndarray:
-    """Per box 1 - max_c P(c) (seed 002 §3.3 'mean classification uncertainty', before the mean)."""
+    """Per box 1 - max_c P(c) (FineGrainedAL §3.3 'mean classification uncertainty', before the mean)."""
     if len(table) == 0:
         return np.zeros(0, np.float32)
     return 1.0 - table.class_probs.max(axis=1)
@@ -72,7 +72,7 @@ def entropy_scores(table: DetectionTable, mode: str = "categorical") -> np.ndarr
 
 
 def localization_scores(table: DetectionTable) -> np.ndarray:
-    """Seed 003 eq. 5.1: S_total = max_c P(c) x predicted IoU (low = uncertain)."""
+    """LocAwareAL eq. 5.1: S_total = max_c P(c) x predicted IoU (low = uncertain)."""
     require_field(table, "loc_quality", "localization_aware")
     if len(table) == 0:
         return np.zeros(0, np.float32)

@@ -1,4 +1,4 @@
-"""Greedy k-center (the core-set selection of Sener & Savarese, used by seed 002 §3.3).
+"""Greedy k-center (the core-set selection of Sener & Savarese, used by FineGrainedAL §3.3).
 
 Each step picks the point farthest from every centre so far (the labelled set plus the points
 already picked). Two exact implementations:

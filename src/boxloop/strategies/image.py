@@ -5,10 +5,10 @@ Every strategy is `fn(table, budget, rng, **options) -> Selection(unit="images")
 the empty share).
 
 - random: uniform over the pool (images with no detections included).
-- least_confidence: per box 1 - max P, aggregated per image by mean (seed 002) or max.
+- least_confidence: per box 1 - max P, aggregated per image by mean (FineGrainedAL) or max.
 - entropy: per box entropy of the class-probability vector (see `entropy_scores` for the two
   readings of sigmoid vs softmax vectors), aggregated by mean or max.
-- localization_aware: seed 003 Algorithms 1-2 (see the function's docstring for our choices where
+- localization_aware: LocAwareAL Algorithms 1-2 (see the function's docstring for our choices where
   the seed is silent: budget, ties, classes with fewer than [100] detections).
 - coreset: greedy k-center over image features (mean of the image's box features, or given ones),
   starting from the labelled set's features.
@@ -57,8 +57,8 @@ __all__ = [
     "class_thresholds",
 ]
 
-LOW_THRESHOLD = 0.2  # seed 003 Algorithm 1: keep detections with S_total > 0.2
-PER_CLASS = 100  # seed 003 Algorithm 2: the 100 lowest-scoring detections per class
+LOW_THRESHOLD = 0.2  # LocAwareAL Algorithm 1: keep detections with S_total > 0.2
+PER_CLASS = 100  # LocAwareAL Algorithm 2: the 100 lowest-scoring detections per class
 
 
 def _selection(name: str, table: DetectionTable, idx: np.ndarray, scores: np.ndarray, info: dict,
@@ -99,7 +99,7 @@ def _rank_by_image_score(name: str, table: DetectionTable, box_scores: np.ndarra
 
 def least_confidence(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
                      aggregate: str = "mean", min_score: float = 0.0, empty_share: float = 0.0) -> Selection:
-    """Images whose boxes are least sure of their class: mean (seed 002) or max of 1 - max P."""
+    """Images whose boxes are least sure of their class: mean (FineGrainedAL) or max of 1 - max P."""
     budget = check_budget(budget, "least_confidence")
     return _rank_by_image_score("least_confidence", table, least_confidence_scores(table), budget,
                                 as_rng(rng), aggregate, min_score, empty_share, {})
@@ -123,9 +123,9 @@ def _class_order(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def class_thresholds(scores: np.ndarray, labels: np.ndarray, num_classes: int, per_class: int = PER_CLASS,
                      order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Seed 003 Algorithm 2's per-class threshold: the `per_class`-th lowest score of each class.
+    """LocAwareAL Algorithm 2's per-class threshold: the `per_class`-th lowest score of each class.
 
-    A class with fewer detections gets 1.0 (all of them qualify; seed 003 Fig. 6.5 shows 100% for
+    A class with fewer detections gets 1.0 (all of them qualify; LocAwareAL Fig. 6.5 shows 100% for
     such classes), a class with none NaN. Returns (thresholds (C,), kept detections per class (C,)).
     `order` may pass a precomputed `_class_order(scores, labels)`.
     """
@@ -145,7 +145,7 @@ def class_thresholds(scores: np.ndarray, labels: np.ndarray, num_classes: int, p
 def localization_aware(table: DetectionTable, budget: int | None = None,
                        rng: np.random.Generator | int | None = None, *, low_threshold: float = LOW_THRESHOLD,
                        per_class: int = PER_CLASS, empty_share: float = 0.0) -> Selection:
-    """Seed 003 Algorithms 1-2: class confidence x predicted IoU, class-balanced lowest scores.
+    """LocAwareAL Algorithms 1-2: class confidence x predicted IoU, class-balanced lowest scores.
 
     1. S = max_c P(c) x loc_quality per detection; keep S > low_threshold [0.2].
     2. Per class, threshold = the per_class-th [100] lowest kept S (1.0 when the class has fewer).
@@ -158,7 +158,7 @@ def localization_aware(table: DetectionTable, budget: int | None = None,
     smaller budget keeps the batch class-balanced; a larger budget continues the same round-robin
     past the thresholds (info['extended'] = True). The per-class thresholds are in
     info['thresholds'] (list over class ids, None for a class with no kept detection) for plots
-    like seed 003 Fig. 6.5. Selection.scores are 1 - S of the detection that brought the image in.
+    like LocAwareAL Fig. 6.5. Selection.scores are 1 - S of the detection that brought the image in.
     """
     budget = check_budget(budget, "localization_aware", allow_none=True)
     rng = as_rng(rng)

@@ -257,7 +257,7 @@ def budget_aware(table: DetectionTable, budget: int, rng: np.random.Generator | 
                  image_features=None, labelled_features=None, switch_coverage: float = SWITCH_COVERAGE,
                  knn: int = KNN, empty_share: float = 0.0, **localization_options) -> Selection:
     """`typical` while the labelled training set covers less than `switch_coverage` [0.8] of the pool,
-    then `localization_aware` (seed 003).
+    then `localization_aware` (LocAwareAL).
 
     Coverage (see `coverage`): the share of pool images that have a labelled image among their look-
     alikes (within the median distance to the 20th nearest neighbour). Why this rule: the low-budget
