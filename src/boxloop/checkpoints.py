@@ -82,6 +82,10 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dst)
+    except OSError as e:
+        if e.errno and not e.filename:  # a failed write (full disk, ...): name the file it was for
+            raise OSError(e.errno, f"cannot copy a checkpoint: {os.strerror(e.errno)}", str(dst)) from e
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 
