@@ -292,8 +292,9 @@ def noisy_label_threshold(project: Project, round_id: int, config: LoopConfig) -
                                                          f"{config.noisy_precision:g}")
         else:
             threshold = max(config.t_d, found)
+            precision, count = precision_above(table, found)
             rule = (f"the lowest with validation precision >= {config.noisy_precision:g} "
-                    f"({precision_above(table, found)[0]:.3f} over {precision_above(table, found)[1]} detections)")
+                    f"({precision:.3f} over {count} detections)")
     project.set_metrics(round_id, {"noisy_label_threshold": float(threshold), "noisy_label_rule": rule})
     return float(threshold)
 
