@@ -138,10 +138,10 @@ def load_detector(path: str | Path, expect_classes: Sequence[str] | None = None,
         cfg["pretrained_backbone"] = False  # the checkpoint holds every weight; don't fetch any
     detector = create_detector(name, num_classes, **cfg)
     try:
-        detector.load_state_dict(ckpt["model"])  # type: ignore[attr-defined]
+        detector.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit the model it names ({name}, "
                               f"{ckpt['detector_config']}): {str(e).splitlines()[0]}") from e
-    detector.to(resolve_device(device)).eval()  # type: ignore[attr-defined]
+    detector.to(resolve_device(device)).eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
     return detector, class_names, meta

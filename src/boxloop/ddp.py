@@ -171,7 +171,7 @@ def write_spec(detector: Detector, train: Sequence[Sample], val: Sequence[Sample
     out_dir = Path(out_dir)
     path = out_dir / SPEC_NAME
     save_checkpoint({"detector_config": dict(detector.config),
-                     "state": detector.state_dict(),  # type: ignore[attr-defined]
+                     "state": detector.state_dict(),
                      "train": list(train), "val": list(val), "class_names": list(class_names),
                      "train_config": config.to_dict(), "out_dir": str(out_dir.resolve()),
                      "stop_after": stop_after, "resume": resume}, path)
@@ -222,8 +222,8 @@ def fit_distributed(detector: Detector, train: Sequence[Sample], val: Sequence[S
     (out_dir / RESULT_NAME).unlink(missing_ok=True)
     best, last = out_dir / "best.pt", out_dir / "last.pt"
     if res["completed"] and best.exists():
-        detector.load_state_dict(load_checkpoint(best)["model"])  # type: ignore[attr-defined]
-    detector.eval()  # type: ignore[attr-defined]
+        detector.load_state_dict(load_checkpoint(best)["model"])
+    detector.eval()
     return FitResult(best, last, res["best_map50"], res["history"], res["step"], res["total_steps"],
                      res["completed"], res["stopped_early"])
 
@@ -253,7 +253,7 @@ def _rank_main(spec_path: str) -> None:
         cfg = dict(spec["detector_config"])
         name, num_classes = cfg.pop("name"), cfg.pop("num_classes")
         detector = create_detector(name, num_classes, **{**cfg, "pretrained_backbone": False})
-        detector.load_state_dict(spec["state"])  # type: ignore[attr-defined]
+        detector.load_state_dict(spec["state"])
         detector.config = dict(spec["detector_config"])  # as built by the caller (checkpoints say so)
         progress = os.environ.get("BOXLOOP_DDP_PROGRESS", "1") == "1"
         try:

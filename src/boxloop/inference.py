@@ -138,12 +138,12 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if device is not None:
         dev = resolve_device(device)
-        detector.to(dev)  # type: ignore[attr-defined]
+        detector.to(dev)
     else:
         dev = model_device(detector)
     was_training = bool(getattr(detector, "training", False))
     if hasattr(detector, "eval"):
-        detector.eval()  # type: ignore[attr-defined]
+        detector.eval()
     loader = DataLoader(_FileDataset(paths, image_size, skip_errors or on_skip is not None), batch_size=batch_size,
                         shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
@@ -168,4 +168,4 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
     finally:
         bar.close()
         if was_training and hasattr(detector, "train"):
-            detector.train()  # type: ignore[attr-defined]
+            detector.train()

@@ -201,7 +201,7 @@ def validation_predictions(detector: Detector, samples: Sequence[Sample], class_
     """Predictions of `detector` on `samples`, made as fit() validates (config's image size, batch and
     score threshold): what validation_map50 scores and the never-worse guards compare."""
     if device is not None:
-        detector.to(device)  # type: ignore[attr-defined]
+        detector.to(device)
     return {s.name: det.to_annotation(s.name, list(class_names)) for s, (_, det) in zip(samples, predict_paths(
         detector, [s.path for s in samples], config.image_size, batch_size=config.batch_size, device=None,
         num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False))}
@@ -264,7 +264,7 @@ def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_n
     if changed:
         raise CheckpointError(f"{last_path} was trained with other settings ({', '.join(f'{k}: {getattr(old, k)} -> {getattr(config, k)}' for k in changed)}); "
                               "use another out_dir or resume=False")
-    detector.load_state_dict(ckpt["model"])  # type: ignore[attr-defined]
+    detector.load_state_dict(ckpt["model"])
     opt.optimizer.load_state_dict(ckpt["optimizer"])
     opt.scheduler.load_state_dict(ckpt["scheduler"])
     if "scaler" in ckpt and ckpt["scaler"]:
@@ -310,7 +310,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                     "build it with min_size=max_size=image_size to train at the size you asked for",
                     cfg["min_size"], cfg.get("max_size"), config.image_size)
     device = resolve_device(config.device)
-    detector.to(device)  # type: ignore[attr-defined]
+    detector.to(device)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     total_steps = config.total_steps(len(train))
     opt = build_optimisation(detector, config, device, total_steps)
@@ -340,7 +340,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         save_checkpoint({
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "detector_config": dict(getattr(detector, "config", {})), "class_names": class_names,
-            "model": detector.state_dict(),  # type: ignore[attr-defined]
+            "model": detector.state_dict(),
             "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
             "scaler": opt.scaler.state_dict() if opt.scaler.is_enabled() else {},
             "step": run.step, "epoch": run.step / steps_per_epoch, "total_steps": total_steps,
@@ -351,7 +351,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
 
     bar = tqdm(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
     steps_this_call = 0
-    detector.train()  # type: ignore[attr-defined]
+    detector.train()
     try:
         while run.step < total_steps and not run.stopped_early:
             epoch, pos = divmod(run.step, steps_per_epoch)
@@ -390,7 +390,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                     map50 = validation_map50(detector, val, class_names, config, device) if main else None
                     if dist is not None:
                         map50 = dist.broadcast(map50)
-                    detector.train()  # type: ignore[attr-defined]
+                    detector.train()
                     entry["val_map50"] = map50
                     if progress and main:
                         bar.write(f"step {run.step}: val mAP50 {map50:.4f}")
@@ -439,7 +439,7 @@ def train_detector(spec: DetectorSpec, class_names: Sequence[str], train: Sequen
     Returns the detector, holding the best weights, and what fit() reported."""
     detector = spec.build(len(class_names), seed=config.seed)
     if init is not None:
-        detector.load_state_dict(load_checkpoint(init)["model"])  # type: ignore[attr-defined]
+        detector.load_state_dict(load_checkpoint(init)["model"])
     if nproc is not None:
         from boxloop.ddp import fit_distributed
 
@@ -453,6 +453,6 @@ def train_detector(spec: DetectorSpec, class_names: Sequence[str], train: Sequen
 def _finish(detector: Detector, device: torch.device, result: FitResult) -> FitResult:
     """Load the best weights into the detector; return `result`."""
     if result.best_checkpoint.exists():
-        detector.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])  # type: ignore[attr-defined]
-    detector.eval()  # type: ignore[attr-defined]
+        detector.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+    detector.eval()
     return result

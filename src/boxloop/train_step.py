@@ -49,7 +49,7 @@ def build_optimisation(detector: Detector, config: TrainConfig, device: torch.de
     """The optimiser, schedule and scaler `config` asks for, over the detector's trainable parameters."""
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    params = [p for p in detector.parameters() if p.requires_grad]  # type: ignore[attr-defined]
+    params = [p for p in detector.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                                            weight_decay=config.weight_decay)
@@ -93,7 +93,7 @@ def train_step(detector: Detector, opt: Optimisation, images: Images, targets: T
                         opt.micro)
     if opt.grad_clip is not None:
         opt.scaler.unscale_(opt.optimizer)
-        torch.nn.utils.clip_grad_norm_(detector.parameters(), opt.grad_clip)  # type: ignore[attr-defined]
+        torch.nn.utils.clip_grad_norm_(detector.parameters(), opt.grad_clip)
     opt.scaler.step(opt.optimizer)
     opt.scaler.update()
     return sums

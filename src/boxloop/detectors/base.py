@@ -9,13 +9,18 @@ models shift internally where torchvision needs it):
      "weights": FloatTensor (N,) optional, default 1}
 
 An image with N=0 is a negative and must train as one.
+
+Every detector is also a torch `nn.Module`; the protocol names the part of that interface the
+trainer, the checkpoints and inference use (mode, device, parameters, state), so callers need no
+casts.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
 from torch import Tensor
+from torch.nn import Parameter
 
 from boxloop.structures import Detections
 
@@ -32,3 +37,18 @@ class Detector(Protocol):
     def loss(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]: ...
 
     def predict(self, images: list[Tensor], score_threshold: float = 0.05) -> list[Detections]: ...
+
+    # the nn.Module part
+    training: bool
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any: ...
