@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from boxloop.data import Sample
-from boxloop.semi import SemiConfig, fit_semi, merge_flip, pseudo_label_quality, student_train_config
+from boxloop.semi import SemiConfig, fit_semi, merge_flip, pseudo_label_quality, pseudo_samples, student_train_config
 from boxloop.structures import Annotation, Boxes, Detections
 from boxloop.train import CheckpointError, TrainConfig, load_checkpoint, load_detector
 
@@ -226,6 +226,34 @@ def test_pseudo_labels_pass_the_dynamic_thresholds_only_when_v_is_high(run, data
         a = load_checkpoint(tmp_path / "best.pt")["model"]
         b = load_checkpoint(result.continued_checkpoint)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unaccepted_teacher_boxes_become_ignore_regions_of_weight_zero() -> None:
+    """One image, four teacher boxes (class probability p, quality v, score p*v) and a fixed tau 0.7:
+    A (p .95, v .9: 0.855) is accepted; B (0.3, elsewhere) becomes an ignore region of weight 0; C
+    (0.3, IoU 0.82 with A: the same object) is not an ignore region, it would take A's locations;
+    D (0.02) is under the ignore threshold 0.05. An image with no accepted box gets no Sample."""
+    classes = ["a", "b"]
+    xyxy = np.array([[10, 10, 30, 30], [50, 50, 70, 70], [11, 11, 31, 31], [70, 10, 90, 30]], np.float32)
+    p = np.array([0.95, 0.6, 0.6, 0.04])
+    probs = np.stack([p, 1 - p], axis=1).astype(np.float32)
+    scores = np.array([0.855, 0.3, 0.3, 0.02], np.float32)
+    img = Detections(Boxes(xyxy, (100, 100)), np.zeros(4, np.int64), scores, probs,
+                     loc_quality=np.array([0.9, 0.5, 0.5, 0.5], np.float32))
+    none = img[np.array([1, 3])]  # nothing certain: no Sample, and its unsure box is no ignore region
+    pool = {"one.png": img, "none.png": none}
+    unlabelled = [Sample(Path("one.png")), Sample(Path("none.png"))]
+    semi = SemiConfig(dynamic_threshold=False, reweight=False, lambda_u=0.5)
+    labels, weights, samples, ignored = pseudo_samples(pool, unlabelled, classes, semi.thresholds(2), semi.lambda_u,
+                                                       semi.ignore_threshold)
+    assert list(labels) == ["one.png"] and len(labels["one.png"]) == 1 and ignored == 1
+    np.testing.assert_allclose(labels["one.png"].boxes.xyxy, xyxy[:1])
+    np.testing.assert_allclose(weights["one.png"], [0.5])
+    (s,) = samples
+    np.testing.assert_allclose(s.annotation.boxes.xyxy, xyxy[:2])
+    np.testing.assert_allclose(s.weights, [0.5, 0.0])
+    labels2, _, samples2, ignored2 = pseudo_samples(pool, unlabelled, classes, semi.thresholds(2), semi.lambda_u, None)
+    assert ignored2 == 0 and len(samples2[0].annotation) == 1 and labels2.keys() == labels.keys()
 
 
 def test_cli_train_semi_keeps_teacher_continued_or_the_student(make_synthetic, tmp_path: Path) -> None:
