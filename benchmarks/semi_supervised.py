@@ -42,7 +42,7 @@ Writes benchmarks/results/semi_supervised.json (or --json). BCCD absent: says so
 
 Written here: the experiment layout, the threshold comparison, the tables, the target checks and
 the time estimate. boxloop does the rest (simulate.withhold, train.fit, semi.fit_semi /
-weak_predict / pseudo_label_quality, autolabel.autolabel, pseudo, round_model.test_metrics).
+pseudo_label_quality, weak_view.weak_predict, autolabel.autolabel, pseudo, round_model.test_metrics).
 """
 
 from __future__ import annotations
@@ -251,7 +251,8 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
     from boxloop.autolabel import model_dir as tsoda_dir
     from boxloop.detectors import create_detector
     from boxloop.loop import training_samples
-    from boxloop.semi import fit_semi, weak_predict
+    from boxloop.semi import fit_semi
+    from boxloop.weak_view import weak_predict
     from boxloop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
     from boxloop.train import fit, load_detector
@@ -531,7 +532,7 @@ def estimate(spec, args) -> dict[str, Any]:
     from boxloop.data import Sample
     from boxloop.detectors import create_detector
     from boxloop.inference import predict_paths
-    from boxloop.semi import weak_predict
+    from boxloop.weak_view import weak_predict
     from boxloop.simulate import load_truth
     from boxloop.train import fit
 

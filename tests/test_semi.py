@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from boxloop.data import Sample
-from boxloop.semi import SemiConfig, fit_semi, merge_flip, pseudo_label_quality, pseudo_samples, student_train_config
+from boxloop.semi import SemiConfig, fit_semi, pseudo_label_quality, pseudo_samples, student_train_config
+from boxloop.weak_view import merge_flip
 from boxloop.structures import Annotation, Boxes, Detections
 from boxloop.train import CheckpointError, TrainConfig, load_checkpoint, load_detector
 
