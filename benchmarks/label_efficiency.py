@@ -479,8 +479,8 @@ def ensure_base(spec, args, seed: int, truth, say) -> None:
                                    force=True, progress=args.progress)
             withhold(project, args.initial, seed, cfg, initial_strategy=args.initial_strategy)
         with project:
-            rounds = {r["id"]: r for r in project.rounds()}
-            if 0 not in rounds or rounds[0]["step"] not in ("predict", "done"):
+            r0 = project.round(0)
+            if r0 is None or r0.step not in ("predict", "done"):
                 say(f"seed {seed}: round-0 model on {args.initial} images ({args.steps} steps)")
             run_round(project, cfg, truth, 0, progress=args.progress, stop_at="predict")
 
@@ -507,7 +507,7 @@ def run_job(spec, args, job: Job, truth, say) -> None:
     budget = args.budget if unit == "images" else args.box_budget
     cfg = loop_config(args, seed=job.seed, unit=unit, strategy=job.strategy, budget=budget)
     with Project.open(rdir) as run:
-        done = {r["id"] for r in run.rounds() if r["status"] == "done"}
+        done = {r.id for r in run.rounds() if r.status == "done"}
         for r in range(rounds + 1):
             if r in done:
                 continue
@@ -537,7 +537,7 @@ def full_data_reference(spec, args, seed: int, truth, say) -> dict[str, Any] | N
         if not (pdir / DB_NAME).exists():
             return None
         project = Project.open(pdir)
-        if not [r for r in project.rounds() if r["status"] == "done"]:
+        if not [r for r in project.rounds() if r.status == "done"]:
             project.close()
             return None
     else:
@@ -547,7 +547,7 @@ def full_data_reference(spec, args, seed: int, truth, say) -> dict[str, Any] | N
                 project.close()
             project = init_project(pdir, spec.images, spec.annotations, test_list=spec.test_list, seed=seed,
                                    force=True, progress=args.progress)
-        if not [r for r in project.rounds() if r["status"] == "done"]:
+        if not [r for r in project.rounds() if r.status == "done"]:
             say(f"seed {seed}: full-data reference, {full_steps(args)} steps on all trainval")
         run_round(project, cfg, truth, 0, last=True, progress=args.progress)
     with project:

@@ -41,8 +41,8 @@ def test_query_on_an_untrained_project_writes_a_typical_batch(data, tmp_path: Pa
     with Project.open(proj) as p:
         assert not (proj / "models").exists()  # nothing was trained
         (rnd,) = p.rounds()
-        assert rnd["step"] == "oracle" and rnd["config"]["strategy"] == "typical"
-        sel = p.metrics(rnd["id"])[rnd["id"]]["selection"]
+        assert rnd.step == "oracle" and rnd.config["strategy"] == "typical"
+        sel = p.metrics(rnd.id)[rnd.id]["selection"]
         assert sel["strategy"] == "typical" and sel["count"] == 3 and sel["clusters"] == 3
         assert len(list((proj / "cache" / "embeddings").rglob("*.npy"))) == 16  # the whole pool, cached
     # answer the batch with the true boxes: the labels land like any other answer
@@ -53,7 +53,7 @@ def test_query_on_an_untrained_project_writes_a_typical_batch(data, tmp_path: Pa
     assert "imported 3 images" in " ".join(res.stdout.split())
     with Project.open(proj) as p:
         assert {r.path for r in p.images(status="labelled")} == set(manifest["images"].values())
-        assert p.last_round()["step"] == "done"
+        assert p.last_round().step == "done"
 
 
 def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path) -> None:

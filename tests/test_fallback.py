@@ -67,8 +67,8 @@ def test_box_level_with_zero_detections_asks_whole_images(run, data, strategy):
     sel = _blind_round(run, data, strategy=strategy, unit="boxes", budget=5)
     fb = sel["fallback"]
     assert fb["strategy"] == "random_images" and fb["images"] >= 1
-    assert all(q["box_index"] is None for q in run.queries(round=0))
-    asked = {q["path"] for q in run.queries(round=0)}
+    assert all(q.box_index is None for q in run.queries(round=0))
+    asked = {q.path for q in run.queries(round=0)}
     assert len(asked) == fb["images"] and asked <= set(pool)
     assert all(run.image(k).status == "labelled" for k in asked)  # the image oracle answered them whole
     cost = run.metrics(0)[0]["cost"]
@@ -97,7 +97,7 @@ def test_box_coreset_without_labelled_box_features_starts_farthest_first(run, da
     run_round(run, cfg(**BLIND, strategy="coreset", unit="boxes", budget=4), data.annotations, 0, progress=False)
     sel = run.metrics(0)[0]["selection"]
     assert sel["fallback"]["strategy"] == "coreset" and "random first pick" in sel["fallback"]["reason"]
-    assert len([q for q in run.queries(round=0) if q["box_index"] is not None]) == 4
+    assert len([q for q in run.queries(round=0) if q.box_index is not None]) == 4
 
 
 def test_image_coreset_without_labelled_features_uses_the_embedding(run, data):

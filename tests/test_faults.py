@@ -309,7 +309,7 @@ def test_image_deleted_after_init(data: Data, tmp_path: Path) -> None:
         out = " ".join(ok(cli(*query)).split())
         assert "asked about 2 images" in out and pool_image in out and "image file not found" in out
         with Project.open(proj) as p:
-            assert pool_image not in {q["path"] for q in p.queries(state="open")}
+            assert pool_image not in {q.path for q in p.queries(state="open")}
             assert [(s["path"], s["stage"]) for s in p.status()["skipped_images"]] == [(pool_image, "predict")]
 
     # train (another seed: a new model) leaves the missing training image out

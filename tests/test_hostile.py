@@ -63,7 +63,7 @@ def _status(project: Path) -> dict:
     with Project.open(project) as p:
         s = p.status()
         s["annotations"] = {k: (a.boxes.xyxy.tolist(), a.labels) for k, a in p.annotations("all").items()}
-        s["open"] = [q["id"] for q in p.queries(state="open")]
+        s["open"] = [q.id for q in p.queries(state="open")]
     return s
 
 

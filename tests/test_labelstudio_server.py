@@ -292,7 +292,7 @@ def test_query_batch_through_label_studio_and_back(server: Server, flow: Flow, t
     with Project.open(flow.project) as p:
         after = p.annotations("labelled")
         status = {r.path: r.status for r in p.images()}
-        still_open = [q["path"] for q in p.queries(state="open")]
+        still_open = [q.path for q in p.queries(state="open")]
     assert set(after) == set(before) | set(answered)
     for key in answered:
         assert status[key] == "labelled"

@@ -52,7 +52,7 @@ def base(data, tmp_path_factory) -> Project:
                            progress=False)
     withhold(project, 6, 0, tiny_config())
     run_round(project, tiny_config(strategy="random"), data.annotations, 0, progress=False, stop_at="predict")
-    assert project.rounds()[0]["step"] == "predict"
+    assert project.rounds()[0].step == "predict"
     yield project
     project.close()
 
@@ -79,10 +79,10 @@ def test_image_round_labels_budget_images_with_withheld_truth_and_counts_cost(ru
     assert len(pool0) > 3
     run_round(run, cfg, data.annotations, 0, progress=False)
 
-    asked = [q["path"] for q in run.queries(round=0)]
+    asked = [q.path for q in run.queries(round=0)]
     assert len(asked) == 3 and len(set(asked)) == 3
     assert set(asked) <= set(pool0)
-    assert all(q["state"] == "answered" for q in run.queries(round=0))
+    assert all(q.state == "answered" for q in run.queries(round=0))
     assert _labelled(run) == labelled0 | set(asked)
     assert pool_paths(run) == [p for p in pool0 if p not in asked]
 
@@ -107,7 +107,7 @@ def test_image_round_labels_budget_images_with_withheld_truth_and_counts_cost(ru
     # (the round's stored predictions cover exactly the pool the strategy ranked)
     blind = sum(1 for d in run.load_predictions(0).values() if len(d) == 0)
     assert m["selection"]["images_without_detections"] == blind
-    assert run.rounds()[0]["step"] == "done"
+    assert run.rounds()[0].step == "done"
 
 
 def test_box_round_makes_partial_images_with_weights_and_background(run, data):
@@ -156,7 +156,7 @@ def test_box_round_makes_partial_images_with_weights_and_background(run, data):
                       noisy_precision=None)
     run_round(run, cfg, truth, 0, progress=False)
 
-    assert {(q["path"], q["box_index"]) for q in run.queries(round=0)} == {(a, 0), (a, 1), (b, 0)}
+    assert {(q.path, q.box_index) for q in run.queries(round=0)} == {(a, 0), (a, 1), (b, 0)}
     assert run.image(a).status == "partial" and run.image(b).status == "partial"
     assert a in pool_paths(run) and b in pool_paths(run)  # partial images stay in the pool
 

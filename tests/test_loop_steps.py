@@ -29,7 +29,7 @@ def stubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
     def stub(name: str):
         def run(project: Project, round_id: int, config: LoopConfig, *args, **kwargs):
-            calls.append((name, project.rounds()[-1]["step"]))
+            calls.append((name, project.rounds()[-1].step))
             if name in ("select", "oracle", "semi"):
                 project.update_round(round_id, step=next_step(name, config, kwargs.get("last", False)))
         return run
@@ -45,14 +45,14 @@ def test_run_round_follows_the_table_and_records_each_step(stubbed) -> None:
     run_round(project, LoopConfig(semi="autolabel"), {}, 1, progress=False)
     assert calls == [("train", "train"), ("evaluate", "evaluate"), ("predict", "predict"), ("select", "select"),
                      ("oracle", "oracle"), ("semi", "semi")]
-    assert project.rounds()[-1]["step"] == "done" and project.rounds()[-1]["status"] == "done"
+    assert project.rounds()[-1].step == "done" and project.rounds()[-1].status == "done"
 
 
 def test_a_human_round_waits_after_select_and_the_last_round_stops_after_evaluate(stubbed) -> None:
     project, calls = stubbed
     run_round(project, LoopConfig(), None, 1, progress=False)
     assert [c[0] for c in calls] == ["train", "evaluate", "predict", "select"]
-    assert project.rounds()[-1]["step"] == "oracle" and project.rounds()[-1]["status"] == "running"
+    assert project.rounds()[-1].step == "oracle" and project.rounds()[-1].status == "running"
     calls.clear()
     run_round(project, LoopConfig(), None, 2, last=True, progress=False)
-    assert [c[0] for c in calls] == ["train", "evaluate"] and project.rounds()[-1]["step"] == "done"
+    assert [c[0] for c in calls] == ["train", "evaluate"] and project.rounds()[-1].step == "done"

@@ -221,7 +221,7 @@ def test_status_counts(project: Project) -> None:
     assert s["boxes_per_class"] == {"cat": 3, "dog": 1, "bird": 1}
     assert s["boxes_per_source"] == {"human": 5, "pseudo": 1, "predicted": 0, "background": 1}
     assert s["rounds"] == 1 and s["last_round"] == {"id": 1, "step": "train", "status": "done"}
-    assert project.rounds()[0]["config"] == {"strategy": "random"} and project.rounds()[0]["finished"]
+    assert project.rounds()[0].config == {"strategy": "random"} and project.rounds()[0].finished
 
 
 def test_metrics_queries_predictions(project: Project) -> None:
@@ -232,7 +232,7 @@ def test_metrics_queries_predictions(project: Project) -> None:
     qids = project.add_queries(1, [("d.png", None, 0.3), ("e.png", None, 0.1)], strategy="random")
     project.set_query_state(qids[:1], "answered")
     qs = project.queries(round=1)
-    assert [q["path"] for q in qs] == ["d.png", "e.png"] and [q["state"] for q in qs] == ["answered", "open"]
+    assert [q.path for q in qs] == ["d.png", "e.png"] and [q.state for q in qs] == ["answered", "open"]
     assert project.status()["open_queries"] == 1
     rng = np.random.default_rng(0)
     det = Detections(Boxes(rng.uniform(0, 50, (4, 4)), (100, 80)), labels=[0, 2, 1, 0],

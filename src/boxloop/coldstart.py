@@ -26,7 +26,7 @@ def needs_cold_start(project: Project) -> bool:
     ckpt = project.get_meta("current_checkpoint")
     if ckpt and Path(ckpt).exists():
         return False
-    if any((model_dir(project, r["id"]) / "best.pt").exists() for r in project.rounds()):
+    if any((model_dir(project, r.id) / "best.pt").exists() for r in project.rounds()):
         return False
     return labelled_counts(project)["images_labelled"] == 0
 
@@ -35,9 +35,9 @@ def open_select_round(project: Project, config: LoopConfig, round_id: int) -> Lo
     """Round `round_id` set to start at `select` with `typical` (no train, evaluate or predict).
     Returns the config the round runs with."""
     cfg = dataclasses.replace(config, strategy="typical", unit="images")
-    rounds = {r["id"]: r for r in project.rounds()}
-    if round_id not in rounds:
+    rnd = project.round(round_id)
+    if rnd is None:
         project.start_round(cfg.to_dict(), step="select", round_id=round_id)
-    elif rounds[round_id]["step"] in ("train", "evaluate", "predict"):  # an earlier attempt that could not train
+    elif rnd.step in ("train", "evaluate", "predict"):  # an earlier attempt that could not train
         project.update_round(round_id, step="select")
     return cfg

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from boxloop.formats import FormatError
-from boxloop.store import Project
+from boxloop.store import Project, Round
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
 
 if TYPE_CHECKING:
@@ -43,12 +43,12 @@ BATCH_FILE = "batch.json"
 QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
 
 
-def open_round(project: Project) -> dict[str, Any] | None:
+def open_round(project: Project) -> Round | None:
     """The round waiting for answers (the last one, at step 'oracle' with open queries), if any."""
     last = project.last_round()
-    if last is None or last["step"] != "oracle":
+    if last is None or last.step != "oracle":
         return None
-    return last if project.queries(round=last["id"], state="open") else None
+    return last if project.queries(round=last.id, state="open") else None
 
 
 def batch_names(keys: Iterable[str]) -> dict[str, str]:
@@ -95,19 +95,19 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
 
     pending = open_round(project)
     if pending is not None and not force:
-        n = len(project.queries(round=pending["id"], state="open"))
-        raise ValueError(f"round {pending['id']} still has {n} open queries: answer them with `boxloop import` "
+        n = len(project.queries(round=pending.id, state="open"))
+        raise ValueError(f"round {pending.id} still has {n} open queries: answer them with `boxloop import` "
                          "or pass --force to replace the batch")
     last = project.last_round()
-    if last is not None and last["step"] == "semi":
-        run_round(project, config, None, last["id"])
+    if last is not None and last.step == "semi":
+        run_round(project, config, None, last.id)
     if pending is not None:
         with project.transaction():
             project.mark_stale()
-            project.update_round(pending["id"], step="done", status="done")
+            project.update_round(pending.id, step="done", status="done")
     last = project.last_round()
-    round_id = 1 if last is None else (last["id"] if last["step"] not in ("done", None) else last["id"] + 1)
-    if checkpoint is not None and round_id not in {r["id"] for r in project.rounds()}:
+    round_id = 1 if last is None else (last.id if last.step not in ("done", None) else last.id + 1)
+    if checkpoint is not None and project.round(round_id) is None:
         # the round row decides, not the file: a copy killed before its round row is made again
         from boxloop.train import load_detector
 
@@ -136,14 +136,14 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     preds = project.load_predictions(round_id)
     names = project.classes
     if display_threshold is None:
-        rnd = {r["id"]: r for r in project.rounds()}.get(round_id, {})
-        display_threshold = float(rnd.get("config", {}).get("display_threshold", 0.3))
-    unit = "boxes" if any(q["box_index"] is not None for q in queries) else "images"
+        rnd = project.round(round_id)
+        display_threshold = float((rnd.config if rnd else {}).get("display_threshold", 0.3))
+    unit = "boxes" if any(q.box_index is not None for q in queries) else "images"
     by_image: dict[str, list[int]] = {}
     for q in queries:
-        by_image.setdefault(q["path"], [])
-        if q["box_index"] is not None:
-            by_image[q["path"]].append(int(q["box_index"]))
+        by_image.setdefault(q.path, [])
+        if q.box_index is not None:
+            by_image[q.path].append(int(q.box_index))
     root = project.image_root
     names_of = {key: name for name, key in batch_names(by_image).items()}
     pre: dict[str, Annotation] = {}
@@ -176,7 +176,7 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     manifest = {
         "project": str(project.dir), "round": round_id, "unit": unit, "format": fmt,
         "images": {names_of[k]: k for k in by_image},
-        "queries": [q["id"] for q in queries],
+        "queries": [q.id for q in queries],
         "note": "Correct the boxes (move, relabel, delete, add) and save; then run boxloop import.",
     }
     tmp = out / (BATCH_FILE + ".tmp")
@@ -221,14 +221,14 @@ def _load_answers(project: Project, source: Path, fmt: str | None, known: dict[s
 
 def _round_keys(project: Project, round_id: int) -> dict[str, str]:
     """{image key: query state} of the round's batch (open and answered queries)."""
-    return {q["path"]: q["state"] for q in project.queries(round=round_id) if q["state"] in ("open", "answered")}
+    return {q.path: q.state for q in project.queries(round=round_id) if q.state in ("open", "answered")}
 
 
 def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: list[str],
                   round_id: int | None = None) -> FormatError:
     """The error for answers naming images outside the open batch, each said for what it is."""
     last = project.last_round()
-    round_id = round_id if round_id is not None else (last or {}).get("id")
+    round_id = round_id if round_id is not None else (last.id if last else None)
     states = _round_keys(project, round_id) if round_id is not None else {}
     keys = set(project.image_ids())
     said = []
@@ -260,14 +260,14 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     if rnd is None:
         last = project.last_round()
         stale = manifest is not None and manifest.get("round") is not None
-        answered = last is not None and last["step"] != "oracle" and any(
-            q["state"] == "answered" for q in project.queries(round=last["id"]))
+        answered = last is not None and last.step != "oracle" and any(
+            q.state == "answered" for q in project.queries(round=last.id))
         raise ValueError(f"{project.dir} has no open query batch to answer"
                          + (f" (the batch in {source} is for round {manifest['round']}, which is closed)" if stale
-                            else f" (the batch of round {last['id']} was answered and imported already)" if answered
+                            else f" (the batch of round {last.id} was answered and imported already)" if answered
                             else "")
                          + "; run `boxloop query` for a new batch")
-    round_id = rnd["id"]
+    round_id = rnd.id
     if manifest is not None and int(manifest.get("round", -1)) != round_id:
         raise ValueError(f"stale batch: {source} answers round {manifest.get('round')}, but the open batch is round "
                          f"{round_id}; export it again with `boxloop query` and label that one")
@@ -311,7 +311,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         truth[key] = Annotation(image=key, boxes=boxes, labels=ann.labels, difficult=ann.difficult,
                                 truncated=ann.truncated,
                                 provenance=tuple(Provenance(source=Source.HUMAN, round=round_id) for _ in ann.labels))
-    cfg = config or LoopConfig(**{k: v for k, v in rnd["config"].items() if k in LoopConfig.__dataclass_fields__})
+    cfg = config or LoopConfig(**{k: v for k, v in rnd.config.items() if k in LoopConfig.__dataclass_fields__})
     cost = step_oracle(project, round_id, cfg, truth, only=set(truth))
     return {"round": round_id, "images": len(truth), "boxes": sum(len(a) for a in truth.values()),
             "cost": cost.as_dict(), "warnings": warnings,

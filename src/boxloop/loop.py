@@ -38,7 +38,7 @@ from boxloop.oracle import BoxOracle, Cost, ImageOracle, answers_by_image, parti
 from boxloop.round_model import (_load_round_detector, current_checkpoint, guard_verdict,  # noqa: F401
                                  labelled_counts, model_dir, pseudo_guard, set_current_checkpoint,
                                  step_evaluate, step_train, test_metrics, train_project, training_samples)
-from boxloop.store import Project
+from boxloop.store import Project, Query
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
 if TYPE_CHECKING:
@@ -233,12 +233,12 @@ def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapp
 
     Labels, the queries' state, the cost and the round's next step land in one transaction. `only`
     answers the queries of those images and leaves the rest open (a human may answer in parts)."""
-    queries = [q for q in project.queries(round=round_id, state="open") if only is None or q["path"] in only]
+    queries = [q for q in project.queries(round=round_id, state="open") if only is None or q.path in only]
     preds = project.load_predictions(round_id)
     names = project.classes
-    whole = all(q["box_index"] is None for q in queries) and (config.unit == "images" or bool(queries))
+    whole = all(q.box_index is None for q in queries) and (config.unit == "images" or bool(queries))
     if whole:  # image level, or a box-level round that asked whole images (fallback.whole_images_instead)
-        keys = list(dict.fromkeys(q["path"] for q in queries))
+        keys = list(dict.fromkeys(q.path for q in queries))
         shown = {k: preds[k][preds[k].scores >= config.display_threshold] for k in keys if k in preds}
         answers, cost = ImageOracle(truth, class_names=names).answer(keys, pre_annotations=shown)
         with project.transaction():
@@ -247,7 +247,7 @@ def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapp
             assign_splits(project, keys, config, round_id)
             _finish_oracle(project, round_id, queries, cost, config)
         return cost
-    items = [(q["path"], int(q["box_index"])) for q in queries]
+    items = [(q.path, int(q.box_index)) for q in queries]  # type: ignore[arg-type]  # not whole: box queries
     asked = [(k, preds[k].boxes.xyxy[b], int(preds[k].labels[b])) for k, b in items]
     answers, cost = BoxOracle(truth, class_names=names).answer(asked)
     grouped = answers_by_image(items, answers)
@@ -324,8 +324,8 @@ def _store_box_answers(project: Project, key: str, det: Detections, checked: Map
             provenance=tuple(Provenance(source=Source.BACKGROUND, round=round_id) for _ in bg)), round=round_id)
 
 
-def _finish_oracle(project: Project, round_id: int, queries: Sequence[Mapping], cost: Cost, config: LoopConfig) -> None:
-    project.set_query_state([q["id"] for q in queries], "answered")
+def _finish_oracle(project: Project, round_id: int, queries: Sequence[Query], cost: Cost, config: LoopConfig) -> None:
+    project.set_query_state([q.id for q in queries], "answered")
     before = project.metrics(round_id).get(round_id, {}).get("cost")
     total = cost if before is None else Cost(**before) + cost
     project.set_metric(round_id, "cost", total.as_dict())
@@ -387,12 +387,12 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
     round's evaluation (the loop's final model) unless take_all_last. `strict`: an image gone bad
     since init stops the round instead of being left out. `scoring`: score the pool on Ray (where it
     runs is not part of the config: the results are the same)."""
-    rounds = {r["id"]: r for r in project.rounds()}
-    if round_id not in rounds:
+    rnd = project.round(round_id)
+    if rnd is None:
         project.start_round(config.to_dict(), step="train", round_id=round_id)
         step = "train"
     else:
-        step = rounds[round_id]["step"]
+        step = rnd.step
     run: dict[str, Callable[[], Any]] = {
         "train": lambda: step_train(project, round_id, config, progress, strict),
         "evaluate": lambda: step_evaluate(project, round_id, config, progress),

@@ -223,8 +223,8 @@ def run_finished(spec: SimSpec, seed: int, strategy: str) -> bool:
     if not db.exists():
         return False
     with Project.open(db.parent) as p:
-        last = {r["id"]: r for r in p.rounds()}.get(spec.rounds)
-    return last is not None and last["status"] == "done"
+        last = p.round(spec.rounds)
+    return last is not None and last.status == "done"
 
 
 def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, budget: int, rounds: int,

@@ -69,8 +69,8 @@ def project_gallery(project: Any, round_id: int | None = None, display_threshold
     queries = project.queries(round=round_id) if round_id is not None else project.queries()
     if not queries:
         return []
-    last = max(q["round"] for q in queries)
-    keys = list(dict.fromkeys(q["path"] for q in queries if q["round"] == last))
+    last = max(q.round for q in queries)
+    keys = list(dict.fromkeys(q.path for q in queries if q.round == last))
     anns = project.annotations("all", sources=("human", "pseudo", "predicted", "background"))
     preds = project.load_predictions(last)
     root = project.image_root
@@ -103,7 +103,7 @@ def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
 
         with Project.open(source) as p:
             rounds = p.rounds()
-            cfg = rounds[-1]["config"] if rounds else {}
+            cfg = rounds[-1].config if rounds else {}
             history = round_history(p)
             auto = (p.metrics().get(max(p.metrics() or [0]), {}) or {}).get("autolabel")
             if not history and auto:  # an auto-labelling project: its iterations are the rounds

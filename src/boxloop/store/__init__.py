@@ -31,7 +31,7 @@ from boxloop.store.images import ImageRecord
 from boxloop.store.labels import Labels
 from boxloop.store.predictions import (Predictions, detection_table_from_blobs, detections_from_bytes,
                                        detections_to_bytes)
-from boxloop.store.rounds import Rounds
+from boxloop.store.rounds import Query, QueryState, Round, Rounds
 from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, SOURCES, SPLITS, STATUSES, SUBSETS
 
 __all__ = [
@@ -46,6 +46,9 @@ __all__ = [
     "Project",
     "ProjectBusy",
     "ProjectExists",
+    "Query",
+    "QueryState",
+    "Round",
     "detection_table_from_blobs",
     "detections_from_bytes",
     "detections_to_bytes",

@@ -1,12 +1,52 @@
-"""Rounds, their metrics and their queries."""
+"""Rounds, their metrics and their queries; rows come back as the small frozen types `Round` and `Query`."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Iterable, Mapping
 
 from boxloop.store.core import Core
 from boxloop.store.schema import now, opt_float
+
+
+class QueryState(StrEnum):
+    """A query is open until its answer is imported, or stale when a newer batch replaced it."""
+
+    OPEN = "open"
+    ANSWERED = "answered"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round: the loop step it reached (loop.TRANSITIONS) and its status ('running', 'done',
+    'failed'), with the resolved config it ran with."""
+
+    id: int
+    step: str | None
+    status: str
+    started: str | None = None
+    finished: str | None = None
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One thing a round asked a human: a whole image (`box_index` None) or one of the boxes the round
+    predicted on it (`box_index` into that round's stored Detections)."""
+
+    id: int
+    round: int
+    batch: int
+    image_id: int
+    path: str
+    box_id: int | None
+    box_index: int | None
+    strategy: str
+    score: float | None
+    state: QueryState
 
 
 class Rounds(Core):
@@ -37,17 +77,16 @@ class Rounds(Core):
                     (status, finished, round_id),
                 )
 
-    def rounds(self) -> list[dict[str, Any]]:
+    def rounds(self) -> list[Round]:
         rows = self._conn.execute(
             "SELECT id, step, status, started, finished, config_json FROM rounds ORDER BY id"
         ).fetchall()
-        return [
-            {"id": r[0], "step": r[1], "status": r[2], "started": r[3], "finished": r[4],
-             "config": json.loads(r[5]) if r[5] else {}}
-            for r in rows
-        ]
+        return [Round(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else {}) for r in rows]
 
-    def last_round(self) -> dict[str, Any] | None:
+    def round(self, round_id: int) -> Round | None:
+        return next((r for r in self.rounds() if r.id == round_id), None)
+
+    def last_round(self) -> Round | None:
         r = self.rounds()
         return r[-1] if r else None
 
@@ -97,7 +136,7 @@ class Rounds(Core):
                 ids.append(int(cur.lastrowid))
         return ids
 
-    def queries(self, round: int | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    def queries(self, round: int | None = None, state: str | None = None) -> list[Query]:
         cond, args = [], []
         if round is not None:
             cond.append("q.round = ?")
@@ -111,8 +150,7 @@ class Rounds(Core):
             f"FROM queries q JOIN images i ON i.id = q.image_id{where} ORDER BY q.id",
             args,
         ).fetchall()
-        keys = ("id", "round", "batch", "image_id", "path", "box_id", "box_index", "strategy", "score", "state")
-        return [dict(zip(keys, r)) for r in rows]
+        return [Query(*r[:9], state=QueryState(r[9])) for r in rows]
 
     def mark_stale(self) -> int:
         """Every open query becomes stale (a new batch replaces it); returns how many."""
@@ -120,5 +158,7 @@ class Rounds(Core):
             return self._conn.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'").rowcount
 
     def set_query_state(self, query_ids: Iterable[int], state: str) -> None:
+        state = QueryState(state)  # an unknown state fails here, naming the allowed ones
         with self.transaction():
-            self._conn.executemany("UPDATE queries SET state = ? WHERE id = ?", [(state, int(i)) for i in query_ids])
+            self._conn.executemany("UPDATE queries SET state = ? WHERE id = ?",
+                                   [(state.value, int(i)) for i in query_ids])
