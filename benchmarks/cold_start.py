@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataset_or_skip(args)
     if spec is None:
         return 0
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
     from boxloop.simulate import simulate
 
     seeds = [int(s) for s in csv(args.seeds)]

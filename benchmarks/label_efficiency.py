@@ -424,7 +424,7 @@ def describe_estimate(est: Mapping[str, Any], args) -> str:
 # -- running the jobs --------------------------------------------------------------------------------
 
 def loop_config(args, **over: Any):
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
 
     options = json.loads(args.detector_options) if isinstance(args.detector_options, str) else args.detector_options
     kw = dict(model=args.model, backbone=args.backbone, pretrained_backbone=not args.no_pretrained,
@@ -487,7 +487,8 @@ def ensure_base(spec, args, seed: int, truth, say) -> None:
 
 def run_job(spec, args, job: Job, truth, say) -> None:
     from boxloop.forecast import forecast_line
-    from boxloop.loop import round_history, run_round
+    from boxloop.history import round_history
+    from boxloop.loop import run_round
     from boxloop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
 
@@ -527,7 +528,9 @@ def full_data_reference(spec, args, seed: int, truth, say) -> dict[str, Any] | N
     """Train on every trainval image (init_project's split of it into train and val) with the same
     recipe, from scratch for full_steps(args) steps; test-set metrics and trainval's counts. With
     `truth` None only reads what is there (None when not trained yet)."""
-    from boxloop.loop import labelled_counts, round_history, run_round
+    from boxloop.history import round_history
+    from boxloop.loop import run_round
+    from boxloop.round_model import labelled_counts
     from boxloop.project import init_project
     from boxloop.store import DB_NAME, Project
 

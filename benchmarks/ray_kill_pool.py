@@ -63,7 +63,7 @@ def stored_count(db: Path, round_id: int) -> tuple[int, int]:
 def tiny_project(root: Path, n: int, size: int):
     """A project over n generated pool images and an untrained tiny fcos as round 1's best.pt."""
     from boxloop.detectors import create_detector
-    from boxloop.loop import model_dir
+    from boxloop.round_model import model_dir
     from boxloop.project import init_project
     from boxloop.synthetic import make_dataset
     from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
@@ -91,7 +91,8 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from boxloop.inference import predict_paths
-    from boxloop.loop import model_dir, pool_paths
+    from boxloop.loop import pool_paths
+    from boxloop.round_model import model_dir
     from boxloop.ray_scoring import RayScoring, predict_pool
     from boxloop.train import load_detector
 

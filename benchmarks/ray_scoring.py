@@ -93,7 +93,8 @@ def main() -> None:
     from boxloop.detectors import create_detector
     from boxloop.images import load_rgb
     from boxloop.inference import predict_paths
-    from boxloop.loop import model_dir, pool_paths
+    from boxloop.loop import pool_paths
+    from boxloop.round_model import model_dir
     from boxloop.project import init_project
     from boxloop.ray_scoring import RayScoring, predict_pool
     from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_detector, save_checkpoint

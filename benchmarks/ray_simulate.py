@@ -56,7 +56,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
     from boxloop.simulate import simulate
     from boxloop.synthetic import make_dataset
 

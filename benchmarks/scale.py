@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from boxloop import loop
-from boxloop.loop import LoopConfig, pool_paths, step_select
+from boxloop.loop import pool_paths, step_select
+from boxloop.loop_config import LoopConfig
 from boxloop.store import DB_NAME, ImageRecord, Project
 from boxloop.strategies import DetectionTable, select
 from boxloop.structures import Boxes, Detections

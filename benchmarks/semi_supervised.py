@@ -145,7 +145,8 @@ def my_cells(args) -> list[tuple[float, int]]:
 
 def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
     """The project of one (seed, fraction): all trainval imported, `fraction` of it kept labelled."""
-    from boxloop.loop import LoopConfig, labelled_counts
+    from boxloop.loop_config import LoopConfig
+    from boxloop.round_model import labelled_counts
     from boxloop.project import init_project
     from boxloop.simulate import withhold
     from boxloop.store import DB_NAME, Project
@@ -166,7 +167,7 @@ def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
 
 def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> dict[str, Any]:
     """Test-set metrics of one checkpoint: mAP50, COCO AP, AP75, per class, rare-class AP."""
-    from boxloop.loop import test_metrics
+    from boxloop.round_model import test_metrics
     from boxloop.train import load_detector
 
     det, _, _ = load_detector(checkpoint, expect_classes=project.classes, device="cpu")
@@ -250,7 +251,7 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
     from boxloop.autolabel import autolabel
     from boxloop.autolabel import model_dir as tsoda_dir
     from boxloop.detectors import create_detector
-    from boxloop.loop import training_samples
+    from boxloop.round_model import training_samples
     from boxloop.semi import fit_semi
     from boxloop.weak_view import weak_predict
     from boxloop.simulate import copy_project

@@ -137,7 +137,7 @@ def test_pseudo_test_share_stays_out_of_the_fixed_test_set(full_run):
     train_pseudo = [k for k in project.annotations("pseudo") if k not in share]
     assert all(project.image(k).split == "train" for k in train_pseudo)
     # training takes the human train images and the pseudo train share, never the pseudo test share
-    from boxloop.loop import training_samples
+    from boxloop.round_model import training_samples
 
     train, val = training_samples(project)
     names = {s.name for s in train}

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from boxloop.cli import app
-from boxloop.loop import LoopConfig
+from boxloop.loop_config import LoopConfig
 from boxloop.simulate import simulate
 from boxloop.store import Project
 

@@ -59,7 +59,7 @@ def label_rows(project: Path) -> dict:
 def project(make_synthetic, tmp_path: Path) -> tuple[Path, list[str], Path]:
     """12 images, 8 labelled, and an open query batch of 2 pool images with its answers (the truth)
     in VOC: the state `boxloop query` leaves for an annotator, made here without training."""
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
 
     syn = make_synthetic(n_images=12, image_size=64, seed=0)
     ann = tmp_path / "annotations"

@@ -107,7 +107,7 @@ def test_cli_train_nproc(synthetic_project) -> None:
     from typer.testing import CliRunner
 
     from boxloop.cli import app
-    from boxloop.loop import current_checkpoint
+    from boxloop.round_model import current_checkpoint
 
     d = synthetic_project.dir
     synthetic_project.close()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boxloop.loop import pool_paths, round_history, run_round
+from boxloop.history import round_history
+from boxloop.loop import pool_paths, run_round
 from boxloop.simulate import copy_project
 from boxloop.store import Project
 from boxloop.structures import Boxes, Detections

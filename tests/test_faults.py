@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from boxloop.cli import app
-from boxloop.loop import LoopConfig
+from boxloop.loop_config import LoopConfig
 from boxloop.store import Project
 from boxloop.train import load_checkpoint
 

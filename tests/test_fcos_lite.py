@@ -39,7 +39,7 @@ def test_it_is_the_default_everywhere():
     assert DETECTOR == "fcos_lite"
     assert run_defaults("cpu").detector == run_defaults("cuda").detector == "fcos_lite"
     assert run_defaults("cpu").image_size == 320 and run_defaults("cuda").image_size == 480
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
 
     assert LoopConfig().model == "fcos_lite"
 
@@ -223,7 +223,7 @@ def test_cli_train_without_options_uses_the_cpu_defaults(synthetic_dataset, tmp_
     from typer.testing import CliRunner
 
     from boxloop.cli import app
-    from boxloop.loop import current_checkpoint
+    from boxloop.round_model import current_checkpoint
     from boxloop.store import Project
     from boxloop.train import load_checkpoint
 

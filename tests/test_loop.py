@@ -12,15 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from boxloop.loop import (
-    LoopConfig,
-    StopRule,
-    pool_paths,
-    round_history,
-    run_round,
-    step_select,
-    training_samples,
-)
+from boxloop.history import StopRule, round_history
+from boxloop.loop import pool_paths, run_round, step_select
+from boxloop.loop_config import LoopConfig
+from boxloop.round_model import training_samples
 from boxloop.oracle import DRAW_SECONDS, VERIFY_SECONDS
 from boxloop.simulate import copy_project, withhold
 from boxloop.store import Project

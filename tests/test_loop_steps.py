@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from boxloop import loop
-from boxloop.loop import STEPS, TRANSITIONS, LoopConfig, next_step, run_round
+from boxloop.loop import STEPS, TRANSITIONS, next_step, run_round
+from boxloop.loop_config import LoopConfig
 from boxloop.store import Project
 
 

@@ -13,7 +13,9 @@ import filecmp
 import numpy as np
 import pytest
 
-from boxloop.loop import LoopConfig, guard_verdict, model_dir, round_history, step_train, training_samples
+from boxloop.history import round_history
+from boxloop.loop_config import LoopConfig
+from boxloop.round_model import guard_verdict, model_dir, step_train, training_samples
 from boxloop.simulate import withhold
 from boxloop.structures import Annotation, Boxes, Detections, Source
 

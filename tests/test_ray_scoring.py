@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from boxloop.loop import LoopConfig, model_dir, pool_paths, step_predict
+from boxloop.loop import pool_paths, step_predict
+from boxloop.loop_config import LoopConfig
+from boxloop.round_model import model_dir
 from boxloop.ray_scoring import RayScoring, batch_groups, predict_pool
 
 SIZE = 48

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from boxloop.loop import LoopConfig
+from boxloop.loop_config import LoopConfig
 from boxloop.simulate import SimSpec, dataset_paths, simulate
 
 SIZE = 64

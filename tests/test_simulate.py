@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from boxloop.loop import LoopConfig
+from boxloop.loop_config import LoopConfig
 from boxloop.simulate import simulate
 from boxloop.store import DB_NAME
 
@@ -102,7 +102,7 @@ SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from boxloop.loop import LoopConfig
+from boxloop.loop_config import LoopConfig
 from boxloop.simulate import simulate
 cfg = LoopConfig(**{tiny!r})
 simulate(dataset=Path({images!r}), annotations=Path({ann!r}), out=Path(sys.argv[1]),

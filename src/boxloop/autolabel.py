@@ -252,7 +252,7 @@ def model_dir(project: Project, iteration: int) -> Path:
 
 def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
     from boxloop.detectors import DetectorSpec
-    from boxloop.loop import training_samples
+    from boxloop.round_model import training_samples
     from boxloop.train import TrainConfig, load_checkpoint, short_warmup, train_detector
 
     train, val = training_samples(project)
@@ -290,7 +290,7 @@ def _evaluate(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) 
     """mAP50 on the fixed test set and, apart, on the auto-labelled test share of earlier iterations."""
     from boxloop.evaluate import evaluate
     from boxloop.inference import predict_paths
-    from boxloop.loop import test_metrics
+    from boxloop.round_model import test_metrics
 
     det = _load(project, cfg, i)
     fixed = test_metrics(project, det, cfg["image_size"], cfg["device"], cfg["batch_size"], progress=progress)
@@ -392,7 +392,7 @@ def validation_table(project: Project, det: Any, cfg: Mapping[str, Any]) -> np.n
     None without a validation image holding a box."""
     from boxloop.evaluate import voc_matches
     from boxloop.inference import predict_paths
-    from boxloop.loop import training_samples
+    from boxloop.round_model import training_samples
 
     val = [s for s in training_samples(project)[1] if s.annotation is not None]
     if not any(len(s.annotation) for s in val):  # type: ignore[arg-type]

@@ -145,7 +145,7 @@ def train(
     the labels alone; the student is kept only when it beats teacher continued on validation by more
     than the images' noise (a paired bootstrap interval above 0), else teacher continued is kept.
     Re-running the same command after an interruption resumes from the last checkpoint."""
-    from boxloop.loop import set_current_checkpoint, test_metrics, train_project
+    from boxloop.round_model import set_current_checkpoint, test_metrics, train_project
     from boxloop.store import Project
     from boxloop.train import load_detector
 
@@ -207,7 +207,7 @@ def evaluate(
     else:
         if project is None:
             raise typer.BadParameter("give a PROJECT, or --ground-truth and --predictions", param_hint="PROJECT")
-        from boxloop.loop import test_metrics
+        from boxloop.round_model import test_metrics
         from boxloop.store import Project
 
         det, _, image_size, ckpt = open_detector(project, checkpoint, device)
@@ -302,7 +302,7 @@ def query(
         path = write_batch(proj, round_id, out_dir, fmt)
         n = len(proj.queries(round=round_id, state="open"))
         from boxloop.forecast import forecast_line
-        from boxloop.loop import round_history
+        from boxloop.history import round_history
 
         ahead = forecast_line(round_history(proj), unit, budget)  # what the next batch should buy (3+ rounds)
     if m.get("map50") is not None:

@@ -58,7 +58,7 @@ def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", 
                 device: str = "auto", seed: int = 0, no_pretrained: bool = False, **kw: Any):  # -> loop.LoopConfig
     """The loop's config from CLI options; what the user left unset comes from `run_defaults(device)`."""
     from boxloop.defaults import run_defaults
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
 
     d = run_defaults(device)
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
@@ -79,7 +79,7 @@ def open_detector(project: Path | None, checkpoint: Path | None, device: str):
     if checkpoint is None:
         if project is None:
             raise typer.BadParameter("give a PROJECT or --checkpoint PATH", param_hint="--checkpoint")
-        from boxloop.loop import current_checkpoint
+        from boxloop.round_model import current_checkpoint
         from boxloop.store import Project
 
         with Project.open(project) as proj:

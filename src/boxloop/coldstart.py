@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from boxloop.loop import LoopConfig, labelled_counts, model_dir
+from boxloop.loop_config import LoopConfig
+from boxloop.round_model import labelled_counts, model_dir
 from boxloop.store import Project
 
 __all__ = ["needs_cold_start", "open_select_round"]

@@ -59,7 +59,7 @@ def demo_test_sensitivity(run_dir: Path, image_size: int, device: str) -> dict[s
     test set is big enough for the demo's differences when that is small."""
     from boxloop.compare import leave_one_out_map50
     from boxloop.inference import predict_paths
-    from boxloop.loop import current_checkpoint
+    from boxloop.round_model import current_checkpoint
     from boxloop.store import Project
     from boxloop.train import load_detector
 

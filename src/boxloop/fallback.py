@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Hashable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
     from boxloop.store import Project
     from boxloop.strategies import DetectionTable
     from boxloop.structures import Selection
@@ -85,7 +85,7 @@ def box_pool_is_empty(pool: DetectionTable, t_d: float, exclude: Sequence[tuple[
 def whole_images_instead(project: Project, pool: DetectionTable, config: LoopConfig, rng: np.random.Generator
                          ) -> tuple[Selection, dict[str, Any]]:
     """Box level with an empty box pool: random whole images, as many as the budget's boxes buy."""
-    from boxloop.loop import labelled_counts
+    from boxloop.round_model import labelled_counts
     from boxloop.strategies import select
 
     counts = labelled_counts(project)
@@ -102,7 +102,7 @@ def box_coreset_centres(project: Project, round_id: int, config: LoopConfig, poo
     """L_B for box-level coreset: the round model's box features on the labelled training images
     (score >= t_d), and the pool's boxes that overlap a box already checked (`exclude`)."""
     from boxloop.inference import predict_paths
-    from boxloop.loop import _load_round_detector
+    from boxloop.round_model import _load_round_detector
 
     dim = pool.features.shape[1] if pool.features is not None and pool.features.ndim == 2 else 0
     feats: list[np.ndarray] = []

@@ -36,7 +36,7 @@ from boxloop.store import Project, Round
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
 
 if TYPE_CHECKING:
-    from boxloop.loop import LoopConfig
+    from boxloop.loop_config import LoopConfig
     from boxloop.ray_scoring import RayScoring
 
 BATCH_FILE = "batch.json"
@@ -91,7 +91,8 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
     semi step finishes first. `checkpoint`: the round's model, instead of training one. A project
     with no model and no label gets its first batch by typicality (coldstart). Hold the writer lock."""
     from boxloop.coldstart import needs_cold_start, open_select_round
-    from boxloop.loop import model_dir, run_round
+    from boxloop.loop import run_round
+    from boxloop.round_model import model_dir
 
     pending = open_round(project)
     if pending is not None and not force:
@@ -251,7 +252,8 @@ def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: 
 
 def import_answers(project: Project, source: Path, fmt: str | None = None, config=None) -> dict[str, Any]:
     """Take an annotator's answers for the open batch. All or nothing; returns what happened."""
-    from boxloop.loop import LoopConfig, step_oracle
+    from boxloop.loop import step_oracle
+    from boxloop.loop_config import LoopConfig
 
     rnd = open_round(project)
     source = Path(source)

@@ -30,14 +30,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from boxloop.history import StopRule, round_history  # noqa: F401 (re-exported)
 from boxloop.loop_config import LoopConfig
 from boxloop.oracle import BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
-# re-exported, so `from boxloop.loop import step_train` keeps working; run_round calls the steps by
-# their names in this module (a test may replace loop.step_train)
-from boxloop.round_model import (_load_round_detector, current_checkpoint, guard_verdict,  # noqa: F401
-                                 labelled_counts, model_dir, pseudo_guard, set_current_checkpoint,
-                                 step_evaluate, step_train, test_metrics, train_project, training_samples)
+# run_round calls the steps by their names in this module (a test may replace loop.step_train)
+from boxloop.round_model import _load_round_detector, model_dir, step_evaluate, step_train
 from boxloop.store import Project, Query
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 

@@ -180,7 +180,7 @@ def semi_inputs_from_project(project: Any) -> tuple[list[Sample], list[Sample], 
     """(labelled train, unlabelled, val) Samples of a project. Existing pseudo-labelled images are
     not training data here (fit_semi makes its own); unlabelled = status 'unlabelled' outside
     test/val (the test set never trains, not even as pseudo labels)."""
-    from boxloop.loop import training_samples
+    from boxloop.round_model import training_samples
 
     train, val = training_samples(project)
     train = [s for s in train if s.annotation is None or len(s.annotation) == 0

@@ -30,7 +30,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from boxloop.forecast import forecast_line
-from boxloop.loop import LoopConfig, _step_pause, assign_splits, round_history, run_round
+from boxloop.history import round_history
+from boxloop.loop import _step_pause, assign_splits, run_round
+from boxloop.loop_config import LoopConfig
 from boxloop.store import DB_NAME, Project
 from boxloop.strategies import NEEDS_EMBEDDING
 from boxloop.structures import Annotation

@@ -98,7 +98,7 @@ def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
     if source.is_file() or (source / "results.json").exists():
         return source, None, f"boxloop report: {source}"
     if (source / "boxloop.db").exists():
-        from boxloop.loop import round_history
+        from boxloop.history import round_history
         from boxloop.store import Project
 
         with Project.open(source) as p:
