@@ -102,3 +102,9 @@ def test_partial_labels_weights_background_and_suppression():
     assert w.tolist() == [1.0, 0.5]
     assert [p.source for p in labels.provenance] == [Source.HUMAN, Source.PREDICTED]
     assert labels.provenance[1].score == pytest.approx(0.6)
+    # with an ignore band [0.05, 0.55): box 3 (0.6) stays a noisy label; box 4 (0.05, overlapping
+    # nothing checked) becomes an ignore region of weight 0; boxes 2 and 5 stay suppressed
+    labels, w = partial_labels("x", d, checked, ["cat", "dog"], lambda_d=0.5, min_score=0.55, ignore_score=0.05)
+    np.testing.assert_allclose(labels.boxes.xyxy, [[0, 0, 10, 11], [30, 30, 50, 50], [0, 70, 10, 80]])
+    assert w.tolist() == [1.0, 0.5, 0.0] and labels.labels == ("cat", "dog", "cat")
+    assert [p.source for p in labels.provenance] == [Source.HUMAN, Source.PREDICTED, Source.PREDICTED]

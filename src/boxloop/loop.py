@@ -298,10 +298,13 @@ def noisy_label_threshold(project: Project, round_id: int, config: LoopConfig) -
 def _store_box_answers(project: Project, key: str, det: Detections, checked: Mapping, config: LoopConfig,
                        round_id: int, min_score: float | None = None) -> None:
     """A partially labelled image: all checked answers so far, plus this round's unchecked predictions
-    scoring at least `min_score` (default t_d)."""
+    scoring at least `min_score` (default t_d) as noisy labels and those from t_d up to it as ignore
+    regions (weight 0)."""
     earlier = project.annotations("partial", sources=("human", "background")).get(key)
+    # the box pool's other boxes (t_d <= score < min_score) are ignore regions (weight 0)
     ann, weights = partial_labels(key, det, checked, project.classes, lambda_d=config.lambda_d,
-                                  min_score=config.t_d if min_score is None else min_score, round=round_id)
+                                  min_score=config.t_d if min_score is None else min_score, round=round_id,
+                                  ignore_score=config.t_d)
     # unchecked predictions overlapping an earlier checked box are already answered
     keep = np.ones(len(ann), bool)
     if earlier is not None and len(earlier):

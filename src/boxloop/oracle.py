@@ -236,6 +236,7 @@ def partial_labels(
     suppress_iou: float = 0.5,
     round: int = 0,
     model: str | None = None,
+    ignore_score: float | None = None,
 ) -> tuple[Annotation, np.ndarray]:
     """Training labels of a partially checked image (FineGrainedAL §3.2, eq. 3) and per-box weights.
 
@@ -246,7 +247,12 @@ def partial_labels(
       lambda_d [0.5] - except those overlapping any checked box (object answer or background query)
       with IoU >= suppress_iou [0.5], which are dropped: the person has looked at that spot, so such a
       box either duplicates a checked object (possibly with another class) or restates an object the
-      person said is not there.
+      person said is not there;
+    - with `ignore_score` < min_score: unchecked predictions with ignore_score <= score < min_score
+      (same overlap rule): Source.PREDICTED, weight 0, an ignore region. The detectors train a
+      weight-0 box's locations neither as object nor as background; without it, every object on a
+      partial image that the model scored below min_score would train as background (BCCD: ~14 cells
+      an image, ~3 checked a round).
     `checked` maps box_index (into `detections`) -> BoxAnswer (see `answers_by_image`).
     """
     objects = [(i, a) for i, a in sorted(checked.items()) if not a.background]
@@ -266,8 +272,9 @@ def partial_labels(
         weights.append(1.0)
     checked_regions = [np.asarray(a.box, np.float64) for _, a in objects] + \
         [np.asarray(a.query_box, np.float64) for a in checked.values() if a.background]
+    floor = min_score if ignore_score is None else min(min_score, ignore_score)
     unchecked = np.array([i for i in range(len(detections)) if i not in checked
-                          and detections.scores[i] >= min_score], dtype=np.int64)
+                          and detections.scores[i] >= floor], dtype=np.int64)
     if unchecked.size and checked_regions:
         overlap = iou(detections.boxes.xyxy[unchecked], np.stack(checked_regions)).max(axis=1)
         unchecked = unchecked[overlap < suppress_iou]
@@ -278,7 +285,7 @@ def partial_labels(
         prov.append(Provenance(source=Source.PREDICTED, round=round, model=model,
                                score=float(detections.scores[i]),
                                loc_quality=None if lq is None else float(lq[i])))
-        weights.append(float(lambda_d))
+        weights.append(float(lambda_d) if detections.scores[i] >= min_score else 0.0)
     boxes = Boxes(np.stack(xyxy) if xyxy else np.zeros((0, 4)), detections.image_size)
     return Annotation(image=image, boxes=boxes, labels=tuple(labels), provenance=tuple(prov)), \
         np.asarray(weights, dtype=np.float32)
