@@ -14,7 +14,8 @@ from boxloop.defaults import DETECTOR, run_defaults
 from boxloop.detectors import create_detector
 from boxloop.detectors.backbones import lite0_body
 from boxloop.detectors.common import cpu_bf16_supported
-from boxloop.detectors.fcos import distribution_focal_loss, own_box_iou, quality_focal_loss, varifocal_loss
+from boxloop.detectors.fcos import (distribution_focal_loss, ignored_locations, own_box_iou, quality_focal_loss,
+                                    varifocal_loss)
 from boxloop.structures import iou
 
 from test_detector_contract import scene
@@ -116,6 +117,11 @@ def test_own_box_iou_is_the_best_overlap_with_a_trusted_box():
     np.testing.assert_allclose(own_box_iou(pred, targets)[0].tolist(), [1.0, 0.5, 0.0, 0.0])
     negative = [{"boxes": torch.zeros(0, 4), "weights": torch.zeros(0)}]
     assert own_box_iou(pred, negative).abs().sum() == 0
+    # the location on the weight-0 box gets no quality target at all (its object may be real)
+    assert ignored_locations(pred, targets)[0].tolist() == [False, False, False, True]
+    assert not ignored_locations(pred, negative).any()
+    only_unsure = [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "weights": torch.tensor([0.0])}]
+    assert ignored_locations(pred, only_unsure)[0].tolist() == [True, True, False, False]
 
 
 @pytest.fixture(scope="module")

@@ -222,16 +222,17 @@ class FCOSDetector(nn.Module):
                        else quality_focal_loss(iou_logits, target))
             loss_iou = (per_loc * cls_w).sum() / num_pos  # same locations and weights as the class term
         elif self.quality_loss == "own_box_iou":
-            target = own_box_iou(self.box_coder.decode(reg.detach().reshape(-1, 4),
-                                                       anchors[None].expand(b, -1, -1).reshape(-1, 4)).reshape(b, n_loc, 4),
-                                 fw.targets)
+            own = self.box_coder.decode(reg.detach().reshape(-1, 4),
+                                        anchors[None].expand(b, -1, -1).reshape(-1, 4)).reshape(b, n_loc, 4)
+            target = own_box_iou(own, fw.targets)
+            q_w = cls_w * (~ignored_locations(own, fw.targets)).float()  # unknown truth: no quality target
             # quality focal loss, not plain BCE: BCE towards the IoU at every location calibrated
             # better (BCCD: MAE 0.17 against 0.25) but pulled the shared box tower off its boxes
             # (test mAP50 0.786 against 0.817, COCO AP 0.436 against 0.466)
             if self.quality_weighting == "focal":
-                per_loc = quality_focal_loss(iou_logits, target) * cls_w
+                per_loc = quality_focal_loss(iou_logits, target) * q_w
             else:
-                per_loc = F.binary_cross_entropy_with_logits(iou_logits, target, reduction="none") * cls_w
+                per_loc = F.binary_cross_entropy_with_logits(iou_logits, target, reduction="none") * q_w
                 if self.quality_weighting == "fit":  # the boxes that fit (IoU > 0.5) count 10x: their ranking matters
                     per_loc = per_loc * (1.0 + 9.0 * (target > 0.5).float())
             loss_iou = per_loc.sum() / num_pos
@@ -355,6 +356,27 @@ def own_box_iou(pred: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
         keep = t["weights"] > 0
         if keep.any():
             out[i] = box_iou(pred[i], t["boxes"][keep]).amax(dim=1).clamp(0, 1)
+    return out
+
+
+def ignored_locations(pred: Tensor, targets: Sequence[dict[str, Tensor]]) -> Tensor:
+    """(B, L) bool: locations whose own decoded box overlaps a weight-0 box more than any trusted box.
+
+    A weight-0 box is an object we do not trust (an ignore region: an unaccepted pseudo box, an
+    unchecked prediction on a partial image), which may be real. Teaching such a location the
+    quality 0 of `own_box_iou` would teach the quality branch that objects like it fit nothing, and
+    since the score is class probability x quality, suppress them; these locations are left out of
+    the quality loss instead, as the classification loss leaves out the locations assigned to them.
+    """
+    out = torch.zeros(pred.shape[:2], dtype=torch.bool, device=pred.device)
+    for i, t in enumerate(targets):
+        zero = t["weights"] <= 0
+        if not zero.any():
+            continue
+        unsure = box_iou(pred[i], t["boxes"][zero]).amax(dim=1)
+        trusted = (box_iou(pred[i], t["boxes"][~zero]).amax(dim=1) if (~zero).any()
+                   else torch.zeros_like(unsure))
+        out[i] = unsure > trusted
     return out
 
 
