@@ -12,16 +12,21 @@ An image with N=0 is a negative and must train as one.
 
 Every detector is also a torch `nn.Module`; the protocol names the part of that interface the
 trainer, the checkpoints and inference use (mode, device, parameters, state), so callers need no
-casts.
+casts. `TorchDetector` is the base class of boxloop's own detectors: what they share (the wrapped
+torchvision model, the rebuild config, the bounded-negatives settings) and the predict template
+(checked inputs, original sizes, eval mode, no grad, autocast), leaving each model its forward pass
+and post-processing (`predict_prepared`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 from torch.nn import Parameter
 
+from boxloop.detectors.common import predict_context, prepare_images
 from boxloop.structures import Detections
 
 
@@ -52,3 +57,47 @@ class Detector(Protocol):
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]: ...
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any: ...
+
+
+class TorchDetector(nn.Module):
+    """Base of boxloop's detectors (fcos, fcos_lite, retinanet, faster_rcnn): see the module docstring."""
+
+    has_loc_quality: bool = False
+    cpu_bf16: bool = False  # predict in bfloat16 on a CPU that supports it (fcos_lite)
+
+    def __init__(self, model: nn.Module, num_classes: int, config: dict[str, Any], feature_dim: int,
+                 max_negatives_per_positive: float | None = None, min_negatives_per_image: int = 0,
+                 amp: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.config = config
+        self.feature_dim = int(feature_dim)
+        self.max_negatives_per_positive = max_negatives_per_positive
+        self.min_negatives_per_image = int(min_negatives_per_image)
+        self.amp = amp
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def default_score_threshold(self) -> float:
+        """The builder's score threshold, used when `predict` is given none."""
+        raise NotImplementedError
+
+    def predict(self, images: list[Tensor], score_threshold: float | None = None) -> list[Detections]:
+        """Detections per image in ORIGINAL pixels; batched, eval mode, no grad, AMP on CUDA.
+        `score_threshold` None: the builder's (`default_score_threshold`)."""
+        thr = self.default_score_threshold() if score_threshold is None else float(score_threshold)
+        if len(images) == 0:
+            return []
+        images = prepare_images(images)
+        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        with predict_context(self, amp=self.amp, cpu_bf16=self.cpu_bf16) as device:
+            return self.predict_prepared([im.to(device, non_blocking=True) for im in images], original, thr)
+
+    def predict_prepared(self, images: list[Tensor], original: list[tuple[int, int]],
+                         score_threshold: float) -> list[Detections]:
+        """The model's forward pass and post-processing on checked images already on its device,
+        inside the predict context; boxes mapped back to `original` (h, w) sizes."""
+        raise NotImplementedError

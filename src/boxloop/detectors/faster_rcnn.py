@@ -51,7 +51,8 @@ from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import MultiScaleRoIAlign, boxes as box_ops
 
 from boxloop.detectors.backbones import build_backbone
-from boxloop.detectors.common import predict_context, prepare_images, to_torchvision_targets
+from boxloop.detectors.base import TorchDetector
+from boxloop.detectors.common import to_torchvision_targets
 from boxloop.detectors.interval import IntervalBoxHead
 from boxloop.detectors.roi_postprocess import postprocess_interval, postprocess_standard
 from boxloop.detectors.torchvision_parts import (bounded_num_negatives, feature_names, prepare_inputs,
@@ -68,7 +69,7 @@ BOX_HEADS = ("standard", "interval")
 # ---------------------------------------------------------------------------------------------
 
 
-class FasterRCNNDetector(nn.Module):
+class FasterRCNNDetector(TorchDetector):
     """torchvision FasterRCNN (as `.model`) with weighted losses and rich predictions.
 
     Labels are boxloop's 0..C-1; torchvision's background index 0 is added and removed here.
@@ -87,22 +88,12 @@ class FasterRCNNDetector(nn.Module):
         hard_negatives: bool = False,
         amp: bool = True,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.num_classes = num_classes
-        self.config = config
-        self.feature_dim = feature_dim
-        self.max_negatives_per_positive = max_negatives_per_positive
-        self.min_negatives_per_image = min_negatives_per_image
+        super().__init__(model, num_classes, config, feature_dim, max_negatives_per_positive, min_negatives_per_image,
+                         amp)
         self.hard_negatives = hard_negatives
-        self.amp = amp
         # CertaintySSOD's interval head predicts a localization quality per box
         self.interval = isinstance(model.roi_heads.box_predictor, IntervalBoxHead)
         self.has_loc_quality = self.interval
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # -- training -------------------------------------------------------------------------------
     def loss(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -280,37 +271,33 @@ class FasterRCNNDetector(nn.Module):
         return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
     # -- inference ------------------------------------------------------------------------------
-    def predict(self, images: list[Tensor], score_threshold: float | None = None) -> list[Detections]:
-        """Detections per image in original pixels.
+    def default_score_threshold(self) -> float:
+        return float(self.model.roi_heads.score_thresh)
 
-        `class_probs` is the softmax over background + C classes of the RoI a box came from, with
+    def predict_prepared(self, images: list[Tensor], original: list[tuple[int, int]],
+                         score_threshold: float) -> list[Detections]:
+        """`class_probs` is the softmax over background + C classes of the RoI a box came from, with
         the background column dropped and NOT renormalised (rows sum to 1 - p(background)), so that
         `scores[i] == class_probs[i, labels[i]]` as in torchvision. `features` is the box head's
         TwoMLPHead representation of that RoI ((N, feature_dim)). One RoI may yield boxes of
-        several classes (per-class NMS, as torchvision). `score_threshold` None: the builder's
-        `box_score_thresh`. With the interval head, `loc_quality` is v (eq. 4) of the box's RoI,
-        NMS ranks by p*v, the threshold applies to p (`scores`), boxes come in descending p*v.
-        """
-        thr = self.model.roi_heads.score_thresh if score_threshold is None else float(score_threshold)
-        if len(images) == 0:
-            return []
-        images = prepare_images(images)
-        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        with predict_context(self, amp=self.amp) as device:
-            image_list, _ = self.model.transform([im.to(device, non_blocking=True) for im in images])
-            features = self.model.backbone(image_list.tensors)
-            if isinstance(features, Tensor):
-                features = OrderedDict([("0", features)])
-            proposals, _ = self._rpn(image_list, features, None)
-            heads = self.model.roi_heads
-            rep = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
-            if self.interval:
-                class_logits, side_logits, side_offsets = heads.box_predictor(rep)
-                return postprocess_interval(heads, self.num_classes, class_logits.float(), side_logits.float(),
-                                            side_offsets.float(), rep, proposals, image_list.image_sizes, original, thr)
-            class_logits, box_regression = heads.box_predictor(rep)
-            return postprocess_standard(heads, self.num_classes, class_logits.float(), box_regression.float(), rep,
-                                        proposals, image_list.image_sizes, original, thr)
+        several classes (per-class NMS, as torchvision). With the interval head, `loc_quality` is v
+        (eq. 4) of the box's RoI, NMS ranks by p*v, the threshold applies to p (`scores`), boxes come
+        in descending p*v."""
+        thr = score_threshold
+        image_list, _ = self.model.transform(images)
+        features = self.model.backbone(image_list.tensors)
+        if isinstance(features, Tensor):
+            features = OrderedDict([("0", features)])
+        proposals, _ = self._rpn(image_list, features, None)
+        heads = self.model.roi_heads
+        rep = heads.box_head(heads.box_roi_pool(features, proposals, image_list.image_sizes))
+        if self.interval:
+            class_logits, side_logits, side_offsets = heads.box_predictor(rep)
+            return postprocess_interval(heads, self.num_classes, class_logits.float(), side_logits.float(),
+                                        side_offsets.float(), rep, proposals, image_list.image_sizes, original, thr)
+        class_logits, box_regression = heads.box_predictor(rep)
+        return postprocess_standard(heads, self.num_classes, class_logits.float(), box_regression.float(), rep,
+                                    proposals, image_list.image_sizes, original, thr)
 
 
 def build_faster_rcnn(

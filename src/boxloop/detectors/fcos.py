@@ -42,7 +42,8 @@ from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, 
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from boxloop.detectors.backbones import build_backbone
-from boxloop.detectors.common import check_targets, predict_context, prepare_images, to_detections
+from boxloop.detectors.base import TorchDetector
+from boxloop.detectors.common import check_targets, prepare_images, to_detections
 from boxloop.structures import Detections
 
 __all__ = ["FCOSDetector", "build_fcos", "match_locations", "own_box_iou", "quality_focal_loss", "varifocal_loss"]
@@ -97,7 +98,7 @@ class FCOSOutputs:
     box_dist_logits: Tensor | None = None  # (B, L, 4, bins + 1): fcos_lite's per-side distance distributions
 
 
-class FCOSDetector(nn.Module):
+class FCOSDetector(TorchDetector):
     """FCOS + IoU branch behind boxloop's Detector protocol (`loss`, `predict`)."""
 
     has_loc_quality = True
@@ -112,18 +113,12 @@ class FCOSDetector(nn.Module):
     def __init__(self, model: FCOS, num_classes: int, config: dict[str, Any], score_mode: str = "product",
                  max_negatives_per_positive: float | None = None, min_negatives_per_image: int = 0,
                  topk_candidates: int = 1000, amp: bool = True, cpu_bf16: bool = False) -> None:
-        super().__init__()
         if score_mode not in ("product", "sqrt"):
             raise ValueError(f"score_mode must be 'product' or 'sqrt', got {score_mode!r}")
-        self.model = model
-        self.num_classes = num_classes
-        self.config = config
-        self.feature_dim = int(model.backbone.out_channels)
+        super().__init__(model, num_classes, config, int(model.backbone.out_channels), max_negatives_per_positive,
+                         min_negatives_per_image, amp)
         self.score_mode = score_mode
-        self.max_negatives_per_positive = max_negatives_per_positive
-        self.min_negatives_per_image = int(min_negatives_per_image)
         self.topk_candidates = topk_candidates
-        self.amp = amp
         self.cpu_bf16 = cpu_bf16
         self.box_coder = BoxLinearCoder(normalize_by_size=True)
 
@@ -257,20 +252,13 @@ class FCOSDetector(nn.Module):
         return keep
 
     # ------------------------------------------------------------------------------------------
-    def predict(self, images: list[Tensor], score_threshold: float | None = None) -> list[Detections]:
-        """Detections per image in ORIGINAL pixels; batched, eval mode, no grad, AMP on CUDA.
+    def default_score_threshold(self) -> float:
+        return float(self.model.score_thresh)
 
-        score_threshold: on the final score (class x IoU); None uses the model's `score_thresh`.
-        """
-        if score_threshold is None:
-            score_threshold = self.model.score_thresh
-        if len(images) == 0:
-            return []
-        images = prepare_images(images)
-        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        with predict_context(self, amp=self.amp, cpu_bf16=self.cpu_bf16) as device:
-            fw = self.forward_outputs([im.to(device, non_blocking=True) for im in images], None)
-            return self._postprocess(fw, original, score_threshold)
+    def predict_prepared(self, images: list[Tensor], original: list[tuple[int, int]],
+                         score_threshold: float) -> list[Detections]:
+        """The threshold applies to the final score (class x IoU)."""
+        return self._postprocess(self.forward_outputs(images, None), original, score_threshold)
 
     def _postprocess(self, fw: FCOSOutputs, original: list[tuple[int, int]], thresh: float) -> list[Detections]:
         probs = fw.cls_logits.float().sigmoid()  # (B, L, C)

@@ -28,14 +28,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops, generalized_box_iou_loss, sigmoid_focal_loss
 
 from boxloop.detectors.backbones import build_backbone
-from boxloop.detectors.common import predict_context, prepare_images, scale_boxes, to_detections
+from boxloop.detectors.base import TorchDetector
+from boxloop.detectors.common import scale_boxes, to_detections
 from boxloop.detectors.torchvision_parts import (
     bounded_num_negatives,
     feature_names,
@@ -49,7 +50,7 @@ __all__ = ["RetinaNetDetector", "build_retinanet"]
 _BOX_LOSSES = ("l1", "smooth_l1", "giou")
 
 
-class RetinaNetDetector(nn.Module):
+class RetinaNetDetector(TorchDetector):
     """torchvision RetinaNet (as `.model`) with weighted losses and rich predictions."""
 
     has_loc_quality = False
@@ -66,17 +67,11 @@ class RetinaNetDetector(nn.Module):
         min_negatives_per_image: int = 0,
         amp: bool = True,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.num_classes = num_classes
-        self.config = config
-        self.feature_dim = int(model.backbone.out_channels)
+        super().__init__(model, num_classes, config, int(model.backbone.out_channels), max_negatives_per_positive,
+                         min_negatives_per_image, amp)
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.box_loss = box_loss
-        self.max_negatives_per_positive = max_negatives_per_positive
-        self.min_negatives_per_image = min_negatives_per_image
-        self.amp = amp
 
     @property
     def device(self) -> torch.device:
@@ -174,23 +169,16 @@ class RetinaNetDetector(nn.Module):
         return keep
 
     # -- inference ------------------------------------------------------------------------------
-    def predict(self, images: list[Tensor], score_threshold: float | None = None) -> list[Detections]:
-        """Detections per image in original pixels.
+    def default_score_threshold(self) -> float:
+        return float(self.model.score_thresh)
 
-        `class_probs`: the sigmoid of every class logit at the anchor a box came from (independent
+    def predict_prepared(self, images: list[Tensor], original: list[tuple[int, int]],
+                         score_threshold: float) -> list[Detections]:
+        """`class_probs`: the sigmoid of every class logit at the anchor a box came from (independent
         per class, so rows need not sum to 1; `scores[i] == class_probs[i, labels[i]]`). `features`:
-        the FPN feature vector at that anchor's cell on its level ((N, out_channels)).
-        `score_threshold` None: the builder's `score_thresh`.
-        """
-        thr = self.model.score_thresh if score_threshold is None else float(score_threshold)
-        if len(images) == 0:
-            return []
-        images = prepare_images(images)
-        original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        with predict_context(self, amp=self.amp) as device:
-            image_list, _, feats, head_outputs, anchors = self._forward_features(
-                [im.to(device, non_blocking=True) for im in images], None)
-            return self._postprocess(image_list, feats, head_outputs, anchors, original, thr)
+        the FPN feature vector at that anchor's cell on its level ((N, out_channels))."""
+        image_list, _, feats, head_outputs, anchors = self._forward_features(images, None)
+        return self._postprocess(image_list, feats, head_outputs, anchors, original, score_threshold)
 
     def _postprocess(
         self,
