@@ -21,9 +21,11 @@ step-based schedule (T teacher steps, S further steps for every method that cont
                        "student" = the student, "kept" = what the never-worse guard hands back
                        (the student only if a paired bootstrap interval over the validation images
                        puts it above teacher continued, else teacher continued)
-                       (with ignore regions IG: the teacher's unaccepted boxes weigh 0, see semi.py)
+                       (with ignore regions IG: the teacher's unaccepted boxes weigh 0; and a labelled
+                       share LS of 0.5 in its batches; see semi.py)
     ablations          at 10%: the student without CA, without RE, without DT (CertaintySSOD Table 5),
-                       and without IG (the unaccepted objects train as background)
+                       without IG (the unaccepted objects train as background), without LS (the
+                       plain union of labelled and pseudo-labelled images)
 
 Measured: test mAP50 (VOC), COCO AP, AP75, rare-class AP50 (WBC, Platelets); precision / recall of
 the accepted pseudo-labels against the withheld labels (CertaintySSOD Fig. 3); per seed, student minus
@@ -62,13 +64,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import DEFAULT_BCCD, HERE, csv, dataset_or_skip, finite, machine, resolve  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, <= 90 min: 9 cells x (T + 3 S) + 3 x 4 S ablation steps = 9 T + 39 S steps
+    # 2 CPU cores, <= 90 min: 9 cells x (T + 3 S) + 3 x 5 S ablation steps = 9 T + 42 S steps
     "cpu": dict(image_size=320, batch_size=8, teacher_steps=200, student_steps=150, val_every=25,
                 fractions="0.1,0.25,0.5", seeds="0,1,2", model="fcos_lite", detector_options="{}",
-                ablations="CA,RE,DT,IG", ablation_fractions="0.1", tsoda_threshold="auto"),
+                ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1", tsoda_threshold="auto"),
     "gpu": dict(image_size=480, batch_size=8, teacher_steps=1000, student_steps=1000, val_every=100,
                 fractions="0.1,0.25,0.5", seeds="0,1,2", model="fcos_lite", detector_options="{}",
-                ablations="CA,RE,DT,IG", ablation_fractions="0.1,0.25,0.5", tsoda_threshold="auto"),
+                ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1,0.25,0.5", tsoda_threshold="auto"),
     # a smoke run of every path: a weak teacher, so tau and the lower clip are low enough for some
     # pseudo-labels to pass (the numbers mean nothing)
     "synthetic": dict(image_size=96, batch_size=8, teacher_steps=80, student_steps=40, val_every=20, lr=0.005,
@@ -83,6 +85,7 @@ for _p in PRESETS.values():
 ABLATIONS: dict[str, dict[str, Any]] = {
     "CA": {"certainty": False}, "RE": {"reweight": False}, "DT": {"dynamic_threshold": False},
     "IG": {"ignore_threshold": None},  # no ignore regions: every unaccepted object trains as background
+    "LS": {"labelled_share": 0.0},  # the plain union: labelled images ~10% of the student's batches at 10%
     "none": {"certainty": False, "reweight": False, "dynamic_threshold": False}}
 TARGET_GAIN_AT_10, GOAL_GAIN_AT_10, TARGET_PSEUDO_PRECISION = 0.03, 0.05, 0.85
 

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from boxloop.data import Sample
-from boxloop.semi import SemiConfig, fit_semi, pseudo_label_quality, pseudo_samples, student_train_config
+from boxloop.semi import (SemiConfig, fit_semi, pseudo_label_quality, pseudo_samples, student_samples,
+                          student_train_config)
 from boxloop.weak_view import merge_flip
 from boxloop.structures import Annotation, Boxes, Detections
 from boxloop.train import CheckpointError, TrainConfig, load_checkpoint, load_detector
@@ -255,6 +256,19 @@ def test_unaccepted_teacher_boxes_become_ignore_regions_of_weight_zero() -> None
     np.testing.assert_allclose(s.weights, [0.5, 0.0])
     labels2, _, samples2, ignored2 = pseudo_samples(pool, unlabelled, classes, semi.thresholds(2), semi.lambda_u, None)
     assert ignored2 == 0 and len(samples2[0].annotation) == 1 and labels2.keys() == labels.keys()
+
+
+def test_student_batches_hold_the_labelled_share() -> None:
+    """2 labelled, 5 pseudo-labelled: share 0.5 repeats the labelled 3 times (6 of 11 >= 0.5, 2 times
+    would give 4 of 9 < 0.5); 0.8 needs 10 (20 of 25); 0 is the plain union."""
+    lab = [Sample(Path(f"l{i}.png")) for i in range(2)]
+    pse = [Sample(Path(f"p{i}.png")) for i in range(5)]
+    for share, repeat in ((0.5, 3), (0.8, 10), (0.0, 1)):
+        out = student_samples(lab, pse, share)
+        assert out == lab * repeat + pse
+    assert student_samples(lab, [], 0.5) == lab and student_samples([], pse, 0.5) == pse
+    with pytest.raises(ValueError, match="labelled_share"):
+        SemiConfig(labelled_share=1.0)
 
 
 def test_cli_train_semi_keeps_teacher_continued_or_the_student(make_synthetic, tmp_path: Path) -> None:
