@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import typer
@@ -126,3 +127,40 @@ def test_cli_options_map_onto_the_groups() -> None:
     assert default.training.epochs is not None and default.training.min_steps is not None
     with pytest.raises(typer.BadParameter, match="pass --epochs or --steps, not both"):
         loop_config(epochs=2, steps=3, device="cpu")
+
+
+@pytest.mark.parametrize("layout", ["flat", "nested"])
+def test_a_projects_saved_round_config_drives_query_and_import(layout: str, make_synthetic, tmp_path) -> None:
+    """A round row of a project made before the groups stores its config flat: `boxloop query`'s batch
+    (display_threshold) and `boxloop import` (val_fraction) read it as they read a nested one."""
+    import shutil
+
+    import numpy as np
+
+    from boxloop.human import import_answers, write_batch
+    from boxloop.project import init_project
+    from boxloop.structures import Boxes, Detections
+
+    syn = make_synthetic(n_images=8, image_size=64, seed=0)
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    for xml in sorted(syn.annotations_dir.glob("*.xml"))[:4]:
+        shutil.copy(xml, ann / xml.name)
+    flat = {**OLD_FLAT, "unit": "images", "strategy": "random", "budget": 2, "display_threshold": 0.9,
+            "val_fraction": 1.0}
+    saved = flat if layout == "flat" else LoopConfig.from_dict(flat).to_dict()
+    with init_project(tmp_path / "p", syn.images, ann, seed=0) as p:
+        keys = p.image_set("pool")[:2]
+        rid = p.start_round(saved, step="oracle")
+        k = p.num_classes
+        p.save_predictions(rid, {key: Detections(Boxes(np.array([[2, 2, 20, 20], [30, 30, 50, 50]], float),
+                                                       p.image(key).size), np.zeros(2, int),
+                                                 np.array([0.5, 0.95]), np.full((2, k), 0.5)) for key in keys})
+        p.add_queries(rid, [(key, None, 0.5) for key in keys], strategy="random", batch=rid)
+        batch = write_batch(p, rid, tmp_path / "batch", "voc")
+        for key in keys:  # only the box scoring >= the saved display_threshold (0.9) is shown
+            assert (batch / (Path(key).stem + ".xml")).read_text().count("<object>") == 1
+            shutil.copy(syn.annotations_dir / (Path(key).stem + ".xml"), batch / (Path(key).stem + ".xml"))
+        res = import_answers(p, batch, "voc")
+        assert res["images"] == 2
+        assert all(p.image(key).split == "val" for key in keys)  # the saved val_fraction 1.0, not the default 0.2
