@@ -41,7 +41,7 @@ def test_query_on_an_untrained_project_writes_a_typical_batch(data, tmp_path: Pa
     with Project.open(proj) as p:
         assert not (proj / "models").exists()  # nothing was trained
         (rnd,) = p.rounds()
-        assert rnd.step == "oracle" and rnd.config["strategy"] == "typical"
+        assert rnd.step == "oracle" and rnd.config["selection"]["strategy"] == "typical"  # saved nested
         sel = p.metrics(rnd.id)[rnd.id]["selection"]
         assert sel["strategy"] == "typical" and sel["count"] == 3 and sel["clusters"] == 3
         assert len(list((proj / "cache" / "embeddings").rglob("*.npy"))) == 16  # the whole pool, cached
