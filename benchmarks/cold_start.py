@@ -233,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     from boxloop.simulate import simulate
 
     seeds = [int(s) for s in csv(args.seeds)]
-    cfg = LoopConfig(model=args.model, detector_options=json.loads(args.detector_options), epochs=args.epochs,
-                     steps=getattr(args, "steps", None), min_steps=args.min_steps, image_size=args.image_size,
-                     batch_size=args.batch_size, device=args.device, val_every=args.val_every,
-                     strategy="random", budget=args.budget)
+    cfg = LoopConfig.make(model=args.model, detector_options=json.loads(args.detector_options), epochs=args.epochs,
+                          steps=getattr(args, "steps", None), min_steps=args.min_steps, image_size=args.image_size,
+                          batch_size=args.batch_size, device=args.device, val_every=args.val_every,
+                          strategy="random", budget=args.budget)
     t0 = time.perf_counter()
     arms = {}
     for arm, init, names in (("random_init", "random", csv(args.strategies_random)),

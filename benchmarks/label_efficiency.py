@@ -363,7 +363,6 @@ def measure(spec, args, n: int = 4) -> tuple[float, float]:
     import tempfile
 
     from boxloop.data import Sample
-    from boxloop.detectors import create_detector
     from boxloop.inference import predict_paths
     from boxloop.simulate import load_truth
     from boxloop.train import fit
@@ -373,7 +372,7 @@ def measure(spec, args, n: int = 4) -> tuple[float, float]:
     samples = [Sample(spec.images / k, truth[k], key=k) for k in keys]
     classes = sorted({c for k in keys for c in truth[k].labels})
     cfg = loop_config(args)
-    det = create_detector(args.model, len(classes), seed=0, **cfg.detector_kwargs())
+    det = cfg.detector_spec().build(len(classes), seed=0)
     tc = dataclasses.replace(cfg.train_config(0), steps=2 + n, val_every=10 ** 6, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         fit(det, samples, [], classes, tc, Path(tmp), progress=False, stop_after=2)  # warm-up
@@ -432,7 +431,7 @@ def loop_config(args, **over: Any):
               warm_steps=args.warm_steps, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
               device=args.device, val_every=10 ** 6, seed=args.seed_list[0] if args.seed_list else 0)
     kw.update(over)
-    return LoopConfig(**kw)
+    return LoopConfig.make(**kw)
 
 
 @contextlib.contextmanager

@@ -64,8 +64,9 @@ def main() -> None:
     data = work / "data"
     if not (data / "images").exists():
         make_dataset(data, n_images=args.images, image_size=args.size, seed=0)
-    cfg = LoopConfig(model="fcos", backbone="efficientnet_lite0", epochs=None, steps=args.steps, image_size=args.size,
-                     batch_size=8, device="cpu", val_every=10 ** 6, detector_options={"fpn_channels": 64, "head_convs": 2})
+    cfg = LoopConfig.make(model="fcos", backbone="efficientnet_lite0", epochs=None, steps=args.steps,
+                          image_size=args.size, batch_size=8, device="cpu", val_every=10 ** 6,
+                          detector_options={"fpn_channels": 64, "head_convs": 2})
     kw = dict(dataset=data / "images", annotations=data / "annotations", strategies=["random", "least_confidence"],
               initial=10, budget=6, rounds=args.rounds, seeds=list(range(args.seeds)), config=cfg,
               test_fraction=0.2, progress=False, echo=lambda m: None)

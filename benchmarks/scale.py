@@ -117,7 +117,7 @@ def build_store(project_dir: Path, n_images: int, n_boxes: int, n_pool: int, det
     boxes_s = time.perf_counter() - t0
 
     # the round, and its predictions on every pool image, stored as the loop's predict step does
-    proj.start_round(LoopConfig(pretrained_backbone=False).to_dict(), step="select", round_id=ROUND)
+    proj.start_round(LoopConfig.make(pretrained_backbone=False).to_dict(), step="select", round_id=ROUND)
     t0 = time.perf_counter()
     n_dets = 0
     for s in range(0, len(pool_ids), chunk):
@@ -228,7 +228,7 @@ def labelled_centres(n: int, feature_dim: int, seed: int) -> np.ndarray:
 
 def run_selection(project_dir: Path, unit: str, strategy: str, budget: int, repeats: int,
                   centres: np.ndarray) -> dict:
-    config = LoopConfig(strategy=strategy, unit=unit, budget=budget, pretrained_backbone=False)
+    config = LoopConfig.make(strategy=strategy, unit=unit, budget=budget, pretrained_backbone=False)
     original = loop._labelled_features
     loop._labelled_features = lambda *_: centres  # the detector pass over labelled images (see doc)
     try:

@@ -164,7 +164,7 @@ def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
     n_trainval = labelled_counts(project)["images_labelled"]
     n = max(2, int(round(fraction * n_trainval)))
     project.set_meta("trainval_images", n_trainval)
-    withhold(project, n, seed, LoopConfig(seed=seed))
+    withhold(project, n, seed, LoopConfig.make(seed=seed))
     return project, n_trainval
 
 

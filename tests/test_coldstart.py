@@ -41,7 +41,7 @@ def test_query_on_an_untrained_project_writes_a_typical_batch(data, tmp_path: Pa
     with Project.open(proj) as p:
         assert not (proj / "models").exists()  # nothing was trained
         (rnd,) = p.rounds()
-        assert rnd.step == "oracle" and rnd.config["strategy"] == "typical"
+        assert rnd.step == "oracle" and rnd.config["selection"]["strategy"] == "typical"  # saved nested
         sel = p.metrics(rnd.id)[rnd.id]["selection"]
         assert sel["strategy"] == "typical" and sel["count"] == 3 and sel["clusters"] == 3
         assert len(list((proj / "cache" / "embeddings").rglob("*.npy"))) == 16  # the whole pool, cached
@@ -59,7 +59,7 @@ def test_query_on_an_untrained_project_writes_a_typical_batch(data, tmp_path: Pa
 def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path) -> None:
     kw = dict(dataset=data.images, annotations=data.annotations_dir, strategies=["budget_aware"], initial=4,
               budget=2, rounds=1, seeds=[0], test_fraction=0.25, progress=False, echo=lambda m: None)
-    res = simulate(out=tmp_path, config=LoopConfig(**TINY), initial_strategy="typical", **kw)
+    res = simulate(out=tmp_path, config=LoopConfig.make(**TINY), initial_strategy="typical", **kw)
     (run,) = res["runs"]
     assert run["initial_strategy"] == "typical" and run["strategy"] == "budget_aware"
     rows = run["rounds"]
@@ -77,4 +77,4 @@ def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path)
         assert p.get_meta("initial_strategy") == "typical"
     # the same OUT refuses the other kind of seed set instead of mixing them
     with pytest.raises(ValueError, match="seed set was chosen by 'typical'"):
-        simulate(out=tmp_path, config=LoopConfig(**TINY), initial_strategy="random", **kw)
+        simulate(out=tmp_path, config=LoopConfig.make(**TINY), initial_strategy="random", **kw)

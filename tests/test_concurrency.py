@@ -71,8 +71,8 @@ def project(make_synthetic, tmp_path: Path) -> tuple[Path, list[str], Path]:
     assert res.exit_code == 0, res.output
     with Project.open(proj) as p:
         keys = [r.path for r in p.images(split=None)][:2]
-        cfg = LoopConfig(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, strategy="random",
-                         budget=2)
+        cfg = LoopConfig.make(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, strategy="random",
+                              budget=2)
         rid = p.start_round(cfg.to_dict(), step="oracle")
         p.add_queries(rid, [(k, None, 0.5) for k in keys], strategy="random", batch=rid)
     answers = tmp_path / "answers"

@@ -167,8 +167,8 @@ def open_batch(project: Path, data: Data, out: Path, n: int = 2) -> tuple[list[s
     without training, and the annotator's answers for it (the true labels) as VOC files in `out`."""
     with Project.open(project) as p:
         keys = [r.path for r in p.images(split=None)][:n]
-        cfg = LoopConfig(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False,
-                         strategy="random", budget=n)
+        cfg = LoopConfig.make(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False,
+                              strategy="random", budget=n)
         rid = p.start_round(cfg.to_dict(), step="oracle")
         p.add_queries(rid, [(k, None, 0.5) for k in keys], strategy="random", batch=rid)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def test_it_is_the_default_everywhere():
     assert run_defaults("cpu").image_size == 320 and run_defaults("cuda").image_size == 480
     from boxloop.loop_config import LoopConfig
 
-    assert LoopConfig().model == "fcos_lite"
+    assert LoopConfig().detector.model == "fcos_lite"
 
 
 def test_folding_frozen_batchnorm_is_exact(one_thread):

@@ -28,7 +28,8 @@ def test_cpu_preset_meets_the_issue():
     seed_set_boxes = 230  # a small random seed set of 20 BCCD images (about 265 on average)
     assert seed_set_boxes + a.box_rounds * a.box_budget >= 0.4 * BCCD.trainval * BCCD.boxes_per_image
     cfg = le.loop_config(a)
-    assert cfg.epochs is None and cfg.steps == 200 and cfg.warm_steps == 80 and cfg.val_every > cfg.steps
+    t = cfg.training
+    assert t.epochs is None and t.steps == 200 and t.warm_steps == 80 and t.val_every > t.steps
 
 
 def test_plan_counts_and_estimate_fit_90_minutes_on_two_cores():

@@ -28,7 +28,7 @@ TINY = dict(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=Fal
 
 
 def tiny_config(**kw) -> LoopConfig:
-    return LoopConfig(**{**TINY, **kw})
+    return LoopConfig.make(**{**TINY, **kw})
 
 
 
@@ -203,7 +203,7 @@ def test_noisy_label_threshold_comes_from_validation_precision(run, monkeypatch)
     monkeypatch.setattr(autolabel, "validation_table", lambda project, det, cfg: table[:0])
     assert loop.noisy_label_threshold(run, 0, cfg) == pytest.approx(0.4)
     # no validation detection reaches the precision: what the annotator is shown
-    assert loop.noisy_label_threshold(run, 1, cfg) == cfg.display_threshold
+    assert loop.noisy_label_threshold(run, 1, cfg) == cfg.selection.display_threshold
     # FineGrainedAL's rule on request: the box pool's t_d
     assert loop.noisy_label_threshold(run, 2, tiny_config(noisy_precision=None, t_d=0.07)) == pytest.approx(0.07)
 

@@ -13,14 +13,14 @@ from boxloop.store import Project
 
 
 def test_the_table_orders_the_steps() -> None:
-    plain, semi = LoopConfig(), LoopConfig(semi="autolabel")
+    plain, semi = LoopConfig(), LoopConfig.make(semi="autolabel")
     assert STEPS == ("train", "evaluate", "predict", "select", "oracle", "semi", "done")
     assert set(TRANSITIONS) == set(STEPS) - {"done"}
     assert [next_step(s, plain) for s in ("train", "evaluate", "predict", "select", "oracle")] == \
         ["evaluate", "predict", "select", "oracle", "done"]
     assert next_step("oracle", semi) == "semi" and next_step("semi", semi) == "done"
     assert next_step("evaluate", plain, last=True) == "done"
-    assert next_step("evaluate", LoopConfig(take_all_last=True), last=True) == "predict"
+    assert next_step("evaluate", LoopConfig.make(take_all_last=True), last=True) == "predict"
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def stubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_run_round_follows_the_table_and_records_each_step(stubbed) -> None:
     project, calls = stubbed
-    run_round(project, LoopConfig(semi="autolabel"), {}, 1, progress=False)
+    run_round(project, LoopConfig.make(semi="autolabel"), {}, 1, progress=False)
     assert calls == [("train", "train"), ("evaluate", "evaluate"), ("predict", "predict"), ("select", "select"),
                      ("oracle", "oracle"), ("semi", "semi")]
     assert project.rounds()[-1].step == "done" and project.rounds()[-1].status == "done"

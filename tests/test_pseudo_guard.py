@@ -72,9 +72,9 @@ def test_a_round_with_pseudo_labels_trains_both_ways_and_keeps_the_guarded_model
     from boxloop.project import init_project
 
     data = make_synthetic(n_images=24, image_size=64, seed=3)
-    config = LoopConfig(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, epochs=None, steps=4,
-                        image_size=64, batch_size=4, device="cpu", val_every=1000, semi="autolabel",
-                        detector_options={"fpn_channels": 32, "head_convs": 1})
+    config = LoopConfig.make(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, epochs=None, steps=4,
+                             image_size=64, batch_size=4, device="cpu", val_every=1000, semi="autolabel",
+                             detector_options={"fpn_channels": 32, "head_convs": 1})
     with init_project(tmp_path / "p", data.images, data.annotations_dir, test_fraction=0.2, seed=0,
                       progress=False) as project:
         withhold(project, 10, 0, config)
@@ -99,10 +99,10 @@ def test_a_round_with_pseudo_labels_trains_both_ways_and_keeps_the_guarded_model
         assert guard["pseudo_images"] == 4 and guard["images"] == len(val)
         assert m["train_images"] == len(train) - (0 if guard["kept"] else 4)
         # the same steps both ways: the comparison is of the labels, not of the schedule
-        assert m["train_steps"] == config.steps
+        assert m["train_steps"] == config.training.steps
 
         # without the guard, the same round trains once, on everything
-        plain = LoopConfig(**{**config.to_dict(), "pseudo_guard": False})
+        plain = config.with_(pseudo_guard=False)
         project.start_round(plain.to_dict(), step="train", round_id=2)
         step_train(project, 2, plain, progress=False)
         assert "pseudo_guard" not in project.metrics()[2] and not (model_dir(project, 2) / "with_pseudo").exists()

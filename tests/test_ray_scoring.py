@@ -23,8 +23,8 @@ from boxloop.ray_scoring import RayScoring, batch_groups, predict_pool
 
 SIZE = 48
 CLASSES = ["circle", "square", "triangle"]
-CFG = LoopConfig(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, image_size=SIZE,
-                 device="cpu", score_threshold=0.005, t_d=0.005, predict_batch_size=8)
+CFG = LoopConfig.make(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, image_size=SIZE,
+                      device="cpu", score_threshold=0.005, t_d=0.005, predict_batch_size=8)
 
 
 def _project(root: Path, images: Path):

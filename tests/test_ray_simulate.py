@@ -50,7 +50,7 @@ def data(make_synthetic):
 
 def _kw(data) -> dict:
     return dict(dataset=data.images, annotations=data.annotations_dir, strategies=STRATEGIES, initial=6, budget=3,
-                rounds=1, seeds=[0], test_fraction=0.2, progress=False, config=LoopConfig(**TINY),
+                rounds=1, seeds=[0], test_fraction=0.2, progress=False, config=LoopConfig.make(**TINY),
                 echo=lambda m: None)
 
 
@@ -80,7 +80,7 @@ def test_ray_results_equal_sequential_and_rerun_does_only_the_missing(data, sequ
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), s
     images, ann = dataset_paths(data.images, data.annotations_dir)
     spec = SimSpec(out=out, images=images, annotations=ann, fmt=None, test_list=None, test_fraction=0.2, initial=6,
-                   budget=3, rounds=1, config=LoopConfig(**TINY))
+                   budget=3, rounds=1, config=LoopConfig.make(**TINY))
     assert missing_jobs(spec, [0], STRATEGIES) == []
     shutil.rmtree(out / "seed0" / STRATEGIES[1])
     assert missing_jobs(spec, [0], STRATEGIES) == [("base", 0, None), ("run", 0, STRATEGIES[1])]

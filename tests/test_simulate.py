@@ -42,7 +42,7 @@ def _sim_kwargs(data) -> dict:
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sim_whole")
-    res = simulate(out=out, config=LoopConfig(**TINY), echo=lambda m: None, **_sim_kwargs(data))
+    res = simulate(out=out, config=LoopConfig.make(**TINY), echo=lambda m: None, **_sim_kwargs(data))
     return out, res
 
 
@@ -104,7 +104,7 @@ torch.set_num_threads(1)
 from pathlib import Path
 from boxloop.loop_config import LoopConfig
 from boxloop.simulate import simulate
-cfg = LoopConfig(**{tiny!r})
+cfg = LoopConfig.make(**{tiny!r})
 simulate(dataset=Path({images!r}), annotations=Path({ann!r}), out=Path(sys.argv[1]),
          strategies={strategies!r}, initial=6, budget=3, rounds={rounds}, seeds=[0], test_fraction=0.2,
          progress=False, config=cfg, echo=lambda m: print(m, flush=True))

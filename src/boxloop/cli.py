@@ -149,9 +149,10 @@ def train(
     from boxloop.store import Project
     from boxloop.train import load_detector
 
-    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
-                      detector_options=detector_options(detector_option),
-                      lr=lr, optimizer=optimizer, semi="certainty" if semi else None)
+    cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
+                      batch_size=batch_size, device=device, seed=seed, no_pretrained=no_pretrained,
+                      detector_option=detector_option, lr=lr, optimizer=optimizer,
+                      semi="certainty" if semi else None)
     if nproc is not None and semi:
         raise ValueError("--nproc trains supervised only; drop --semi or --nproc")
     with Project.open(project) as proj, proj.writer_lock():
@@ -160,7 +161,7 @@ def train(
 
             sc = SemiConfig(tau=tau, gamma1=gamma1, gamma2=gamma2, dynamic_threshold=not no_dynamic_threshold,
                             reweight=not no_reweight, certainty=not no_certainty)
-            res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.model,
+            res = fit_semi(proj, None, cfg.train_config(0), sc, proj.dir / "models" / "semi", model=cfg.detector.model,
                            detector_kwargs=cfg.detector_spec().kwargs())
             set_current_checkpoint(proj, res.best_checkpoint)
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -173,12 +174,12 @@ def train(
 
             result, n_train, n_val = train_project(proj, cfg, strict=strict, nproc=nproc,
                                                    torchrun_args=shlex.split(torchrun_args or ""))
-            out.print(f"trained {cfg.model} on {n_train} images ({n_val} validation): best validation mAP50 "
+            out.print(f"trained {cfg.detector.model} on {n_train} images ({n_val} validation): best validation mAP50 "
                       f"{'-' if result.best_map50 is None else f'{result.best_map50:.3f}'}; checkpoint "
                       f"{escape(str(result.best_checkpoint))}")
             best = result.best_checkpoint
         det, _, _ = load_detector(best, expect_classes=proj.classes)
-        m = test_metrics(proj, det, cfg.image_size, device)
+        m = test_metrics(proj, det, cfg.training.image_size, device)
         if m:
             print_metrics(m, "fixed test set")
 
@@ -292,9 +293,10 @@ def query(
     from boxloop.human import check_batch_target, query_round, write_batch
     from boxloop.store import Project
 
-    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, seed, no_pretrained,
-                      detector_options=detector_options(detector_option),
-                      strategy=strategy, unit=unit, budget=budget, empty_share=empty_share, semi=semi)
+    cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
+                      batch_size=batch_size, device=device, seed=seed, no_pretrained=no_pretrained,
+                      detector_option=detector_option, strategy=strategy, unit=unit, budget=budget,
+                      empty_share=empty_share, semi=semi)
     check_batch_target(out_dir, fmt)  # before any work: a wrong --format or --out must change nothing
     scoring = ray_scoring(workers, ray_address, device)  # the pool is scored on Ray actors
     with Project.open(project) as proj, proj.writer_lock():
@@ -379,12 +381,12 @@ def simulate(
     from boxloop.simulate import simulate as run_sim
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
-    cfg = loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
-                      detector_options=detector_options(detector_option),
-                      strategy=names[0], unit=unit, budget=budget, semi=semi, take_all_last=take_all_last)
+    cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
+                      batch_size=batch_size, device=device, no_pretrained=no_pretrained,
+                      detector_option=detector_option, strategy=names[0], unit=unit, budget=budget, semi=semi,
+                      take_all_last=take_all_last)
     for name in names[1:]:
-        loop_config(model, backbone, epochs, steps, image_size, batch_size, device, 0, no_pretrained,
-                    strategy=name, unit=unit, budget=budget)  # validates every name before any work
+        cfg.with_(strategy=name)  # validates every name before any work
     res = run_sim(dataset, out_dir, names, initial, budget, rounds, list(range(seeds)), cfg,
                   annotations=annotations, fmt=fmt, test_list=test_list, test_fraction=test_fraction,
                   echo=lambda m: out.print(escape(m)), initial_strategy=initial_strategy, workers=workers,

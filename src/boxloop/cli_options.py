@@ -3,7 +3,8 @@
 typer parses the command line; written by hand here are the shared option declarations (one
 Annotated type each, so that every command words an option the same way), --detector-option
 KEY=VALUE pairs read as YAML scalars (pyyaml), `loop_config` (the loop's config from the options,
-with what the user left unset from `defaults.run_defaults`), the detector a command opens from
+by keyword, with what the user left unset from `defaults.run_defaults`: the one place options map
+onto LoopConfig's groups), the detector a command opens from
 --checkpoint or a project, Ray scoring from --workers/--ray-address, and the check of a number in
 (0, 1). Bad values raise typer.BadParameter (exit code 2) or ValueError (boxloop.cli_errors: one
 red line, exit code 1).
@@ -12,9 +13,12 @@ red line, exit code 1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from boxloop.loop_config import LoopConfig
 
 StrictOpt = Annotated[bool, typer.Option("--strict", help="An image that is truncated, cannot be decoded or changed under its labels is an error, not left out with a warning.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (otherwise a clash stops before anything is written).")]
@@ -53,23 +57,29 @@ def detector_options(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def loop_config(model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
+def loop_config(*, model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
                 steps: int | None = None, image_size: int | None = None, batch_size: int | None = None,
-                device: str = "auto", seed: int = 0, no_pretrained: bool = False, **kw: Any):  # -> loop.LoopConfig
-    """The loop's config from CLI options; what the user left unset comes from `run_defaults(device)`."""
+                device: str = "auto", seed: int = 0, no_pretrained: bool = False,
+                detector_option: list[str] | None = None, **settings: Any) -> LoopConfig:
+    """The loop's config from CLI options, the one place they map onto it. The keywords are the shared
+    options as the commands name them (`detector_option`: the --detector-option KEY=VALUE pairs);
+    `settings`: any other LoopConfig setting by its name (strategy=..., budget=..., semi=...). What
+    the user left unset comes from `run_defaults(device)`."""
     from boxloop.defaults import run_defaults
     from boxloop.loop_config import LoopConfig
 
     d = run_defaults(device)
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
-    check_detector_options(model, {"backbone": backbone, **kw.get("detector_options", {})})
+    options = detector_options(detector_option)
+    check_detector_options(model, {"backbone": backbone, **options})
     if epochs is not None and steps is not None:
         raise typer.BadParameter("pass --epochs or --steps, not both", param_hint="--epochs")
     if epochs is None and steps is None:  # the default schedule: epochs, with a floor in steps
         epochs = d.epochs
-        kw.setdefault("min_steps", d.min_steps)
-    return LoopConfig(model=model, backbone=backbone, pretrained_backbone=not no_pretrained, epochs=epochs,
-                      steps=steps, image_size=image_size, batch_size=batch_size, device=device, seed=seed, **kw)
+        settings.setdefault("min_steps", d.min_steps)
+    return LoopConfig.make(model=model, backbone=backbone, pretrained_backbone=not no_pretrained,
+                           detector_options=options, epochs=epochs, steps=steps, image_size=image_size,
+                           batch_size=batch_size, device=device, seed=seed, **settings)
 
 
 def open_detector(project: Path | None, checkpoint: Path | None, device: str):

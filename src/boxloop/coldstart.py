@@ -12,7 +12,6 @@ Written by hand: the rule and the round bookkeeping; the selection is loop.step_
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from boxloop.loop_config import LoopConfig
@@ -35,7 +34,7 @@ def needs_cold_start(project: Project) -> bool:
 def open_select_round(project: Project, config: LoopConfig, round_id: int) -> LoopConfig:
     """Round `round_id` set to start at `select` with `typical` (no train, evaluate or predict).
     Returns the config the round runs with."""
-    cfg = dataclasses.replace(config, strategy="typical", unit="images")
+    cfg = config.with_(strategy="typical", unit="images")
     rnd = project.round(round_id)
     if rnd is None:
         project.start_round(cfg.to_dict(), step="select", round_id=round_id)

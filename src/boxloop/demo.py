@@ -93,7 +93,7 @@ def run_demo(out_dir: Path, n_images: int, image_size: int, rounds: int, steps: 
               f"{steps} steps (fcos_lite, offline EfficientNet-Lite0), each later round {warm_steps} more from the one "
               "before; every round measures mAP50 on the fixed test set, asks about the most informative images and "
               "auto-labels the confident rest, which the next round keeps only if validation says they help")
-    cfg = loop_config(None, "efficientnet_lite0", None, steps, image_size, 8, device, seed_list[0], False,
+    cfg = loop_config(steps=steps, image_size=image_size, batch_size=8, device=device, seed=seed_list[0],
                       strategy="localization_aware", budget=budget, semi="autolabel", pseudo_threshold=0.7,
                       val_every=10 ** 6, warm_start=True, warm_steps=warm_steps)
     sim = out_dir / "simulate"
@@ -109,7 +109,7 @@ def run_demo(out_dir: Path, n_images: int, image_size: int, rounds: int, steps: 
         kept = sum(bool(r["pseudo_kept"]) for r in guarded)
         out.print(f"   never-worse rule: auto-labels kept in {kept} of {len(guarded)} rounds that had them "
                   "(each such round trained with and without them; results.json says why)")
-    last = sim / f"seed{seed_list[-1]}" / run_name(strategies[-1], cfg.semi).replace("+", "_")
+    last = sim / f"seed{seed_list[-1]}" / run_name(strategies[-1], cfg.pseudo.semi).replace("+", "_")
     loo = demo_test_sensitivity(last, image_size, device)
     if loo["max_change"] is not None:
         out.print(f"   test set: {loo['images']} images; leaving any one out moves the last model's mAP50 by at most "

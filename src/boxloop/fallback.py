@@ -65,7 +65,7 @@ def coreset_inputs(project: Project, round_id: int, config: LoopConfig, pool: De
     try:
         from boxloop.embedding import selection_features
 
-        feats = selection_features(project, pool.keys, config.device)
+        feats = selection_features(project, pool.keys, config.training.device)
     except Exception as e:  # e.g. the pretrained backbone's weights are not installed
         return "random", {}, note("random", f"{why}; the backbone embedding failed too ({e}): drawn at random")
     return "coreset", feats, note("coreset_embedding", f"{why}: k-center on the pretrained backbone's image "
@@ -90,10 +90,11 @@ def whole_images_instead(project: Project, pool: DetectionTable, config: LoopCon
 
     counts = labelled_counts(project)
     per_image = counts["human_boxes"] / max(1, counts["images_labelled"])
-    n = int(min(pool.num_images, max(1, round(config.budget / max(per_image, 1.0)))))
+    t_d, budget = config.selection.t_d, config.selection.budget
+    n = int(min(pool.num_images, max(1, round(budget / max(per_image, 1.0)))))
     sel = select("random", pool, n, unit="images", rng=rng)
-    return sel, note("random_images", f"no predicted box scores >= t_d={config.t_d} on any of the {pool.num_images} "
-                                      f"pool images: {n} whole images asked instead ({config.budget} boxes at "
+    return sel, note("random_images", f"no predicted box scores >= t_d={t_d} on any of the {pool.num_images} "
+                                      f"pool images: {n} whole images asked instead ({budget} boxes at "
                                       f"{per_image:.1f} labelled boxes per image)", images=n)
 
 
@@ -110,9 +111,9 @@ def box_coreset_centres(project: Project, round_id: int, config: LoopConfig, poo
     if paths:
         det = _load_round_detector(project, round_id, config)
         root = project.image_root
-        for _, d in predict_paths(det, [root / p for p in paths], config.image_size,
-                                  batch_size=config.predict_batch_size, device=config.device,
-                                  score_threshold=config.t_d, progress=False):
+        for _, d in predict_paths(det, [root / p for p in paths], config.training.image_size,
+                                  batch_size=config.prediction.predict_batch_size, device=config.training.device,
+                                  score_threshold=config.selection.t_d, progress=False):
             if d.features is not None and len(d):
                 feats.append(np.asarray(d.features, np.float32))
     if exclude and pool.features is not None and len(pool):

@@ -136,9 +136,11 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
         raise ValueError(f"round {round_id} has no open queries to write")
     preds = project.load_predictions(round_id)
     names = project.classes
-    if display_threshold is None:
+    if display_threshold is None:  # the round's own, from its saved config (nested, or flat in older projects)
+        from boxloop.loop_config import LoopConfig
+
         rnd = project.round(round_id)
-        display_threshold = float((rnd.config if rnd else {}).get("display_threshold", 0.3))
+        display_threshold = LoopConfig.from_dict(rnd.config if rnd else {}).selection.display_threshold
     unit = "boxes" if any(q.box_index is not None for q in queries) else "images"
     by_image: dict[str, list[int]] = {}
     for q in queries:
@@ -313,7 +315,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         truth[key] = Annotation(image=key, boxes=boxes, labels=ann.labels, difficult=ann.difficult,
                                 truncated=ann.truncated,
                                 provenance=tuple(Provenance(source=Source.HUMAN, round=round_id) for _ in ann.labels))
-    cfg = config or LoopConfig(**{k: v for k, v in rnd.config.items() if k in LoopConfig.__dataclass_fields__})
+    cfg = config or LoopConfig.from_dict(rnd.config)  # nested, or flat in older projects
     cost = step_oracle(project, round_id, cfg, truth, only=set(truth))
     return {"round": round_id, "images": len(truth), "boxes": sum(len(a) for a in truth.values()),
             "cost": cost.as_dict(), "warnings": warnings,

@@ -48,10 +48,10 @@ log = logging.getLogger("boxloop.loop")
 # its successor itself, in the transaction of that result; run_round records the others.
 TRANSITIONS: dict[str, Callable[[LoopConfig, bool], str]] = {
     "train": lambda config, last: "evaluate",
-    "evaluate": lambda config, last: "done" if last and not config.take_all_last else "predict",
+    "evaluate": lambda config, last: "done" if last and not config.selection.take_all_last else "predict",
     "predict": lambda config, last: "select",
     "select": lambda config, last: "oracle",
-    "oracle": lambda config, last: "semi" if config.semi else "done",
+    "oracle": lambda config, last: "semi" if config.pseudo.semi else "done",
     "semi": lambda config, last: "done",
 }
 STEPS = (*TRANSITIONS, "done")
@@ -95,12 +95,13 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
         log.warning("%s: %s; left out of the pool (listed by `boxloop status`)", path, problem)
         bad.append(SkippedImage(path.relative_to(root).as_posix(), problem, "predict"))
 
+    size, batch, device = config.training.image_size, config.prediction.predict_batch_size, config.training.device
+    threshold = min(config.prediction.score_threshold, config.selection.t_d)
     if scoring is not None:
         from boxloop.ray_scoring import predict_pool
 
-        predict_pool(project, round_id, todo, model_dir(project, round_id) / "best.pt", config.image_size,
-                     config.predict_batch_size, min(config.score_threshold, config.t_d), scoring,
-                     device=config.device, group_chunk=chunk, on_skip=lambda key, problem: skip(root / key, problem))
+        predict_pool(project, round_id, todo, model_dir(project, round_id) / "best.pt", size, batch, threshold, scoring,
+                     device=device, group_chunk=chunk, on_skip=lambda key, problem: skip(root / key, problem))
         record_skipped(project, bad)  # a kill before this: the rerun scores these again and records them
         return
     det = _load_round_detector(project, round_id, config)
@@ -108,9 +109,8 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         out = {Path(path).relative_to(root).as_posix(): d for path, d in predict_paths(
-            det, [root / k for k in part], config.image_size, batch_size=config.predict_batch_size,
-            device=config.device, score_threshold=min(config.score_threshold, config.t_d), progress=progress,
-            on_skip=skip)}
+            det, [root / k for k in part], size, batch_size=batch, device=device, score_threshold=threshold,
+            progress=progress, on_skip=skip)}
         with project.transaction():
             project.save_predictions(round_id, out)
             record_skipped(project, bad)
@@ -139,45 +139,46 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
     from boxloop import fallback as fb
     from boxloop.strategies import NEEDS_EMBEDDING, DetectionTable, select
 
-    if config.strategy == "typical":  # needs no prediction: the cold start has no model to make them
+    settings = config.selection
+    if settings.strategy == "typical":  # needs no prediction: the cold start has no model to make them
         pool = DetectionTable.empty(keys=pool_paths(project), num_classes=project.num_classes)
     else:
         # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
-        pool = project.prediction_table(round_id, keys=pool_paths(project), features=config.strategy == "coreset")
+        pool = project.prediction_table(round_id, keys=pool_paths(project), features=settings.strategy == "coreset")
     if not pool.num_images:
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
-    rng = np.random.default_rng([config.seed, round_id])
+    rng = np.random.default_rng([config.training.seed, round_id])
     options: dict[str, Any] = {}
-    name, fallback = config.strategy, None  # fallback: what chose instead when the model kept no box (fallback.py)
-    if config.unit == "images":
-        if config.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
-            options["empty_share"] = config.empty_share
-        if config.strategy == "coreset":
+    name, fallback = settings.strategy, None  # fallback: what chose instead when the model kept no box (fallback.py)
+    if settings.unit == "images":
+        if settings.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
+            options["empty_share"] = settings.empty_share
+        if settings.strategy == "coreset":
             name, extra, fallback = fb.coreset_inputs(project, round_id, config, pool)
             options = {**options, **extra} if name == "coreset" else {}
-        if config.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
+        if settings.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
             from boxloop.embedding import selection_features
 
-            options.update(selection_features(project, pool.keys, config.device))
-        budget = pool.num_images if last and config.take_all_last else config.budget
+            options.update(selection_features(project, pool.keys, config.training.device))
+        budget = pool.num_images if last and settings.take_all_last else settings.budget
         sel = select(name, pool, budget, unit="images", rng=rng, **options)
         items = [(k, None, s) for k, s in zip(sel.items, sel.scores or [None] * len(sel))]
     else:
-        options["t_d"] = config.t_d
+        options["t_d"] = settings.t_d
         options["exclude"] = _checked_exclusions(project, pool)
-        if fb.box_pool_is_empty(pool, config.t_d, options["exclude"]):
+        if fb.box_pool_is_empty(pool, settings.t_d, options["exclude"]):
             sel, fallback = fb.whole_images_instead(project, pool, config, rng)
             items = [(k, None, None) for k in sel.items]
         else:
-            if config.strategy == "coreset":
+            if settings.strategy == "coreset":
                 options["labelled_features"], fallback = fb.box_coreset_centres(project, round_id, config, pool,
                                                                                 options["exclude"])
-            sel = select(config.strategy, pool, config.budget, unit="boxes", rng=rng, **options)
+            sel = select(settings.strategy, pool, settings.budget, unit="boxes", rng=rng, **options)
             items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
-    fallback = fallback or fb.ranked_nothing(sel, pool, config.strategy)
+    fallback = fallback or fb.ranked_nothing(sel, pool, settings.strategy)
     with project.transaction():
         project.mark_stale()
-        project.add_queries(round_id, items, strategy=config.strategy, batch=round_id)
+        project.add_queries(round_id, items, strategy=settings.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
                                                             "coverage", "switch_coverage", "clusters")}
@@ -188,8 +189,8 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         if fallback is not None:
             info["fallback"] = fallback
             log.warning("round %d: %s took a fallback: %s; train longer (more --steps) before trusting the "
-                        "strategy", round_id, config.strategy, fallback["reason"])
-        project.set_metric(round_id, "selection", {"strategy": config.strategy, "unit": config.unit,
+                        "strategy", round_id, settings.strategy, fallback["reason"])
+        project.set_metric(round_id, "selection", {"strategy": settings.strategy, "unit": settings.unit,
                                                    "count": len(sel), **info})
         project.update_round(round_id, step=next_step("select", config, last))
 
@@ -202,8 +203,9 @@ def _labelled_features(project: Project, round_id: int, config: LoopConfig) -> n
     paths = list(project.annotations("train"))
     det = _load_round_detector(project, round_id, config)
     feats = []
-    for _, d in predict_paths(det, [root / p for p in paths], config.image_size, batch_size=config.predict_batch_size,
-                              device=config.device, score_threshold=config.score_threshold, progress=False):
+    for _, d in predict_paths(det, [root / p for p in paths], config.training.image_size,
+                              batch_size=config.prediction.predict_batch_size, device=config.training.device,
+                              score_threshold=config.prediction.score_threshold, progress=False):
         if d.features is not None and len(d):
             feats.append(d.features.mean(axis=0))
     return np.stack(feats) if feats else None
@@ -214,9 +216,9 @@ def assign_splits(project: Project, keys: Sequence[str], config: LoopConfig, rou
     keys = sorted(k for k in keys if project.image(k).split not in ("test", "val"))
     if not keys:
         return
-    rng = np.random.default_rng([config.seed, round_id, 7])
+    rng = np.random.default_rng([config.training.seed, round_id, 7])
     order = rng.permutation(len(keys))
-    n_val = int(round(config.val_fraction * len(keys)))
+    n_val = int(round(config.selection.val_fraction * len(keys)))
     val = [keys[i] for i in order[:n_val]]
     project.set_split([k for k in keys if k not in set(val)], "train")
     if val:
@@ -232,10 +234,10 @@ def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapp
     queries = [q for q in project.queries(round=round_id, state="open") if only is None or q.path in only]
     preds = project.load_predictions(round_id)
     names = project.classes
-    whole = all(q.box_index is None for q in queries) and (config.unit == "images" or bool(queries))
+    whole = all(q.box_index is None for q in queries) and (config.selection.unit == "images" or bool(queries))
     if whole:  # image level, or a box-level round that asked whole images (fallback.whole_images_instead)
         keys = list(dict.fromkeys(q.path for q in queries))
-        shown = {k: preds[k][preds[k].scores >= config.display_threshold] for k in keys if k in preds}
+        shown = {k: preds[k][preds[k].scores >= config.selection.display_threshold] for k in keys if k in preds}
         answers, cost = ImageOracle(truth, class_names=names).answer(keys, pre_annotations=shown)
         with project.transaction():
             for key, ann in answers.items():
@@ -274,22 +276,23 @@ def noisy_label_threshold(project: Project, round_id: int, config: LoopConfig) -
     stored = project.metrics().get(round_id, {}).get("noisy_label_threshold")
     if stored is not None:
         return float(stored)
-    threshold, rule = config.t_d, "t_d (noisy_precision None: every box of the box pool)"
-    if config.noisy_precision is not None:
+    settings = config.selection
+    threshold, rule = settings.t_d, "t_d (noisy_precision None: every box of the box pool)"
+    if settings.noisy_precision is not None:
         from boxloop.autolabel import validation_table
         from boxloop.pseudo import precision_above, threshold_for_precision
 
         table = validation_table(project, _load_round_detector(project, round_id, config),
-                                 {"image_size": config.image_size, "batch_size": config.predict_batch_size,
-                                  "device": config.device})
-        found = threshold_for_precision(table, config.noisy_precision) if table is not None and len(table) else None
+                                 {"image_size": config.training.image_size,
+                                  "batch_size": config.prediction.predict_batch_size, "device": config.training.device})
+        found = threshold_for_precision(table, settings.noisy_precision) if table is not None and len(table) else None
         if found is None:
-            threshold, rule = config.display_threshold, (f"display_threshold: no validation threshold reaches precision "
-                                                         f"{config.noisy_precision:g}")
+            threshold, rule = settings.display_threshold, (f"display_threshold: no validation threshold reaches precision "
+                                                           f"{settings.noisy_precision:g}")
         else:
-            threshold = max(config.t_d, found)
+            threshold = max(settings.t_d, found)
             precision, count = precision_above(table, found)
-            rule = (f"the lowest with validation precision >= {config.noisy_precision:g} "
+            rule = (f"the lowest with validation precision >= {settings.noisy_precision:g} "
                     f"({precision:.3f} over {count} detections)")
     project.set_metrics(round_id, {"noisy_label_threshold": float(threshold), "noisy_label_rule": rule})
     return float(threshold)
@@ -302,9 +305,10 @@ def _store_box_answers(project: Project, key: str, det: Detections, checked: Map
     regions (weight 0)."""
     earlier = project.annotations("partial", sources=("human", "background")).get(key)
     # the box pool's other boxes (t_d <= score < min_score) are ignore regions (weight 0)
-    ann, weights = partial_labels(key, det, checked, project.classes, lambda_d=config.lambda_d,
-                                  min_score=config.t_d if min_score is None else min_score, round=round_id,
-                                  ignore_score=config.t_d)
+    sel = config.selection
+    ann, weights = partial_labels(key, det, checked, project.classes, lambda_d=sel.lambda_d,
+                                  min_score=sel.t_d if min_score is None else min_score, round=round_id,
+                                  ignore_score=sel.t_d)
     # unchecked predictions overlapping an earlier checked box are already answered
     keep = np.ones(len(ann), bool)
     if earlier is not None and len(earlier):
@@ -339,11 +343,12 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
 
     preds = project.load_predictions(round_id)
     pool = {k: preds[k] for k in pool_paths(project) if k in preds}
-    if config.semi == "autolabel":
-        accepted = {k: (d, np.ones(len(d), np.float32)) for k, d in pseudo.tsoda_accept(pool, config.pseudo_threshold).items()}
+    settings = config.pseudo
+    if settings.semi == "autolabel":
+        accepted = {k: (d, np.ones(len(d), np.float32)) for k, d in pseudo.tsoda_accept(pool, settings.pseudo_threshold).items()}
     else:
-        th = pseudo.ClasswiseThresholds(project.num_classes, tau=config.tau, gamma1=config.gamma1, gamma2=config.gamma2,
-                                        dynamic_threshold=config.dynamic_threshold, reweight=config.reweight,
+        th = pseudo.ClasswiseThresholds(project.num_classes, tau=settings.tau, gamma1=settings.gamma1, gamma2=settings.gamma2,
+                                        dynamic_threshold=settings.dynamic_threshold, reweight=settings.reweight,
                                         certainty=any(d.loc_quality is not None for d in pool.values()))
         th.update(pool.values())
         accepted = pseudo.accept_certainty(pool, th)

@@ -1,15 +1,21 @@
 """LoopConfig: everything one round of the loop needs, checked when made and saved with every round.
 
-Written by hand: the settings and their defaults (the seeds' values, see docs/methods.md), the
-checks of their values, and the round's TrainConfig and DetectorSpec derived from them (the
-detector's optimiser and learning rate from `defaults.training_recipe`). boxloop.loop, which runs
-the rounds, re-exports it.
+Written by hand: the settings in five frozen groups (the detector, its training, prediction over the
+pool, selection, pseudo-labels) and their defaults (the seeds' values, see docs/methods.md), the
+checks of their values (each in the group that owns the field), the round's TrainConfig and
+DetectorSpec derived from them (the detector's optimiser and learning rate from
+`defaults.training_recipe`), and the routing of flat setting names to their group: `make` and
+`with_` take a few settings by name (every setting's name is unique across the groups), and
+`from_dict` reads a saved config in the nested layout `to_dict` writes or in the flat one that
+projects saved before the groups (every round row stores its config), so old projects keep working.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,19 +23,24 @@ from boxloop.defaults import DETECTOR
 
 if TYPE_CHECKING:
     from boxloop.detectors import DetectorSpec
+    from boxloop.train import TrainConfig
 
 
 @dataclass(frozen=True)
-class LoopConfig:
-    """Everything one round needs. Saved with every round (the resolved config of the run)."""
+class DetectorSettings:
+    """The detector every round builds."""
 
-    # detector
     model: str = DETECTOR
     backbone: str = "efficientnet_lite0"
     pretrained_backbone: bool = True
     # more builder options, e.g. {"fpn_channels": 32, "head_convs": 1} or {"box_head": "interval"}
     detector_options: dict = field(default_factory=dict)
-    # training (see train.TrainConfig); epochs per round
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a round trains (see train.TrainConfig); epochs per round."""
+
     epochs: int | None = 12
     steps: int | None = None
     min_steps: int | None = None  # with epochs: at least this many steps (few-image rounds still learn)
@@ -44,10 +55,24 @@ class LoopConfig:
     device: str = "auto"
     seed: int = 0
     val_every: int = 2
-    # prediction over the pool
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """Prediction over the pool."""
+
     score_threshold: float = 0.05
     predict_batch_size: int = 8
-    # selection
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """What a round asks the annotator about, and how the answers are split and shown."""
+
     strategy: str = "localization_aware"
     unit: str = "images"  # images | boxes
     budget: int = 20  # per round, images or boxes
@@ -61,8 +86,26 @@ class LoopConfig:
     take_all_last: bool = False  # the last round takes every image left (LocAwareAL §6.6)
     display_threshold: float = 0.3  # pre-annotations shown to the annotator score at least this
     val_fraction: float = 0.2  # share of newly labelled images that go to validation
-    # semi-supervised step after the oracle: None | "autolabel" | "certainty"
-    semi: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("images", "boxes"):
+            raise ValueError(f"unit must be 'images' or 'boxes', got {self.unit!r}")
+        if self.budget < 1:
+            raise ValueError(f"budget must be >= 1, got {self.budget}")
+        if not 0 <= self.empty_share <= 1:  # NaN fails too
+            raise ValueError(f"empty share must lie in [0, 1] (a share of the budget), got {self.empty_share}")
+        from boxloop.strategies import STRATEGIES
+
+        if self.strategy not in STRATEGIES[self.unit]:
+            raise ValueError(f"unknown strategy {self.strategy!r} for unit {self.unit!r}; choose one of "
+                             f"{', '.join(STRATEGIES[self.unit])}")
+
+
+@dataclass(frozen=True)
+class PseudoSettings:
+    """The semi-supervised step after the oracle, and the guard that keeps pseudo-labels only when they help."""
+
+    semi: str | None = None  # None | "autolabel" | "certainty"
     pseudo_threshold: float = 0.8  # TSODA (TSODA)
     tau: float = 0.7  # certainty-aware (CertaintySSOD)
     gamma1: float = 0.05
@@ -75,47 +118,99 @@ class LoopConfig:
     guard_level: float = 0.9
 
     def __post_init__(self) -> None:
-        if self.unit not in ("images", "boxes"):
-            raise ValueError(f"unit must be 'images' or 'boxes', got {self.unit!r}")
         if self.semi not in (None, "autolabel", "certainty"):
             raise ValueError(f"semi must be None, 'autolabel' or 'certainty', got {self.semi!r}")
-        if self.budget < 1:
-            raise ValueError(f"budget must be >= 1, got {self.budget}")
-        if not 0 <= self.empty_share <= 1:  # NaN fails too
-            raise ValueError(f"empty share must lie in [0, 1] (a share of the budget), got {self.empty_share}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
-        from boxloop.strategies import STRATEGIES
 
-        if self.strategy not in STRATEGIES[self.unit]:
-            raise ValueError(f"unknown strategy {self.strategy!r} for unit {self.unit!r}; choose one of "
-                             f"{', '.join(STRATEGIES[self.unit])}")
+
+GROUPS: dict[str, type] = {"detector": DetectorSettings, "training": TrainingSettings,
+                           "prediction": PredictionSettings, "selection": SelectionSettings,
+                           "pseudo": PseudoSettings}
+# every setting's flat name -> its group (the names are unique across the groups)
+GROUP_OF: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+assert len(GROUP_OF) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), "a setting name in two groups"
+
+
+def _route(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat setting names -> {group: {name: value}}; an unknown name is a TypeError naming it."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        group = GROUP_OF.get(key)
+        if group is None:
+            near = difflib.get_close_matches(key, list(GROUP_OF), n=1)
+            raise TypeError(f"LoopConfig has no setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        out.setdefault(group, {})[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Everything one round needs. Saved with every round (the resolved config of the run)."""
+
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    prediction: PredictionSettings = field(default_factory=PredictionSettings)
+    selection: SelectionSettings = field(default_factory=SelectionSettings)
+    pseudo: PseudoSettings = field(default_factory=PseudoSettings)
+
+    def __post_init__(self) -> None:
+        for name, cls in GROUPS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"LoopConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+
+    @classmethod
+    def make(cls, **settings: Any) -> LoopConfig:
+        """The defaults with a few settings changed, by flat name: `LoopConfig.make(strategy="random", steps=40)`."""
+        return cls(**{g: GROUPS[g](**kw) for g, kw in _route(settings).items()})
+
+    def with_(self, **settings: Any) -> LoopConfig:
+        """This config with a few settings changed, by flat name (checked again, as when made)."""
+        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **kw)
+                                            for g, kw in _route(settings).items()})
 
     def to_dict(self) -> dict[str, Any]:
+        """{group: {setting: value}}, as saved with every round."""
         return dataclasses.asdict(self)
 
-    def train_config(self, round_id: int, warm: bool = False):
+    def flat(self) -> dict[str, Any]:
+        """{setting: value} in the flat layout (and order) of the configs saved before the groups."""
+        return {k: v for group in self.to_dict().values() for k, v in group.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoopConfig:
+        """A saved config: nested ({group: {setting: value}}, as `to_dict` writes) or flat (as saved
+        before the groups), or a mix. Unknown keys are ignored; missing settings take their defaults."""
+        settings: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in GROUPS and isinstance(value, Mapping):
+                settings.update({k: v for k, v in value.items() if GROUP_OF.get(k) == key})
+            elif key in GROUP_OF:
+                settings[key] = value
+        return cls.make(**settings)
+
+    def train_config(self, round_id: int, warm: bool = False) -> TrainConfig:
         """The round's TrainConfig; `warm`: a round that starts from the previous round's model."""
         from boxloop.train import TrainConfig, short_warmup
 
         from boxloop.defaults import training_recipe
 
-        optimizer, lr = training_recipe(self.model)
-        if self.optimizer is not None and self.optimizer != optimizer and self.lr is None:
-            lr = 0.01 if self.optimizer == "sgd" else 0.001  # another optimizer: its usual rate
-        epochs, steps, min_steps = self.epochs, self.steps, self.min_steps if self.steps is None else None
-        if warm and self.warm_steps is not None:
-            epochs, steps, min_steps = None, self.warm_steps, None
+        t = self.training
+        optimizer, lr = training_recipe(self.detector.model)
+        if t.optimizer is not None and t.optimizer != optimizer and t.lr is None:
+            lr = 0.01 if t.optimizer == "sgd" else 0.001  # another optimizer: its usual rate
+        epochs, steps, min_steps = t.epochs, t.steps, t.min_steps if t.steps is None else None
+        if warm and t.warm_steps is not None:
+            epochs, steps, min_steps = None, t.warm_steps, None
         return TrainConfig(epochs=epochs, steps=steps, min_steps=min_steps,
-                           batch_size=self.batch_size,
-                           image_size=self.image_size, lr=self.lr if self.lr is not None else lr,
-                           optimizer=self.optimizer or optimizer,
-                           device=self.device, seed=self.seed + 1000 * round_id, val_every=self.val_every,
+                           batch_size=t.batch_size,
+                           image_size=t.image_size, lr=t.lr if t.lr is not None else lr,
+                           optimizer=t.optimizer or optimizer,
+                           device=t.device, seed=t.seed + 1000 * round_id, val_every=t.val_every,
                            warmup_steps=short_warmup(steps))
 
     def detector_spec(self) -> DetectorSpec:
         """The detector every round builds; certainty pseudo-labels (CertaintySSOD) need localization quality."""
         from boxloop.detectors import DetectorSpec
 
-        return DetectorSpec.sized(self.model, self.backbone, self.pretrained_backbone, self.image_size,
-                                  self.detector_options, loc_quality=self.semi == "certainty")
+        d = self.detector
+        return DetectorSpec.sized(d.model, d.backbone, d.pretrained_backbone, self.training.image_size,
+                                  d.detector_options, loc_quality=self.pseudo.semi == "certainty")

@@ -66,7 +66,7 @@ def simulate_on_ray(spec: SimSpec, seeds: Sequence[int], strategies: Sequence[st
         return []
     with ray_session(workers if address is None else None, address) as ray:
         if gpus is None:
-            gpus = 1.0 if spec.config.device == "cuda" else 0.0
+            gpus = 1.0 if spec.config.training.device == "cuda" else 0.0
         task = ray.remote(run_job).options(num_cpus=threads, num_gpus=gpus, max_retries=max_retries,
                                            retry_exceptions=False)
         truth_ref = ray.put(truth)

@@ -100,10 +100,11 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
     from boxloop.train import train_detector
 
     train, val = training_samples(project, strict)
-    if out_dir is None:
-        fingerprint = _json.dumps([config.to_dict(), [(s.name, len(s.annotation or ()), None if s.weights is None
+    if out_dir is None:  # the flat settings: folders named before the config's groups still resume
+        fingerprint = _json.dumps([config.flat(), [(s.name, len(s.annotation or ()), None if s.weights is None
                                    else [round(float(w), 4) for w in s.weights]) for s in train + val]], default=str)
-        out_dir = project.dir / "models" / f"train_{config.model}_{hashlib.sha1(fingerprint.encode()).hexdigest()[:10]}"
+        digest = hashlib.sha1(fingerprint.encode()).hexdigest()[:10]
+        out_dir = project.dir / "models" / f"train_{config.detector.model}_{digest}"
     _, result = train_detector(config.detector_spec(), project.classes, train, val, config.train_config(0), out_dir,
                                progress=progress, nproc=nproc, torchrun_args=torchrun_args)
     set_current_checkpoint(project, result.best_checkpoint)
@@ -118,9 +119,9 @@ def step_train(project: Project, round_id: int, config: LoopConfig, progress: bo
 
     train, val = training_samples(project, strict)
     previous = model_dir(project, round_id - 1) / "best.pt"
-    warm = config.warm_start and round_id > 0 and previous.exists()
+    warm = config.training.warm_start and round_id > 0 and previous.exists()
     out = model_dir(project, round_id)
-    pseudo_keys = set(project.annotations("pseudo")) if config.semi and config.pseudo_guard else set()
+    pseudo_keys = set(project.annotations("pseudo")) if config.pseudo.semi and config.pseudo.pseudo_guard else set()
     human = [s for s in train if s.name not in pseudo_keys]
     fits = {"with_pseudo": train, "without_pseudo": human} if len(human) < len(train) else {"": train}
     trained = {name: train_detector(config.detector_spec(), project.classes, samples, val,
@@ -153,7 +154,7 @@ def pseudo_guard(project: Project, config: LoopConfig, val: Sequence[Any],
     truth = {s.name: s.annotation for s in val}
     return guard_verdict(truth, validation_predictions(trained["with_pseudo"][0], val, project.classes, tc),
                          validation_predictions(trained["without_pseudo"][0], val, project.classes, tc),
-                         project.classes, config.guard_level, config.seed, pseudo_images)
+                         project.classes, config.pseudo.guard_level, config.training.seed, pseudo_images)
 
 
 def guard_verdict(truth: Mapping[str, Annotation], with_pseudo: Mapping[str, Annotation],
@@ -203,8 +204,9 @@ def test_metrics(project: Project, detector, image_size: int, device: str = "aut
 def step_evaluate(project: Project, round_id: int, config: LoopConfig, progress: bool = True) -> dict[str, Any]:
     """mAP of this round's model on the fixed test set, plus what had been labelled to get it."""
     metrics: dict[str, Any] = {}
-    ev = test_metrics(project, _load_round_detector(project, round_id, config), config.image_size, config.device,
-                      config.predict_batch_size, config.score_threshold, progress)
+    ev = test_metrics(project, _load_round_detector(project, round_id, config), config.training.image_size,
+                      config.training.device, config.prediction.predict_batch_size, config.prediction.score_threshold,
+                      progress)
     if ev:
         metrics.update({k: ev[k] for k in ("map50", "coco_ap", "ap50", "ap75") if k in ev})
         metrics["per_class"] = {n: {"ap50": v.get("ap50"), "coco_ap": v.get("coco_ap"), "num_gt": v.get("num_gt")}

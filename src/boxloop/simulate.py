@@ -16,7 +16,6 @@ With `workers`/`ray_address` the same `seed_base` and `run_strategy` calls run a
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -88,7 +87,7 @@ def withhold(project: Project, initial: int, seed: int, config: LoopConfig, init
     candidates = project.image_set("labelled_not_test")
     if initial > len(candidates):
         raise ValueError(f"--initial {initial} is more than the {len(candidates)} labelled non-test images")
-    keep = initial_set(project, candidates, initial, seed, initial_strategy, config.device)
+    keep = initial_set(project, candidates, initial, seed, initial_strategy, config.training.device)
     keep_set = set(keep)
     with project.transaction():
         hidden = [p for p in candidates if p not in keep_set]
@@ -97,7 +96,7 @@ def withhold(project: Project, initial: int, seed: int, config: LoopConfig, init
         project.set_status(hidden, "unlabelled")
         project.set_split(hidden, None)
         project.set_split(keep, None)
-        assign_splits(project, keep, dataclasses.replace(config, val_fraction=0.2), 0)
+        assign_splits(project, keep, config.with_(val_fraction=0.2), 0)
         project.set_meta("initial_strategy", initial_strategy)
         project.set_meta("withheld_for_simulation", len(hidden))
     return keep
@@ -156,7 +155,7 @@ class SimSpec:
         return self.out / f"seed{seed}" / "base"
 
     def run_dir(self, seed: int, strategy: str) -> Path:
-        return self.out / f"seed{seed}" / run_name(strategy, self.config.semi).replace("+", "_")
+        return self.out / f"seed{seed}" / run_name(strategy, self.config.pseudo.semi).replace("+", "_")
 
 
 def check_initial_strategy(spec: SimSpec, seed: int) -> None:
@@ -179,7 +178,7 @@ def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: 
     withheld, image embeddings when a strategy needs them, the round-0 model trained (resumes)."""
     from boxloop.project import init_project
 
-    cfg0 = dataclasses.replace(spec.config, seed=seed, budget=spec.budget)
+    cfg0 = spec.config.with_(seed=seed, budget=spec.budget)
     base_dir = spec.base_dir(seed)
     if not (base_dir / DB_NAME).exists() or Project.open(base_dir).get_meta("withheld_for_simulation") is None:
         project = init_project(base_dir, spec.images, spec.annotations, fmt=spec.fmt, test_list=spec.test_list,
@@ -194,7 +193,7 @@ def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: 
             from boxloop.embedding import project_embeddings
 
             project_embeddings(project, [r.path for r in project.images(...) if r.split != "test"],
-                               spec.config.device)
+                               spec.config.training.device)
         echo(f"seed {seed}: initial model on {spec.initial} labelled images ({spec.initial_strategy} seed set)")
         run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
     return base_dir
@@ -207,13 +206,13 @@ def run_strategy(spec: SimSpec, seed: int, strategy: str, truth: dict[str, Annot
     if not (run_dir / DB_NAME).exists():
         with Project.open(spec.base_dir(seed)) as base:
             copy_project(base, run_dir)
-    cfg = dataclasses.replace(spec.config, seed=seed, budget=spec.budget, strategy=strategy)
-    name = run_name(strategy, spec.config.semi)
+    cfg = spec.config.with_(seed=seed, budget=spec.budget, strategy=strategy)
+    name = run_name(strategy, spec.config.pseudo.semi)
     with Project.open(run_dir) as run:
         for r in range(spec.rounds + 1):
             echo(f"seed {seed} {name}: round {r}/{spec.rounds}")
             run_round(run, cfg, truth, r, last=(r == spec.rounds), progress=progress)
-            line = forecast_line(round_history(run), spec.config.unit, spec.budget)  # from the third round on
+            line = forecast_line(round_history(run), spec.config.selection.unit, spec.budget)  # from the third round on
             if line:
                 echo(f"seed {seed} {name}: {line}")
     return run_dir
@@ -286,13 +285,13 @@ def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], 
     runs = []
     for seed in seeds:
         for strategy in strategies:
-            name = run_name(strategy, config.semi)
+            name = run_name(strategy, config.pseudo.semi)
             run_dir = out / f"seed{seed}" / name.replace("+", "_")
             if not (run_dir / DB_NAME).exists():
                 continue
             with Project.open(run_dir) as p:
                 rows = round_history(p)
-            run = {"strategy": strategy, "seed": seed, "unit": config.unit, "semi": config.semi,
+            run = {"strategy": strategy, "seed": seed, "unit": config.selection.unit, "semi": config.pseudo.semi,
                    "initial_strategy": initial_strategy, "project": str(run_dir), "rounds": rows}
             if any("phase" in r for r in rows):  # budget_aware: the first round that queried by localization
                 run["switch_round"] = next((r["round"] for r in rows if r.get("phase") == "localization_aware"), None)

@@ -99,11 +99,12 @@ def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
         return source, None, f"boxloop report: {source}"
     if (source / "boxloop.db").exists():
         from boxloop.history import round_history
+        from boxloop.loop_config import LoopConfig
         from boxloop.store import Project
 
         with Project.open(source) as p:
             rounds = p.rounds()
-            cfg = rounds[-1].config if rounds else {}
+            cfg = LoopConfig.from_dict(rounds[-1].config) if rounds else None  # nested, or flat in older projects
             history = round_history(p)
             auto = (p.metrics().get(max(p.metrics() or [0]), {}) or {}).get("autolabel")
             if not history and auto:  # an auto-labelling project: its iterations are the rounds
@@ -114,7 +115,8 @@ def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
             if not history:
                 raise ValueError(f"{source} has no evaluated round yet: run `boxloop query`, `boxloop simulate` "
                                  "or `boxloop autolabel` first")
-            results = {RUNS: [{STRATEGY: cfg.get("strategy", "project"), SEED: p.seed,
-                               UNIT: cfg.get("unit", DEFAULT_UNIT), SEMI: cfg.get("semi"), ROUNDS: history}]}
+            strategy, unit, semi = ((cfg.selection.strategy, cfg.selection.unit, cfg.pseudo.semi) if cfg
+                                    else ("project", DEFAULT_UNIT, None))
+            results = {RUNS: [{STRATEGY: strategy, SEED: p.seed, UNIT: unit, SEMI: semi, ROUNDS: history}]}
             return results, project_gallery(p), f"boxloop report: {source}"
     raise ValueError(f"{source} is neither a simulate output folder (results.json) nor a boxloop project")
