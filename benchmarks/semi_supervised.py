@@ -251,7 +251,7 @@ def fixed_vs_dynamic(pool: Mapping[str, Any], withheld: Mapping[str, Any], class
 
 def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -> dict[str, Any]:
     """Every method on one (seed, fraction)."""
-    from boxloop.autolabel import autolabel
+    from boxloop.autolabel import AutolabelConfig, autolabel
     from boxloop.autolabel import model_dir as tsoda_dir
     from boxloop.detectors import create_detector
     from boxloop.round_model import training_samples
@@ -329,11 +329,13 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
             copy_project(project, tdir)
         tp = Project.open(tdir)
         thr = args.tsoda_threshold if args.tsoda_threshold == "auto" else float(args.tsoda_threshold)
-        rows = autolabel(tp, threshold=thr, iterations=2, steps_first=args.student_steps, steps_increment=0,
-                         steps_max=args.student_steps, model=args.model, pretrained_backbone=not args.no_pretrained,
-                         image_size=args.image_size, batch_size=args.batch_size, device=args.device, seed=seed,
-                         lr=args.lr, progress=args.progress, val_every=args.val_every,
-                         detector_options=json.loads(args.detector_options), initial_checkpoint=teacher_path)
+        config = AutolabelConfig.make(
+            threshold=thr, iterations=2, steps_first=args.student_steps, steps_increment=0,
+            steps_max=args.student_steps, model=args.model, pretrained_backbone=not args.no_pretrained,
+            image_size=args.image_size, batch_size=args.batch_size, device=args.device, seed=seed, lr=args.lr,
+            val_every=args.val_every, detector_options=json.loads(args.detector_options),
+            initial_checkpoint=teacher_path)
+        rows = autolabel(tp, config, progress=args.progress)
         pseudo = tp.annotations("pseudo")
         last = rows[-1]["iteration"]
         row = {"iterations": rows, "last_iteration": last, "trained": last > 1,

@@ -20,18 +20,22 @@ import numpy as np
 import pytest
 
 from boxloop import formats
-from boxloop.autolabel import (PSEUDO_TEST_META, RESULT_FILE, ROWS_KEY, STATE_KEY, autolabel, autolabel_pool,
-                               default_steps, iteration_steps)
+from boxloop.autolabel import (PSEUDO_TEST_META, RESULT_FILE, ROWS_KEY, STATE_KEY, AutolabelConfig, autolabel,
+                               autolabel_pool, default_steps, iteration_steps)
 from boxloop.project import export_project, init_project
 from boxloop.structures import Source
 
 N_IMAGES, N_LABELLED, SIZE = 20, 8, 64
 RUN = dict(model="fcos", threshold=0.055, steps_first=20, steps_increment=10, steps_max=30, backbone="efficientnet_lite0",
            pretrained_backbone=True, image_size=SIZE, batch_size=4, device="cpu", lr=0.05, val_every=1000,
-           detector_options={"fpn_channels": 32, "head_convs": 1}, progress=False, seed=0)
+           detector_options={"fpn_channels": 32, "head_convs": 1}, seed=0)
 ROW_FIELDS = ("iteration", "steps", "images_auto_labelled", "total_auto_labelled", "boxes", "remaining_unlabelled",
               "map50", "pseudo_test_map50", "seconds")
 
+
+def run(project, **settings):
+    """autolabel with RUN's settings, `settings` changed."""
+    return autolabel(project, AutolabelConfig.make(**{**RUN, **settings}), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +59,7 @@ def full_run(few_labels, tmp_path_factory):
     project = new_project(few_labels, tmp_path_factory.mktemp("full") / "project")
     test_before = sorted(project.annotations("test"))
     assert len(autolabel_pool(project)) == N_IMAGES - N_LABELLED
-    rows = autolabel(project, iterations=10, **RUN)
+    rows = run(project, iterations=10)
     yield project, rows, test_before
     project.close()
 
@@ -73,7 +77,7 @@ def test_default_steps_scale_seed_000():
     # 364 images at batch 8: scale = 364/1100 * 24/8 = 0.992727...
     s = 364 / 1100 * 3
     assert default_steps(364, 8) == (round(2500 * s), round(1500 * s), round(8500 * s)) == (2482, 1489, 8438)
-    cfg = {"steps_first": 20, "steps_increment": 10, "steps_max": 35}
+    cfg = AutolabelConfig.make(steps_first=20, steps_increment=10, steps_max=35)
     assert [iteration_steps(cfg, i) for i in (1, 2, 3, 4)] == [20, 30, 35, 35]
 
 
@@ -81,14 +85,14 @@ def test_default_steps_scale_seed_000():
 def test_threshold_outside_unit_interval_is_rejected(few_labels, tmp_path, threshold):
     project = new_project(few_labels, tmp_path / "project")
     with pytest.raises(ValueError, match="threshold"):
-        autolabel(project, **{**RUN, "threshold": threshold})
+        run(project, threshold=threshold)
     assert project.metrics() == {}
     assert not (project.dir / RESULT_FILE).exists()
 
 
 def test_no_unlabelled_images_does_nothing(synthetic_project):
     assert autolabel_pool(synthetic_project) == []
-    assert autolabel(synthetic_project, **RUN) == []
+    assert run(synthetic_project) == []
     assert synthetic_project.metrics() == {}
     assert not (synthetic_project.dir / RESULT_FILE).exists()
     assert not (synthetic_project.dir / "models").exists()
@@ -150,7 +154,8 @@ def test_results_file_and_metrics(full_run):
     doc = json.loads((project.dir / RESULT_FILE).read_text())
     assert doc["iterations"] == rows
     assert doc["stopped"] == "no unlabelled image left"
-    assert doc["config"]["threshold"] == RUN["threshold"] and doc["config"]["steps_first"] == 20
+    assert doc["config"]["tsoda"]["threshold"] == RUN["threshold"] and doc["config"]["tsoda"]["steps_first"] == 20
+    assert "device" not in doc["config"]["training"]
     assert project.metrics(0)[0][ROWS_KEY] == rows
     assert project.metrics(0)[0][STATE_KEY]["stopped"] == "pool_empty"
     for r in rows:
@@ -159,7 +164,7 @@ def test_results_file_and_metrics(full_run):
     assert all(r["map50"] is not None and 0.0 <= r["map50"] <= 1.0 for r in rows)
     # re-running a finished run changes nothing and trains nothing
     models = sorted(p.name for p in (project.dir / "models").iterdir())
-    assert autolabel(project, iterations=10, **RUN) == rows
+    assert run(project, iterations=10) == rows
     assert sorted(p.name for p in (project.dir / "models").iterdir()) == models
 
 
@@ -203,7 +208,7 @@ def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, fe
 
     monkeypatch.setattr(project, "set_meta", die)
     with pytest.raises(Killed):
-        autolabel(project, iterations=1, **RUN)
+        run(project, iterations=1)
     monkeypatch.undo()
     state = project.metrics(0)[0][STATE_KEY]
     assert (state["iteration"], state["phase"]) == (1, "label")  # trained and evaluated, not labelled
@@ -213,7 +218,7 @@ def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, fe
     # 2. the re-run finishes iteration 1 (no training: the checkpoint is complete) and stops at the limit
     best = project.dir / "models" / "autolabel_001" / "best.pt"
     stamp = best.stat().st_mtime_ns
-    first = autolabel(project, iterations=1, **RUN)
+    first = run(project, iterations=1)
     assert best.stat().st_mtime_ns == stamp
     assert strip_seconds(first) == strip_seconds(full_rows[:1])
     doc = json.loads((project.dir / RESULT_FILE).read_text())
@@ -221,8 +226,8 @@ def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, fe
     assert doc["stopped"] in ("iteration limit reached", "no unlabelled image left") and doc["next_iteration"] == 2
     # other settings on resume: refused, naming the setting, before anything runs
     with pytest.raises(ValueError, match="threshold"):
-        autolabel(project, iterations=10, **{**RUN, "threshold": 0.5})
-    rows = autolabel(project, iterations=10, **RUN)
+        run(project, iterations=10, threshold=0.5)
+    rows = run(project, iterations=10)
     assert strip_seconds(rows) == strip_seconds(full_rows)
     assert project.annotations("pseudo").keys() == full_run[0].annotations("pseudo").keys()
     assert project.get_meta(PSEUDO_TEST_META) == full_run[0].get_meta(PSEUDO_TEST_META)
@@ -231,13 +236,13 @@ def test_stopped_after_iteration_1_and_resumed_equals_uninterrupted(full_run, fe
 
 def test_an_iteration_that_labels_nothing_stops_the_run(few_labels, tmp_path):
     project = new_project(few_labels, tmp_path / "project")
-    rows = autolabel(project, iterations=None, **{**RUN, "threshold": 0.99, "steps_first": 5})
+    rows = run(project, iterations=None, threshold=0.99, steps_first=5)
     assert len(rows) == 1
     assert (rows[0]["images_auto_labelled"], rows[0]["boxes"], rows[0]["total_auto_labelled"]) == (0, 0, 0)
     assert rows[0]["remaining_unlabelled"] == N_IMAGES - N_LABELLED
     assert json.loads((project.dir / RESULT_FILE).read_text())["stopped"] == "the last iteration labelled nothing new"
     assert project.annotations("pseudo") == {} and project.get_meta(PSEUDO_TEST_META) == []
-    assert autolabel(project, iterations=None, **{**RUN, "threshold": 0.99, "steps_first": 5}) == rows
+    assert run(project, iterations=None, threshold=0.99, steps_first=5) == rows
     project.close()
 
 
@@ -251,18 +256,18 @@ def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(
     import boxloop.autolabel as al
 
     first = al.model_dir(full_run[0], 1) / "best.pt"
-    real = al.validation_table(full_run[0], al._load(full_run[0], {**RUN, "device": "cpu"}, 1), RUN)
+    real = al.validation_table(full_run[0], al._load(full_run[0], "cpu", 1), RUN)
     assert real.ndim == 2 and real.shape[1] == 2 and set(np.unique(real[:, 1])) <= {0.0, 1.0}
     table = np.array([(0.9, 1), (0.06, 1), (0.04, 0)], float)
     monkeypatch.setattr(al, "validation_table", lambda project, det, cfg: table)
     project = new_project(few_labels, tmp_path / "project")
-    rows = autolabel(project, iterations=1, initial_checkpoint=first, **{**RUN, "threshold": "auto"})
+    rows = run(project, iterations=1, initial_checkpoint=first, threshold="auto")
     assert len(rows) == 1 and rows[0]["steps"] == 0
     r = rows[0]
     assert r["threshold"] == pytest.approx(0.04) and r["threshold_rule"].startswith("auto") and r["val_precision"] == 1.0
     assert r["images_auto_labelled"] > 0 and r["scores"]["boxes"] > 0
     doc = json.loads((project.dir / RESULT_FILE).read_text())
-    assert doc["config"]["threshold"] == "auto" and doc["config"]["target_precision"] == 0.9
+    assert doc["config"]["tsoda"]["threshold"] == "auto" and doc["config"]["tsoda"]["target_precision"] == 0.9
     assert doc["threshold_chosen"] == pytest.approx(0.04) and doc["iterations"][0]["threshold"] == pytest.approx(0.04)
     import torch
 
@@ -272,7 +277,7 @@ def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(
     # no threshold reaches 0.9: nothing is labelled, the row says what the scores look like
     monkeypatch.setattr(al, "validation_table", lambda project, det, cfg: np.array([(0.9, 0), (0.5, 1)], float))
     project = new_project(few_labels, tmp_path / "project2")
-    rows = autolabel(project, iterations=1, initial_checkpoint=first, **{**RUN, "threshold": "auto"})
+    rows = run(project, iterations=1, initial_checkpoint=first, threshold="auto")
     assert rows[0]["threshold"] is None and rows[0]["images_auto_labelled"] == 0
     assert "no threshold reaches validation precision 0.9" in rows[0]["guidance"] and "99th" in rows[0]["guidance"]
     project.close()
@@ -290,3 +295,101 @@ def test_threshold_guidance_says_what_the_scores_look_like_and_suggests_one():
     assert t == pytest.approx(0.45) and "top 1%" in msg and "no validation image" in msg
     msg, t = threshold_guidance(0.8, {"boxes": 0}, None)
     assert t is None and "detected nothing" in msg
+
+
+# -- the config: groups, flat names, the layout stored before the groups ----------------------------------
+
+
+def test_config_make_routes_flat_names_and_round_trips():
+    cfg = AutolabelConfig.make(threshold=" AUTO ", steps_first=5, model="fcos", lr=0.01, device="cpu",
+                               detector_options={"head_convs": 1})
+    assert (cfg.tsoda.threshold, cfg.tsoda.steps_first, cfg.detector.model, cfg.training.lr) == ("auto", 5, "fcos", 0.01)
+    assert cfg.tsoda.warm_start is True and cfg.training.val_every is None  # autolabel's defaults, not the loop's
+    assert AutolabelConfig.from_dict(cfg.to_dict()) == cfg
+    assert AutolabelConfig.from_dict(cfg.flat()) == cfg  # the flat layout of runs stored before the groups
+    assert AutolabelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert cfg.with_(threshold=0.5).tsoda.threshold == 0.5 and cfg.tsoda.threshold == "auto"
+    assert AutolabelConfig() == AutolabelConfig.make() == AutolabelConfig.from_dict({})
+    with pytest.raises(TypeError, match="did you mean 'steps_first'"):
+        AutolabelConfig.make(step_first=5)
+    for bad, match in ((dict(target_precision=1.0), "target_precision"), (dict(iterations=0), "iterations"),
+                       (dict(train_ratio=1.5), "train_ratio"), (dict(steps_max=0), "steps_max"),
+                       (dict(steps_increment=-1), "steps_increment"), (dict(val_every=0), "val_every")):
+        with pytest.raises(ValueError, match=match):
+            AutolabelConfig.make(**bad)
+    resolved = AutolabelConfig.make(batch_size=8).resolved(364)
+    assert (resolved.tsoda.steps_first, resolved.tsoda.steps_increment, resolved.tsoda.steps_max) == default_steps(364, 8)
+    assert resolved.training.lr is not None and resolved.training.optimizer is not None
+
+
+def old_flat_state(config: dict[str, Any]) -> dict[str, Any]:
+    """autolabel_state as runs stored it before the config's groups: the resolved settings, flat."""
+    return {"iteration": 1, "phase": "train", "pending": {}, "stopped": None, "config": config}
+
+
+def test_a_run_stored_flat_before_the_groups_resumes(full_run, few_labels, tmp_path):
+    """An old flat state with a non-default train_ratio: another train_ratio is refused, the same one
+    resumes (iteration 1 is the given model, no training) and the state is stored nested from then on."""
+    import boxloop.autolabel as al
+    from boxloop.defaults import training_recipe
+
+    first = (al.model_dir(full_run[0], 1) / "best.pt").resolve()
+    flat = {**{k: v for k, v in RUN.items()}, "target_precision": 0.9, "initial_checkpoint": str(first),
+            "train_ratio": 0.5, "warm_start": True, "optimizer": training_recipe("fcos")[0], "steps_increment": 10}
+    project = new_project(few_labels, tmp_path / "project")
+    project.set_metric(al.METRICS_ROUND, STATE_KEY, old_flat_state(flat))
+    with pytest.raises(ValueError, match=r"train_ratio: 0\.5 -> 0\.8"):
+        run(project, iterations=1, initial_checkpoint=first)
+    rows = run(project, iterations=1, initial_checkpoint=first, train_ratio=0.5)
+    assert len(rows) == 1 and rows[0]["steps"] == 0 and rows[0]["images_auto_labelled"] > 0
+    n = rows[0]["images_auto_labelled"]
+    assert rows[0]["auto_labelled_train"] + rows[0]["auto_labelled_test"] == n
+    assert abs(rows[0]["auto_labelled_train"] - n / 2) <= 1
+    state = project.metrics(0)[0][STATE_KEY]
+    assert state["iteration"] == 2 and state["config"]["tsoda"]["train_ratio"] == 0.5
+    assert AutolabelConfig.from_dict(state["config"]).tsoda.initial_checkpoint == str(first)
+    project.close()
+
+
+def test_an_old_flat_state_lacking_later_settings_compares_with_their_old_values(few_labels, tmp_path):
+    """Stored before target_precision, initial_checkpoint and the optimizer: those read as 0.9, None and
+    SGD; a changed setting is still named. (A stopped run: nothing trains.)"""
+    import boxloop.autolabel as al
+
+    flat = {k: v for k, v in RUN.items()}
+    flat.update(train_ratio=0.8, warm_start=True, lr=0.05)
+    project = new_project(few_labels, tmp_path / "project")
+    project.set_metric(al.METRICS_ROUND, STATE_KEY, {**old_flat_state(flat), "stopped": "no_new_labels"})
+    assert al._stored_config(project.metrics(0)[0][STATE_KEY]).training.optimizer == "sgd"
+    with pytest.raises(ValueError, match=r"target_precision: 0\.9 -> 0\.8"):
+        run(project, target_precision=0.8)
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+        run(project, seed=1)
+    assert run(project) == []  # the same settings: resumed, already stopped
+    doc = json.loads((project.dir / RESULT_FILE).read_text())
+    assert doc["config"]["tsoda"]["threshold"] == RUN["threshold"] and doc["config"]["training"]["optimizer"] == "sgd"
+    project.close()
+
+
+def test_the_cli_command_maps_its_options_onto_the_config(few_labels, tmp_path):
+    """`boxloop autolabel` with a few options: one short iteration; autolabel.json holds them in the groups."""
+    from typer.testing import CliRunner
+
+    from boxloop.cli import app
+
+    new_project(few_labels, tmp_path / "project").close()
+    args = ["autolabel", str(tmp_path / "project"), "--threshold", "0.055", "--iterations", "1", "--steps-first", "2",
+            "--steps-increment", "0", "--steps-max", "2", "--model", "fcos", "--image-size", str(SIZE),
+            "--batch-size", "4", "--device", "cpu", "--seed", "3", "--detector-option", "fpn_channels=32",
+            "--detector-option", "head_convs=1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "project" / RESULT_FILE).read_text())
+    assert doc["iterations"][0]["steps"] == 2 and doc["next_iteration"] == 2
+    cfg = AutolabelConfig.from_dict(doc["config"])
+    assert (cfg.tsoda.threshold, cfg.tsoda.iterations, cfg.tsoda.steps_max, cfg.training.seed) == (0.055, 1, 2, 3)
+    assert (cfg.detector.model, cfg.training.image_size, cfg.detector.detector_options) == \
+        ("fcos", SIZE, {"fpn_channels": 32, "head_convs": 1})
+    # resumed with another threshold: refused, naming it
+    result = CliRunner().invoke(app, [*args[:3], "0.5", *args[4:]])
+    assert result.exit_code != 0 and "threshold" in result.output

@@ -48,6 +48,7 @@ autolabel.json table. Everything else is delegated: training to `train.fit`, pre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -59,11 +60,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop import pseudo
-from boxloop.defaults import DETECTOR, training_recipe
+from boxloop.autolabel_config import AutolabelConfig
 from boxloop.store import Project
 from boxloop.structures import Source
 
-__all__ = ["autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir", "threshold_guidance",
+__all__ = ["AutolabelConfig", "autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir", "threshold_guidance",
            "PSEUDO_TEST_META",
            "STATE_KEY", "ROWS_KEY", "RESULT_FILE", "METRICS_ROUND"]
 
@@ -79,8 +80,6 @@ RESULT_FILE = "autolabel.json"
 _FIXED_ON_RESUME = ("threshold", "target_precision", "initial_checkpoint", "steps_first", "steps_increment",
                     "steps_max", "model", "backbone", "pretrained_backbone", "image_size", "batch_size", "seed",
                     "train_ratio", "lr", "warm_start", "detector_options", "val_every")
-# Settings added later: a run stored before them had these values.
-_SINCE = {"target_precision": 0.9, "initial_checkpoint": None}
 
 
 def autolabel_pool(project: Project) -> list[str]:
@@ -97,31 +96,10 @@ def default_steps(num_images: int, batch_size: int) -> tuple[int, int, int]:
             max(1, int(round(8500 * scale))))
 
 
-def autolabel(
-    project: Project,
-    threshold: float | str = 0.8,
-    iterations: int | None = None,
-    steps_first: int | None = None,
-    steps_increment: int | None = None,
-    steps_max: int | None = None,
-    model: str = DETECTOR,
-    backbone: str = "efficientnet_lite0",
-    pretrained_backbone: bool = True,
-    image_size: int = 320,
-    batch_size: int = 8,
-    device: str = "auto",
-    seed: int = 0,
-    train_ratio: float = 0.8,
-    progress: bool = True,
-    lr: float | None = None,
-    warm_start: bool = True,
-    val_every: int | None = None,
-    detector_options: Mapping[str, Any] | None = None,
-    target_precision: float = 0.9,
-    initial_checkpoint: str | Path | None = None,
-) -> list[dict[str, Any]]:
-    """Run (or resume) TSODA on `project`; returns every iteration's row, also written to
-    PROJECT/autolabel.json and to the project metrics (round 0, key 'autolabel').
+def autolabel(project: Project, config: AutolabelConfig | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Run (or resume) TSODA on `project` with `config` (None: the defaults; e.g.
+    `AutolabelConfig.make(threshold="auto", iterations=3)`); returns every iteration's row, also
+    written to PROJECT/autolabel.json and to the project metrics (round 0, key 'autolabel').
 
     Defaults: `threshold` 0.8 (TSODA; it found 0.9 better); "auto": from validation precision
     (`target_precision`, see the module notes). Steps per iteration i (1-based):
@@ -130,55 +108,24 @@ def autolabel(
     `default_steps`); each of `steps_first`, `steps_increment`, `steps_max` overrides its value as
     given (unscaled). `iterations` None runs until no unlabelled image is left. `warm_start`
     initialises iteration i from iteration i-1's best weights (TSODA reloads its checkpoint); the
-    first iteration starts from the backbone's weights. `val_every` (steps) defaults to a tenth of the
-    iteration's steps. `detector_options` go to the detector builder (e.g. fpn_channels, head_convs).
-    `train_ratio` of each iteration's new images train; the rest form the pseudo test share.
+    first iteration starts from the backbone's weights, or is `initial_checkpoint`. `val_every` (steps)
+    defaults to a tenth of the iteration's steps. `detector_options` go to the detector builder (e.g.
+    fpn_channels, head_convs). `train_ratio` of each iteration's new images train; the rest form the
+    pseudo test share.
 
     With no unlabelled image at the start, nothing happens and [] is returned (logged). A threshold
-    outside (0, 1) raises ValueError. A resumed run must use the same settings (the iteration limit,
-    device and progress may change); otherwise ValueError names the changed ones.
+    outside (0, 1) raises ValueError (when the config is made). A resumed run must use the same
+    settings (the iteration limit, device and progress may change); otherwise ValueError names the
+    changed ones. A run stored before the config's groups (a flat dict) resumes as well.
     """
-    thr: float | str
-    if isinstance(threshold, str) and threshold.strip().lower() == "auto":
-        thr = "auto"
-    else:
-        thr = float(threshold)
-        if not (0.0 < thr < 1.0) or math.isnan(thr):
-            raise ValueError(f"threshold must lie strictly between 0 and 1 (it is compared with detection scores), "
-                             f"or be 'auto'; got {threshold!r}")
-    pseudo._check_probability(target_precision, "target_precision")
-    if initial_checkpoint is not None and not Path(initial_checkpoint).is_file():
-        raise ValueError(f"initial_checkpoint {initial_checkpoint} does not exist")
-    if iterations is not None and iterations < 1:
-        raise ValueError(f"iterations must be >= 1 (or None: until the pool is empty), got {iterations}")
-    if not (0.0 <= float(train_ratio) <= 1.0):
-        raise ValueError(f"train_ratio must lie in [0, 1], got {train_ratio!r}")
-    for name, v in (("steps_first", steps_first), ("steps_max", steps_max)):
-        if v is not None and v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
-    if steps_increment is not None and steps_increment < 0:
-        raise ValueError(f"steps_increment must be >= 0, got {steps_increment}")
-    if val_every is not None and val_every < 1:
-        raise ValueError(f"val_every must be >= 1 (steps), got {val_every}")
+    config = AutolabelConfig() if config is None else config
+    checkpoint = config.tsoda.initial_checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ValueError(f"initial_checkpoint {checkpoint} does not exist")
     if project.num_classes < 1:
         raise ValueError(f"{project.dir} has no classes; import some labelled images first")
-
-    n_images = project.image_count()
-    d_first, d_inc, d_max = default_steps(n_images, batch_size)
-    config: dict[str, Any] = {
-        "threshold": thr, "target_precision": float(target_precision),
-        "initial_checkpoint": None if initial_checkpoint is None else str(Path(initial_checkpoint).resolve()),
-        "steps_first": int(steps_first) if steps_first is not None else d_first,
-        "steps_increment": int(steps_increment) if steps_increment is not None else d_inc,
-        "steps_max": int(steps_max) if steps_max is not None else d_max,
-        "model": model, "backbone": backbone, "pretrained_backbone": bool(pretrained_backbone),
-        "image_size": int(image_size), "batch_size": int(batch_size), "seed": int(seed),
-        "train_ratio": float(train_ratio), "lr": float(lr if lr is not None else training_recipe(model)[1]),
-        "optimizer": training_recipe(model)[0], "warm_start": bool(warm_start),
-        "val_every": None if val_every is None else int(val_every),
-        "detector_options": dict(sorted((detector_options or {}).items())),
-        "device": device,
-    }
+    resolved = config.resolved(project.image_count())
+    iterations, device = resolved.tsoda.iterations, resolved.training.device
 
     with project.writer_lock():
         state = _state(project)
@@ -186,11 +133,12 @@ def autolabel(
             if not autolabel_pool(project):
                 log.warning("%s: no unlabelled images to auto-label; nothing to do", project.dir)
                 return []
-            state = {"iteration": 1, "phase": "train", "pending": {}, "stopped": None, "config": config}
+            state = {"iteration": 1, "phase": "train", "pending": {}, "stopped": None, "config": resolved.to_dict()}
             project.set_metric(METRICS_ROUND, STATE_KEY, state)
         else:
-            _check_same_config(project, state["config"], config)
-            state["config"] = {**state["config"], "device": device}
+            stored = _stored_config(state)
+            _check_same_config(project, stored, resolved)
+            state["config"] = stored.with_(device=device, iterations=iterations).to_dict()
 
         while True:
             i = int(state["iteration"])
@@ -220,7 +168,7 @@ def autolabel(
 
 def _run_phase(project: Project, state: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Run the state's phase of its iteration; store and return the next state."""
-    cfg, i, phase = state["config"], int(state["iteration"]), state["phase"]
+    cfg, i, phase = _stored_config(state), int(state["iteration"]), state["phase"]
     pending = dict(state.get("pending") or {})
     t0 = time.perf_counter()
     if phase == "train":
@@ -240,60 +188,60 @@ def _run_phase(project: Project, state: dict[str, Any], progress: bool) -> dict[
     return nxt
 
 
-def iteration_steps(cfg: Mapping[str, Any], iteration: int) -> int:
+def iteration_steps(cfg: AutolabelConfig, iteration: int) -> int:
     """Training steps of 1-based `iteration` under a resolved config (TSODA's schedule)."""
-    return pseudo.tsoda_schedule(iteration - 1, first=cfg["steps_first"], increment=cfg["steps_increment"],
-                                 maximum=cfg["steps_max"])
+    return cfg.steps(iteration)
 
 
 def model_dir(project: Project, iteration: int) -> Path:
     return project.dir / "models" / f"autolabel_{iteration:03d}"
 
 
-def _train(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
+def _train(project: Project, cfg: AutolabelConfig, i: int, progress: bool) -> dict[str, Any]:
     from boxloop.detectors import DetectorSpec
     from boxloop.round_model import training_samples
     from boxloop.train import TrainConfig, load_checkpoint, short_warmup, train_detector
 
     train, val = training_samples(project)
-    if i == 1 and cfg.get("initial_checkpoint"):
+    d, t, initial = cfg.detector, cfg.training, cfg.tsoda.initial_checkpoint
+    if i == 1 and initial:
         from boxloop.train import load_detector, save_checkpoint
 
-        _, _, meta = load_detector(cfg["initial_checkpoint"], expect_classes=project.classes)
-        ckpt = load_checkpoint(cfg["initial_checkpoint"])
+        _, _, meta = load_detector(initial, expect_classes=project.classes)
+        ckpt = load_checkpoint(initial)
         save_checkpoint(ckpt, model_dir(project, 1) / "best.pt")
         return {"steps": 0, "train_images": len(train), "val_images": len(val),
-                "best_val_map50": meta.get("best_map50"), "initial_checkpoint": cfg["initial_checkpoint"]}
+                "best_val_map50": meta.get("best_map50"), "initial_checkpoint": initial}
     steps = iteration_steps(cfg, i)
-    spec = DetectorSpec.sized(cfg["model"], cfg["backbone"], cfg["pretrained_backbone"], cfg["image_size"],
-                              cfg["detector_options"])
+    spec = DetectorSpec.sized(d.model, d.backbone, d.pretrained_backbone, t.image_size, d.detector_options)
     previous = model_dir(project, i - 1) / "best.pt"
-    warm = cfg["warm_start"] and i > 1 and previous.exists()
+    warm = cfg.tsoda.warm_start and i > 1 and previous.exists()
     # the seed makes the build's random layers independent of what ran before
-    tc = TrainConfig(steps=steps, batch_size=cfg["batch_size"], image_size=cfg["image_size"], lr=cfg["lr"],
-                     optimizer=cfg.get("optimizer", "sgd"), device=cfg["device"], seed=cfg["seed"] + 1000 * i,
-                     val_every=cfg["val_every"] or max(1, steps // 10), warmup_steps=short_warmup(steps))
+    tc = TrainConfig(steps=steps, batch_size=t.batch_size, image_size=t.image_size, lr=t.lr,
+                     optimizer=t.optimizer, device=t.device, seed=t.seed + 1000 * i,
+                     val_every=t.val_every or max(1, steps // 10), warmup_steps=short_warmup(steps))
     _, result = train_detector(spec, project.classes, train, val, tc, model_dir(project, i),
                                init=previous if warm else None, progress=progress)
     return {"steps": steps, "train_images": len(train), "val_images": len(val),
             "best_val_map50": result.best_map50}
 
 
-def _load(project: Project, cfg: Mapping[str, Any], i: int):
+def _load(project: Project, device: str, i: int):
     from boxloop.train import load_detector
 
-    det, _, _ = load_detector(model_dir(project, i) / "best.pt", expect_classes=project.classes, device=cfg["device"])
+    det, _, _ = load_detector(model_dir(project, i) / "best.pt", expect_classes=project.classes, device=device)
     return det
 
 
-def _evaluate(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) -> dict[str, Any]:
+def _evaluate(project: Project, cfg: AutolabelConfig, i: int, progress: bool) -> dict[str, Any]:
     """mAP50 on the fixed test set and, apart, on the auto-labelled test share of earlier iterations."""
     from boxloop.evaluate import evaluate
     from boxloop.inference import predict_paths
     from boxloop.round_model import test_metrics
 
-    det = _load(project, cfg, i)
-    fixed = test_metrics(project, det, cfg["image_size"], cfg["device"], cfg["batch_size"], progress=progress)
+    t = cfg.training
+    det = _load(project, t.device, i)
+    fixed = test_metrics(project, det, t.image_size, t.device, t.batch_size, progress=progress)
     out: dict[str, Any] = {"map50": fixed.get("map50"), "coco_ap": fixed.get("coco_ap"),
                            "pseudo_test_map50": None, "pseudo_test_images": 0}
     share = set(project.get_meta(PSEUDO_TEST_META, []))
@@ -302,14 +250,14 @@ def _evaluate(project: Project, cfg: Mapping[str, Any], i: int, progress: bool) 
         keys = list(truth)
         root = project.image_root
         preds = {k: d.to_annotation(k, project.classes) for k, (_, d) in zip(keys, predict_paths(
-            det, [root / k for k in keys], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
+            det, [root / k for k in keys], t.image_size, batch_size=t.batch_size, device=t.device,
             progress=progress))}
         out["pseudo_test_map50"] = evaluate(truth, preds, project.classes)["map50"]
         out["pseudo_test_images"] = len(truth)
     return out
 
 
-def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, Any], state: dict[str, Any],
+def _label(project: Project, cfg: AutolabelConfig, i: int, pending: dict[str, Any], state: dict[str, Any],
            progress: bool) -> dict[str, Any]:
     """Predict on the pool, accept, split; boxes, splits, row and next state in one transaction."""
     from boxloop.inference import predict_paths
@@ -317,24 +265,25 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
     t0 = time.perf_counter()
     pool = autolabel_pool(project)
     preds = {}
-    auto = cfg["threshold"] == "auto"
+    t, target = cfg.training, cfg.tsoda.target_precision
+    auto = cfg.tsoda.threshold == "auto"
     table = None
-    threshold: float | None = None if auto else float(cfg["threshold"])
+    threshold: float | None = None if auto else float(cfg.tsoda.threshold)
     if pool:
-        det = _load(project, cfg, i)
+        det = _load(project, t.device, i)
         root = project.image_root
-        table = validation_table(project, det, cfg)
+        table = validation_table(project, det, dataclasses.asdict(t))
         if auto:
-            threshold = pseudo.threshold_for_precision(table, cfg["target_precision"]) if table is not None else None
+            threshold = pseudo.threshold_for_precision(table, target) if table is not None else None
         preds = {k: d for k, (_, d) in zip(pool, predict_paths(
-            det, [root / k for k in pool], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
+            det, [root / k for k in pool], t.image_size, batch_size=t.batch_size, device=t.device,
             score_threshold=min(0.05, threshold or 0.05), progress=progress))}
     accepted = pseudo.tsoda_accept(preds, threshold) if threshold is not None else {}
     scores = pseudo.score_percentiles(np.concatenate([d.scores for d in preds.values()]) if preds else [])
     val_pr = (None, None) if table is None or threshold is None else pseudo.precision_above(table, threshold)
     new = [k for k in pool if k in accepted]  # pool order
-    train_keys, test_keys = pseudo.split_autolabelled(new, cfg["train_ratio"],
-                                                      rng=np.random.default_rng([cfg["seed"], i]))
+    train_keys, test_keys = pseudo.split_autolabelled(new, cfg.tsoda.train_ratio,
+                                                      rng=np.random.default_rng([t.seed, i]))
     name = model_dir(project, i).name
     boxes = int(sum(len(accepted[k]) for k in new))
     with project.transaction():
@@ -363,7 +312,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
             "best_val_map50": pending.get("best_val_map50"),
             "train_images": pending.get("train_images"),
             "threshold": threshold,
-            "threshold_rule": (f"auto: the lowest with validation precision >= {cfg['target_precision']:g}" if auto
+            "threshold_rule": (f"auto: the lowest with validation precision >= {target:g}" if auto
                                else "fixed"),
             "val_precision": val_pr[0],
             "val_boxes_above": val_pr[1],
@@ -371,7 +320,7 @@ def _label(project: Project, cfg: Mapping[str, Any], i: int, pending: dict[str, 
             "seconds": round(pending.get("seconds", 0.0) + (time.perf_counter() - t0), 2),
         }
         if not new and pool:
-            message, row["suggested_threshold"] = threshold_guidance(threshold, scores, table, cfg["target_precision"])
+            message, row["suggested_threshold"] = threshold_guidance(threshold, scores, table, target)
             row["guidance"] = message
             log.warning("%s: iteration %d auto-labelled no image: %s; stopping.", project.dir, i, message)
         rows = [r for r in _rows(project) if r["iteration"] != i] + [row]
@@ -443,9 +392,18 @@ def _rows(project: Project) -> list[dict[str, Any]]:
     return list(project.metrics(METRICS_ROUND).get(METRICS_ROUND, {}).get(ROWS_KEY, []))
 
 
-def _check_same_config(project: Project, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
-    changed = [f"{k}: {old.get(k, _SINCE.get(k))!r} -> {new.get(k)!r}" for k in _FIXED_ON_RESUME
-               if old.get(k, _SINCE.get(k)) != new.get(k)]
+def _stored_config(state: Mapping[str, Any]) -> AutolabelConfig:
+    """The resolved config a run stored: nested, or flat (before the groups); a run stored before the
+    optimizer was recorded trained with SGD."""
+    stored = state["config"]
+    if not any(k in stored for k in ("training", "optimizer")):
+        stored = {**stored, "optimizer": "sgd"}
+    return AutolabelConfig.from_dict(stored)
+
+
+def _check_same_config(project: Project, old_config: AutolabelConfig, new_config: AutolabelConfig) -> None:
+    old, new = old_config.flat(), new_config.flat()
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in _FIXED_ON_RESUME if old.get(k) != new.get(k)]
     if changed:
         raise ValueError(
             f"{project.dir} holds an auto-labelling run with other settings ({'; '.join(changed)}); resume it "
@@ -458,7 +416,9 @@ def _write_json(project: Project, state: Mapping[str, Any], rows: Sequence[Mappi
     path = project.dir / RESULT_FILE
     reasons = {"pool_empty": "no unlabelled image left", "no_new_labels": "the last iteration labelled nothing new",
                "iterations": "iteration limit reached", None: None}
-    doc = {"config": {k: v for k, v in state["config"].items() if k != "device"},
+    config = {g: {k: v for k, v in group.items() if k != "device"} if isinstance(group, Mapping) else group
+              for g, group in state["config"].items()}
+    doc = {"config": config,
            "stopped": reasons.get(state.get("stopped"), state.get("stopped")),
            "next_iteration": state["iteration"], "next_phase": state["phase"],
            "threshold_chosen": rows[-1].get("threshold") if rows else None,

@@ -418,7 +418,7 @@ def autolabel(
     """Iterative self-training (TSODA, TSODA): train, auto-label the images the model is sure of,
     retrain, repeat. Writes PROJECT/autolabel.json; `export --subset pseudo` hands the auto-labels to a
     labelling tool for review. Re-running after an interruption resumes."""
-    from boxloop.autolabel import autolabel as run_autolabel, autolabel_pool
+    from boxloop.autolabel import AutolabelConfig, autolabel as run_autolabel, autolabel_pool
     from boxloop.store import Project
 
     thr: float | str = "auto" if threshold.strip().lower() == "auto" else unit_float(threshold, "--threshold")
@@ -428,14 +428,16 @@ def autolabel(
     model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
     options = detector_options(detector_option)
     check_detector_options(model, {"backbone": backbone, **options})
+    config = AutolabelConfig.make(  # the command's options, in one place
+        threshold=thr, target_precision=target_precision, iterations=iterations, steps_first=steps_first,
+        steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
+        pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size, device=device, seed=seed,
+        detector_options=options)
     with Project.open(project) as proj, proj.writer_lock():
         if not autolabel_pool(proj) and not (proj.dir / "autolabel.json").exists():
             out.print("no unlabelled images: nothing to auto-label (train supervised with `boxloop train`)")
             return
-        rows = run_autolabel(proj, threshold=thr, target_precision=target_precision, iterations=iterations, steps_first=steps_first,
-                             steps_increment=steps_increment, steps_max=steps_max, model=model, backbone=backbone,
-                             pretrained_backbone=not no_pretrained, image_size=image_size, batch_size=batch_size,
-                             device=device, seed=seed, detector_options=options)
+        rows = run_autolabel(proj, config)
     print_autolabel_rows(rows)
     if rows and rows[-1].get("guidance"):
         out.print(f"[yellow]nothing auto-labelled in iteration {rows[-1]['iteration']}:[/yellow] {escape(rows[-1]['guidance'])}")

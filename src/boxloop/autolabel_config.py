@@ -1,0 +1,185 @@
+"""AutolabelConfig: the settings of one TSODA run (autolabel.py), checked when made and stored with the run.
+
+Written by hand: the settings in three frozen groups (the detector: loop_config.DetectorSettings; the
+TSODA schedule and threshold; training) with the defaults `autolabel` always had, the checks of their
+values (each in the group that owns the field, with the messages `autolabel` always gave), the routing
+of flat setting names to their group (`make`, `with_`: every name is unique across the groups, as
+LoopConfig's), `resolved`: the config a run stores (the step schedule scaled to the project, the
+detector's learning rate and optimizer, the initial checkpoint's absolute path), and `from_dict`: a
+stored config in the nested layout `to_dict` writes or in the flat one that runs stored before the
+groups, so an interrupted old run still resumes.
+
+Not the loop's TrainingSettings: autolabel trains in steps with `warm_start` on and `val_every` a
+tenth of the steps by default (the loop: epochs, no warm start, every 2), so its training group is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boxloop.loop_config import DetectorSettings
+
+__all__ = ["AutolabelConfig", "AutolabelTraining", "TsodaSettings"]
+
+
+@dataclass(frozen=True)
+class TsodaSettings:
+    """TSODA's threshold and schedule. Steps None: TSODA's 2,500/1,500/8,500 scaled to the project
+    (autolabel.default_steps); `iterations` None: until the pool is empty."""
+
+    threshold: float | str = 0.8  # a score in (0, 1), or "auto": from validation precision
+    target_precision: float = 0.9  # threshold "auto": the validation precision to reach
+    iterations: int | None = None
+    steps_first: int | None = None
+    steps_increment: int | None = None
+    steps_max: int | None = None
+    train_ratio: float = 0.8  # of each iteration's new images; the rest form the pseudo test share
+    warm_start: bool = True  # iteration i starts from iteration i-1's best weights
+    initial_checkpoint: str | None = None  # iteration 1 uses this model instead of training one
+
+    def __post_init__(self) -> None:
+        from boxloop import pseudo
+
+        threshold = self.threshold
+        if isinstance(threshold, str) and threshold.strip().lower() == "auto":
+            object.__setattr__(self, "threshold", "auto")
+        else:
+            thr = float(threshold)
+            if not (0.0 < thr < 1.0) or math.isnan(thr):
+                raise ValueError(f"threshold must lie strictly between 0 and 1 (it is compared with detection scores), "
+                                 f"or be 'auto'; got {threshold!r}")
+            object.__setattr__(self, "threshold", thr)
+        pseudo._check_probability(self.target_precision, "target_precision")
+        if self.initial_checkpoint is not None:
+            object.__setattr__(self, "initial_checkpoint", str(self.initial_checkpoint))
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1 (or None: until the pool is empty), got {self.iterations}")
+        if not (0.0 <= float(self.train_ratio) <= 1.0):
+            raise ValueError(f"train_ratio must lie in [0, 1], got {self.train_ratio!r}")
+        for name in ("steps_first", "steps_max"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
+        if self.steps_increment is not None and self.steps_increment < 0:
+            raise ValueError(f"steps_increment must be >= 0, got {self.steps_increment}")
+
+
+@dataclass(frozen=True)
+class AutolabelTraining:
+    """How each iteration trains. `lr`/`optimizer` None: the detector's recipe
+    (defaults.training_recipe); `val_every` None: a tenth of the iteration's steps."""
+
+    image_size: int = 320
+    batch_size: int = 8
+    device: str = "auto"
+    seed: int = 0
+    lr: float | None = None
+    optimizer: str | None = None
+    val_every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.val_every is not None and self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1 (steps), got {self.val_every}")
+
+
+GROUPS: dict[str, type] = {"detector": DetectorSettings, "tsoda": TsodaSettings, "training": AutolabelTraining}
+GROUP_OF: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
+assert len(GROUP_OF) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), "a setting name in two groups"
+
+
+def _route(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat setting names -> {group: {name: value}}; an unknown name is a TypeError naming it."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        group = GROUP_OF.get(key)
+        if group is None:
+            near = difflib.get_close_matches(key, list(GROUP_OF), n=1)
+            raise TypeError(f"AutolabelConfig has no setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        out.setdefault(group, {})[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class AutolabelConfig:
+    """Everything a TSODA run needs; its `resolved` form is stored with the run and compared on resume."""
+
+    detector: DetectorSettings = field(default_factory=DetectorSettings)
+    tsoda: TsodaSettings = field(default_factory=TsodaSettings)
+    training: AutolabelTraining = field(default_factory=AutolabelTraining)
+
+    def __post_init__(self) -> None:
+        for name, cls in GROUPS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"AutolabelConfig.{name} must be a {cls.__name__}, "
+                                f"got {type(getattr(self, name)).__name__}")
+
+    @classmethod
+    def make(cls, **settings: Any) -> AutolabelConfig:
+        """The defaults with a few settings changed, by flat name: `AutolabelConfig.make(threshold=0.9, steps_first=50)`."""
+        return cls(**{g: GROUPS[g](**kw) for g, kw in _route(settings).items()})
+
+    def with_(self, **settings: Any) -> AutolabelConfig:
+        """This config with a few settings changed, by flat name (checked again, as when made)."""
+        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **kw)
+                                            for g, kw in _route(settings).items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        """{group: {setting: value}}, as stored with the run."""
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """{setting: value}, the flat layout runs stored before the groups."""
+        return {k: v for group in self.to_dict().values() for k, v in group.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AutolabelConfig:
+        """A stored config: nested ({group: {setting: value}}, as `to_dict` writes) or flat (as stored
+        before the groups), or a mix. Unknown keys are ignored; missing settings take their defaults
+        (a run stored before `target_precision` and `initial_checkpoint` had 0.9 and None)."""
+        settings: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in GROUPS and isinstance(value, Mapping):
+                settings.update({k: v for k, v in value.items() if GROUP_OF.get(k) == key})
+            elif key in GROUP_OF:
+                settings[key] = value
+        return cls.make(**settings)
+
+    def resolved(self, num_images: int) -> AutolabelConfig:
+        """The config a run on a project of `num_images` images stores: the steps TSODA's schedule
+        scaled (autolabel.default_steps) where not given, the detector's learning rate and optimizer
+        (defaults.training_recipe) where not given, the initial checkpoint's absolute path, the detector
+        options sorted by name and the numbers in their types."""
+        from boxloop.autolabel import default_steps
+        from boxloop.defaults import training_recipe
+
+        d, s, t = self.detector, self.tsoda, self.training
+        first, inc, most = default_steps(num_images, t.batch_size)
+        optimizer, lr = training_recipe(d.model)
+        return AutolabelConfig(
+            detector=DetectorSettings(model=d.model, backbone=d.backbone, pretrained_backbone=bool(d.pretrained_backbone),
+                                      detector_options=dict(sorted((d.detector_options or {}).items()))),
+            tsoda=TsodaSettings(
+                threshold=s.threshold, target_precision=float(s.target_precision), iterations=s.iterations,
+                steps_first=int(s.steps_first) if s.steps_first is not None else first,
+                steps_increment=int(s.steps_increment) if s.steps_increment is not None else inc,
+                steps_max=int(s.steps_max) if s.steps_max is not None else most,
+                train_ratio=float(s.train_ratio), warm_start=bool(s.warm_start),
+                initial_checkpoint=None if s.initial_checkpoint is None else str(Path(s.initial_checkpoint).resolve())),
+            training=AutolabelTraining(
+                image_size=int(t.image_size), batch_size=int(t.batch_size), device=t.device, seed=int(t.seed),
+                lr=float(t.lr if t.lr is not None else lr), optimizer=t.optimizer or optimizer,
+                val_every=None if t.val_every is None else int(t.val_every)))
+
+    def steps(self, iteration: int) -> int:
+        """Training steps of 1-based `iteration` under a resolved config (TSODA's schedule)."""
+        from boxloop import pseudo
+
+        s = self.tsoda
+        return pseudo.tsoda_schedule(iteration - 1, first=s.steps_first, increment=s.steps_increment,
+                                     maximum=s.steps_max)
