@@ -60,7 +60,7 @@ def main() -> None:
 
     def test_map(det) -> float:
         preds = {s.annotation.image: d.to_annotation(s.annotation.image, list(CLASSES))
-                 for s, (_, d) in zip(test, predict_paths(det, [s.path for s in test], args.size, progress=False))}
+                 for s, d in predict_paths(det, [s.path for s in test], args.size, progress=False, keys=test)}
         return float(evaluate({s.annotation.image: s.annotation for s in test}, preds, list(CLASSES))["map50"] or 0.0)
 
     rows = []

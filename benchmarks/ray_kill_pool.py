@@ -137,9 +137,9 @@ def main() -> None:
     unequal = compared = 0
     for c in chunk_starts:
         part = keys[c:c + 64]
-        for key, (_, d) in zip(part, predict_paths(det, [project.image_root / k for k in part], args.size,
-                                                   batch_size=args.batch_size, score_threshold=args.threshold,
-                                                   progress=False)):
+        for key, d in predict_paths(det, [project.image_root / k for k in part], args.size,
+                                    batch_size=args.batch_size, score_threshold=args.threshold, progress=False,
+                                    keys=part):
             e = ours[key]
             compared += 1
             same = (np.array_equal(d.boxes.xyxy, e.boxes.xyxy) and np.array_equal(d.scores, e.scores)

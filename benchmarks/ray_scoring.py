@@ -124,9 +124,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for c in range(0, len(keys), 64):
         part = keys[c:c + 64]
-        out = {k: d for k, (_, d) in zip(part, predict_paths(det, [root / k for k in part], args.image_size,
-                                                             batch_size=args.batch_size,
-                                                             score_threshold=args.threshold, progress=False))}
+        out = dict(predict_paths(det, [root / k for k in part], args.image_size, batch_size=args.batch_size,
+                                 score_threshold=args.threshold, progress=False, keys=part))
         s = time.perf_counter()
         project.save_predictions(1, out)
         t_store += time.perf_counter() - s

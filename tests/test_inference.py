@@ -107,6 +107,23 @@ def test_broken_file_raises_or_is_skipped(tmp_path: Path) -> None:
     assert [p for p, _ in got] == [paths[0], paths[1]]
 
 
+def test_keys_name_each_result_and_a_skipped_image_shifts_none(tmp_path: Path) -> None:
+    paths = _write(tmp_path)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    skipped: list[tuple[Path, str]] = []
+    files = [paths[0], bad, paths[1], paths[2]]
+    got = list(predict_paths(BrightBoxFinder(), files, 64, batch_size=2, progress=False, keys=["a", "b", "c", "d"],
+                             on_skip=lambda path, problem: skipped.append((path, problem))))
+    assert [k for k, _ in got] == ["a", "c", "d"] and [p for p, _ in skipped] == [bad]
+    # the same detections as without keys, each under its own key
+    plain = dict(predict_paths(BrightBoxFinder(), files, 64, batch_size=2, progress=False, skip_errors=True))
+    for key, path in (("a", paths[0]), ("c", paths[1]), ("d", paths[2])):
+        np.testing.assert_array_equal(dict(got)[key].boxes.xyxy, plain[path].boxes.xyxy)
+    with pytest.raises(ValueError, match="keys must name every path"):
+        list(predict_paths(BrightBoxFinder(), paths, 64, progress=False, keys=["a"]))
+
+
 class OOMAbove(BrightBoxFinder):
     """Raises torch.OutOfMemoryError for batches larger than `limit`, like a GPU that is too small."""
 

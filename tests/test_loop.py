@@ -267,8 +267,8 @@ def test_strategy_needing_loc_quality_with_retinanet_names_strategy_and_models(r
     det = create_detector("retinanet", num_classes=run.num_classes, backbone="mobilenet_v3_large",
                           pretrained_backbone=False, min_size=SIZE, max_size=SIZE, fpn_channels=32)
     pool = pool_paths(run)
-    preds = {k: d for k, (_, d) in zip(pool, predict_paths(det, [run.image_root / k for k in pool], SIZE,
-                                                             device="cpu", score_threshold=0.0, progress=False))}
+    preds = dict(predict_paths(det, [run.image_root / k for k in pool], SIZE, device="cpu", score_threshold=0.0,
+                               progress=False, keys=pool))
     assert all(d.loc_quality is None for d in preds.values())
     assert any(len(d) for d in preds.values())
     run.save_predictions(0, preds)

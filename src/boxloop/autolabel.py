@@ -249,9 +249,9 @@ def _evaluate(project: Project, cfg: AutolabelConfig, i: int, progress: bool) ->
     if truth:
         keys = list(truth)
         root = project.image_root
-        preds = {k: d.to_annotation(k, project.classes) for k, (_, d) in zip(keys, predict_paths(
+        preds = {k: d.to_annotation(k, project.classes) for k, d in predict_paths(
             det, [root / k for k in keys], t.image_size, batch_size=t.batch_size, device=t.device,
-            progress=progress))}
+            progress=progress, keys=keys)}
         out["pseudo_test_map50"] = evaluate(truth, preds, project.classes)["map50"]
         out["pseudo_test_images"] = len(truth)
     return out
@@ -275,9 +275,9 @@ def _label(project: Project, cfg: AutolabelConfig, i: int, pending: dict[str, An
         table = validation_table(project, det, dataclasses.asdict(t))
         if auto:
             threshold = pseudo.threshold_for_precision(table, target) if table is not None else None
-        preds = {k: d for k, (_, d) in zip(pool, predict_paths(
+        preds = dict(predict_paths(
             det, [root / k for k in pool], t.image_size, batch_size=t.batch_size, device=t.device,
-            score_threshold=min(0.05, threshold or 0.05), progress=progress))}
+            score_threshold=min(0.05, threshold or 0.05), progress=progress, keys=pool))
     accepted = pseudo.tsoda_accept(preds, threshold) if threshold is not None else {}
     scores = pseudo.score_percentiles(np.concatenate([d.scores for d in preds.values()]) if preds else [])
     val_pr = (None, None) if table is None or threshold is None else pseudo.precision_above(table, threshold)
@@ -346,9 +346,9 @@ def validation_table(project: Project, det: Any, cfg: Mapping[str, Any]) -> np.n
     val = [s for s in training_samples(project)[1] if s.annotation is not None]
     if not any(len(s.annotation) for s in val):  # type: ignore[arg-type]
         return None
-    preds = {s.name: d.to_annotation(s.name, project.classes) for s, (_, d) in zip(val, predict_paths(
+    preds = {name: d.to_annotation(name, project.classes) for name, d in predict_paths(
         det, [s.path for s in val], cfg["image_size"], batch_size=cfg["batch_size"], device=cfg["device"],
-        score_threshold=0.01, progress=False))}
+        score_threshold=0.01, progress=False, keys=[s.name for s in val])}
     m = voc_matches({s.name: s.annotation for s in val}, preds, project.classes)
     return np.stack([m["score"], m["tp"]], axis=1) if len(m["score"]) else np.zeros((0, 2))
 

@@ -67,9 +67,9 @@ def demo_test_sensitivity(run_dir: Path, image_size: int, device: str) -> dict[s
         truth = proj.annotations("test")
         det, classes, _ = load_detector(current_checkpoint(proj), expect_classes=proj.classes, device=device)
         keys = list(truth)
-        preds = {k: d.to_annotation(k, classes) for k, (_, d) in
-                 zip(keys, predict_paths(det, [proj.image_root / k for k in keys], image_size, device=device,
-                                         progress=False))}
+        preds = {k: d.to_annotation(k, classes) for k, d in
+                 predict_paths(det, [proj.image_root / k for k in keys], image_size, device=device,
+                               progress=False, keys=keys)}
     return leave_one_out_map50(truth, preds, classes)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar, overload
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from boxloop.structures import Boxes, Detections
 __all__ = ["predict_paths", "resolve_device", "to_original", "model_device"]
 
 log = logging.getLogger("boxloop")
+K = TypeVar("K")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -119,12 +120,30 @@ def _predict_batch(detector: Detector, images: list[Tensor], score_threshold: fl
     return out
 
 
+@overload
 def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
-                  skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None
-                  ) -> Iterator[tuple[Path, Detections]]:
-    """Yield (path, Detections in the original image's pixels), in the order of `paths`.
+                  skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
+                  keys: None = None) -> Iterator[tuple[Path, Detections]]: ...
+
+
+@overload
+def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
+                  device: str | torch.device | None = None, num_workers: int = 0,
+                  score_threshold: float = 0.05, progress: bool = True,
+                  skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
+                  keys: Sequence[K]) -> Iterator[tuple[K, Detections]]: ...
+
+
+def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
+                  device: str | torch.device | None = None, num_workers: int = 0,
+                  score_threshold: float = 0.05, progress: bool = True,
+                  skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
+                  keys: Sequence[Any] | None = None) -> Iterator[tuple[Any, Detections]]:
+    """Yield (path, Detections in the original image's pixels), in the order of `paths`; with `keys`
+    (one per path, e.g. the project's image keys) (key, Detections) instead: each result names its own
+    image, so a skipped image never shifts the ones after it.
 
     `device` None keeps the detector where it is; otherwise it is moved there. Images that fail to
     decode raise `boxloop.images.ImageError`, or with `skip_errors` are logged and left out; with
@@ -134,6 +153,9 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
     from tqdm.auto import tqdm
 
     paths = [Path(p) for p in paths]
+    names: list[Any] = paths if keys is None else list(keys)
+    if len(names) != len(paths):
+        raise ValueError(f"keys must name every path: {len(names)} keys for {len(paths)} paths")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if device is not None:
@@ -163,7 +185,7 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
             if len(dets) != len(images):
                 raise RuntimeError(f"detector returned {len(dets)} results for {len(images)} images")
             for (img, orig, idx), det in zip(good, dets):
-                yield paths[idx], to_original(det, orig)  # type: ignore[arg-type]
+                yield names[idx], to_original(det, orig)  # type: ignore[arg-type]
             bar.update(len(batch))
     finally:
         bar.close()

@@ -108,9 +108,8 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
 
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        out = {Path(path).relative_to(root).as_posix(): d for path, d in predict_paths(
-            det, [root / k for k in part], size, batch_size=batch, device=device, score_threshold=threshold,
-            progress=progress, on_skip=skip)}
+        out = dict(predict_paths(det, [root / k for k in part], size, batch_size=batch, device=device,
+                                 score_threshold=threshold, progress=progress, on_skip=skip, keys=part))
         with project.transaction():
             project.save_predictions(round_id, out)
             record_skipped(project, bad)

@@ -195,9 +195,9 @@ def test_metrics(project: Project, detector, image_size: int, device: str = "aut
     root = project.image_root
     keys = list(truth)
     preds = {key: d.to_annotation(key, project.classes)
-             for key, (_, d) in zip(keys, predict_paths(detector, [root / k for k in keys], image_size,
-                                                          batch_size=batch_size, device=device,
-                                                          score_threshold=score_threshold, progress=progress))}
+             for key, d in predict_paths(detector, [root / k for k in keys], image_size, batch_size=batch_size,
+                                         device=device, score_threshold=score_threshold, progress=progress,
+                                         keys=keys)}
     return evaluate(truth, preds, project.classes)
 
 

@@ -202,9 +202,10 @@ def validation_predictions(detector: Detector, samples: Sequence[Sample], class_
     score threshold): what validation_map50 scores and the never-worse guards compare."""
     if device is not None:
         detector.to(device)
-    return {s.name: det.to_annotation(s.name, list(class_names)) for s, (_, det) in zip(samples, predict_paths(
+    return {name: det.to_annotation(name, list(class_names)) for name, det in predict_paths(
         detector, [s.path for s in samples], config.image_size, batch_size=config.batch_size, device=None,
-        num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False))}
+        num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False,
+        keys=[s.name for s in samples])}
 
 
 def validation_map50(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
