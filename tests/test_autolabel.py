@@ -319,7 +319,12 @@ def test_config_make_routes_flat_names_and_round_trips():
             AutolabelConfig.make(**bad)
     resolved = AutolabelConfig.make(batch_size=8).resolved(364)
     assert (resolved.tsoda.steps_first, resolved.tsoda.steps_increment, resolved.tsoda.steps_max) == default_steps(364, 8)
-    assert resolved.training.lr is not None and resolved.training.optimizer is not None
+    from boxloop.defaults import training_recipe
+
+    assert (resolved.training.optimizer, resolved.training.lr) == training_recipe(resolved.detector.model)
+    other = "adamw" if resolved.training.optimizer == "sgd" else "sgd"
+    moved = AutolabelConfig.make(optimizer=other).resolved(364).training
+    assert (moved.optimizer, moved.lr) == (other, 0.01 if other == "sgd" else 0.001)
 
 
 def old_flat_state(config: dict[str, Any]) -> dict[str, Any]:

@@ -64,8 +64,8 @@ from boxloop.autolabel_config import AutolabelConfig
 from boxloop.store import Project
 from boxloop.structures import Source
 
-__all__ = ["AutolabelConfig", "autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir", "threshold_guidance",
-           "PSEUDO_TEST_META",
+__all__ = ["AutolabelConfig", "autolabel", "autolabel_pool", "default_steps", "iteration_steps", "model_dir",
+           "threshold_guidance", "PSEUDO_TEST_META",
            "STATE_KEY", "ROWS_KEY", "RESULT_FILE", "METRICS_ROUND"]
 
 log = logging.getLogger("boxloop.autolabel")

@@ -73,7 +73,8 @@ class TsodaSettings:
 @dataclass(frozen=True)
 class AutolabelTraining:
     """How each iteration trains. `lr`/`optimizer` None: the detector's recipe
-    (defaults.training_recipe); `val_every` None: a tenth of the iteration's steps."""
+    (defaults.training_recipe; another optimizer without `lr`: 0.01 for SGD, else 0.001, as LoopConfig);
+    `val_every` None: a tenth of the iteration's steps."""
 
     image_size: int = 320
     batch_size: int = 8
@@ -161,6 +162,8 @@ class AutolabelConfig:
         d, s, t = self.detector, self.tsoda, self.training
         first, inc, most = default_steps(num_images, t.batch_size)
         optimizer, lr = training_recipe(d.model)
+        if t.optimizer is not None and t.optimizer != optimizer and t.lr is None:
+            lr = 0.01 if t.optimizer == "sgd" else 0.001  # another optimizer: its usual rate (as LoopConfig)
         return AutolabelConfig(
             detector=DetectorSettings(model=d.model, backbone=d.backbone, pretrained_backbone=bool(d.pretrained_backbone),
                                       detector_options=dict(sorted((d.detector_options or {}).items()))),
