@@ -63,6 +63,14 @@ runs of the plain command, seed by seed:
     .venv/bin/python benchmarks/label_efficiency.py --preset cpu --initial-strategy typical \
         --unit images --strategies random,budget_aware --no-full-data --shard 0/2 --threads 1 &  # + 1/2
 
+AL + pseudo-labels (issue 13): `--semi certainty` (or autolabel) runs the same protocol with the
+loop's pseudo-labels after each round's oracle; each round trains with and without them and keeps
+the pseudo-labels only when the paired bootstrap over the validation images says they help. Its own
+workdir (..._semi_certainty) and JSON; copy the plain workdir's images/seed*/base and full_data
+there to pair it with the same seed sets and full-data models:
+    .venv/bin/python benchmarks/label_efficiency.py --preset cpu --semi certainty --unit images \
+        --strategies localization_aware --shard 0/2 --threads 1 &  # + 1/2
+
 Resuming: every job (a seed's base, a strategy's run, a seed's full-data model) lives in its own
 project folder under WORKDIR and resumes at its step (training at its last checkpoint): re-run the
 same command and only the missing rounds train. Seeds and shards are separate invocations whose
@@ -505,7 +513,7 @@ def run_job(spec, args, job: Job, truth, say) -> None:
     unit = str(job.unit)
     rounds = args.rounds if unit == "images" else args.box_rounds
     budget = args.budget if unit == "images" else args.box_budget
-    cfg = loop_config(args, seed=job.seed, unit=unit, strategy=job.strategy, budget=budget)
+    cfg = loop_config(args, seed=job.seed, unit=unit, strategy=job.strategy, budget=budget, semi=args.semi)
     with Project.open(rdir) as run:
         done = {r.id for r in run.rounds() if r.status == "done"}
         for r in range(rounds + 1):
@@ -768,6 +776,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--initial", type=int, default=None, help="seed set (images)")
     ap.add_argument("--initial-strategy", choices=("random", "typical"), default="random",
                     help="how the seed set is chosen (issue 16's cold start; typical: its own workdir and JSON)")
+    ap.add_argument("--semi", choices=("autolabel", "certainty"), default=None,
+                    help="pseudo-labels inside the loop (issue 13's AL + pseudo-labels arm: its own workdir and "
+                         "JSON; each round trains with and without them and the never-worse guard keeps one)")
     ap.add_argument("--budget", type=int, default=None, help="images per round")
     ap.add_argument("--rounds", type=int, default=None, help="image-level query rounds")
     ap.add_argument("--box-budget", type=int, default=None, help="boxes per round")
@@ -820,7 +831,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if not 0 <= k < n:
             ap.error(f"--shard {args.shard}: K must lie in 0..N-1")
         args.shard_index, args.shard_count = k, n
-    arm = "" if args.initial_strategy == "random" else f"_{args.initial_strategy}"
+    arm = ("" if args.initial_strategy == "random" else f"_{args.initial_strategy}") + \
+        ("" if args.semi is None else f"_semi_{args.semi}")
     if args.workdir is None:
         args.workdir = Path(f"/tmp/boxloop_label_efficiency_{Path(args.dataset).name}_{preset}{arm}")
     if args.json is None:
