@@ -2,12 +2,11 @@
 
 Written by hand: the settings in three frozen groups (the detector: loop_config.DetectorSettings; the
 TSODA schedule and threshold; training) with the defaults `autolabel` always had, the checks of their
-values (each in the group that owns the field, with the messages `autolabel` always gave), the routing
-of flat setting names to their group (`make`, `with_`: every name is unique across the groups, as
-LoopConfig's), `resolved`: the config a run stores (the step schedule scaled to the project, the
-detector's learning rate and optimizer, the initial checkpoint's absolute path), and `from_dict`: a
-stored config in the nested layout `to_dict` writes or in the flat one that runs stored before the
-groups, so an interrupted old run still resumes.
+values (each in the group that owns the field, with the messages `autolabel` always gave), and
+`resolved`: the config a run stores (the step schedule scaled to the project, the detector's learning
+rate and optimizer, the initial checkpoint's absolute path). The routing of flat setting names to
+their group (`make`, `with_`) and the nested and flat layouts (`from_dict`: a run stored flat before
+the groups still resumes) are GroupedSettings', shared with LoopConfig.
 
 Not the loop's TrainingSettings: autolabel trains in steps with `warm_start` on and `val_every` a
 tenth of the steps by default (the loop: epochs, no warm start, every 2), so its training group is its own.
@@ -15,14 +14,12 @@ tenth of the steps by default (the loop: epochs, no warm start, every 2), so its
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
+from boxloop.grouped_settings import GroupedSettings
 from boxloop.loop_config import DetectorSettings
 
 __all__ = ["AutolabelConfig", "AutolabelTraining", "TsodaSettings"]
@@ -89,67 +86,18 @@ class AutolabelTraining:
             raise ValueError(f"val_every must be >= 1 (steps), got {self.val_every}")
 
 
-GROUPS: dict[str, type] = {"detector": DetectorSettings, "tsoda": TsodaSettings, "training": AutolabelTraining}
-GROUP_OF: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
-assert len(GROUP_OF) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), "a setting name in two groups"
-
-
-def _route(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Flat setting names -> {group: {name: value}}; an unknown name is a TypeError naming it."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in settings.items():
-        group = GROUP_OF.get(key)
-        if group is None:
-            near = difflib.get_close_matches(key, list(GROUP_OF), n=1)
-            raise TypeError(f"AutolabelConfig has no setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        out.setdefault(group, {})[key] = value
-    return out
-
-
 @dataclass(frozen=True)
-class AutolabelConfig:
-    """Everything a TSODA run needs; its `resolved` form is stored with the run and compared on resume."""
+class AutolabelConfig(GroupedSettings):
+    """Everything a TSODA run needs; its `resolved` form is stored with the run and compared on resume.
+    `make`, `with_`, `to_dict`, `flat`, `from_dict`: see GroupedSettings (a run stored before
+    `target_precision` and `initial_checkpoint` reads back with 0.9 and None, their defaults)."""
+
+    GROUPS: ClassVar[dict[str, type]] = {"detector": DetectorSettings, "tsoda": TsodaSettings,
+                                         "training": AutolabelTraining}
 
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     tsoda: TsodaSettings = field(default_factory=TsodaSettings)
     training: AutolabelTraining = field(default_factory=AutolabelTraining)
-
-    def __post_init__(self) -> None:
-        for name, cls in GROUPS.items():
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"AutolabelConfig.{name} must be a {cls.__name__}, "
-                                f"got {type(getattr(self, name)).__name__}")
-
-    @classmethod
-    def make(cls, **settings: Any) -> AutolabelConfig:
-        """The defaults with a few settings changed, by flat name: `AutolabelConfig.make(threshold=0.9, steps_first=50)`."""
-        return cls(**{g: GROUPS[g](**kw) for g, kw in _route(settings).items()})
-
-    def with_(self, **settings: Any) -> AutolabelConfig:
-        """This config with a few settings changed, by flat name (checked again, as when made)."""
-        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **kw)
-                                            for g, kw in _route(settings).items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        """{group: {setting: value}}, as stored with the run."""
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        """{setting: value}, the flat layout runs stored before the groups."""
-        return {k: v for group in self.to_dict().values() for k, v in group.items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AutolabelConfig:
-        """A stored config: nested ({group: {setting: value}}, as `to_dict` writes) or flat (as stored
-        before the groups), or a mix. Unknown keys are ignored; missing settings take their defaults
-        (a run stored before `target_precision` and `initial_checkpoint` had 0.9 and None)."""
-        settings: dict[str, Any] = {}
-        for key, value in d.items():
-            if key in GROUPS and isinstance(value, Mapping):
-                settings.update({k: v for k, v in value.items() if GROUP_OF.get(k) == key})
-            elif key in GROUP_OF:
-                settings[key] = value
-        return cls.make(**settings)
 
     def resolved(self, num_images: int) -> AutolabelConfig:
         """The config a run on a project of `num_images` images stores: the steps TSODA's schedule

@@ -4,22 +4,19 @@ Written by hand: the settings in five frozen groups (the detector, its training,
 pool, selection, pseudo-labels) and their defaults (the seeds' values, see docs/methods.md), the
 checks of their values (each in the group that owns the field), the round's TrainConfig and
 DetectorSpec derived from them (the detector's optimiser and learning rate from
-`defaults.training_recipe`), and the routing of flat setting names to their group: `make` and
-`with_` take a few settings by name (every setting's name is unique across the groups), and
-`from_dict` reads a saved config in the nested layout `to_dict` writes or in the flat one that
-projects saved before the groups (every round row stores its config), so old projects keep working.
+`defaults.training_recipe`). The routing of flat setting names to their group (`make`, `with_`) and
+the nested and flat layouts (`from_dict` reads the flat configs projects saved before the groups:
+every round row stores its config) are GroupedSettings'.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 from boxloop.defaults import DETECTOR
+from boxloop.grouped_settings import GroupedSettings
 
 if TYPE_CHECKING:
     from boxloop.detectors import DetectorSpec
@@ -122,70 +119,20 @@ class PseudoSettings:
             raise ValueError(f"semi must be None, 'autolabel' or 'certainty', got {self.semi!r}")
 
 
-GROUPS: dict[str, type] = {"detector": DetectorSettings, "training": TrainingSettings,
-                           "prediction": PredictionSettings, "selection": SelectionSettings,
-                           "pseudo": PseudoSettings}
-# every setting's flat name -> its group (the names are unique across the groups)
-GROUP_OF: dict[str, str] = {f.name: g for g, cls in GROUPS.items() for f in dataclasses.fields(cls)}
-assert len(GROUP_OF) == sum(len(dataclasses.fields(cls)) for cls in GROUPS.values()), "a setting name in two groups"
-
-
-def _route(settings: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Flat setting names -> {group: {name: value}}; an unknown name is a TypeError naming it."""
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in settings.items():
-        group = GROUP_OF.get(key)
-        if group is None:
-            near = difflib.get_close_matches(key, list(GROUP_OF), n=1)
-            raise TypeError(f"LoopConfig has no setting {key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-        out.setdefault(group, {})[key] = value
-    return out
-
-
 @dataclass(frozen=True)
-class LoopConfig:
-    """Everything one round needs. Saved with every round (the resolved config of the run)."""
+class LoopConfig(GroupedSettings):
+    """Everything one round needs. Saved with every round (the resolved config of the run). `make`,
+    `with_`, `to_dict`, `from_dict`: see GroupedSettings."""
+
+    GROUPS: ClassVar[dict[str, type]] = {"detector": DetectorSettings, "training": TrainingSettings,
+                                         "prediction": PredictionSettings, "selection": SelectionSettings,
+                                         "pseudo": PseudoSettings}
 
     detector: DetectorSettings = field(default_factory=DetectorSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     prediction: PredictionSettings = field(default_factory=PredictionSettings)
     selection: SelectionSettings = field(default_factory=SelectionSettings)
     pseudo: PseudoSettings = field(default_factory=PseudoSettings)
-
-    def __post_init__(self) -> None:
-        for name, cls in GROUPS.items():
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"LoopConfig.{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
-
-    @classmethod
-    def make(cls, **settings: Any) -> LoopConfig:
-        """The defaults with a few settings changed, by flat name: `LoopConfig.make(strategy="random", steps=40)`."""
-        return cls(**{g: GROUPS[g](**kw) for g, kw in _route(settings).items()})
-
-    def with_(self, **settings: Any) -> LoopConfig:
-        """This config with a few settings changed, by flat name (checked again, as when made)."""
-        return dataclasses.replace(self, **{g: dataclasses.replace(getattr(self, g), **kw)
-                                            for g, kw in _route(settings).items()})
-
-    def to_dict(self) -> dict[str, Any]:
-        """{group: {setting: value}}, as saved with every round."""
-        return dataclasses.asdict(self)
-
-    def flat(self) -> dict[str, Any]:
-        """{setting: value} in the flat layout (and order) of the configs saved before the groups."""
-        return {k: v for group in self.to_dict().values() for k, v in group.items()}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LoopConfig:
-        """A saved config: nested ({group: {setting: value}}, as `to_dict` writes) or flat (as saved
-        before the groups), or a mix. Unknown keys are ignored; missing settings take their defaults."""
-        settings: dict[str, Any] = {}
-        for key, value in d.items():
-            if key in GROUPS and isinstance(value, Mapping):
-                settings.update({k: v for k, v in value.items() if GROUP_OF.get(k) == key})
-            elif key in GROUP_OF:
-                settings[key] = value
-        return cls.make(**settings)
 
     def train_config(self, round_id: int, warm: bool = False) -> TrainConfig:
         """The round's TrainConfig; `warm`: a round that starts from the previous round's model."""
