@@ -109,9 +109,7 @@ class AutolabelConfig(GroupedSettings):
 
         d, s, t = self.detector, self.tsoda, self.training
         first, inc, most = default_steps(num_images, t.batch_size)
-        optimizer, lr = training_recipe(d.model)
-        if t.optimizer is not None and t.optimizer != optimizer and t.lr is None:
-            lr = 0.01 if t.optimizer == "sgd" else 0.001  # another optimizer: its usual rate (as LoopConfig)
+        optimizer, lr = training_recipe(d.model, t.optimizer, t.lr)
         return AutolabelConfig(
             detector=DetectorSettings(model=d.model, backbone=d.backbone, pretrained_backbone=bool(d.pretrained_backbone),
                                       detector_options=dict(sorted((d.detector_options or {}).items()))),
@@ -124,7 +122,7 @@ class AutolabelConfig(GroupedSettings):
                 initial_checkpoint=None if s.initial_checkpoint is None else str(Path(s.initial_checkpoint).resolve())),
             training=AutolabelTraining(
                 image_size=int(t.image_size), batch_size=int(t.batch_size), device=t.device, seed=int(t.seed),
-                lr=float(t.lr if t.lr is not None else lr), optimizer=t.optimizer or optimizer,
+                lr=lr, optimizer=optimizer,
                 val_every=None if t.val_every is None else int(t.val_every)))
 
     def steps(self, iteration: int) -> int:

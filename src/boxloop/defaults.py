@@ -54,6 +54,10 @@ def run_defaults(device: str = "auto") -> RunDefaults:
 _RECIPES: dict[str, tuple[str, float]] = {"fcos_lite": ("adamw", 0.002)}
 
 
-def training_recipe(model: str) -> tuple[str, float]:
-    """(optimizer, learning rate) that `model` trains with by default."""
-    return _RECIPES.get(model, ("sgd", 0.01))
+def training_recipe(model: str, optimizer: str | None = None, lr: float | None = None) -> tuple[str, float]:
+    """(optimizer, learning rate) that `model` trains with: its recipe where `optimizer` / `lr` are
+    None; another optimizer without `lr` takes that optimizer's usual rate (SGD 0.01, else 0.001)."""
+    recipe_optimizer, recipe_lr = _RECIPES.get(model, ("sgd", 0.01))
+    if lr is None:
+        lr = recipe_lr if optimizer in (None, recipe_optimizer) else (0.01 if optimizer == "sgd" else 0.001)
+    return optimizer or recipe_optimizer, float(lr)

@@ -141,16 +141,13 @@ class LoopConfig(GroupedSettings):
         from boxloop.defaults import training_recipe
 
         t = self.training
-        optimizer, lr = training_recipe(self.detector.model)
-        if t.optimizer is not None and t.optimizer != optimizer and t.lr is None:
-            lr = 0.01 if t.optimizer == "sgd" else 0.001  # another optimizer: its usual rate
+        optimizer, lr = training_recipe(self.detector.model, t.optimizer, t.lr)
         epochs, steps, min_steps = t.epochs, t.steps, t.min_steps if t.steps is None else None
         if warm and t.warm_steps is not None:
             epochs, steps, min_steps = None, t.warm_steps, None
         return TrainConfig(epochs=epochs, steps=steps, min_steps=min_steps,
                            batch_size=t.batch_size,
-                           image_size=t.image_size, lr=t.lr if t.lr is not None else lr,
-                           optimizer=t.optimizer or optimizer,
+                           image_size=t.image_size, lr=lr, optimizer=optimizer,
                            device=t.device, seed=t.seed + 1000 * round_id, val_every=t.val_every,
                            warmup_steps=short_warmup(steps))
 
