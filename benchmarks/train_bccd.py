@@ -187,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     if calib["n"]:
         print(f"  predicted vs true IoU ({calib['n']} detections scoring >= 0.3): Spearman {calib['spearman']:.3f}, "
               f"MAE {calib['mae']:.3f} (mean predicted {calib['mean_predicted']:.3f}, true {calib['mean_true']:.3f})")
+        m = calib["matched"]
+        if m["n"]:
+            print(f"    on a labelled box of their class (true IoU >= {calib['match_iou']}): {m['n']} detections, "
+                  f"Spearman {m['spearman'] if m['spearman'] is None else round(m['spearman'], 3)}, MAE {m['mae']:.3f}; "
+                  f"the other {calib['unmatched_share']:.0%} (unlabelled objects or false positives) carry "
+                  f"{calib['unmatched_mae_share']:.0%} of the MAE")
     print(f"  training {train_s / 60:.1f} min ({train_cpu_s / 60:.1f} CPU-min over {torch.get_num_threads()} threads), test inference {test_s:.1f} s on {device}")
 
     report = {

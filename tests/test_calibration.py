@@ -37,3 +37,19 @@ def test_pairing_uses_the_same_class_and_the_score_floor():
     assert got["n"] == 2
     assert got["mae"] == pytest.approx((0.0 + 0.7) / 2)
     assert got["mean_true"] == pytest.approx(0.25) and got["spearman"] == pytest.approx(-1.0)
+
+
+def test_the_split_separates_detections_on_unlabelled_objects():
+    # two cats labelled; three detections: a good box (IoU 0.5), a perfect one, and one on nothing
+    truth = {"a.jpg": Annotation("a.jpg", Boxes(np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), (40, 40)),
+                                 labels=("cat", "cat"))}
+    det = Detections(boxes=Boxes(np.array([[0, 0, 10, 5], [20, 20, 30, 30], [32, 32, 40, 40]], float), (40, 40)),
+                     labels=np.array([0, 0, 0]), scores=np.array([0.9, 0.8, 0.7], np.float32),
+                     class_probs=np.array([[0.9], [0.8], [0.7]], np.float32),
+                     loc_quality=np.array([0.4, 0.9, 0.8], np.float32))
+    got = quality_calibration(truth, {"a.jpg": det}, ["cat"], min_score=0.3)
+    # errors 0.1, 0.1 (matched) and 0.8 (true IoU 0): MAE 1.0 / 3, of which 0.8 / 1.0 on the unmatched one
+    assert got["mae"] == pytest.approx(1.0 / 3)
+    assert got["matched"]["n"] == 2 and got["matched"]["mae"] == pytest.approx(0.1)
+    assert got["matched"]["spearman"] == pytest.approx(1.0)
+    assert got["unmatched_share"] == pytest.approx(1 / 3) and got["unmatched_mae_share"] == pytest.approx(0.8)
