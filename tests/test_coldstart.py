@@ -5,6 +5,7 @@ phase in results.json."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -78,3 +79,41 @@ def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path)
     # the same OUT refuses the other kind of seed set instead of mixing them
     with pytest.raises(ValueError, match="seed set was chosen by 'typical'"):
         simulate(out=tmp_path, config=LoopConfig.make(**TINY), initial_strategy="random", **kw)
+
+
+def test_an_empty_label_file_nobody_saved_is_no_answer(data, tmp_path: Path) -> None:
+    """A cold batch labelled half-way: the untouched empty files stay open instead of becoming negatives."""
+    runner = CliRunner()
+    proj, batch = tmp_path / "proj", tmp_path / "batch"
+    assert runner.invoke(app, ["init", str(proj), "--images", str(data.images), "--classes",
+                               "circle,square,triangle"]).exit_code == 0
+    res = runner.invoke(app, ["query", str(proj), "--budget", "3", "--out", str(batch), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((batch / "batch.json").read_text())
+    names = sorted(manifest["images"])
+    assert sorted(manifest["empty_files"]) == names  # every cold file is empty, each fingerprinted
+    # nothing saved yet: a clear error, nothing imported
+    res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
+    assert res.exit_code != 0 and "never saved" in " ".join(res.output.split())
+    with Project.open(proj) as p:
+        assert not p.images(status="labelled")
+    # two images labelled, the third left as written
+    for name in names[:2]:
+        shutil.copy(data.annotations_dir / (Path(name).stem + ".xml"), batch / (Path(name).stem + ".xml"))
+    res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "imported 2 images" in text and "1 queries still open" in text and names[2] in text
+    with Project.open(proj) as p:
+        assert {r.path for r in p.images(status="labelled")} == {manifest["images"][n] for n in names[:2]}
+        assert p.image(manifest["images"][names[2]]).status == "unlabelled"
+    # saved again with no box (the tool rewrote it: a new modification time): now it is a negative
+    third = batch / (Path(names[2]).stem + ".xml")
+    st = third.stat()
+    os.utime(third, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
+    assert res.exit_code == 0, res.output
+    assert "imported 1 images" in " ".join(res.output.split())
+    with Project.open(proj) as p:
+        key = manifest["images"][names[2]]
+        assert p.image(key).status == "labelled" and len(p.annotations("labelled")[key]) == 0

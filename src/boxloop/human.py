@@ -14,7 +14,11 @@ case-insensitively and by stem (a real 'a__b.jpg' keeps its name, the flattened 
 Importing checks everything before writing anything: every answered image must be in the open
 batch (not a stale one, not never queried), every class known; answers for images imported before
 in the same round (a labelling tool exports every task each time) are left as imported, with a
-warning. Then the answers go through the same oracle step as the simulated annotator
+warning. An empty label file that boxloop wrote (a cold-start image, or one where the model found
+nothing) and that nobody has saved since (same bytes, same modification time) is not an answer: the
+image stays open, with a warning, instead of being taken as holding no object (a labelling tool
+that was never opened on it, or a batch labelled half-way, must not turn objects into background).
+Saving such an image in the tool, even with no box, answers it. Then the answers go through the same oracle step as the simulated annotator
 (`loop.step_oracle`), so labels, cost and the round's progress land in one transaction. Written by
 hand: the batch layout and names and the validation; file formats are `boxloop.formats`, costs
 `boxloop.oracle`.
@@ -22,6 +26,7 @@ hand: the batch layout and names and the validation; file formats are `boxloop.f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +46,33 @@ if TYPE_CHECKING:
 
 BATCH_FILE = "batch.json"
 QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
+# formats with one label file per image: (subfolder of the batch, suffix) of that file
+PER_IMAGE_LABELS = {"voc": ("", ".xml"), "yolo": ("labels", ".txt")}
+
+
+def _label_file(out: Path, fmt: str, name: str) -> Path | None:
+    """The file a per-image format keeps the boxes of batch image `name` in; None for one-file formats."""
+    if fmt not in PER_IMAGE_LABELS:
+        return None
+    sub, suffix = PER_IMAGE_LABELS[fmt]
+    return out / sub / PurePosixPath(name).with_suffix(suffix)
+
+
+def _fingerprint(path: Path) -> list:
+    """[sha256, mtime_ns]: a file saved again by a tool changes at least its modification time."""
+    return [hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns]
+
+
+def _unsaved_empty(folder: Path, manifest: dict | None, mapped: dict[str, Annotation],
+                   known: dict[str, str]) -> list[str]:
+    """Batch names whose empty label file is still the one `write_batch` wrote; drops them from `mapped`."""
+    left = []
+    for name, (rel, digest, mtime) in sorted(((manifest or {}).get("empty_files") or {}).items()):
+        key, path = known.get(name), folder / rel
+        if key in mapped and len(mapped[key]) == 0 and path.is_file() and _fingerprint(path) == [digest, mtime]:
+            del mapped[key]
+            left.append(name)
+    return left
 
 
 def open_round(project: Project) -> Round | None:
@@ -165,6 +197,11 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
             shutil.copy2(root / key, out / name)
     items = list(pre.values())
     formats.dump(fmt, items, names, out, images_root=out)
+    empty_files = {}  # an empty file nobody saves again is no answer (see the module docstring)
+    for name, ann in pre.items():
+        path = _label_file(out, fmt, name)
+        if len(ann) == 0 and path is not None and path.is_file():
+            empty_files[name] = [path.relative_to(out).as_posix(), *_fingerprint(path)]
     if fmt == "labelstudio":
         from urllib.parse import quote
 
@@ -180,7 +217,9 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
         "project": str(project.dir), "round": round_id, "unit": unit, "format": fmt,
         "images": {names_of[k]: k for k in by_image},
         "queries": [q.id for q in queries],
-        "note": "Correct the boxes (move, relabel, delete, add) and save; then run boxloop import.",
+        "note": "Correct the boxes (move, relabel, delete, add) and save; then run boxloop import. An image "
+                "whose label file is empty and never saved stays open: save it, even with no box, to answer it.",
+        "empty_files": empty_files,
     }
     tmp = out / (BATCH_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
@@ -299,6 +338,13 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
             mapped[target] = ann
     if unknown:
         raise _not_in_batch(project, source, known, unknown, round_id)
+    unsaved = _unsaved_empty(source if source.is_dir() else source.parent, manifest, mapped, known)
+    if unsaved:
+        warnings = [*warnings, f"{source}: {len(unsaved)} image(s) still have the empty label file boxloop wrote, "
+                    f"never saved since, so they stay open instead of counting as holding no object: "
+                    f"{', '.join(unsaved[:10])}" + (" ..." if len(unsaved) > 10 else "")
+                    + "; draw their boxes, or save them in your tool with no box to say they hold none, "
+                    "then import again"]
     if before:
         warnings = [*warnings, f"{source}: {len(before)} answer(s) for images imported before in round {round_id} "
                     f"were left as imported: {', '.join(sorted(before)[:10])}" + (" ..." if len(before) > 10 else "")]
@@ -306,6 +352,10 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         if before:
             raise FormatError(source, f"every answer in it was imported before (round {round_id}); nothing new to "
                               "import", "label the images still open, export again and import that")
+        if unsaved:
+            raise FormatError(source, f"no answer yet: the {len(unsaved)} label file(s) of the batch are still the "
+                              "empty ones boxloop wrote, never saved", "draw the boxes in your labelling tool and "
+                              "save each image; save an image with no box to say it holds no object")
         raise FormatError(source, "no answer for any queried image", "save the corrected labels in the batch folder")
     # What the annotator saved is now human-checked, whatever provenance the pre-annotation had.
     truth = {}
