@@ -62,7 +62,7 @@ from boxloop.detectors.fcos import FCOSDetector
 __all__ = ["LitePAN", "LiteHead", "build_fcos_lite"]
 
 STRIDES = (8, 16, 32)
-QUALITY_LOSSES = ("own_box_iou", "quality_focal", "varifocal")
+QUALITY_LOSSES = ("own_box_iou", "quality_focal", "varifocal", "positives")
 QUALITY_WEIGHTINGS = ("focal", "bce", "fit")
 DGQP_TOPK = 4
 
