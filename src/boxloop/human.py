@@ -18,10 +18,10 @@ warning. An empty label file that boxloop wrote (a cold-start image, or one wher
 nothing) and that nobody has saved since (same bytes, same modification time) is not an answer: the
 image stays open, with a warning, instead of being taken as holding no object (a labelling tool
 that was never opened on it, or a batch labelled half-way, must not turn objects into background).
-Saving such an image in the tool, even with no box, answers it. Then the answers go through the same oracle step as the simulated annotator
-(`loop.step_oracle`), so labels, cost and the round's progress land in one transaction. Written by
-hand: the batch layout and names and the validation; file formats are `boxloop.formats`, costs
-`boxloop.oracle`.
+Saving such an image in the tool, even with no box, answers it. Then the answers go through the
+same oracle step as the simulated annotator (`loop.step_oracle`), so labels, cost and the round's
+progress land in one transaction. Written by hand: the batch layout and names and the validation;
+file formats are `boxloop.formats`, costs `boxloop.oracle`.
 """
 
 from __future__ import annotations
