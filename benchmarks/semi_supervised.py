@@ -64,8 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import DEFAULT_BCCD, HERE, csv, dataset_or_skip, finite, machine, resolve  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, <= 90 min: 9 cells x (T + 3 S) + 3 x 5 S ablation steps = 9 T + 42 S steps
-    "cpu": dict(image_size=320, batch_size=8, teacher_steps=200, student_steps=150, val_every=25,
+    # 2 CPU cores, <= 90 min: 9 cells x (T + 3 S) + 3 x 5 S ablation steps = 9 T + 42 S steps.
+    # S = 450, not 150: at 150 steps teacher continued (the fair baseline) was itself undertrained,
+    # 3.0-4.1 points below its 450-step self at every fraction (2026-12-02; ~75 min on 2 shards here)
+    "cpu": dict(image_size=320, batch_size=8, teacher_steps=200, student_steps=450, val_every=25,
                 fractions="0.1,0.25,0.5", seeds="0,1,2", model="fcos_lite", detector_options="{}",
                 ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1", tsoda_threshold="auto"),
     "gpu": dict(image_size=480, batch_size=8, teacher_steps=1000, student_steps=1000, val_every=100,
