@@ -46,16 +46,6 @@ if TYPE_CHECKING:
 
 BATCH_FILE = "batch.json"
 QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
-# formats with one label file per image: (subfolder of the batch, suffix) of that file
-PER_IMAGE_LABELS = {"voc": ("", ".xml"), "yolo": ("labels", ".txt")}
-
-
-def _label_file(out: Path, fmt: str, name: str) -> Path | None:
-    """The file a per-image format keeps the boxes of batch image `name` in; None for one-file formats."""
-    if fmt not in PER_IMAGE_LABELS:
-        return None
-    sub, suffix = PER_IMAGE_LABELS[fmt]
-    return out / sub / PurePosixPath(name).with_suffix(suffix)
 
 
 def _fingerprint(path: Path) -> list:
@@ -199,7 +189,7 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     formats.dump(fmt, items, names, out, images_root=out)
     empty_files = {}  # an empty file nobody saves again is no answer (see the module docstring)
     for name, ann in pre.items():
-        path = _label_file(out, fmt, name)
+        path = formats.label_file(fmt, out, name)
         if len(ann) == 0 and path is not None and path.is_file():
             empty_files[name] = [path.relative_to(out).as_posix(), *_fingerprint(path)]
     if fmt == "labelstudio":

@@ -276,6 +276,21 @@ def load(fmt: str | None, source: str | Path, images_root: str | Path | None = N
     raise FormatError(source, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
 
 
+def label_file(fmt: str, out: str | Path, image: str) -> Path | None:
+    """The file `dump` writes the boxes of `image` to, for formats with one file per image (VOC,
+    YOLO); None for the formats that hold every image in one file."""
+    fmt, out = fmt.lower(), Path(out)
+    if fmt == "voc":
+        from boxloop.formats.voc import voc_label_file
+
+        return voc_label_file(out, image)
+    if fmt == "yolo":
+        from boxloop.formats.yolo import yolo_label_file
+
+        return yolo_label_file(out, image)
+    return None
+
+
 def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], out: str | Path,
          images_root: str | Path | None = None) -> Path | list[Path]:
     """Write annotations in `fmt`. `out` is a folder (VOC, YOLO; COCO writes out/annotations.json

@@ -372,6 +372,11 @@ def annotation_to_xml(ann: Annotation, folder: str = "") -> StdET.Element:
     return root
 
 
+def voc_label_file(out_dir: Path, image: str) -> Path:
+    """Where `dump_voc` writes the XML of `image` (a path relative to out_dir)."""
+    return out_dir / PurePosixPath(safe_relative(image, out_dir, "image path")).with_suffix(".xml")
+
+
 def dump_voc(annotations: Iterable[Annotation], out_dir: str | Path,
              images_root: str | Path | None = None) -> list[Path]:
     """Write one XML per image, at the image's relative path with .xml (sub/a.jpg -> out/sub/a.xml).
@@ -384,8 +389,7 @@ def dump_voc(annotations: Iterable[Annotation], out_dir: str | Path,
     written: dict[Path, str] = {}
     plan: list[tuple[Path, Annotation]] = []
     for ann in annotations:
-        rel = safe_relative(ann.image, out_dir, "image path")
-        target = out_dir / PurePosixPath(rel).with_suffix(".xml")
+        target = voc_label_file(out_dir, ann.image)
         if target in written:
             raise FormatError(target, f"{written[target]} and {ann.image} would share this file",
                               "rename one of the images; VOC names annotation files after the image stem")

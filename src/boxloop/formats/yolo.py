@@ -204,6 +204,11 @@ def _fmt(v: float) -> str:
     return f"{v:.6f}"
 
 
+def yolo_label_file(out_dir: Path, image: str) -> Path:
+    """Where `dump_yolo` writes the label file of `image` (a path relative to out_dir)."""
+    return out_dir / "labels" / PurePosixPath(safe_relative(image, out_dir, "image path")).with_suffix(".txt")
+
+
 def dump_yolo(annotations: Iterable[Annotation], classes: Sequence[str], out_dir: str | Path,
               scores: bool = False) -> Path:
     """Write out_dir/labels/<image stem>.txt (6 decimals), out_dir/classes.txt and out_dir/data.yaml.
@@ -224,11 +229,9 @@ def dump_yolo(annotations: Iterable[Annotation], classes: Sequence[str], out_dir
             if name not in ids:
                 unknown.setdefault(name, []).append(ann.image)
     check_classes(unknown, classes, out_dir)
-    labels_dir = out_dir / "labels"
     targets: dict[Path, str] = {}
     for ann in anns:
-        rel = safe_relative(ann.image, out_dir, "image path")
-        t = labels_dir / PurePosixPath(rel).with_suffix(".txt")
+        t = yolo_label_file(out_dir, ann.image)
         if t in targets:
             raise FormatError(t, f"{targets[t]} and {ann.image} would share this file", "rename one of the images")
         targets[t] = ann.image
