@@ -23,6 +23,10 @@ step-based schedule (T teacher steps, S further steps for every method that cont
                        puts it above teacher continued, else teacher continued)
                        (with ignore regions IG: the teacher's unaccepted boxes weigh 0; and a labelled
                        share LS of 0.5 in its batches; see semi.py)
+    oracle             at 10%: the student's recipe (same steps, labelled share, augmentation) with the
+                       withheld labels of every unlabelled image instead of pseudo-labels: what perfect
+                       pseudo-labels could give on this schedule, the ceiling of any gain over teacher
+                       continued (not a method: it reads the labels a user does not have)
     ablations          at 10%: the student without CA, without RE, without DT (CertaintySSOD Table 5),
                        without IG (the unaccepted objects train as background), without LS (the
                        plain union of labelled and pseudo-labelled images)
@@ -69,16 +73,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3.0-4.1 points below its 450-step self at every fraction (2026-12-02; ~75 min on 2 shards here)
     "cpu": dict(image_size=320, batch_size=8, teacher_steps=200, student_steps=450, val_every=25,
                 fractions="0.1,0.25,0.5", seeds="0,1,2", model="fcos_lite", detector_options="{}",
-                ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1", tsoda_threshold="auto"),
+                ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1", tsoda_threshold="auto", oracle_fractions="0.1"),
     "gpu": dict(image_size=480, batch_size=8, teacher_steps=1000, student_steps=1000, val_every=100,
                 fractions="0.1,0.25,0.5", seeds="0,1,2", model="fcos_lite", detector_options="{}",
-                ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1,0.25,0.5", tsoda_threshold="auto"),
+                ablations="CA,RE,DT,IG,LS", ablation_fractions="0.1,0.25,0.5", tsoda_threshold="auto",
+                oracle_fractions="0.1,0.25,0.5"),
     # a smoke run of every path: a weak teacher, so tau and the lower clip are low enough for some
     # pseudo-labels to pass (the numbers mean nothing)
     "synthetic": dict(image_size=96, batch_size=8, teacher_steps=80, student_steps=40, val_every=20, lr=0.005,
                       fractions="0.25,0.5", seeds="0", model="fcos_lite", threads=1,
                       detector_options='{"channels": 32, "head_convs": 1}', ablations="CA,RE,DT",
-                      ablation_fractions="0.25", tsoda_threshold="auto", tau=0.15, clip_low=0.05),
+                      ablation_fractions="0.25", tsoda_threshold="auto", tau=0.15, clip_low=0.05,
+                      oracle_fractions="0.25"),
 }
 for _p in PRESETS.values():
     _p.setdefault("tau", 0.7)
@@ -124,9 +130,14 @@ def has_ablations(args, fraction: float) -> bool:
     return bool(csv(args.ablations)) and any(abs(fraction - float(f)) < 1e-9 for f in csv(args.ablation_fractions))
 
 
+def has_oracle(args, fraction: float) -> bool:
+    return any(abs(fraction - float(f)) < 1e-9 for f in csv(args.oracle_fractions))
+
+
 def planned_steps(args, fraction: float) -> int:
-    """Training steps of one cell: teacher, teacher continued, student, tsoda's iteration 2, ablations."""
-    return args.teacher_steps + 3 * args.student_steps + (
+    """Training steps of one cell: teacher, teacher continued, student, tsoda's iteration 2, ablations,
+    the oracle."""
+    return args.teacher_steps + (3 + has_oracle(args, fraction)) * args.student_steps + (
         len(csv(args.ablations)) * args.student_steps if has_ablations(args, fraction) else 0)
 
 
@@ -314,6 +325,22 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
           f"student {f((ca['student'] or {}).get('map50'))} kept {f(ca['kept']['map50'])}; pseudo "
           f"{ca['pseudo']['boxes']} boxes P {f(ca['pseudo']['precision'])} R {f(ca['pseudo']['recall'])}", flush=True)
     print(f"  {ca['result']['message']}", flush=True)
+    def oracle_run() -> dict[str, Any]:
+        from boxloop.data import Sample
+        from boxloop.semi import student_samples, student_train_config
+
+        root = project.image_root
+        truthful = [Sample(root / k, withheld[k], key=k) for k in unlabelled if withheld[k] is not None]
+        det, _, _ = load_detector(teacher_path, expect_classes=classes, device=args.device)
+        r = fit(det, student_samples(train, truthful, semi_config(args).labelled_share), val, classes,
+                student_train_config(tc, args.student_steps, len(train)), cell / "oracle", progress=args.progress)
+        return {"steps": r.total_steps, "val_map50": r.best_map50, "images": len(truthful),
+                "test": test_summary(project, r.best_checkpoint, args, rare)}
+
+    if has_oracle(args, fraction):
+        out["oracle"] = cached(cell / "oracle.json", oracle_run)
+        print(f"  oracle (the student's recipe with the withheld labels): {f(out['oracle']['test']['map50'])}",
+              flush=True)
     out["fixed_vs_dynamic"] = cached(cell / "fixed_vs_dynamic.json", lambda: fixed_vs_dynamic(
         pool(), withheld, classes, args, memo["certainty"] and semi_config(args).certainty))
     if has_ablations(args, fraction):
@@ -361,7 +388,8 @@ def cached_cell(args, seed: int, fraction: float) -> dict[str, Any] | None:
     after sharded runs without opening the projects."""
     cell = args.workdir / f"seed{seed}" / f"frac{fraction:g}"
     need = ["teacher", "certainty", "fixed_vs_dynamic", "tsoda"] + (
-        [f"ablation_{n}" for n in csv(args.ablations)] if has_ablations(args, fraction) else [])
+        [f"ablation_{n}" for n in csv(args.ablations)] if has_ablations(args, fraction) else []) + (
+        ["oracle"] if has_oracle(args, fraction) else [])
     if not all((cell / f"{n}.json").exists() for n in need):
         return None
     load = lambda n: json.loads((cell / f"{n}.json").read_text())  # noqa: E731
@@ -370,6 +398,8 @@ def cached_cell(args, seed: int, fraction: float) -> dict[str, Any] | None:
            "certainty": ca, "fixed_vs_dynamic": load("fixed_vs_dynamic"), "tsoda": load("tsoda")}
     if has_ablations(args, fraction):
         out["ablations"] = {n: load(f"ablation_{n}") for n in csv(args.ablations)}
+    if has_oracle(args, fraction):
+        out["oracle"] = load("oracle")
     return out
 
 
@@ -381,6 +411,8 @@ METHODS: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = [
     ("tsoda", lambda c: (c["tsoda"]["test"], c["tsoda"]["pseudo"])),
     ("certainty CA+RE+DT (student)", lambda c: (c["certainty"]["student"], c["certainty"]["pseudo"])),
     ("certainty CA+RE+DT (kept by the guard)", lambda c: (c["certainty"]["kept"], c["certainty"]["pseudo"])),
+    ("oracle: the student's recipe with the withheld labels (ceiling)",
+     lambda c: (c["oracle"]["test"], None) if "oracle" in c else (None, None)),
 ]
 METRICS = [("mAP50", "map50"), ("AP", "coco_ap"), ("AP75", "ap75"), ("rare AP50", "rare_ap50")]
 
@@ -580,7 +612,7 @@ def estimate(spec, args) -> dict[str, Any]:
     for frac, seed in cells_of(args):
         lab = max(2, round(frac * trainval))
         n_val, n_unl = max(1, round(0.2 * lab)), trainval - lab
-        runs = 4 + (len(csv(args.ablations)) if has_ablations(args, frac) else 0)  # trainings of the cell
+        runs = 4 + (len(csv(args.ablations)) if has_ablations(args, frac) else 0) + has_oracle(args, frac)  # trainings
         cost = {}
         for j, which in enumerate(("cpu", "wall")):
             steps = (args.teacher_steps * out["train"][j]
@@ -630,6 +662,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--gamma2", type=float, default=0.6)
     ap.add_argument("--ablations", default=None, help="subset of CA,RE,DT,none ('' for none)")
     ap.add_argument("--ablation-fractions", default=None)
+    ap.add_argument("--oracle-fractions", default=None, help="where to train the oracle ceiling ('' for nowhere)")
     ap.add_argument("--tsoda-threshold", default=None, help="a number in (0, 1) or auto")
     ap.add_argument("--shard", default=None, help="i/n: run the i-th of n balanced shares of the cells")
     ap.add_argument("--estimate", action="store_true", help="time a few steps and predict the run's time; train nothing")
