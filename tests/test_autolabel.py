@@ -108,8 +108,12 @@ def test_run_auto_labels_until_the_pool_is_empty(full_run):
     for r in rows:
         assert set(ROW_FIELDS) <= set(r)
     assert [r["steps"] for r in rows] == [min(20 + 10 * i, 30) for i in range(len(rows))]
-    # every iteration labelled something (else the run stops), and the counts add up
-    assert all(r["images_auto_labelled"] > 0 for r in rows)
+    # every iteration labelled something (else the run stops), but the last one: it trained on what the
+    # one before it labelled, when that emptied the pool, and found nothing left to label
+    assert all(r["images_auto_labelled"] > 0 for r in rows[:-1])
+    assert len(rows) >= 2 and rows[-2]["remaining_unlabelled"] == 0
+    assert rows[-1]["images_auto_labelled"] == 0 and rows[-1]["steps"] > 0 and rows[-1]["train_images"] == (
+        rows[-2]["train_images"] + rows[-2]["auto_labelled_train"])
     assert np.cumsum([r["images_auto_labelled"] for r in rows]).tolist() == [r["total_auto_labelled"] for r in rows]
     assert [r["remaining_unlabelled"] for r in rows] == [n_pool - r["total_auto_labelled"] for r in rows]
     assert rows[-1]["remaining_unlabelled"] == 0 and autolabel_pool(project) == []

@@ -13,7 +13,10 @@ Each iteration i = 1, 2, ...:
               (score and loc_quality kept in the provenance columns, weight 1); the new images are split
               train/test [80/20]; the iteration's row is recorded
 
-until the iteration limit, an empty pool, or an iteration that labels nothing new.
+until the iteration limit, an empty pool, or an iteration that labels nothing new. An iteration
+that empties the pool is followed by one more that trains on what it labelled (and labels nothing):
+without it the last auto-labels, often all of them when a good model labels the whole pool at once,
+would never train a model.
 
 The threshold: a number, or "auto": each iteration's model predicts the human validation images,
 its detections are matched to their labels (evaluate.voc_matches), and the lowest threshold (0.01
@@ -145,7 +148,8 @@ def autolabel(project: Project, config: AutolabelConfig | None = None, progress:
             if state.get("stopped") == "no_new_labels":  # the same settings would label nothing again
                 log.info("%s: auto-labelling already stopped: an iteration labelled nothing new", project.dir)
                 break
-            if state["phase"] == "train" and not state["pending"] and not autolabel_pool(project):
+            if state["phase"] == "train" and not state["pending"] and not autolabel_pool(project) \
+                    and not _labelled_untrained(project, i):
                 if state.get("stopped") != "pool_empty":
                     state["stopped"] = "pool_empty"
                     project.set_metric(METRICS_ROUND, STATE_KEY, state)
@@ -326,7 +330,9 @@ def _label(project: Project, cfg: AutolabelConfig, i: int, pending: dict[str, An
         rows = [r for r in _rows(project) if r["iteration"] != i] + [row]
         project.set_metric(METRICS_ROUND, ROWS_KEY, rows)
         stopped = None
-        if not new:
+        if not pool:  # the training-only iteration after the pool emptied
+            stopped = "pool_empty"
+        elif not new:
             stopped = "no_new_labels"
         elif remaining == 0:
             stopped = "pool_empty"
@@ -334,6 +340,12 @@ def _label(project: Project, cfg: AutolabelConfig, i: int, pending: dict[str, An
         project.set_metric(METRICS_ROUND, STATE_KEY, nxt)
     _write_json(project, nxt, rows)
     return nxt
+
+
+def _labelled_untrained(project: Project, i: int) -> bool:
+    """Did iteration i-1 auto-label images that no iteration has trained on yet?"""
+    last = next((r for r in _rows(project) if r["iteration"] == i - 1), None)
+    return bool(last and last["images_auto_labelled"] > 0)
 
 
 def validation_table(project: Project, det: Any, cfg: Mapping[str, Any]) -> np.ndarray | None:
