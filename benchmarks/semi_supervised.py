@@ -139,7 +139,8 @@ def has_oracle(args, fraction: float) -> bool:
 def planned_steps(args, fraction: float) -> int:
     """Training steps of one cell: teacher, teacher continued, student, tsoda's iteration 2, ablations,
     the oracle."""
-    return args.teacher_steps + (3 + has_oracle(args, fraction)) * args.student_steps + (
+    methods = 2 + (args.tsoda_threshold != "off") + has_oracle(args, fraction)
+    return args.teacher_steps + methods * args.student_steps + (
         len(csv(args.ablations)) * args.student_steps if has_ablations(args, fraction) else 0)
 
 
@@ -375,6 +376,9 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
         tp.close()
         return row
 
+    if args.tsoda_threshold == "off":
+        project.close()
+        return out
     out["tsoda"] = cached(cell / "tsoda.json", tsoda_run)
     it = out["tsoda"]["iterations"][0]
     print(f"  tsoda: threshold {it.get('threshold')} ({it.get('threshold_rule')}), {it['images_auto_labelled']} "
@@ -389,7 +393,7 @@ def cached_cell(args, seed: int, fraction: float) -> dict[str, Any] | None:
     """A cell from its cached JSON files only (None when a step is missing): for printing the tables
     after sharded runs without opening the projects."""
     cell = args.workdir / f"seed{seed}" / f"frac{fraction:g}"
-    need = ["teacher", "certainty", "fixed_vs_dynamic", "tsoda"] + (
+    need = ["teacher", "certainty", "fixed_vs_dynamic"] + (["tsoda"] if args.tsoda_threshold != "off" else []) + (
         [f"ablation_{n}" for n in csv(args.ablations)] if has_ablations(args, fraction) else []) + (
         ["oracle"] if has_oracle(args, fraction) else [])
     if not all((cell / f"{n}.json").exists() for n in need):
@@ -397,7 +401,9 @@ def cached_cell(args, seed: int, fraction: float) -> dict[str, Any] | None:
     load = lambda n: json.loads((cell / f"{n}.json").read_text())  # noqa: E731
     ca = load("certainty")
     out = {"seed": seed, "fraction": fraction, "teacher": load("teacher"), "continued": ca.pop("continued"),
-           "certainty": ca, "fixed_vs_dynamic": load("fixed_vs_dynamic"), "tsoda": load("tsoda")}
+           "certainty": ca, "fixed_vs_dynamic": load("fixed_vs_dynamic")}
+    if "tsoda" in need:
+        out["tsoda"] = load("tsoda")
     if has_ablations(args, fraction):
         out["ablations"] = {n: load(f"ablation_{n}") for n in csv(args.ablations)}
     if has_oracle(args, fraction):
@@ -410,7 +416,7 @@ def cached_cell(args, seed: int, fraction: float) -> dict[str, Any] | None:
 METHODS: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = [
     ("teacher", lambda c: (c["teacher"]["test"], None)),
     ("teacher continued", lambda c: (c["continued"], None)),
-    ("tsoda", lambda c: (c["tsoda"]["test"], c["tsoda"]["pseudo"])),
+    ("tsoda", lambda c: (c["tsoda"]["test"], c["tsoda"]["pseudo"]) if "tsoda" in c else (None, None)),
     ("certainty CA+RE+DT (student)", lambda c: (c["certainty"]["student"], c["certainty"]["pseudo"])),
     ("certainty CA+RE+DT (kept by the guard)", lambda c: (c["certainty"]["kept"], c["certainty"]["pseudo"])),
     ("oracle: the student's recipe with the withheld labels (ceiling)",
@@ -478,6 +484,8 @@ def paired(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "student_minus_continued": [s - b for s, b in zip(stud, cont)],
                     "kept_minus_continued": [k - b for k, b in zip(kept, cont)],
                     "continued_minus_teacher": [b - c["teacher"]["test"]["map50"] for b, c in zip(cont, group)],
+                    "oracle_minus_continued": [c["oracle"]["test"]["map50"] - b for b, c in zip(cont, group)
+                                               if "oracle" in c],
                     "chosen": ["student" if c["certainty"]["result"]["chosen"] == "semi" else "continued"
                                for c in group]})
     return out
@@ -486,15 +494,31 @@ def paired(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def format_paired(rows: Sequence[Mapping[str, Any]]) -> str:
     pts = lambda v: ", ".join(f"{100 * x:+.1f}" for x in v)  # noqa: E731
     return _markdown(["labelled", "student - continued (per seed)", "mean ± std", "kept - continued", "guard kept",
-                      "continued - teacher"],
+                      "continued - teacher", "oracle - continued (the ceiling)"],
                      [[f"{100 * r['fraction']:g}%", pts(r["student_minus_continued"]),
                        _ms(r["student_minus_continued"]), pts(r["kept_minus_continued"]), ", ".join(r["chosen"]),
-                       _ms(r["continued_minus_teacher"])] for r in rows])
+                       _ms(r["continued_minus_teacher"]),
+                       f"{pts(r['oracle_minus_continued'])} ({_ms(r['oracle_minus_continued'])})"
+                       if r["oracle_minus_continued"] else "-"] for r in rows])
+
+
+def compare_rare(v: Mapping[str, Any]) -> tuple[str, str]:
+    """(precision verdict, trade) of one class's dynamic against fixed row: "yes" / "tie" / "NO" for
+    more precise; "dominates" when the dynamic threshold has no less precision and more recall (or no
+    less recall and more precision), "trades" when one is higher and the other lower."""
+    dp, dr, fp, fr = v["dynamic_precision"], v["dynamic_recall"], v["fixed_precision"], v["fixed_recall"]
+    if dp is None or fp is None:
+        return "-", "-"
+    precise = "tie" if abs(dp - fp) < 1e-9 else ("yes" if dp > fp else "NO")
+    p, r = np.sign(round(dp - fp, 9)), np.sign(round((dr or 0) - (fr or 0), 9))
+    trade = ("equal" if p == r == 0 else "dominates" if min(p, r) >= 0 else "dominated" if max(p, r) <= 0
+             else "trades")
+    return precise, trade
 
 
 def format_fixed_vs_dynamic(cells: Sequence[Mapping[str, Any]], rare: Sequence[str]) -> str:
     head = ["labelled", "seed", "class", "tau_m", "dynamic P", "dynamic R", "fixed t", "fixed P", "fixed R",
-            "dynamic more precise"]
+            "dynamic more precise", "dynamic vs fixed"]
     f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     body = []
     for c in cells:
@@ -503,7 +527,7 @@ def format_fixed_vs_dynamic(cells: Sequence[Mapping[str, Any]], rare: Sequence[s
             body.append([f"{100 * c['fraction']:g}%", str(c["seed"]), name + (" (rare)" if name in rare else ""),
                          f(v["tau_m"]), f(v["dynamic_precision"]), f(v["dynamic_recall"]),
                          f(fvd["fixed_threshold_at_equal_recall"]), f(v["fixed_precision"]), f(v["fixed_recall"]),
-                         {True: "yes", False: "NO", None: "-"}[v["dynamic_more_precise"]]])
+                         *compare_rare(v)])
     return _markdown(head, body)
 
 
@@ -536,6 +560,8 @@ def check_targets(cells: Sequence[Mapping[str, Any]], seeds: int, rare: Sequence
                 if n in rare and v["dynamic_more_precise"] is not None]
     out["dynamic_rare_precision_met"] = bool(verdicts) and all(verdicts)
     out["dynamic_rare_precision_cases"] = f"{sum(verdicts)}/{len(verdicts)} (seed, fraction, rare class) cases"
+    trades = [compare_rare(v) for c in cells for n, v in c["fixed_vs_dynamic"]["per_class"].items() if n in rare]
+    out["dynamic_rare_verdicts"] = {f"{k} {t}": sum(1 for x in trades if x == (k, t)) for k, t in sorted(set(trades))}
     return out
 
 
@@ -559,7 +585,8 @@ def describe(check: Mapping[str, Any]) -> str:
                      + " (" + ", ".join(f"{100 * float(k):g}%: kept {100 * (v['kept'] - v['teacher_continued']):+.1f}"
                                         for k, v in pf.items() if abs(float(k) - 0.1) > 1e-9) + ")")
     lines.append(f"  dynamic vs fixed threshold at equal recall, rare classes more precise: "
-                 f"{yes(check['dynamic_rare_precision_met'])} ({check['dynamic_rare_precision_cases']})")
+                 f"{yes(check['dynamic_rare_precision_met'])} ({check['dynamic_rare_precision_cases']}; more "
+                 "precise / trade-off: " + ", ".join(f"{k}: {n}" for k, n in check["dynamic_rare_verdicts"].items()) + ")")
     return "\n".join(lines)
 
 
@@ -619,7 +646,7 @@ def estimate(spec, args) -> dict[str, Any]:
         for j, which in enumerate(("cpu", "wall")):
             steps = (args.teacher_steps * out["train"][j]
                      + args.student_steps * (2 + (runs - 4)) * out["strong"][j]  # continued, student, ablations
-                     + args.student_steps * out["train"][j])  # tsoda's iteration 2
+                     + (args.tsoda_threshold != "off") * args.student_steps * out["train"][j])  # tsoda's 2nd
             n_eval = runs * (max(args.teacher_steps, args.student_steps) // args.val_every + 1)
             evals = n_eval * n_val * out["predict"][j]
             # last.pt at every epoch end (an epoch of the labelled images only, at worst) and evaluation,
@@ -665,7 +692,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--ablations", default=None, help="subset of CA,RE,DT,none ('' for none)")
     ap.add_argument("--ablation-fractions", default=None)
     ap.add_argument("--oracle-fractions", default=None, help="where to train the oracle ceiling ('' for nowhere)")
-    ap.add_argument("--tsoda-threshold", default=None, help="a number in (0, 1) or auto")
+    ap.add_argument("--tsoda-threshold", default=None, help="a number in (0, 1), auto, or off (no TSODA)")
     ap.add_argument("--shard", default=None, help="i/n: run the i-th of n balanced shares of the cells")
     ap.add_argument("--estimate", action="store_true", help="time a few steps and predict the run's time; train nothing")
     ap.add_argument("--estimate-steps", type=int, default=4)
