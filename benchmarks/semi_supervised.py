@@ -34,14 +34,14 @@ step-based schedule (T teacher steps, S further steps for every method that cont
 Measured: test mAP50 (VOC), COCO AP, AP75, rare-class AP50 (WBC, Platelets); precision / recall of
 the accepted pseudo-labels against the withheld labels (CertaintySSOD Fig. 3); per seed, student minus
 teacher continued (AL_NOTES: report paired differences), also between the models of the last step
-(best.pt is chosen on the validation images, 6 at 10%: that choice alone moves test mAP50 by points). Dynamic against fixed threshold at equal
-recall, on the teacher's weak-view predictions: the class-wise thresholds tau_m (DT) against ONE
-threshold on the same certainty p*v, chosen so that the overall recall is the same (the highest
-fixed threshold whose recall reaches the dynamic recall): per class, which is more precise, the
-target being the rare classes. (At equal recall per class, two thresholds on the same score accept
+(best.pt is chosen on the validation images, 6 at 10%: that choice alone moves test mAP50 by points).
+Dynamic against fixed threshold at equal recall, on the teacher's weak-view predictions: the
+class-wise thresholds tau_m (DT) against ONE threshold on the same certainty p*v, chosen so that the
+overall recall is the same (the highest fixed threshold whose recall reaches the dynamic recall): per
+class, which is more precise (and whether one dominates the other), the target being the rare classes. (At equal recall per class, two thresholds on the same score accept
 the same boxes; the comparison is only meaningful at equal overall recall.)
 
-Resumes: each finished step (teacher, certainty, ablation, tsoda, threshold comparison) of each
+Resumes: each finished step (teacher, certainty, oracle, last step, ablation, tsoda, thresholds) of each
 (seed, fraction) is cached as JSON in WORKDIR, and training inside a step resumes from its last
 checkpoint, so re-running the same command continues. `--shard i/n` runs every n-th cell (planned
 cost balanced); any run finding every cell cached prints the tables and writes the JSON.
@@ -69,7 +69,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import DEFAULT_BCCD, HERE, csv, dataset_or_skip, finite, machine, resolve  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CPU cores, <= 90 min: 9 cells x (T + 3 S) + 3 x (3 ablations + the oracle) S = 48 x 450 steps.
+    # 9 cells x (T + 3 S) + 3 x (3 ablations + the oracle) S = 48 x 450 steps: 218 job-minutes, ~109 min
+    # on 2 cores at 1 thread a shard (2026-12-02, Intel Xeon), over the 90 min (it resumes).
     # S = 450, not 150: at 150 steps teacher continued (the fair baseline) was itself undertrained,
     # 3.0-4.1 points below its 450-step self at every fraction. T = 450, not 200: the 200-step teacher
     # was still learning (val mAP50 rising at its last step), and its pseudo-labels had a third of the
@@ -329,6 +330,7 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
           f"student {f((ca['student'] or {}).get('map50'))} kept {f(ca['kept']['map50'])}; pseudo "
           f"{ca['pseudo']['boxes']} boxes P {f(ca['pseudo']['precision'])} R {f(ca['pseudo']['recall'])}", flush=True)
     print(f"  {ca['result']['message']}", flush=True)
+
     def oracle_run() -> dict[str, Any]:
         from boxloop.data import Sample
         from boxloop.semi import student_samples, student_train_config
@@ -345,6 +347,7 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
         out["oracle"] = cached(cell / "oracle.json", oracle_run)
         print(f"  oracle (the student's recipe with the withheld labels): {f(out['oracle']['test']['map50'])}",
               flush=True)
+
     def last_run() -> dict[str, Any]:  # the models at their last step: no choice on the few validation images
         dirs = {"continued": cell / "continued", "student": cell / "certainty" / "student", "oracle": cell / "oracle"}
         return {k: test_summary(project, d / "last.pt", args, rare) for k, d in dirs.items() if (d / "last.pt").exists()}
@@ -662,7 +665,7 @@ def estimate(spec, args) -> dict[str, Any]:
         cost = {}
         for j, which in enumerate(("cpu", "wall")):
             steps = (args.teacher_steps * out["train"][j]
-                     + args.student_steps * (2 + (runs - 4)) * out["strong"][j]  # continued, student, ablations
+                     + args.student_steps * (2 + (runs - 4)) * out["strong"][j]  # continued, student, ablations, oracle
                      + (args.tsoda_threshold != "off") * args.student_steps * out["train"][j])  # tsoda's 2nd
             n_eval = runs * (max(args.teacher_steps, args.student_steps) // args.val_every + 1)
             evals = n_eval * n_val * out["predict"][j]
