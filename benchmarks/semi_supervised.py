@@ -45,7 +45,8 @@ Resumes: each finished step (teacher, certainty, oracle, last step, ablation, ts
 (seed, fraction) is cached as JSON in WORKDIR, and training inside a step resumes from its last
 checkpoint, so re-running the same command continues. `--shard i/n` runs every n-th cell (planned
 cost balanced); any run finding every cell cached prints the tables and writes the JSON.
-Writes benchmarks/results/semi_supervised.json (or --json). BCCD absent: says so, exits 0.
+Writes benchmarks/results/semi_supervised.json (or --json) and beside it a .png of the per-seed
+differences to teacher continued. BCCD absent: says so, exits 0.
 
 Written here: the experiment layout, the threshold comparison, the tables, the target checks and
 the time estimate. boxloop does the rest (simulate.withhold, train.fit, semi.fit_semi /
@@ -534,6 +535,38 @@ def format_paired(rows: Sequence[Mapping[str, Any]]) -> str:
                       for r in rows])
 
 
+def paired_figure(cells: Sequence[Mapping[str, Any]], pairs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """One panel per labelled fraction: every method minus teacher continued, one dot per seed and a
+    bar at the mean, with the 0 line and the issue's +3 target: the spread a mean +-std hides."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * len(pairs), 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(pairs), sharey=True, squeeze=False)[0]
+    for ax, r in zip(axes, pairs):
+        group = sorted((c for c in cells if c["fraction"] == r["fraction"]), key=lambda c: c["seed"])
+        tsoda = [c["tsoda"]["test"]["map50"] - c["continued"]["map50"] for c in group if "tsoda" in c]
+        series = {"student": r["student_minus_continued"], "kept": r["kept_minus_continued"], "TSODA": tsoda,
+                  "oracle": r["oracle_minus_continued"], "student\n(last)": r["last_student_minus_continued"],
+                  "oracle\n(last)": r["last_oracle_minus_continued"]}
+        series = {k: v for k, v in series.items() if v}
+        for i, (name, vals) in enumerate(series.items()):
+            pts = 100 * np.asarray(vals, float)
+            ax.bar(i, pts.mean(), width=0.6, color="tab:gray" if "oracle" in name else "tab:blue", alpha=0.35)
+            ax.plot(np.full(len(pts), i) + np.linspace(-0.12, 0.12, len(pts)), pts, "o", color="black", ms=3.5)
+        ax.axhline(0, color="black", linewidth=0.8)
+        if abs(r["fraction"] - 0.1) < 1e-9:
+            ax.axhline(100 * TARGET_GAIN_AT_10, color="tab:red", linestyle="--", linewidth=0.8, label="+3 target")
+            ax.legend(fontsize=8, loc="lower left")
+        ax.set_xticks(range(len(series)), list(series), fontsize=8)
+        ax.set_title(f"{100 * r['fraction']:g}% labelled")
+    axes[0].set_ylabel("test mAP50 minus teacher continued (points)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def compare_rare(v: Mapping[str, Any]) -> tuple[str, str]:
     """(precision verdict, trade) of one class's dynamic against fixed row: "yes" / "tie" / "NO" for
     more precise; "dominates" when the dynamic threshold has no less precision and more recall (or no
@@ -806,7 +839,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(finite(report), indent=1, allow_nan=False, default=str))
-    print(f"\nsum of the steps' times {secs / 60:.1f} min; wrote {args.json}")
+    png = paired_figure(cells, pairs, args.json.with_suffix(".png"))  # type: ignore[arg-type]
+    print(f"\nsum of the steps' times {secs / 60:.1f} min; wrote {args.json} and {png}")
     return 0
 
 
