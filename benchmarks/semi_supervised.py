@@ -70,8 +70,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency import DEFAULT_BCCD, HERE, csv, dataset_or_skip, finite, machine, resolve  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 9 cells x (T + 3 S) + 3 x (3 ablations + the oracle) S = 48 x 350 steps. T = S = 450 cost 218
-    # job-minutes (2026-12-02, Intel Xeon), ~109 min on 2 cores at 1 thread a shard, over the issue's 90;
+    # 9 cells x (T + 3 S) + 3 x (3 ablations + the oracle) S = 48 x 350 steps: 76 min of wall time from
+    # an empty workdir on 2 cores at 1 thread a shard (2026-12-02, Intel Xeon; 152 job-minutes). T = S =
+    # 450 cost 218 job-minutes, ~109 min, over the issue's 90.
     # 350: the validation mAP50 of teacher continued (mean of 3 seeds at 10/25/50%) was 0.855/0.828/0.876
     # at step 350 of 450 and 0.841/0.837/0.876 at 450, and the teachers' peaked by step 300-350.
     # Not 150: at 150 steps teacher continued (the fair baseline) was itself undertrained, 3.0-4.1
