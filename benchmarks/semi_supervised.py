@@ -109,7 +109,7 @@ TARGET_GAIN_AT_10, GOAL_GAIN_AT_10, TARGET_PSEUDO_PRECISION = 0.03, 0.05, 0.85
 
 def train_config(args, seed: int):
     from boxloop.defaults import training_recipe
-    from boxloop.train import TrainConfig
+    from boxloop.train.config import TrainConfig
 
     optimizer, lr = training_recipe(args.model)
     return TrainConfig(steps=args.teacher_steps, batch_size=args.batch_size, image_size=args.image_size,
@@ -123,7 +123,7 @@ def detector_kwargs(args) -> dict[str, Any]:
 
 
 def semi_config(args, **off: Any):
-    from boxloop.semi import SemiConfig
+    from boxloop.semi.certainty import SemiConfig
 
     return SemiConfig(tau=args.tau, gamma1=args.gamma1, gamma2=args.gamma2, clip=(args.clip_low, 0.9),
                       student_steps=args.student_steps, **off)
@@ -169,10 +169,10 @@ def my_cells(args) -> list[tuple[float, int]]:
 
 def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
     """The project of one (seed, fraction): all trainval imported, `fraction` of it kept labelled."""
-    from boxloop.loop_config import LoopConfig
-    from boxloop.round_model import labelled_counts
+    from boxloop.loop.config import LoopConfig
+    from boxloop.loop.model import labelled_counts
     from boxloop.project import init_project
-    from boxloop.simulate import withhold
+    from boxloop.loop.simulate import withhold
     from boxloop.store import DB_NAME, Project
 
     if (pdir / DB_NAME).exists():
@@ -198,8 +198,8 @@ def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> 
     continued, and every ablation hands back the shared teacher continued)."""
     import hashlib
 
-    from boxloop.round_model import test_metrics
-    from boxloop.train import load_detector
+    from boxloop.loop.model import test_metrics
+    from boxloop.train.checkpoints import load_detector
 
     key = (str(project.dir), hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest())
     if key in _TESTED:
@@ -215,7 +215,7 @@ def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> 
 
 
 def quality(accepted: Mapping[str, Any], withheld: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    from boxloop.semi import pseudo_label_quality
+    from boxloop.semi.certainty import pseudo_label_quality
 
     q = pseudo_label_quality(accepted, withheld, classes)
     return {"precision": q["precision"], "recall": q["recall"], "tp": q["tp"], "fp": q["fp"], "fn": q["fn"],
@@ -244,7 +244,7 @@ def fixed_vs_dynamic(pool: Mapping[str, Any], withheld: Mapping[str, Any], class
     """Per class: (precision, recall) of the dynamic thresholds (DT, on p*v with CA) and of one fixed
     threshold on the same score at the same overall recall (see the module notes); also the fixed tau
     point [0.7], i.e. CertaintySSOD without DT."""
-    from boxloop.pseudo import accept_certainty, certainty_scores
+    from boxloop.semi.pseudo import accept_certainty, certainty_scores
 
     semi = semi_config(args)
     th = semi.thresholds(len(classes), certainty)
@@ -283,15 +283,17 @@ def fixed_vs_dynamic(pool: Mapping[str, Any], withheld: Mapping[str, Any], class
 
 def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -> dict[str, Any]:
     """Every method on one (seed, fraction)."""
-    from boxloop.autolabel import AutolabelConfig, autolabel
-    from boxloop.autolabel import model_dir as tsoda_dir
+    from boxloop.semi.autolabel_config import AutolabelConfig
+    from boxloop.semi.autolabel import autolabel
+    from boxloop.semi.autolabel import model_dir as tsoda_dir
     from boxloop.detectors import create_detector
-    from boxloop.round_model import training_samples
-    from boxloop.semi import fit_semi
-    from boxloop.weak_view import weak_predict
-    from boxloop.simulate import copy_project
+    from boxloop.loop.model import training_samples
+    from boxloop.semi.certainty import fit_semi
+    from boxloop.semi.weak_view import weak_predict
+    from boxloop.loop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
-    from boxloop.train import fit, load_detector
+    from boxloop.train.fit import fit
+    from boxloop.train.checkpoints import load_detector
 
     t_cell = time.perf_counter()
     cell = args.workdir / f"seed{seed}" / f"frac{fraction:g}"
@@ -346,8 +348,8 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
     print(f"  {ca['result']['message']}", flush=True)
 
     def oracle_run() -> dict[str, Any]:
-        from boxloop.data import Sample
-        from boxloop.semi import student_samples, student_train_config
+        from boxloop.train.data import Sample
+        from boxloop.semi.certainty import student_samples, student_train_config
 
         root = project.image_root
         truthful = [Sample(root / k, withheld[k], key=k) for k in unlabelled if withheld[k] is not None]
@@ -665,12 +667,12 @@ def estimate(spec, args) -> dict[str, Any]:
     load on this machine now."""
     import tempfile
 
-    from boxloop.data import Sample
+    from boxloop.train.data import Sample
     from boxloop.detectors import create_detector
-    from boxloop.inference import predict_paths
-    from boxloop.weak_view import weak_predict
-    from boxloop.simulate import load_truth
-    from boxloop.train import fit
+    from boxloop.predict.inference import predict_paths
+    from boxloop.semi.weak_view import weak_predict
+    from boxloop.loop.simulate import load_truth
+    from boxloop.train.fit import fit
 
     truth = load_truth(spec.images, spec.annotations)
     keys = sorted(k for k, a in truth.items() if a is not None and len(a))[:48]
@@ -686,7 +688,7 @@ def estimate(spec, args) -> dict[str, Any]:
             c0, t0 = time.process_time(), time.perf_counter()
             fit(det, samples, [], classes, cfg, Path(tmp) / f"w{strong}", progress=False)  # resumes at step 2
             out["strong" if strong else "train"] = ((time.process_time() - c0) / n, (time.perf_counter() - t0) / n)
-        from boxloop.train import load_checkpoint, save_checkpoint
+        from boxloop.train.checkpoints import load_checkpoint, save_checkpoint
 
         ckpt = load_checkpoint(Path(tmp) / "wTrue" / "last.pt")
         c0, t0 = time.process_time(), time.perf_counter()
@@ -806,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{est['two_shards_minutes']} min; {est['total_wall_minutes_at_this_load']} CPU-minutes at this "
               "machine's load now")
         return 0
-    from boxloop.simulate import load_truth
+    from boxloop.loop.simulate import load_truth
 
     truth = load_truth(spec.images, spec.annotations)
     t_start = time.perf_counter()
