@@ -216,3 +216,27 @@ def test_the_checks_see_what_they_forbid() -> None:
     assert _cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def _code_strings(path: Path) -> list[tuple[int, str]]:
+    """The string constants of a module's code, docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docs = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
+
+
+def test_the_loop_names_no_strategy() -> None:
+    """What a strategy needs and what stands in for it come from its registry entry, so a new strategy
+    touches only strategies/ (issue 30)."""
+    from boxloop.strategies import STRATEGIES
+
+    names = {name for registry in STRATEGIES.values() for name in registry}
+    found = [f"{p.relative_to(SRC)}:{line}: {text!r}" for p in sorted((SRC / "loop").glob("*.py"))
+             for line, text in _code_strings(p) if text in names]
+    assert not found, "strategy names in loop/ (declare the need in strategies/registry.py):\n" + "\n".join(found)

@@ -23,6 +23,11 @@ from boxloop.cli.options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, 
                                  check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
                                  unit_float)
 from boxloop.cli.output import out, print_autolabel_rows, print_metrics, print_status, warn
+from boxloop.strategies import (BOX_STRATEGIES, COLD_START_STRATEGY, DEFAULT_STRATEGY, IMAGE_STRATEGIES,
+                                INITIAL_STRATEGIES, SEED_SET_STRATEGY)
+
+# from the registry, so that a new strategy shows up here without touching the CLI
+STRATEGY_HELP = f"{', '.join(IMAGE_STRATEGIES)} (boxes: {', '.join(BOX_STRATEGIES)})."
 
 app = typer.Typer(
     name="boxloop",
@@ -264,7 +269,7 @@ def predict(
 @user_errors
 def query(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware (boxes: random, least_confidence, coreset).")] = "localization_aware",
+    strategy: Annotated[str, typer.Option(help=STRATEGY_HELP)] = DEFAULT_STRATEGY,
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
@@ -312,10 +317,10 @@ def query(
     if ahead:
         out.print(escape(ahead))
     if cold:
-        out.print("no trained model and no labelled image yet: the first batch is chosen by [bold]typical[/bold] "
+        out.print(f"no trained model and no labelled image yet: the first batch is chosen by [bold]{COLD_START_STRATEGY}[/bold] "
                   "(the most representative images of each cluster of the pretrained backbone's embedding), "
                   "not by " + escape(strategy) + "; its images come without pre-annotations")
-        strategy, unit = "typical", "images"
+        strategy, unit = COLD_START_STRATEGY, "images"
     todo = "draw the boxes there (an image saved with none is taken as holding no object)" if cold else \
         "correct the pre-annotated boxes there"
     out.print(f"[green]asked[/green] about {n} {unit} ({strategy}); batch in {escape(str(path))}\n"
@@ -355,7 +360,7 @@ def simulate(
     test_fraction: Annotated[float, typer.Option(help="Class-stratified test share when no --test-list.")] = 0.2,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "random,localization_aware",
     initial: Annotated[int, typer.Option(help="Seed set: images labelled before round 0.")] = 20,
-    initial_strategy: Annotated[str, typer.Option(help="How the seed set is chosen: random, or typical (TypiClust in the pretrained backbone's embedding).")] = "random",
+    initial_strategy: Annotated[str, typer.Option(help=f"How the seed set is chosen: {' or '.join(INITIAL_STRATEGIES)} (typical: TypiClust in the pretrained backbone's embedding).")] = SEED_SET_STRATEGY,
     budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
     rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
     seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,

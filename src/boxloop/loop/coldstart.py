@@ -32,9 +32,11 @@ def needs_cold_start(project: Project) -> bool:
 
 
 def open_select_round(project: Project, config: LoopConfig, round_id: int) -> LoopConfig:
-    """Round `round_id` set to start at `select` with `typical` (no train, evaluate or predict).
-    Returns the config the round runs with."""
-    cfg = config.with_(strategy="typical", unit="images")
+    """Round `round_id` set to start at `select` with the cold-start strategy (typical: no train,
+    evaluate or predict). Returns the config the round runs with."""
+    from boxloop.strategies import COLD_START_STRATEGY
+
+    cfg = config.with_(strategy=COLD_START_STRATEGY, unit="images")
     rnd = project.round(round_id)
     if rnd is None:
         project.start_round(cfg.to_dict(), step="select", round_id=round_id)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from boxloop.defaults import DETECTOR
 from boxloop.grouped_settings import GroupedSettings
+from boxloop.strategies import DEFAULT_STRATEGY
 
 if TYPE_CHECKING:
     from boxloop.detectors import DetectorSpec
@@ -70,7 +71,7 @@ class PredictionSettings:
 class SelectionSettings:
     """What a round asks the annotator about, and how the answers are split and shown."""
 
-    strategy: str = "localization_aware"
+    strategy: str = DEFAULT_STRATEGY
     unit: str = "images"  # images | boxes
     budget: int = 20  # per round, images or boxes
     empty_share: float = 0.0

@@ -37,12 +37,12 @@ import numpy as np
 if TYPE_CHECKING:
     from boxloop.loop.config import LoopConfig
     from boxloop.store import Project
-    from boxloop.strategies import DetectionTable
+    from boxloop.strategies import DetectionTable, Strategy
     from boxloop.structures import Selection
 
 log = logging.getLogger("boxloop.loop")
 
-__all__ = ["coreset_inputs", "labelled_image_features", "box_coreset_centres", "box_pool_is_empty", "whole_images_instead",
+__all__ = ["feature_inputs", "labelled_image_features", "box_feature_centres", "box_pool_is_empty", "whole_images_instead",
            "ranked_nothing", "note"]
 
 
@@ -51,14 +51,16 @@ def note(strategy: str, reason: str, **extra: Any) -> dict[str, Any]:
     return {"strategy": strategy, "reason": reason, **extra}
 
 
-def coreset_inputs(project: Project, round_id: int, config: LoopConfig, pool: DetectionTable
+def feature_inputs(project: Project, round_id: int, config: LoopConfig, pool: DetectionTable, strategy: Strategy
                    ) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """(strategy to run, its options, fallback record or None) for image-level coreset."""
+    """(strategy to run, its options, fallback record or None) for an image-level strategy that needs
+    detector features (coreset): the labelled images' features, else the pretrained embedding, else
+    the strategy's fallback."""
 
     pool_has = pool.features is not None and len(pool) > 0
     labelled = labelled_image_features(project, round_id, config) if pool_has else None
     if pool_has and labelled is not None:
-        return "coreset", {"labelled_features": labelled}, None
+        return strategy.name, {"labelled_features": labelled}, None
     why = ("the model kept no box on any of the %d pool images" % pool.num_images if not pool_has
            else "the model kept no box on any labelled training image (no centres in the detector's feature space)")
     try:
@@ -66,9 +68,10 @@ def coreset_inputs(project: Project, round_id: int, config: LoopConfig, pool: De
 
         feats = selection_features(project, pool.keys, config.training.device)
     except Exception as e:  # e.g. the pretrained backbone's weights are not installed
-        return "random", {}, note("random", f"{why}; the backbone embedding failed too ({e}): drawn at random")
-    return "coreset", feats, note("coreset_embedding", f"{why}: k-center on the pretrained backbone's image "
-                                                       "embedding instead, from the labelled images' embeddings")
+        return strategy.fallback, {}, note(strategy.fallback, f"{why}; the backbone embedding failed too ({e}): "
+                                                              "drawn at random")
+    return strategy.name, feats, note(f"{strategy.name}_embedding", f"{why}: k-center on the pretrained backbone's "
+                                      "image embedding instead, from the labelled images' embeddings")
 
 
 def labelled_image_features(project: Project, round_id: int, config: LoopConfig) -> np.ndarray | None:
@@ -98,9 +101,10 @@ def box_pool_is_empty(pool: DetectionTable, t_d: float, exclude: Sequence[tuple[
     return False
 
 
-def whole_images_instead(project: Project, pool: DetectionTable, config: LoopConfig, rng: np.random.Generator
-                         ) -> tuple[Selection, dict[str, Any]]:
-    """Box level with an empty box pool: random whole images, as many as the budget's boxes buy."""
+def whole_images_instead(project: Project, pool: DetectionTable, config: LoopConfig, rng: np.random.Generator,
+                         strategy: Strategy) -> tuple[Selection, dict[str, Any]]:
+    """Box level with an empty box pool: whole images by the strategy's fallback (random), as many as
+    the budget's boxes buy."""
     from boxloop.loop.model import labelled_counts
     from boxloop.strategies import select
 
@@ -108,15 +112,16 @@ def whole_images_instead(project: Project, pool: DetectionTable, config: LoopCon
     per_image = counts["human_boxes"] / max(1, counts["images_labelled"])
     t_d, budget = config.selection.t_d, config.selection.budget
     n = int(min(pool.num_images, max(1, round(budget / max(per_image, 1.0)))))
-    sel = select("random", pool, n, unit="images", rng=rng)
-    return sel, note("random_images", f"no predicted box scores >= t_d={t_d} on any of the {pool.num_images} "
+    sel = select(strategy.fallback, pool, n, unit="images", rng=rng)
+    return sel, note(f"{strategy.fallback}_images", f"no predicted box scores >= t_d={t_d} on any of the {pool.num_images} "
                                       f"pool images: {n} whole images asked instead ({budget} boxes at "
                                       f"{per_image:.1f} labelled boxes per image)", images=n)
 
 
-def box_coreset_centres(project: Project, round_id: int, config: LoopConfig, pool: DetectionTable,
-                        exclude: Sequence[tuple[Hashable, int]]) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """L_B for box-level coreset: the round model's box features on the labelled training images
+def box_feature_centres(project: Project, round_id: int, config: LoopConfig, pool: DetectionTable,
+                        exclude: Sequence[tuple[Hashable, int]], strategy: Strategy
+                        ) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """L_B for a box-level strategy that needs features (coreset): the round model's box features on the labelled training images
     (score >= t_d), and the pool's boxes that overlap a box already checked (`exclude`)."""
     from boxloop.predict.inference import predict_paths
     from boxloop.loop.model import load_round_detector
@@ -142,18 +147,18 @@ def box_coreset_centres(project: Project, round_id: int, config: LoopConfig, poo
     if feats:
         return np.concatenate(feats), None
     return np.zeros((0, dim), np.float32), note(
-        "coreset", "no labelled box has a feature (the model kept no box on the labelled images, none checked "
+        strategy.name, "no labelled box has a feature (the model kept no box on the labelled images, none checked "
                    "yet): k-center from a random first pick")
 
 
-def ranked_nothing(sel: Selection, pool: DetectionTable, strategy: str) -> dict[str, Any] | None:
-    """A score-based image strategy that could score no pool image drew its whole batch at random."""
-    from boxloop.strategies import DETECTOR_FREE
-
-    if strategy in DETECTOR_FREE or sel.info.get("phase") == "typical" or sel.unit != "images":
+def ranked_nothing(sel: Selection, pool: DetectionTable, strategy: Strategy) -> dict[str, Any] | None:
+    """A score-based image strategy that could score no pool image drew its whole batch at random
+    (its fallback). A strategy without a fallback needs no box; one whose selection does not count
+    its empty images (a hybrid in a phase that needs none) ranked no box either."""
+    if strategy.fallback is None or sel.unit != "images":
         return None
     empty = sel.info.get("empty_images")
     if empty is None or empty < pool.num_images:
         return None
-    return note("random", f"{strategy} could score none of the {pool.num_images} pool images (the model kept no box "
+    return note(strategy.fallback, f"{strategy.name} could score none of the {pool.num_images} pool images (the model kept no box "
                           "its scores count): the batch was drawn at random (seeded)")

@@ -134,28 +134,32 @@ def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[st
 
 
 def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
-    """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
+    """Choose what to ask; record it as open queries (and the per-class thresholds for reports).
+
+    What the strategy reads (predictions, features, the embedding, empty_share) and what stands in
+    when the model kept nothing it can rank come from its registry entry: no strategy is named here."""
     from boxloop.loop import fallback as fb
-    from boxloop.strategies import NEEDS_EMBEDDING, DetectionTable, select
+    from boxloop.strategies import DetectionTable, registered, select
 
     settings = config.selection
-    if settings.strategy == "typical":  # needs no prediction: the cold start has no model to make them
+    strategy = registered(settings.strategy, settings.unit)
+    if not strategy.predictions:  # e.g. the cold start's strategy: there may be no model to make them
         pool = DetectionTable.empty(keys=pool_paths(project), num_classes=project.num_classes)
     else:
         # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
-        pool = project.prediction_table(round_id, keys=pool_paths(project), features=settings.strategy == "coreset")
+        pool = project.prediction_table(round_id, keys=pool_paths(project), features=strategy.features)
     if not pool.num_images:
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
     rng = np.random.default_rng([config.training.seed, round_id])
     options: dict[str, Any] = {}
     name, fallback = settings.strategy, None  # fallback: what chose instead when the model kept no box (fallback.py)
     if settings.unit == "images":
-        if settings.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
+        if strategy.empty_share:
             options["empty_share"] = settings.empty_share
-        if settings.strategy == "coreset":
-            name, extra, fallback = fb.coreset_inputs(project, round_id, config, pool)
-            options = {**options, **extra} if name == "coreset" else {}
-        if settings.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
+        if strategy.features:
+            name, extra, fallback = fb.feature_inputs(project, round_id, config, pool, strategy)
+            options = {**options, **extra} if name == strategy.name else {}
+        if strategy.embedding:  # pooled backbone features, cached in PROJECT/cache
             from boxloop.predict.embedding import selection_features
 
             options.update(selection_features(project, pool.keys, config.training.device))
@@ -166,15 +170,15 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         options["t_d"] = settings.t_d
         options["exclude"] = _checked_exclusions(project, pool)
         if fb.box_pool_is_empty(pool, settings.t_d, options["exclude"]):
-            sel, fallback = fb.whole_images_instead(project, pool, config, rng)
+            sel, fallback = fb.whole_images_instead(project, pool, config, rng, strategy)
             items = [(k, None, None) for k in sel.items]
         else:
-            if settings.strategy == "coreset":
-                options["labelled_features"], fallback = fb.box_coreset_centres(project, round_id, config, pool,
-                                                                                options["exclude"])
+            if strategy.features:
+                options["labelled_features"], fallback = fb.box_feature_centres(project, round_id, config, pool,
+                                                                                options["exclude"], strategy)
             sel = select(settings.strategy, pool, settings.budget, unit="boxes", rng=rng, **options)
             items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
-    fallback = fallback or fb.ranked_nothing(sel, pool, settings.strategy)
+    fallback = fallback or fb.ranked_nothing(sel, pool, strategy)
     with project.transaction():
         project.mark_stale()
         project.add_queries(round_id, items, strategy=settings.strategy, batch=round_id)

@@ -34,7 +34,7 @@ from boxloop.loop.round import step_pause, assign_splits, run_round
 from boxloop.loop.config import LoopConfig
 from boxloop.scale.ray_simulate import Job, simulate_on_ray
 from boxloop.store import DB_NAME, Project
-from boxloop.strategies import NEEDS_EMBEDDING
+from boxloop.strategies import INITIAL_STRATEGIES, SEED_SET_STRATEGY, registered
 from boxloop.structures import Annotation
 
 
@@ -62,26 +62,25 @@ def load_truth(images: Path, annotations: Path, fmt: str | None = None, classes:
     return formats.load(fmt, annotations, images_root=images, classes=classes).annotations
 
 
-INITIAL_STRATEGIES = ("random", "typical")
-
-
-def initial_set(project: Project, candidates: Sequence[str], initial: int, seed: int, strategy: str = "random",
-                device: str = "auto") -> list[str]:
-    """The seed set: `initial` of `candidates`, at random or by `typical` (seeded either way)."""
+def initial_set(project: Project, candidates: Sequence[str], initial: int, seed: int,
+                strategy: str = SEED_SET_STRATEGY, device: str = "auto") -> list[str]:
+    """The seed set: `initial` of `candidates`, drawn uniformly (random) or by a strategy that needs
+    no model, such as typical on the pretrained embedding (seeded either way)."""
     if strategy not in INITIAL_STRATEGIES:
         raise ValueError(f"initial strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got {strategy!r}")
     rng = np.random.default_rng([seed, 12345])
-    if strategy == "random":
+    if strategy == SEED_SET_STRATEGY:  # a uniform draw, as the seed sets of earlier benchmarks were
         return sorted(candidates[i] for i in rng.choice(len(candidates), size=initial, replace=False))
     from boxloop.predict.embedding import project_embeddings
     from boxloop.strategies import DetectionTable, select
 
     table = DetectionTable.empty(keys=list(candidates), num_classes=project.num_classes)
-    sel = select("typical", table, initial, rng=rng, image_features=project_embeddings(project, candidates, device))
+    features = {"image_features": project_embeddings(project, candidates, device)} if registered(strategy).embedding else {}
+    sel = select(strategy, table, initial, rng=rng, **features)
     return sorted(sel.items)
 
 
-def withhold(project: Project, initial: int, seed: int, config: LoopConfig, initial_strategy: str = "random"
+def withhold(project: Project, initial: int, seed: int, config: LoopConfig, initial_strategy: str = SEED_SET_STRATEGY
              ) -> list[str]:
     """Keep `initial` labelled non-test images labelled (chosen by `initial_strategy`); make every other
     non-test image unlabelled."""
@@ -149,7 +148,7 @@ class SimSpec:
     budget: int
     rounds: int
     config: LoopConfig
-    initial_strategy: str = "random"
+    initial_strategy: str = SEED_SET_STRATEGY
     embed: bool = False  # some strategy needs image embeddings: the base computes them once, runs copy the cache
 
     def base_dir(self, seed: int) -> Path:
@@ -167,7 +166,7 @@ def check_initial_strategy(spec: SimSpec, seed: int) -> None:
     with Project.open(base_dir) as project:
         if project.get_meta("withheld_for_simulation") is None:
             return
-        made = project.get_meta("initial_strategy", "random")
+        made = project.get_meta("initial_strategy", SEED_SET_STRATEGY)
     if made != spec.initial_strategy:
         raise ValueError(f"{spec.out} holds runs whose seed set was chosen by {made!r}, not {spec.initial_strategy!r}; "
                          "use another --out for the other initial strategy")
@@ -232,7 +231,7 @@ def run_finished(spec: SimSpec, seed: int, strategy: str) -> bool:
 def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, budget: int, rounds: int,
              seeds: Sequence[int], config: LoopConfig, annotations: Path | None = None, fmt: str | None = None,
              test_list: Path | None = None, test_fraction: float | None = 0.2, progress: bool = True,
-             echo: Callable[[str], None] = print, initial_strategy: str = "random", workers: int | None = None,
+             echo: Callable[[str], None] = print, initial_strategy: str = SEED_SET_STRATEGY, workers: int | None = None,
              ray_address: str | None = None) -> dict[str, Any]:
     """Run every (seed, strategy) for `rounds` query rounds; returns (and writes) the results dict.
     `initial_strategy`: how the seed set is chosen, "random" or "typical"; one OUT holds one kind.
@@ -247,7 +246,7 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
     truth = load_truth(images, ann, fmt)
     spec = SimSpec(out=out, images=images, annotations=ann, fmt=fmt, test_list=test_list,
                    test_fraction=test_fraction, initial=initial, budget=budget, rounds=rounds, config=config,
-                   initial_strategy=initial_strategy, embed=any(s in NEEDS_EMBEDDING for s in strategies))
+                   initial_strategy=initial_strategy, embed=any(registered(s, config.selection.unit).embedding for s in strategies))
     for seed in seeds:  # before any work, also for seeds whose runs are all finished
         check_initial_strategy(spec, seed)
     (out / "simulate_config.json").write_text(json.dumps(
@@ -281,7 +280,7 @@ def write_gallery(run_dir: Path, out: Path) -> None:
 
 
 def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], config: LoopConfig,
-                    initial_strategy: str = "random") -> dict[str, Any]:
+                    initial_strategy: str = SEED_SET_STRATEGY) -> dict[str, Any]:
     runs = []
     for seed in seeds:
         for strategy in strategies:
@@ -293,8 +292,9 @@ def collect_results(out: Path, strategies: Sequence[str], seeds: Sequence[int], 
                 rows = round_history(p)
             run = {"strategy": strategy, "seed": seed, "unit": config.selection.unit, "semi": config.pseudo.semi,
                    "initial_strategy": initial_strategy, "project": str(run_dir), "rounds": rows}
-            if any("phase" in r for r in rows):  # budget_aware: the first round that queried by localization
-                run["switch_round"] = next((r["round"] for r in rows if r.get("phase") == "localization_aware"), None)
+            phases = registered(strategy, config.selection.unit).phases
+            if phases and any("phase" in r for r in rows):  # a hybrid: the first round of its last phase
+                run["switch_round"] = next((r["round"] for r in rows if r.get("phase") == phases[-1]), None)
             runs.append(run)
     return {"runs": runs}
 

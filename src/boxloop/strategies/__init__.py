@@ -1,18 +1,19 @@
 """Active-learning strategies: which images (or single boxes) to ask the annotator about.
 
-Two plain registries, one per query unit (DESIGN.md: one dict per extension point):
-`IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset, typical,
-budget_aware) and
-`BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is
-`fn(table, budget, rng, **options) -> Selection`. `select()` is the one entry point the loop, the
-CLI and users' scripts call:
+Two registries, one per query unit (registry.py): `IMAGE_STRATEGIES` (random, least_confidence,
+entropy, localization_aware, coreset, typical, budget_aware) and `BOX_STRATEGIES` (random,
+least_confidence, coreset). Each entry is a `Strategy`: the function
+`fn(table, budget, rng, **options) -> Selection` and what it needs of a round (a model at all, the
+stored predictions, detector features, the pretrained embedding, per-class scores) and its fallback.
+The loop reads those and names no strategy. `select()` is the one entry point the loop, the CLI and
+users' scripts call:
 
     sel = select("localization_aware", detections_by_key, budget=500, rng=0)
     sel = select("least_confidence", table, budget=1000, unit="boxes", t_d=0.1)
 
 `typical` and `budget_aware` take an embedding of every image (`image_features`,
 `labelled_features`: boxloop.predict.embedding), and `typical` needs no detection at all: it picks the cold
-start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop.
+start's first batch.
 
 Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py.
 
@@ -25,17 +26,18 @@ from typing import Hashable, Mapping
 
 import numpy as np
 
-from boxloop.strategies.box import BOX_STRATEGIES, T_D, box_pool
+from boxloop.strategies.box import T_D, box_pool
 from boxloop.strategies.common import (
     entropy_scores,
     least_confidence_scores,
     localization_scores,
 )
 from boxloop.strategies.coreset import k_center_greedy
-from boxloop.strategies.image import (LOW_THRESHOLD, PER_CLASS, class_thresholds, coreset, entropy, least_confidence,
-                                      localization_aware, random_images)
+from boxloop.strategies.image import LOW_THRESHOLD, PER_CLASS, class_thresholds
 from boxloop.strategies.table import DetectionTable
-from boxloop.strategies.typical import budget_aware, coverage, kmeans, typical, typicality
+from boxloop.strategies.registry import (BOX_STRATEGIES, COLD_START_STRATEGY, DEFAULT_STRATEGY, IMAGE_STRATEGIES,
+                                         INITIAL_STRATEGIES, SEED_SET_STRATEGY, STRATEGIES, Strategy, registered)
+from boxloop.strategies.typical import coverage, kmeans, typicality
 from boxloop.structures import Detections, Selection
 
 __all__ = [
@@ -50,8 +52,12 @@ __all__ = [
     "kmeans",
     "typicality",
     "coverage",
-    "NEEDS_EMBEDDING",
-    "DETECTOR_FREE",
+    "Strategy",
+    "registered",
+    "DEFAULT_STRATEGY",
+    "COLD_START_STRATEGY",
+    "SEED_SET_STRATEGY",
+    "INITIAL_STRATEGIES",
     "least_confidence_scores",
     "entropy_scores",
     "localization_scores",
@@ -59,19 +65,6 @@ __all__ = [
     "LOW_THRESHOLD",
     "PER_CLASS",
 ]
-
-IMAGE_STRATEGIES = {
-    "random": random_images,
-    "least_confidence": least_confidence,
-    "entropy": entropy,
-    "localization_aware": localization_aware,
-    "coreset": coreset,
-    "typical": typical,  # needs no detections: pooled backbone features (strategies/typical.py)
-    "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
-}
-STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
-NEEDS_EMBEDDING = frozenset({"typical", "budget_aware"})  # take image_features / labelled_features
-DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any prediction (the cold start)
 
 
 def select(
@@ -90,13 +83,8 @@ def select(
     or a seed. `options` go to the strategy (e.g. aggregate="max", empty_share=0.1,
     labelled_features=..., t_d=0.1, exclude=[(key, box_index), ...]).
     """
-    if unit not in STRATEGIES:
-        raise ValueError(f"unit must be 'images' or 'boxes', got {unit!r}")
-    registry = STRATEGIES[unit]
-    if name not in registry:
-        level = "image" if unit == "images" else "box"
-        raise ValueError(f"unknown {level}-level strategy {name!r}; choose one of: {', '.join(registry)}")
+    strategy = registered(name, unit)
     table = pool if isinstance(pool, DetectionTable) else DetectionTable.from_detections(pool)
     if table.num_images == 0:
         raise ValueError(f"{name}: the pool is empty (no unlabelled images to select from)")
-    return registry[name](table, budget, rng, **options)
+    return strategy(table, budget, rng, **options)

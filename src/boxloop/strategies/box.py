@@ -4,7 +4,7 @@ The box pool U_B is every prediction on the unlabelled images with score >= t_d 
 minus the boxes already checked (`exclude`). FineGrainedAL gives no value for t_d, only "low, for high
 recall"; our default [0.1] is a choice (detectors here predict down to 0.05). Each strategy is
 `fn(table, budget, rng, **options) -> Selection(unit="boxes", items=((key, box_index), ...))`,
-registered in `BOX_STRATEGIES`; box_index indexes the image's Detections as predicted.
+registered in registry.py; box_index indexes the image's Detections as predicted.
 
 - random: uniform over U_B.
 - least_confidence: the K boxes with the lowest max class probability (highest 1 - P).
@@ -25,7 +25,7 @@ from boxloop.strategies.coreset import auto_device, k_center_greedy
 from boxloop.strategies.table import DetectionTable
 from boxloop.structures import Selection
 
-__all__ = ["BOX_STRATEGIES", "T_D", "box_pool", "random_boxes", "least_confidence_boxes", "coreset_boxes"]
+__all__ = ["T_D", "box_pool", "random_boxes", "least_confidence_boxes", "coreset_boxes"]
 
 T_D = 0.1  # box-pool threshold t_d (FineGrainedAL eq. 1 names it, gives no value)
 
@@ -106,10 +106,3 @@ def coreset_boxes(table: DetectionTable, budget: int, rng: np.random.Generator |
                                    auto_device(device))
     return _selection("coreset", table, rows[picks], dists, budget,
                       {"t_d": t_d, "pool": int(rows.shape[0]), "labelled_centres": int(len(labelled_features))})
-
-
-BOX_STRATEGIES = {
-    "random": random_boxes,
-    "least_confidence": least_confidence_boxes,
-    "coreset": coreset_boxes,
-}

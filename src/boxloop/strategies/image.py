@@ -1,7 +1,7 @@
 """Image-level strategies: which whole images to send to the annotator (MISSION F6).
 
 Every strategy is `fn(table, budget, rng, **options) -> Selection(unit="images")`, registered in
-boxloop.strategies' `IMAGE_STRATEGIES`. Selection.scores are "higher = more informative" (NaN for
+registry.py. Selection.scores are "higher = more informative" (NaN for
 images taken through the empty share).
 
 - random: uniform over the pool (images with no detections included).
