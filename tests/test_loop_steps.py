@@ -1,4 +1,4 @@
-"""The round's step order lives in loop.TRANSITIONS; run_round follows it and records each step."""
+"""The round's step order lives in loop/transitions.py; run_round follows it and records each step."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from boxloop.loop import round as loop
-from boxloop.loop.round import STEPS, TRANSITIONS, next_step, run_round
+from boxloop.loop.round import run_round
+from boxloop.loop.transitions import STEPS, TRANSITIONS, next_step
 from boxloop.loop.config import LoopConfig
 from boxloop.store import Project
 

@@ -1,4 +1,5 @@
-"""The defaults that depend on the machine, in one place: detector, image size and batch size.
+"""The defaults, in one place: detector, image size, batch size, optimizer and learning rate (by
+machine and model), and CertaintySSOD's pseudo-label settings.
 
 Every entry point (train, query, simulate, autolabel, the loop's config) asks `run_defaults` for
 what the user did not set, so a CPU user and a GPU user each get what serves their machine, and
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DETECTOR", "RunDefaults", "run_defaults", "training_recipe"]
+__all__ = ["DETECTOR", "BATCH_SIZE", "RunDefaults", "CPU", "GPU", "run_defaults", "training_recipe", "GENERIC_RECIPE",
+           "OPTIMIZERS", "RECIPES", "UNRECORDED_IMAGE_SIZE", "Certainty", "CERTAINTY"]
 
 DETECTOR = "fcos_lite"
+BATCH_SIZE = 8  # training and prediction, CPU and GPU alike
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,10 @@ class RunDefaults:
     min_steps: int = 500
 
 
-CPU = RunDefaults(detector=DETECTOR, image_size=320, batch_size=8, device="cpu")
-GPU = RunDefaults(detector=DETECTOR, image_size=480, batch_size=8, device="cuda")
+CPU = RunDefaults(detector=DETECTOR, image_size=320, batch_size=BATCH_SIZE, device="cpu")
+GPU = RunDefaults(detector=DETECTOR, image_size=480, batch_size=BATCH_SIZE, device="cuda")
+# What a checkpoint that recorded no image size was trained at (TrainConfig's default before issue 30).
+UNRECORDED_IMAGE_SIZE = 512
 
 
 def run_defaults(device: str = "auto") -> RunDefaults:
@@ -51,13 +56,35 @@ def run_defaults(device: str = "auto") -> RunDefaults:
 # optimizer and learning rate by detector, where the user sets neither. fcos_lite's randomly
 # initialised light head learnt faster with AdamW at 0.002 than with SGD at 0.01 on BCCD (30 epochs:
 # test mAP50 0.803 against 0.792 with more backbone levels training); the others keep SGD.
-_RECIPES: dict[str, tuple[str, float]] = {"fcos_lite": ("adamw", 0.002)}
+# GENERIC_RECIPE is also TrainConfig's own default: fit() knows no model.
+OPTIMIZERS = ("sgd", "adamw")
+USUAL_LR = {"sgd": 0.01, "adamw": 0.001}  # an optimizer's rate when the user names it without one
+GENERIC_RECIPE: tuple[str, float] = ("sgd", USUAL_LR["sgd"])
+RECIPES: dict[str, tuple[str, float]] = {"fcos_lite": ("adamw", 0.002)}
 
 
 def training_recipe(model: str, optimizer: str | None = None, lr: float | None = None) -> tuple[str, float]:
     """(optimizer, learning rate) that `model` trains with: its recipe where `optimizer` / `lr` are
     None; another optimizer without `lr` takes that optimizer's usual rate (SGD 0.01, else 0.001)."""
-    recipe_optimizer, recipe_lr = _RECIPES.get(model, ("sgd", 0.01))
+    recipe_optimizer, recipe_lr = RECIPES.get(model, GENERIC_RECIPE)
     if lr is None:
-        lr = recipe_lr if optimizer in (None, recipe_optimizer) else (0.01 if optimizer == "sgd" else 0.001)
+        lr = recipe_lr if optimizer in (None, recipe_optimizer) else USUAL_LR.get(optimizer, USUAL_LR["adamw"])
     return optimizer or recipe_optimizer, float(lr)
+
+
+@dataclass(frozen=True)
+class Certainty:
+    """CertaintySSOD's pseudo-label settings [tau=0.7, gamma1=0.05, gamma2=0.6, tau_m clipped to
+    [0.4, 0.9]]: the one type the loop (LoopConfig.pseudo), `boxloop train --semi` (SemiConfig) and
+    the class-wise thresholds (semi.pseudo.ClasswiseThresholds) take them from. Checked where used."""
+
+    tau: float = 0.7
+    gamma1: float = 0.05
+    gamma2: float = 0.6
+    clip: tuple[float, float] = (0.4, 0.9)
+    dynamic_threshold: bool = True
+    reweight: bool = True
+    certainty: bool = True
+
+
+CERTAINTY = Certainty()

@@ -20,14 +20,19 @@ from rich.markup import escape
 from boxloop.cli.errors import user_errors
 from boxloop.cli.options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, EpochsOpt, ModelOpt, NoPretrainedOpt,
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
-                                 check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
+                                 FORMATS_HELP, check_detector_options, detector_options, loop_config, open_detector,
+                                 ray_scoring,
                                  unit_float)
-from boxloop.cli.output import out, print_autolabel_rows, print_metrics, print_status, warn
+from boxloop.cli.output import out, print_autolabel_rows, print_metrics, print_status, warn, wrap_help_as_sentences
+from boxloop.defaults import CERTAINTY, GENERIC_RECIPE, OPTIMIZERS, RECIPES
 from boxloop.strategies import (BOX_STRATEGIES, COLD_START_STRATEGY, DEFAULT_STRATEGY, IMAGE_STRATEGIES,
                                 INITIAL_STRATEGIES, SEED_SET_STRATEGY)
 
-# from the registry, so that a new strategy shows up here without touching the CLI
+# from the registry and defaults.py, so that the help cannot drift from what runs
 STRATEGY_HELP = f"{', '.join(IMAGE_STRATEGIES)} (boxes: {', '.join(BOX_STRATEGIES)})."
+LR_HELP = ("Learning rate (default: the model's recipe; "
+           + ", ".join(f"{m} {lr} with {opt}" for m, (opt, lr) in RECIPES.items())
+           + f", others {GENERIC_RECIPE[1]} with {GENERIC_RECIPE[0]}).")
 
 app = typer.Typer(
     name="boxloop",
@@ -46,7 +51,7 @@ def init(
     project: Annotated[Path, typer.Argument(help="Project folder to create.")],
     images: Annotated[Path, typer.Option("--images", help="Folder of images (searched recursively).")],
     annotations: Annotated[Optional[Path], typer.Option(help="Labels: a folder (VOC XML, YOLO txt) or a COCO JSON file.")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco or yolo (detected when omitted).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help=f"{FORMATS_HELP} (detected when omitted).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, in id order; other names are an error.")] = None,
     test_list: Annotated[Optional[Path], typer.Option(help="Fixed test set: image names without extension, one per line.")] = None,
     test_fraction: Annotated[Optional[float], typer.Option(help="Fixed test set: this class-stratified fraction of the labelled images.")] = None,
@@ -98,7 +103,7 @@ def status(
 @user_errors
 def export(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    fmt: Annotated[str, typer.Option("--format", help="voc, coco or yolo.")],
+    fmt: Annotated[str, typer.Option("--format", help=f"{FORMATS_HELP}.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the labels into.")],
     subset: Annotated[str, typer.Option(help="labelled, pseudo, all (and train, val, test, partial, predicted).")] = "labelled",
     overwrite: OverwriteOpt = False,
@@ -126,16 +131,16 @@ def train(
     steps: StepsOpt = None,
     image_size: SizeOpt = None,
     batch_size: BatchOpt = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: the model's recipe; fcos_lite 0.002 with adamw, others 0.01 with sgd).")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="sgd or adamw (default: the model's recipe).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help=LR_HELP)] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=f"{' or '.join(OPTIMIZERS)} (default: the model's recipe).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
     detector_option: DetectorOpt = None,
     semi: Annotated[bool, typer.Option("--semi", help="Certainty-aware teacher-student training on the unlabelled images (CertaintySSOD).")] = False,
-    tau: Annotated[float, typer.Option(help="--semi: base pseudo-label threshold.")] = 0.7,
-    gamma1: Annotated[float, typer.Option(help="--semi: exponent of the class-wise dynamic thresholds (eq. 6).")] = 0.05,
-    gamma2: Annotated[float, typer.Option(help="--semi: exponent of the class re-weighting (eq. 6).")] = 0.6,
+    tau: Annotated[float, typer.Option(help="--semi: base pseudo-label threshold.")] = CERTAINTY.tau,
+    gamma1: Annotated[float, typer.Option(help="--semi: exponent of the class-wise dynamic thresholds (eq. 6).")] = CERTAINTY.gamma1,
+    gamma2: Annotated[float, typer.Option(help="--semi: exponent of the class re-weighting (eq. 6).")] = CERTAINTY.gamma2,
     no_dynamic_threshold: Annotated[bool, typer.Option("--no-dynamic-threshold", help="--semi: one fixed threshold tau.")] = False,
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
@@ -273,7 +278,7 @@ def query(
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
-    fmt: Annotated[str, typer.Option("--format", help="voc (LabelImg, CVAT), coco, yolo, labelstudio or cvat.")] = "voc",
+    fmt: Annotated[str, typer.Option("--format", help=f"{FORMATS_HELP} (voc: LabelImg, CVAT).")] = "voc",
     checkpoint: Annotated[Optional[Path], typer.Option(help="Use this model instead of training one for the round.")] = None,
     model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
@@ -296,7 +301,7 @@ def query(
     (or boxes), and write them pre-annotated for a labelling tool. Answer with `boxloop import`.
     A project with no model and no label yet gets its first batch from `typical` (no training)."""
     from boxloop.loop.human import check_batch_target, query_round, write_batch
-    from boxloop.store import Project
+    from boxloop.store import Project, QueryState
 
     cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
                       batch_size=batch_size, device=device, seed=seed, no_pretrained=no_pretrained,
@@ -307,7 +312,7 @@ def query(
     with Project.open(project) as proj, proj.writer_lock():
         round_id, m, cold = query_round(proj, cfg, checkpoint, force=force, strict=strict, scoring=scoring)
         path = write_batch(proj, round_id, out_dir, fmt)
-        n = len(proj.queries(round=round_id, state="open"))
+        n = len(proj.queries(round=round_id, state=QueryState.OPEN))
         from boxloop.loop.forecast import forecast_line
         from boxloop.loop.history import round_history
 
@@ -333,7 +338,7 @@ def query(
 def import_(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
     annotations: Annotated[Path, typer.Option(help="The answered batch folder or file.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco, yolo, labelstudio or cvat (detected when omitted).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help=f"{FORMATS_HELP} (detected when omitted).")] = None,
 ) -> None:
     """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong."""
     from boxloop.loop.human import import_answers
@@ -355,7 +360,7 @@ def simulate(
     dataset: Annotated[Path, typer.Option("--dataset", help="A labelled dataset: a VOC root or an images folder.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the runs, results.json and plots.")],
     annotations: Annotated[Optional[Path], typer.Option(help="Its labels (when not a VOC root).")] = None,
-    fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco or yolo (detected when omitted).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help=f"{FORMATS_HELP} (detected when omitted).")] = None,
     test_list: Annotated[Optional[Path], typer.Option(help="Fixed test set names (else --test-fraction).")] = None,
     test_fraction: Annotated[float, typer.Option(help="Class-stratified test share when no --test-list.")] = 0.2,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "random,localization_aware",
@@ -491,6 +496,9 @@ def demo(
     if not seed_list:
         raise typer.BadParameter("give at least one seed, e.g. 0,1", param_hint="--seeds")
     run_demo(out_dir, n_images, image_size, rounds, steps, warm_steps, initial, budget, seed_list, device)
+
+
+wrap_help_as_sentences(app)  # after every command is registered
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

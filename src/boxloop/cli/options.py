@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from boxloop.defaults import BATCH_SIZE, CPU, GPU, UNRECORDED_IMAGE_SIZE
+from boxloop.formats import FORMATS
+
 if TYPE_CHECKING:
     from boxloop.loop.config import LoopConfig
 
@@ -24,10 +27,11 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="An image that is trun
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (otherwise a clash stops before anything is written).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (default: the CPU-first one), fcos (with IoU branch), faster_rcnn or retinanet.")]
 BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
+EpochsOpt = Annotated[Optional[int], typer.Option(help=f"Training epochs (default {CPU.epochs}, and at least {CPU.min_steps} steps, unless --steps).")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
-SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels "
+                                                    f"(default: {CPU.image_size} on a CPU, {GPU.image_size} on a GPU).")]
+BatchOpt = Annotated[Optional[int], typer.Option(help=f"Images per batch (default {BATCH_SIZE}).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
@@ -36,6 +40,8 @@ DetectorOpt = Annotated[Optional[list[str]], typer.Option(
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (auto, or HEAD:6379; run on one of its nodes) instead of starting a local Ray.")]
 
+# what init, export, simulate and import read or write: every format boxloop.formats knows
+FORMATS_HELP = f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}"
 
 def check_detector_options(model: str, options: dict[str, Any]) -> None:
     """Refuse an unknown model or option before any work (the error lists the valid ones)."""
@@ -103,7 +109,7 @@ def open_detector(project: Path | None, checkpoint: Path | None, device: str):
             with Project.open(project) as proj:
                 classes = proj.classes
     det, names, meta = load_detector(checkpoint, expect_classes=classes, device="cpu")
-    image_size = int((meta.get("train_config") or {}).get("image_size", 512))
+    image_size = int((meta.get("train_config") or {}).get("image_size", UNRECORDED_IMAGE_SIZE))
     return det, names, image_size, checkpoint
 
 

@@ -7,8 +7,10 @@ rows and wording: the status table, the metrics table, the auto-labelling table.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -84,3 +86,26 @@ def print_autolabel_rows(rows: list[dict[str, Any]]) -> None:
                   str(r["total_auto_labelled"]), str(r["boxes"]), str(r["remaining_unlabelled"]),
                   "-" if m is None else f"{m:.3f}")
     out.print(t)
+
+
+def help_as_sentences(text: str) -> str:
+    """A docstring as --help should show it: the hard line breaks inside each paragraph joined, so the
+    terminal wraps sentences at its own width (typer keeps single line breaks after the first
+    paragraph). Lines that start a list item or are indented keep their break."""
+    paragraphs = []
+    for paragraph in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            if lines and line and not line.startswith((" ", "-", "*")):
+                lines[-1] = f"{lines[-1]} {line.strip()}"
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def wrap_help_as_sentences(app: typer.Typer) -> None:
+    """Every command's help (its docstring unless given) through `help_as_sentences`."""
+    for command in app.registered_commands:
+        text = command.help or inspect.getdoc(command.callback) or ""
+        command.help = help_as_sentences(text)

@@ -1,6 +1,7 @@
 """The active-learning loop: a round's steps, its config, its model, and who answers its queries.
 
-Owns: config (LoopConfig), round (the steps in order, resumable), model (a round's training samples,
+Owns: config (LoopConfig), round (the steps, resumable), transitions (the step enums and the one table
+of their order, auto-labelling's phases included), model (a round's training samples,
 training, evaluation, model folders), fallback (what a round selects when its model kept no box),
 coldstart, history, forecast, oracle (simulated annotators), human (batches for labelling tools),
 simulate (strategy benchmarks). May import: the root modules, store/, formats/, detectors/, metrics/,

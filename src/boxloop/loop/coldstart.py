@@ -16,6 +16,7 @@ from pathlib import Path
 
 from boxloop.loop.config import LoopConfig
 from boxloop.loop.model import labelled_counts, model_dir
+from boxloop.loop.transitions import Step, steps_before
 from boxloop.store import Project
 
 __all__ = ["needs_cold_start", "open_select_round"]
@@ -39,7 +40,7 @@ def open_select_round(project: Project, config: LoopConfig, round_id: int) -> Lo
     cfg = config.with_(strategy=COLD_START_STRATEGY, unit="images")
     rnd = project.round(round_id)
     if rnd is None:
-        project.start_round(cfg.to_dict(), step="select", round_id=round_id)
-    elif rnd.step in ("train", "evaluate", "predict"):  # an earlier attempt that could not train
-        project.update_round(round_id, step="select")
+        project.start_round(cfg.to_dict(), step=Step.SELECT, round_id=round_id)
+    elif rnd.step in steps_before(Step.SELECT):  # an earlier attempt that could not train
+        project.update_round(round_id, step=Step.SELECT)
     return cfg

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from boxloop.defaults import DETECTOR
+from boxloop.defaults import BATCH_SIZE, CERTAINTY, DETECTOR, Certainty, run_defaults
 from boxloop.grouped_settings import GroupedSettings
 from boxloop.strategies import DEFAULT_STRATEGY
 
@@ -46,8 +46,8 @@ class TrainingSettings:
     # `warm_steps` steps (None: the same schedule as a round from scratch)
     warm_start: bool = False
     warm_steps: int | None = None
-    image_size: int = 320
-    batch_size: int = 8
+    image_size: int | None = None  # None: the machine's (defaults.run_defaults(device)), set when made
+    batch_size: int = BATCH_SIZE
     lr: float | None = None  # None: the detector's recipe (defaults.training_recipe)
     optimizer: str | None = None
     device: str = "auto"
@@ -55,6 +55,8 @@ class TrainingSettings:
     val_every: int = 2
 
     def __post_init__(self) -> None:
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", run_defaults(self.device).image_size)
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
 
@@ -64,7 +66,7 @@ class PredictionSettings:
     """Prediction over the pool."""
 
     score_threshold: float = 0.05
-    predict_batch_size: int = 8
+    predict_batch_size: int = BATCH_SIZE
 
 
 @dataclass(frozen=True)
@@ -105,15 +107,20 @@ class PseudoSettings:
 
     semi: str | None = None  # None | "autolabel" | "certainty"
     pseudo_threshold: float = 0.8  # TSODA (TSODA)
-    tau: float = 0.7  # certainty-aware (CertaintySSOD)
-    gamma1: float = 0.05
-    gamma2: float = 0.6
-    dynamic_threshold: bool = True
-    reweight: bool = True
+    tau: float = CERTAINTY.tau  # certainty-aware (CertaintySSOD): defaults.Certainty
+    gamma1: float = CERTAINTY.gamma1
+    gamma2: float = CERTAINTY.gamma2
+    dynamic_threshold: bool = CERTAINTY.dynamic_threshold
+    reweight: bool = CERTAINTY.reweight
     # never worse with pseudo-labels: a round that has them also trains without them and keeps them
     # only when a paired bootstrap over the validation images says they help (compare.py, as semi's guard)
     pseudo_guard: bool = True
     guard_level: float = 0.9
+
+    @property
+    def certainty_settings(self) -> Certainty:
+        return Certainty(tau=self.tau, gamma1=self.gamma1, gamma2=self.gamma2,
+                         dynamic_threshold=self.dynamic_threshold, reweight=self.reweight)
 
     def __post_init__(self) -> None:
         if self.semi not in (None, "autolabel", "certainty"):

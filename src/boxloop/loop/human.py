@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from boxloop.formats import FormatError
-from boxloop.store import Project, Round
+from boxloop.loop.transitions import Step
+from boxloop.store import Project, QueryState, Round
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source
 
 if TYPE_CHECKING:
@@ -68,9 +69,9 @@ def _unsaved_empty(folder: Path, manifest: dict | None, mapped: dict[str, Annota
 def open_round(project: Project) -> Round | None:
     """The round waiting for answers (the last one, at step 'oracle' with open queries), if any."""
     last = project.last_round()
-    if last is None or last.step != "oracle":
+    if last is None or last.step != Step.ORACLE:
         return None
-    return last if project.queries(round=last.id, state="open") else None
+    return last if project.queries(round=last.id, state=QueryState.OPEN) else None
 
 
 def batch_names(keys: Iterable[str]) -> dict[str, str]:
@@ -118,18 +119,18 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
 
     pending = open_round(project)
     if pending is not None and not force:
-        n = len(project.queries(round=pending.id, state="open"))
+        n = len(project.queries(round=pending.id, state=QueryState.OPEN))
         raise ValueError(f"round {pending.id} still has {n} open queries: answer them with `boxloop import` "
                          "or pass --force to replace the batch")
     last = project.last_round()
-    if last is not None and last.step == "semi":
+    if last is not None and last.step == Step.SEMI:
         run_round(project, config, None, last.id)
     if pending is not None:
         with project.transaction():
             project.mark_stale()
-            project.update_round(pending.id, step="done", status="done")
+            project.update_round(pending.id, step=Step.DONE, status="done")
     last = project.last_round()
-    round_id = 1 if last is None else (last.id if last.step not in ("done", None) else last.id + 1)
+    round_id = 1 if last is None else (last.id if last.step not in (Step.DONE, None) else last.id + 1)
     if checkpoint is not None and project.round(round_id) is None:
         # the round row decides, not the file: a copy killed before its round row is made again
         from boxloop.train.checkpoints import load_detector
@@ -138,7 +139,7 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
         from boxloop.train.checkpoints import copy_checkpoint
 
         copy_checkpoint(checkpoint, model_dir(project, round_id) / "best.pt")
-        project.start_round(config.to_dict(), step="evaluate", round_id=round_id)
+        project.start_round(config.to_dict(), step=Step.EVALUATE, round_id=round_id)
     cold = checkpoint is None and needs_cold_start(project)
     if cold:  # nothing to train on: the first batch by typicality in the pretrained embedding
         config = open_select_round(project, config, round_id)
@@ -153,7 +154,7 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     check_batch_target(out, fmt)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    queries = project.queries(round=round_id, state="open")
+    queries = project.queries(round=round_id, state=QueryState.OPEN)
     if not queries:
         raise ValueError(f"round {round_id} has no open queries to write")
     preds = project.load_predictions(round_id)
@@ -253,7 +254,7 @@ def _load_answers(project: Project, source: Path, fmt: str | None, known: dict[s
 
 def _round_keys(project: Project, round_id: int) -> dict[str, str]:
     """{image key: query state} of the round's batch (open and answered queries)."""
-    return {q.path: q.state for q in project.queries(round=round_id) if q.state in ("open", "answered")}
+    return {q.path: q.state for q in project.queries(round=round_id) if q.state in (QueryState.OPEN, QueryState.ANSWERED)}
 
 
 def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: list[str],
@@ -266,7 +267,7 @@ def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: 
     said = []
     for name in sorted(set(asked)):
         key = known.get(name) or (name if name in keys else None)
-        if key is not None and states.get(key) == "answered":
+        if key is not None and states.get(key) == QueryState.ANSWERED:
             said.append(f"{name} (imported before, in this round)")
         elif key is not None and project.image(key).status == "labelled":
             said.append(f"{name} (labelled already, in round {project.image(key).round_labelled})")
@@ -293,8 +294,8 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     if rnd is None:
         last = project.last_round()
         stale = manifest is not None and manifest.get("round") is not None
-        answered = last is not None and last.step != "oracle" and any(
-            q.state == "answered" for q in project.queries(round=last.id))
+        answered = last is not None and last.step != Step.ORACLE and any(
+            q.state == QueryState.ANSWERED for q in project.queries(round=last.id))
         raise ValueError(f"{project.dir} has no open query batch to answer"
                          + (f" (the batch in {source} is for round {manifest['round']}, which is closed)" if stale
                             else f" (the batch of round {last.id} was answered and imported already)" if answered
@@ -305,7 +306,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         raise ValueError(f"stale batch: {source} answers round {manifest.get('round')}, but the open batch is round "
                          f"{round_id}; export it again with `boxloop query` and label that one")
     states = _round_keys(project, round_id)
-    queried = {k for k, st in states.items() if st == "open"}
+    queried = {k for k, st in states.items() if st == QueryState.OPEN}
     known = dict(manifest["images"]) if manifest is not None else batch_names(states)
     if fmt is None and manifest is not None and source.is_dir():
         fmt = manifest.get("format")
@@ -320,7 +321,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     for name, ann in answers.items():
         stem_hit = by_stem.get(PurePosixPath(name).stem, [])
         target = known.get(name) or (name if name in states else None) or (stem_hit[0] if len(stem_hit) == 1 else None)
-        if target is not None and states.get(target) == "answered":
+        if target is not None and states.get(target) == QueryState.ANSWERED:
             before.append(name)
         elif target is None or target not in queried:
             unknown.append(name)
@@ -359,4 +360,4 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     cost = step_oracle(project, round_id, cfg, truth, only=set(truth))
     return {"round": round_id, "images": len(truth), "boxes": sum(len(a) for a in truth.values()),
             "cost": cost.as_dict(), "warnings": warnings,
-            "left_open": len(project.queries(round=round_id, state="open"))}
+            "left_open": len(project.queries(round=round_id, state=QueryState.OPEN))}

@@ -163,7 +163,7 @@ def guard_verdict(truth: Mapping[str, Annotation], with_pseudo: Mapping[str, Ann
     """Keep the pseudo-labels only when the model trained with them is better on the validation
     images than the one trained without, beyond the noise of a few images: the lower end of the
     paired bootstrap interval of the mAP50 difference above 0 (compare.py, the rule of semi's guard;
-    AL_NOTES: a +0.02 point estimate on a handful of images was noise). No validation box: not kept."""
+    measured: a +0.02 point estimate on a handful of images was noise). No validation box: not kept."""
     from boxloop.metrics.compare import paired_bootstrap
 
     cmp = paired_bootstrap(truth, with_pseudo, without_pseudo, classes, level=level, seed=seed)

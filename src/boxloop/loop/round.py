@@ -34,7 +34,8 @@ from boxloop.loop.config import LoopConfig
 from boxloop.loop.oracle import BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
 # run_round calls the steps by their names in this module (a test may replace loop.step_train)
 from boxloop.loop.model import load_round_detector, model_dir, step_evaluate, step_train
-from boxloop.store import Project, Query
+from boxloop.loop.transitions import RECORDS_ITS_SUCCESSOR, STEPS, Step, next_step
+from boxloop.store import Project, Query, QueryState
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
 if TYPE_CHECKING:
@@ -42,26 +43,6 @@ if TYPE_CHECKING:
     from boxloop.strategies import DetectionTable
 
 log = logging.getLogger("boxloop.loop")
-
-# The round's step order, in one place: each step's successor, given the round's config and whether
-# it is the loop's last round. A step whose result is a label change (select, oracle, semi) records
-# its successor itself, in the transaction of that result; run_round records the others.
-TRANSITIONS: dict[str, Callable[[LoopConfig, bool], str]] = {
-    "train": lambda config, last: "evaluate",
-    "evaluate": lambda config, last: "done" if last and not config.selection.take_all_last else "predict",
-    "predict": lambda config, last: "select",
-    "select": lambda config, last: "oracle",
-    "oracle": lambda config, last: "semi" if config.pseudo.semi else "done",
-    "semi": lambda config, last: "done",
-}
-STEPS = (*TRANSITIONS, "done")
-_RECORDS_ITS_SUCCESSOR = ("select", "oracle", "semi")
-
-
-def next_step(step: str, config: LoopConfig, last: bool = False) -> str:
-    """The step after `step` (TRANSITIONS)."""
-    return TRANSITIONS[step](config, last)
-
 
 def pool_paths(project: Project) -> list[str]:
     """Images a person may still be asked about: not fully labelled, not test, not val."""
@@ -195,7 +176,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
                         "strategy", round_id, settings.strategy, fallback["reason"])
         project.set_metric(round_id, "selection", {"strategy": settings.strategy, "unit": settings.unit,
                                                    "count": len(sel), **info})
-        project.update_round(round_id, step=next_step("select", config, last))
+        project.update_round(round_id, step=next_step(Step.SELECT, config, last))
 
 
 def assign_splits(project: Project, keys: Sequence[str], config: LoopConfig, round_id: int) -> None:
@@ -218,7 +199,7 @@ def step_oracle(project: Project, round_id: int, config: LoopConfig, truth: Mapp
 
     Labels, the queries' state, the cost and the round's next step land in one transaction. `only`
     answers the queries of those images and leaves the rest open (a human may answer in parts)."""
-    queries = [q for q in project.queries(round=round_id, state="open") if only is None or q.path in only]
+    queries = [q for q in project.queries(round=round_id, state=QueryState.OPEN) if only is None or q.path in only]
     preds = project.load_predictions(round_id)
     names = project.classes
     whole = all(q.box_index is None for q in queries) and (config.selection.unit == "images" or bool(queries))
@@ -315,13 +296,13 @@ def _store_box_answers(project: Project, key: str, det: Detections, checked: Map
 
 
 def _finish_oracle(project: Project, round_id: int, queries: Sequence[Query], cost: Cost, config: LoopConfig) -> None:
-    project.set_query_state([q.id for q in queries], "answered")
+    project.set_query_state([q.id for q in queries], QueryState.ANSWERED)
     before = project.metrics(round_id).get(round_id, {}).get("cost")
     total = cost if before is None else Cost(**before) + cost
     project.set_metric(round_id, "cost", total.as_dict())
-    if not project.queries(round=round_id, state="open"):
-        nxt = next_step("oracle", config)
-        project.update_round(round_id, step=nxt, status="done" if nxt == "done" else None)
+    if not project.queries(round=round_id, state=QueryState.OPEN):
+        nxt = next_step(Step.ORACLE, config)
+        project.update_round(round_id, step=nxt, status="done" if nxt == Step.DONE else None)
 
 
 def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, int]:
@@ -334,9 +315,8 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
     if settings.semi == "autolabel":
         accepted = {k: (d, np.ones(len(d), np.float32)) for k, d in pseudo.tsoda_accept(pool, settings.pseudo_threshold).items()}
     else:
-        th = pseudo.ClasswiseThresholds(project.num_classes, tau=settings.tau, gamma1=settings.gamma1, gamma2=settings.gamma2,
-                                        dynamic_threshold=settings.dynamic_threshold, reweight=settings.reweight,
-                                        certainty=any(d.loc_quality is not None for d in pool.values()))
+        th = pseudo.ClasswiseThresholds.from_settings(project.num_classes, settings.certainty_settings,
+                                                      certainty=any(d.loc_quality is not None for d in pool.values()))
         th.update(pool.values())
         accepted = pseudo.accept_certainty(pool, th)
         project.set_metric(round_id, "pseudo_thresholds", th.to_dict())
@@ -353,7 +333,7 @@ def step_semi(project: Project, round_id: int, config: LoopConfig) -> dict[str, 
             boxes += len(d)
         out = {"pseudo_images": len(accepted), "pseudo_boxes": boxes}
         project.set_metrics(round_id, out)
-        project.update_round(round_id, step=next_step("semi", config))
+        project.update_round(round_id, step=next_step(Step.SEMI, config))
     return out
 
 
@@ -380,36 +360,36 @@ def run_round(project: Project, config: LoopConfig, truth: Mapping[str, Annotati
     runs is not part of the config: the results are the same)."""
     rnd = project.round(round_id)
     if rnd is None:
-        project.start_round(config.to_dict(), step="train", round_id=round_id)
-        step = "train"
+        project.start_round(config.to_dict(), step=Step.TRAIN, round_id=round_id)
+        step: str = Step.TRAIN
     else:
         step = rnd.step
-    run: dict[str, Callable[[], Any]] = {
-        "train": lambda: step_train(project, round_id, config, progress, strict),
-        "evaluate": lambda: step_evaluate(project, round_id, config, progress),
-        "predict": lambda: step_predict(project, round_id, config, progress, strict=strict, scoring=scoring),
-        "select": lambda: step_select(project, round_id, config, last=last),
-        "oracle": lambda: step_oracle(project, round_id, config, truth),  # type: ignore[arg-type]
-        "semi": lambda: step_semi(project, round_id, config),
+    run: dict[Step, Callable[[], Any]] = {
+        Step.TRAIN: lambda: step_train(project, round_id, config, progress, strict),
+        Step.EVALUATE: lambda: step_evaluate(project, round_id, config, progress),
+        Step.PREDICT: lambda: step_predict(project, round_id, config, progress, strict=strict, scoring=scoring),
+        Step.SELECT: lambda: step_select(project, round_id, config, last=last),
+        Step.ORACLE: lambda: step_oracle(project, round_id, config, truth),  # type: ignore[arg-type]
+        Step.SEMI: lambda: step_semi(project, round_id, config),
     }
     pause = step_pause()
     with project.writer_lock():
-        while step != "done" and step != stop_at:
+        while step != Step.DONE and step != stop_at:
             if pause:
                 time.sleep(pause)
             if on_step is not None:
                 on_step(round_id, step)
-            if step == "oracle" and truth is None:
+            if step == Step.ORACLE and truth is None:
                 break  # a person answers; `boxloop import` records the answers and the next step
             if step not in run:
                 raise ValueError(f"round {round_id} is at an unknown step {step!r}; the steps are {', '.join(STEPS)}")
             run[step]()
             nxt = next_step(step, config, last)
-            if step not in _RECORDS_ITS_SUCCESSOR:
+            if step not in RECORDS_ITS_SUCCESSOR:
                 project.update_round(round_id, step=nxt)
             step = nxt
-            if step == "oracle" and truth is None:
+            if step == Step.ORACLE and truth is None:
                 break
-        if step == "done":
+        if step == Step.DONE:
             project.update_round(round_id, status="done")
     return project.metrics(round_id).get(round_id, {})

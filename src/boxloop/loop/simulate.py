@@ -31,6 +31,7 @@ import numpy as np
 from boxloop.loop.forecast import forecast_line
 from boxloop.loop.history import round_history
 from boxloop.loop.round import step_pause, assign_splits, run_round
+from boxloop.loop.transitions import Step
 from boxloop.loop.config import LoopConfig
 from boxloop.scale.ray_simulate import Job, simulate_on_ray
 from boxloop.store import DB_NAME, Project
@@ -195,7 +196,7 @@ def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: 
             project_embeddings(project, [r.path for r in project.images(...) if r.split != "test"],
                                spec.config.training.device)
         echo(f"seed {seed}: initial model on {spec.initial} labelled images ({spec.initial_strategy} seed set)")
-        run_round(project, cfg0, truth, 0, progress=progress, stop_at="predict")
+        run_round(project, cfg0, truth, 0, progress=progress, stop_at=Step.PREDICT)
     return base_dir
 
 

@@ -1,6 +1,6 @@
 """Is one model better than another on the validation images, beyond the noise of a few images?
 
-AL_NOTES: validation on a handful of images is noise (a semi-supervised model was kept for +0.02
+Measured in this project: validation on a handful of images is noise (a semi-supervised model was kept for +0.02
 validation mAP50 while its test mAP50 was far lower). Rules that pick a model by validation (the
 never-worse guard of `semi.fit_semi`) therefore ask for more than a higher point estimate: a paired
 bootstrap over the validation images. Each resample draws the images with replacement, the SAME

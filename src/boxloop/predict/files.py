@@ -12,11 +12,12 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from boxloop.defaults import BATCH_SIZE, run_defaults
 from boxloop.structures import Annotation, Source
 
 
 def write_predictions(detector, class_names: Sequence[str], images: Path, out: Path, fmt: str = "voc",
-                      threshold: float = 0.3, image_size: int = 512, batch_size: int = 8,
+                      threshold: float = 0.3, image_size: int | None = None, batch_size: int = BATCH_SIZE,
                       device: str = "auto", progress: bool = True, overwrite: bool = False,
                       strict: bool = False, scoring=None, checkpoint: Path | None = None
                       ) -> tuple[Path, int, int, list[tuple[str, str]]]:
@@ -25,12 +26,13 @@ def write_predictions(detector, class_names: Sequence[str], images: Path, out: P
     An image that does not decode is left out and listed in `skipped` as (path, problem), or with
     `strict` stops everything before a file is written. A file already in `out` is never replaced
     unless `overwrite`. With `scoring` (a scale.ray_scoring.RayScoring), on Ray actors that load
-    `checkpoint`, to the same predictions."""
+    `checkpoint`, to the same predictions. `image_size` None: the machine's (defaults.run_defaults)."""
     from boxloop import formats
     from boxloop.images import ImageError, list_images
     from boxloop.predict.inference import predict_paths
     from boxloop.outputs import staged_output
 
+    image_size = image_size or run_defaults(device).image_size
     if fmt not in ("voc", "coco"):
         raise ValueError(f"--format must be voc or coco, got {fmt!r}")
     images = Path(images)

@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import functional as F
 
+from boxloop.defaults import BATCH_SIZE
 from boxloop.images import resized_size
 from boxloop.detectors.base import Detector
 from boxloop.structures import Boxes, Detections
@@ -121,7 +122,7 @@ def predict_batch(detector: Detector, images: list[Tensor], score_threshold: flo
 
 
 @overload
-def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
+def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = BATCH_SIZE,
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
                   skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
@@ -129,14 +130,14 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
 
 
 @overload
-def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
+def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = BATCH_SIZE,
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
                   skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
                   keys: Sequence[K]) -> Iterator[tuple[K, Detections]]: ...
 
 
-def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
+def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = BATCH_SIZE,
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
                   skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,

@@ -62,6 +62,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from boxloop.loop.transitions import PHASES, Phase, next_phase
 from boxloop.semi import pseudo
 from boxloop.semi.autolabel_config import AutolabelConfig
 from boxloop.store import Project
@@ -127,7 +128,7 @@ def autolabel(project: Project, config: AutolabelConfig | None = None, progress:
             if not autolabel_pool(project):
                 log.warning("%s: no unlabelled images to auto-label; nothing to do", project.dir)
                 return []
-            state = {"iteration": 1, "phase": "train", "pending": {}, "stopped": None, "config": resolved.to_dict()}
+            state = {"iteration": 1, "phase": Phase.TRAIN.value, "pending": {}, "stopped": None, "config": resolved.to_dict()}
             project.set_metric(METRICS_ROUND, STATE_KEY, state)
         else:
             stored = _stored_config(state)
@@ -139,7 +140,7 @@ def autolabel(project: Project, config: AutolabelConfig | None = None, progress:
             if state.get("stopped") == "no_new_labels":  # the same settings would label nothing again
                 log.info("%s: auto-labelling already stopped: an iteration labelled nothing new", project.dir)
                 break
-            if state["phase"] == "train" and not state["pending"] and not autolabel_pool(project) \
+            if state["phase"] == Phase.TRAIN and not state["pending"] and not autolabel_pool(project) \
                     and not _labelled_untrained(project, i):
                 if state.get("stopped") != "pool_empty":
                     state["stopped"] = "pool_empty"
@@ -164,19 +165,16 @@ def autolabel(project: Project, config: AutolabelConfig | None = None, progress:
 def _run_phase(project: Project, state: dict[str, Any], progress: bool) -> dict[str, Any]:
     """Run the state's phase of its iteration; store and return the next state."""
     cfg, i, phase = _stored_config(state), int(state["iteration"]), state["phase"]
-    pending = dict(state.get("pending") or {})
-    t0 = time.perf_counter()
-    if phase == "train":
-        pending.update(_train(project, cfg, i, progress))
-        nxt = {**state, "phase": "evaluate"}
-    elif phase == "evaluate":
-        pending.update(_evaluate(project, cfg, i, progress))
-        nxt = {**state, "phase": "label"}
-    elif phase == "label":
-        return _label(project, cfg, i, pending, state, progress)  # stores the next state itself
-    else:
+    if phase not in PHASES:
         raise ValueError(f"{project.dir}: auto-labelling state names an unknown phase {phase!r}; "
                          f"delete the metrics key {STATE_KEY!r} of round {METRICS_ROUND} to start over")
+    pending = dict(state.get("pending") or {})
+    t0 = time.perf_counter()
+    if phase == Phase.LABEL:
+        return _label(project, cfg, i, pending, state, progress)  # stores the next state (iteration) itself
+    run = {Phase.TRAIN: _train, Phase.EVALUATE: _evaluate}[Phase(phase)]
+    pending.update(run(project, cfg, i, progress))
+    nxt = {**state, "phase": next_phase(phase).value}
     pending["seconds"] = pending.get("seconds", 0.0) + (time.perf_counter() - t0)
     nxt["pending"] = pending
     project.set_metric(METRICS_ROUND, STATE_KEY, nxt)
@@ -331,7 +329,7 @@ def _label(project: Project, cfg: AutolabelConfig, i: int, pending: dict[str, An
             stopped = "no_new_labels"
         elif remaining == 0:
             stopped = "pool_empty"
-        nxt = {**state, "iteration": i + 1, "phase": "train", "pending": {}, "stopped": stopped}
+        nxt = {**state, "iteration": i + 1, "phase": next_phase(Phase.LABEL).value, "pending": {}, "stopped": stopped}
         project.set_metric(METRICS_ROUND, STATE_KEY, nxt)
     _write_json(project, nxt, rows)
     return nxt

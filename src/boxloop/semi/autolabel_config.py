@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from boxloop.defaults import BATCH_SIZE, run_defaults
 from boxloop.grouped_settings import GroupedSettings
 from boxloop.semi import pseudo
 from boxloop.loop.config import DetectorSettings
@@ -82,8 +83,8 @@ class AutolabelTraining:
     (defaults.training_recipe; another optimizer without `lr`: 0.01 for SGD, else 0.001, as LoopConfig);
     `val_every` None: a tenth of the iteration's steps."""
 
-    image_size: int = 320
-    batch_size: int = 8
+    image_size: int | None = None  # None: the machine's (defaults.run_defaults(device)), set when made
+    batch_size: int = BATCH_SIZE
     device: str = "auto"
     seed: int = 0
     lr: float | None = None
@@ -91,6 +92,8 @@ class AutolabelTraining:
     val_every: int | None = None
 
     def __post_init__(self) -> None:
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", run_defaults(self.device).image_size)
         if self.val_every is not None and self.val_every < 1:
             raise ValueError(f"val_every must be >= 1 (steps), got {self.val_every}")
 

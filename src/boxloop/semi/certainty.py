@@ -70,7 +70,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop.train.data import Sample
-from boxloop.defaults import DETECTOR
+from boxloop.defaults import CERTAINTY, DETECTOR, Certainty
 from boxloop.semi.pseudo import ClasswiseThresholds, check_probability
 from boxloop.structures import Annotation, Detections, Source, iou
 from boxloop.train.config import TrainConfig
@@ -97,13 +97,13 @@ class SemiConfig:
     bootstrap interval (`guard_resamples` resamples of the validation images) of its val mAP50 minus
     teacher continued's lies above `min_gain`."""
 
-    tau: float = 0.7
-    gamma1: float = 0.05
-    gamma2: float = 0.6
-    clip: tuple[float, float] = (0.4, 0.9)
-    dynamic_threshold: bool = True
-    reweight: bool = True
-    certainty: bool = True
+    tau: float = CERTAINTY.tau
+    gamma1: float = CERTAINTY.gamma1
+    gamma2: float = CERTAINTY.gamma2
+    clip: tuple[float, float] = CERTAINTY.clip
+    dynamic_threshold: bool = CERTAINTY.dynamic_threshold
+    reweight: bool = CERTAINTY.reweight
+    certainty: bool = CERTAINTY.certainty
     lambda_u: float = 1.0
     flip: bool = True
     flip_iou: float = 0.55
@@ -140,10 +140,13 @@ class SemiConfig:
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
+    @property
+    def certainty_settings(self) -> Certainty:
+        return Certainty(tau=self.tau, gamma1=self.gamma1, gamma2=self.gamma2, clip=self.clip,
+                         dynamic_threshold=self.dynamic_threshold, reweight=self.reweight, certainty=self.certainty)
+
     def thresholds(self, num_classes: int, certainty: bool | None = None) -> ClasswiseThresholds:
-        return ClasswiseThresholds(num_classes, tau=self.tau, gamma1=self.gamma1, gamma2=self.gamma2, clip=self.clip,
-                                   dynamic_threshold=self.dynamic_threshold, reweight=self.reweight,
-                                   certainty=self.certainty if certainty is None else certainty)
+        return ClasswiseThresholds.from_settings(num_classes, self.certainty_settings, certainty)
 
 
 @dataclass

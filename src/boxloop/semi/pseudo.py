@@ -23,6 +23,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from boxloop.defaults import CERTAINTY, Certainty
 from boxloop.structures import Detections
 
 __all__ = [
@@ -183,16 +184,25 @@ class ClasswiseThresholds:
     """
 
     num_classes: int
-    tau: float = 0.7
-    gamma1: float = 0.05
-    gamma2: float = 0.6
-    clip: tuple[float, float] = (0.4, 0.9)
-    dynamic_threshold: bool = True
-    reweight: bool = True
-    certainty: bool = True
+    tau: float = CERTAINTY.tau
+    gamma1: float = CERTAINTY.gamma1
+    gamma2: float = CERTAINTY.gamma2
+    clip: tuple[float, float] = CERTAINTY.clip
+    dynamic_threshold: bool = CERTAINTY.dynamic_threshold
+    reweight: bool = CERTAINTY.reweight
+    certainty: bool = CERTAINTY.certainty
     alpha_max: float = 10.0
     sum_pv: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     count: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    @classmethod
+    def from_settings(cls, num_classes: int, settings: Certainty, certainty: bool | None = None
+                      ) -> ClasswiseThresholds:
+        """Fresh thresholds with `settings`; `certainty` overrides settings.certainty (False: the
+        detector predicts no localization quality)."""
+        return cls(num_classes, tau=settings.tau, gamma1=settings.gamma1, gamma2=settings.gamma2,
+                   clip=settings.clip, dynamic_threshold=settings.dynamic_threshold, reweight=settings.reweight,
+                   certainty=settings.certainty if certainty is None else certainty)
 
     def __post_init__(self) -> None:
         if int(self.num_classes) < 1:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from boxloop.defaults import BATCH_SIZE
 from boxloop.images import resized_size
 from boxloop.detectors.base import Detector
 from boxloop.structures import Boxes, Detections, iou
@@ -91,7 +92,7 @@ class _ImageFiles(Dataset):
 
 
 def weak_predict(detector: Detector, paths: Sequence[str | Path], image_size: int, flip: bool = True,
-                 score_threshold: float = 0.05, batch_size: int = 8, flip_iou: float = 0.55,
+                 score_threshold: float = 0.05, batch_size: int = BATCH_SIZE, flip_iou: float = 0.55,
                  num_workers: int = 0) -> list[Detections]:
     """The teacher's weak view (CertaintySSOD: horizontal flip): Detections per path in original pixels,
     the image and its mirror merged by `merge_flip` when `flip`, else the image alone."""

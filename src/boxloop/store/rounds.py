@@ -21,7 +21,7 @@ class QueryState(StrEnum):
 
 @dataclass(frozen=True)
 class Round:
-    """One round: the loop step it reached (loop.TRANSITIONS) and its status ('running', 'done',
+    """One round: the loop step it reached (loop/transitions.py) and its status ('running', 'done',
     'failed'), with the resolved config it ran with."""
 
     id: int

@@ -1,6 +1,6 @@
 """Pieces every strategy shares: per-box scores, budget checks, the batch filler, field checks.
 
-Scoring is kept apart from selecting (DESIGN.md): the `*_scores` functions return one number per
+Scoring is kept apart from selecting: the `*_scores` functions return one number per
 table row (higher = more informative); `fill_batch` turns a ranking into a Selection while honouring
 the budget, the share of "empty" images and the rule "budget larger than the pool: take what is
 left and say so".

@@ -264,7 +264,7 @@ def budget_aware(table: DetectionTable, budget: int, rng: np.random.Generator | 
     alikes (within the median distance to the 20th nearest neighbour). Why this rule: the low-budget
     regime of Hacohen et al. is the one where the labelled set does not yet represent the data's
     dense regions - that is what typical picks fix, and what coverage measures, with no model and
-    no validation split (which is 4-5 images at these sizes: noise, AL_NOTES.md). Once most images
+    no validation split (which is 4-5 images at these sizes: noise, see metrics/compare.py). Once most images
     have a labelled look-alike, further typical picks repeat what is known, and the detector (now
     trained on a representative set) has uncertainties worth following. The rule adapts to the data:
     a pool of near-duplicates is covered after a few images, a varied one stays typical longer; a
@@ -273,7 +273,7 @@ def budget_aware(table: DetectionTable, budget: int, rng: np.random.Generator | 
     The threshold: on BCCD's 292 non-test images (measured with boxloop.predict.embedding, 3 seeds) 10 random
     images already cover 0.55, 20 cover 0.64, 60 cover 0.74; typical picks cover 0.72 / 0.79 / 0.82
     at 20 / 40 / 60. A switch at 0.8 therefore falls at ~40-60 labelled training images (13-20% of
-    the pool), where AL_NOTES.md saw localization_aware pull ahead of random; at 0.5 the hybrid would
+    the pool), where earlier BCCD runs saw localization_aware pull ahead of random; at 0.5 the hybrid would
     never be typical after round 0. The coverage of every round is recorded with the selection, so
     the benchmark can place the switch after the fact and this constant can follow it.
     """

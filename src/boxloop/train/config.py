@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from boxloop.defaults import BATCH_SIZE, GENERIC_RECIPE, OPTIMIZERS, run_defaults
+
 __all__ = ["TrainConfig", "short_warmup", "RESUME_FIXED"]
 
 
@@ -31,10 +33,10 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     min_steps: int | None = None
-    batch_size: int = 8
-    image_size: int = 512
-    optimizer: str = "sgd"
-    lr: float = 0.01
+    batch_size: int = BATCH_SIZE
+    image_size: int | None = None  # None: the machine's (defaults.run_defaults(device)), set when made
+    optimizer: str = GENERIC_RECIPE[0]
+    lr: float = GENERIC_RECIPE[1]
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_steps: int = 100
@@ -56,6 +58,8 @@ class TrainConfig:
     val_score_threshold: float = 0.05
 
     def __post_init__(self) -> None:
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", run_defaults(self.device).image_size)
         if (self.epochs is None) == (self.steps is None):
             raise ValueError(f"give exactly one of epochs or steps (got epochs={self.epochs}, steps={self.steps})")
         for name in ("epochs", "steps", "min_steps"):
@@ -65,8 +69,8 @@ class TrainConfig:
         for name in ("batch_size", "image_size", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be {' or '.join(map(repr, OPTIMIZERS))}, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"schedule must be 'cosine', 'step' or 'constant', got {self.schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
