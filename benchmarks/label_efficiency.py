@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -108,8 +107,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from label_efficiency_plan import (  # noqa: E402,F401  (the plan's names are this benchmark's API)
-    ROUND_OVERHEAD_SECONDS, Job, Sizes, assign, dataset_sizes, describe_estimate, estimate, full_steps, image_schedule,
-    job_cost, loop_config, measure, plan, round_budget, set_schedule, strategies_of,
+    ROUND_OVERHEAD_SECONDS, Job, Sizes, assign, dataset_sizes, describe_estimate, estimate, full_steps, job_cost,
+    loop_config, measure, plan, round_budget, set_schedule, strategies_of,
 )
 from label_efficiency_targets import TARGETS, check_targets, describe, format_rows, share_at, table_rows  # noqa: E402,F401
 from protocol import (  # noqa: E402
