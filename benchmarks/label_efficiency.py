@@ -110,7 +110,9 @@ from label_efficiency_plan import (  # noqa: E402,F401  (the plan's names are th
     ROUND_OVERHEAD_SECONDS, Job, Sizes, assign, dataset_sizes, describe_estimate, estimate, full_steps, job_cost,
     loop_config, measure, plan, round_budget, set_schedule, strategies_of,
 )
-from label_efficiency_targets import TARGETS, check_targets, describe, format_rows, share_at, table_rows  # noqa: E402,F401
+from label_efficiency_targets import (  # noqa: E402,F401
+    TARGETS, check_targets, describe, format_rows, share_at, table_rows,
+)
 from protocol import (  # noqa: E402
     HERE, add_dataset_args, choose_preset, command, csv, dataset_or_skip, locked, log_timing, machine, parse_shard,
     resolve, settings, test_sensitivity, timings, write_json,

@@ -60,7 +60,8 @@ def test_coco_split_layout_is_detected(tmp_path):
 def test_a_test_split_without_a_class_is_named_in_a_warning(tmp_path):
     spec = protocol.prepare_dataset(str(yolo_splits(tmp_path / "pets", test_classes=(0,))), tmp_path / "work")
     assert len(spec.warnings) == 1
-    assert "'dog'" in spec.warnings[0] and "left out of mAP50" in spec.warnings[0] and "not counted as 0" in spec.warnings[0]
+    w = spec.warnings[0]
+    assert "'dog'" in w and "left out of mAP50" in w and "not counted as 0" in w
 
 
 def test_an_undetectable_format_lists_the_formats_and_how_to_name_one(tmp_path):
