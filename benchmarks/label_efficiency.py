@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/label_efficiency.py --preset cpu --report-only           # tables, JSON, plots
     .venv/bin/python benchmarks/label_efficiency.py --preset cpu --seeds 0 --threads 1   # or one seed at a time
     .venv/bin/python benchmarks/label_efficiency.py --dataset synthetic --threads 1      # smoke run, ~3 min
+    .venv/bin/python benchmarks/label_efficiency.py --dataset aquarium --estimate       # issue 25's headroom
 
 What it runs (preset cpu), on BCCD (292 trainval images, 3941 boxes; 72 fixed test images):
 - the CPU-first default detector fcos_lite at 320 px, batch 8, its recipe (AdamW, lr 0.002, cosine);
@@ -87,11 +88,19 @@ shares of the full-data mAP50), report.forecast_summary (power law, backtest), t
 Outputs: benchmarks/results/label_efficiency.json (or --json): command, machine, settings, plan,
 full-data models, per unit the strategy x round table (mean ± std over seeds, shares of trainval and
 of the full-data mAP50), the AUC statistics, the forecasts and their backtest error, the target
-checks and every run's rounds (each round: train steps, warm start, fallback if any). WORKDIR/<unit>/
-holds results.json, plots/ and report.html.
+checks, every run's rounds (each round: train steps, warm start, fallback if any, per-class AP50),
+the per-class statistics (AUC of each class's AP50 curve per seed, paired to random, and the same
+for the rare classes' mean) and, per full-data model, how far one test image moves its mAP50.
+WORKDIR/<unit>/ holds results.json, plots/ (rare_classes_ap50.png among them) and report.html.
 
-BCCD: /work/shared/datasets/bccd (a VOC root); absent: the script says so and exits 0.
-`--dataset synthetic` builds boxloop.synthetic's shapes dataset (every 5th image is the test set).
+Datasets (benchmarks/protocol.py): `--dataset bccd` (the default: shared/datasets/bccd, a VOC root,
+the numbers above), `aquarium` (shared/datasets/aquarium: pool train/, 448 images; fixed test set
+valid/ + test/, 190 images; CC BY 4.0, Roboflow, see its SOURCE.md), `synthetic` (boxloop.synthetic's
+shapes; every 5th image is the test set) or a PATH in VOC, COCO or YOLO with its own test split
+(`--dataset-format` names the format where boxloop cannot detect it). `--dataset aquarium` takes the
+aquarium preset: random only, the labelled set at `--fractions 0.05,0.1,0.2,0.3,0.5` of the pool
+(22/45/90/134/224 images) and a full-data model per seed: the headroom issue 25 asks for first.
+Absent shared/: the script says so and exits 0.
 """
 
 from __future__ import annotations

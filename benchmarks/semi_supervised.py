@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/semi_supervised.py --preset cpu --threads 1 --shard 1/2     # one core each
     .venv/bin/python benchmarks/semi_supervised.py --preset cpu --estimate    # time a few steps, predict the run
     .venv/bin/python benchmarks/semi_supervised.py --dataset synthetic        # smoke run, about 2 minutes
+    .venv/bin/python benchmarks/semi_supervised.py --dataset aquarium --estimate   # issue 26: 10% and 25%
 
 For each seed and labelled fraction (10%, 25%, 50% of trainval): one project whose labelled subset
 is `simulate.withhold`'s random choice for that seed (20% of it validates), the rest of trainval
