@@ -147,9 +147,10 @@ def _merge_splits(root: Path, splits: Mapping[str, Path], fmt: str | None, out: 
     """Every split's labels in one COCO file keyed by the path under `root`, and the test list (every
     split but train). Written atomically; the images stay where they are."""
     from boxloop import formats
-    from boxloop.formats.yolo import read_class_names
+    from boxloop.formats.yolo import NAME_FILES, read_class_names
 
-    found = read_class_names(root)  # data.yaml / classes.txt at the top (YOLO)
+    # data.yaml / classes.txt at the top (YOLO); only the dataset's own, never one in the folder above
+    found = read_class_names(root) if any((root / n).is_file() for n in NAME_FILES) else None
     classes: list[str] | None = [n for _, n in sorted(found[0].items())] if found else None
     merged, test = [], []
     for split, folder in splits.items():
@@ -173,8 +174,9 @@ def _merge_splits(root: Path, splits: Mapping[str, Path], fmt: str | None, out: 
 
 def prepare_dataset(dataset: str, workdir: Path, synthetic_images: int = 60, synthetic_size: int = 96,
                     fmt: str | None = None) -> DatasetSpec | None:
-    """The dataset's spec, its pool counts and warnings; None when the folder is missing (the caller
-    skips). DatasetError when the folder cannot be used (no test split, format not detected)."""
+    """The dataset's spec, its pool counts and warnings; None when a preset's folder is missing (the
+    caller skips). DatasetError when a PATH is missing or cannot be used (no test split, format not
+    detected)."""
     if fmt is not None and fmt not in FORMATS_READ:
         raise DatasetError(f"--dataset-format {fmt!r}: use one of {', '.join(FORMATS_READ)}")
     if dataset == "synthetic":
@@ -190,7 +192,9 @@ def prepare_dataset(dataset: str, workdir: Path, synthetic_images: int = 60, syn
                                    source="boxloop.synthetic"), None)
     root = dataset_path(dataset)
     if not root.is_dir():
-        return None
+        if dataset in DATASETS:
+            return None  # shared/ is not on this machine: the caller skips
+        raise DatasetError(f"{root}: no such folder (pass a dataset folder, {', '.join(DATASETS)} or synthetic)")
     preset = preset_of(dataset)
     name = dataset if dataset in DATASETS else root.name
     if (root / "Annotations").is_dir() and (root / "JPEGImages").is_dir():  # a VOC root (BCCD)
@@ -405,8 +409,7 @@ def test_sensitivity(project_dir: Path, image_size: int, device: str) -> dict[st
     (compare.leave_one_out_map50), cached beside the project."""
     from boxloop.demo import demo_test_sensitivity
 
-    return cached(project_dir / "test_sensitivity.json",
-                  lambda: demo_test_sensitivity(project_dir, image_size, "cpu" if device == "auto" else device))
+    return cached(project_dir / "test_sensitivity.json", lambda: demo_test_sensitivity(project_dir, image_size, device))
 
 
 # -- tables and JSON ---------------------------------------------------------------------------------

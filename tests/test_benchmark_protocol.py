@@ -87,8 +87,11 @@ def test_labels_without_a_test_split_are_refused(tmp_path):
         protocol.prepare_dataset(str(root), tmp_path / "work")
 
 
-def test_a_missing_folder_is_skipped(tmp_path):
-    assert protocol.prepare_dataset(str(tmp_path / "absent"), tmp_path / "work") is None
+def test_a_missing_preset_is_skipped_and_a_missing_path_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "shared_datasets", lambda: tmp_path / "no_shared")
+    assert protocol.prepare_dataset("aquarium", tmp_path / "work") is None
+    with pytest.raises(protocol.DatasetError, match="no such folder"):
+        protocol.prepare_dataset(str(tmp_path / "absent"), tmp_path / "work")
 
 
 @pytest.mark.skipif(not AQUARIUM.is_dir(), reason="shared/datasets/aquarium is absent")
