@@ -221,18 +221,19 @@ def prepare_dataset(dataset: str, workdir: Path, synthetic_images: int = 60, syn
 
 def _finish(spec: DatasetSpec, preset: DatasetPreset | None) -> DatasetSpec:
     """Pool counts per class, the rare classes and the warnings about the test set."""
+    from boxloop import formats
     from boxloop.images import list_images
     from boxloop.project import resolve_test_list
-    from boxloop.simulate import load_truth
 
-    truth = load_truth(spec.images, spec.annotations, spec.fmt)
+    res = formats.load(spec.fmt, spec.annotations, spec.images)
+    truth = res.annotations
     test = set(resolve_test_list(spec.test_list, list_images(spec.images)))
-    classes = sorted({c for a in truth.values() for c in a.labels})
+    used = sorted({c for a in truth.values() for c in a.labels})
     pool = [k for k in truth if k not in test]
-    counts = {c: sum(c in truth[k].labels for k in pool) for c in classes}
+    counts = {c: sum(c in truth[k].labels for k in pool) for c in used}
     in_test = {c for k in test if k in truth for c in truth[k].labels}
     warnings = tuple(f"{spec.name}: the test set has no {c!r} box: its AP is left out of mAP50 (not counted as 0)"
-                     for c in classes if c not in in_test)
+                     for c in dict.fromkeys([*res.classes, *used]) if c not in in_test)
     rare = spec.rare_classes or (preset and preset.rare_classes) or rarest(counts, preset.rare_count if preset else 2)
     return dataclasses.replace(spec, rare_classes=tuple(rare), pool_images_per_class=counts, test_images=len(test),
                                pool_images=len(pool), warnings=warnings)

@@ -62,6 +62,10 @@ def test_a_test_split_without_a_class_is_named_in_a_warning(tmp_path):
     assert len(spec.warnings) == 1
     w = spec.warnings[0]
     assert "'dog'" in w and "left out of mAP50" in w and "not counted as 0" in w
+    # a class data.yaml declares and no image holds is named too
+    (tmp_path / "pets" / "data.yaml").write_text("names: ['cat', 'dog', 'bird']\n")
+    spec = protocol.prepare_dataset(str(tmp_path / "pets"), tmp_path / "work")
+    assert ["'dog'" in w for w in spec.warnings] == [True, False] and "'bird'" in spec.warnings[1]
 
 
 def test_an_undetectable_format_lists_the_formats_and_how_to_name_one(tmp_path):
