@@ -20,19 +20,12 @@ from rich.markup import escape
 from boxloop.cli.errors import user_errors
 from boxloop.cli.options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, EpochsOpt, ModelOpt, NoPretrainedOpt,
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
-                                 FORMATS_HELP, check_detector_options, detector_options, loop_config, open_detector,
-                                 ray_scoring,
+                                 FORMATS_HELP, INITIAL_STRATEGY_HELP, LR_HELP, OPTIMIZER_HELP, STRATEGY_HELP,
+                                 check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
                                  unit_float)
 from boxloop.cli.output import out, print_autolabel_rows, print_metrics, print_status, warn, wrap_help_as_sentences
-from boxloop.defaults import CERTAINTY, GENERIC_RECIPE, OPTIMIZERS, RECIPES
-from boxloop.strategies import (BOX_STRATEGIES, COLD_START_STRATEGY, DEFAULT_STRATEGY, IMAGE_STRATEGIES,
-                                INITIAL_STRATEGIES, SEED_SET_STRATEGY)
-
-# from the registry and defaults.py, so that the help cannot drift from what runs
-STRATEGY_HELP = f"{', '.join(IMAGE_STRATEGIES)} (boxes: {', '.join(BOX_STRATEGIES)})."
-LR_HELP = ("Learning rate (default: the model's recipe; "
-           + ", ".join(f"{m} {lr} with {opt}" for m, (opt, lr) in RECIPES.items())
-           + f", others {GENERIC_RECIPE[1]} with {GENERIC_RECIPE[0]}).")
+from boxloop.defaults import CERTAINTY
+from boxloop.strategies import COLD_START_STRATEGY, DEFAULT_STRATEGY, SEED_SET_STRATEGY
 
 app = typer.Typer(
     name="boxloop",
@@ -132,7 +125,7 @@ def train(
     image_size: SizeOpt = None,
     batch_size: BatchOpt = None,
     lr: Annotated[Optional[float], typer.Option(help=LR_HELP)] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help=f"{' or '.join(OPTIMIZERS)} (default: the model's recipe).")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help=OPTIMIZER_HELP)] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     no_pretrained: NoPretrainedOpt = False,
@@ -365,7 +358,7 @@ def simulate(
     test_fraction: Annotated[float, typer.Option(help="Class-stratified test share when no --test-list.")] = 0.2,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies to compare.")] = "random,localization_aware",
     initial: Annotated[int, typer.Option(help="Seed set: images labelled before round 0.")] = 20,
-    initial_strategy: Annotated[str, typer.Option(help=f"How the seed set is chosen: {' or '.join(INITIAL_STRATEGIES)} (typical: TypiClust in the pretrained backbone's embedding).")] = SEED_SET_STRATEGY,
+    initial_strategy: Annotated[str, typer.Option(help=INITIAL_STRATEGY_HELP)] = SEED_SET_STRATEGY,
     budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
     rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
     seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
@@ -498,12 +491,4 @@ def demo(
     run_demo(out_dir, n_images, image_size, rounds, steps, warm_steps, initial, budget, seed_list, device)
 
 
-wrap_help_as_sentences(app)  # after every command is registered
-
-
-def main() -> None:  # pragma: no cover - console entry point alternative
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
+wrap_help_as_sentences(app)  # after every command is registered; `python -m boxloop.cli` is __main__.py

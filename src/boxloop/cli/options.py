@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from boxloop.defaults import BATCH_SIZE, CPU, GPU, UNRECORDED_IMAGE_SIZE
+from boxloop.defaults import BATCH_SIZE, CPU, GENERIC_RECIPE, GPU, OPTIMIZERS, RECIPES, UNRECORDED_IMAGE_SIZE
 from boxloop.formats import FORMATS
+from boxloop.strategies import BOX_STRATEGIES, IMAGE_STRATEGIES, INITIAL_STRATEGIES
 
 if TYPE_CHECKING:
     from boxloop.loop.config import LoopConfig
@@ -40,8 +41,15 @@ DetectorOpt = Annotated[Optional[list[str]], typer.Option(
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (auto, or HEAD:6379; run on one of its nodes) instead of starting a local Ray.")]
 
-# what init, export, simulate and import read or write: every format boxloop.formats knows
-FORMATS_HELP = f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}"
+# Help texts from what runs (boxloop.formats, the strategy registry, defaults.py): they cannot drift.
+FORMATS_HELP = f"{', '.join(FORMATS[:-1])} or {FORMATS[-1]}"  # init, export, import, query, simulate
+STRATEGY_HELP = f"{', '.join(IMAGE_STRATEGIES)} (boxes: {', '.join(BOX_STRATEGIES)})."
+INITIAL_STRATEGY_HELP = (f"How the seed set is chosen: {' or '.join(INITIAL_STRATEGIES)} "
+                         "(typical: TypiClust in the pretrained backbone's embedding).")
+LR_HELP = ("Learning rate (default: the model's recipe; "
+           + ", ".join(f"{m} {lr} with {opt}" for m, (opt, lr) in RECIPES.items())
+           + f", others {GENERIC_RECIPE[1]} with {GENERIC_RECIPE[0]}).")
+OPTIMIZER_HELP = f"{' or '.join(OPTIMIZERS)} (default: the model's recipe)."
 
 def check_detector_options(model: str, options: dict[str, Any]) -> None:
     """Refuse an unknown model or option before any work (the error lists the valid ones)."""
