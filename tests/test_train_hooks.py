@@ -1,5 +1,5 @@
 """fit()'s hooks and the one build-and-train path: every training method runs fit()'s loop, and a
-method plugs into it through FitHooks instead of copying it."""
+method plugs into it through hooks (train/hooks.py) instead of copying it."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from test_train import CLASSES, SIZE, config, make_samples, tiny_fcos
 
 from boxloop.detectors import LOC_QUALITY_OPTIONS, DetectorSpec
-from boxloop.train.fit import FitHooks, fit
+from boxloop.train.fit import fit
+from boxloop.train.hooks import FitHooks, Hook
 from boxloop.train.config import short_warmup
 from boxloop.train.run import train_detector
 from boxloop.train.config import TrainConfig
-from boxloop.train.checkpoints import load_checkpoint
+from boxloop.train.checkpoints import CheckpointError, load_checkpoint
 
 SPEC = DetectorSpec("fcos", {"backbone": "mobilenet_v3_large", "pretrained_backbone": False, "min_size": SIZE,
                              "max_size": SIZE, "fpn_channels": 32, "head_convs": 1})
@@ -108,3 +109,43 @@ def test_semi_and_plain_training_share_fits_loop(tmp_path: Path, monkeypatch: py
                    tmp_path / "semi", model=SPEC.model, detector_kwargs=dict(SPEC.options), progress=False)
     trained = res.steps["teacher"] + res.steps["continued"] + (res.steps["student"] or 0)
     assert len(calls) == trained
+
+
+class _Counter(Hook):
+    """A hook with state: counts the steps it saw, and the calls fit makes around the loop."""
+
+    def __init__(self) -> None:
+        self.steps, self.calls = 0, []
+
+    def before_train(self, step: int) -> None:
+        self.calls.append(("before_train", step))
+
+    def after_step(self, step: int, entry: dict) -> None:
+        self.steps += 1
+
+    def after_train(self, step: int) -> None:
+        self.calls.append(("after_train", step))
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+
+
+def test_a_hook_state_survives_a_resume_and_fit_calls_it_around_the_loop(tmp_path: Path) -> None:
+    train = make_samples(tmp_path / "data", 4, seed=8)
+    cfg = config(steps=6, batch_size=2, warmup_steps=0, val_every=6)
+    first = _Counter()
+    part = fit(SPEC.build(2, seed=0), train, [], CLASSES, cfg, tmp_path / "run", progress=False, stop_after=4,
+               hooks=[first])
+    assert not part.completed and first.steps == 4 and first.calls == [("before_train", 0), ("after_train", 4)]
+    assert load_checkpoint(part.last_checkpoint)["hooks"] == [{"steps": 4}]
+    second = _Counter()  # a new process: its state comes from last.pt
+    done = fit(SPEC.build(2, seed=0), train, [], CLASSES, cfg, tmp_path / "run", progress=False, hooks=[second])
+    assert done.completed and second.steps == 6 and second.calls == [("before_train", 4), ("after_train", 6)]
+    other = config(steps=8, batch_size=2, warmup_steps=0)
+    fit(SPEC.build(2, seed=0), train, [], CLASSES, other, tmp_path / "run2", progress=False, stop_after=1,
+        hooks=[_Counter()])
+    with pytest.raises(CheckpointError, match="hooks"):  # resumed without the hook whose state it holds
+        fit(SPEC.build(2, seed=0), train, [], CLASSES, other, tmp_path / "run2", progress=False)

@@ -22,7 +22,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -36,13 +36,14 @@ from boxloop.train.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Ch
                                        check_checkpoint_classes, load_checkpoint, save_checkpoint)
 from boxloop.train.config import RESUME_FIXED, TrainConfig
 from boxloop.train.data import DetectionDataset, Sample, collate, train_transform
+from boxloop.train.hooks import Hook
 # fit() calls the step by this module's name for it, so a test can wrap boxloop.train.fit._train_step
-from boxloop.train.step import Images, Optimisation, Targets, build_optimisation, train_step as _train_step
+from boxloop.train.step import Optimisation, build_optimisation, train_step as _train_step
 
 if TYPE_CHECKING:
     from boxloop.train.ddp import DistContext
 
-__all__ = ["FitResult", "FitHooks", "fit", "epoch_order", "validation_map50", "validation_predictions"]
+__all__ = ["FitResult", "fit", "epoch_order", "validation_map50", "validation_predictions"]
 
 log = logging.getLogger("boxloop")
 
@@ -104,22 +105,6 @@ def validation_map50(detector: Detector, samples: Sequence[Sample], class_names:
 
 
 
-@dataclass(frozen=True)
-class FitHooks:
-    """Where a training method plugs into fit()'s one loop instead of copying it.
-
-    `batch(step, images, targets)` returns the batch to train on: a teacher's pseudo-labels, refreshed
-    targets, another view. It gets the loader's CPU tensors; `step` counts the steps made before this
-    one. `after_step(step, entry)` runs once per optimiser step, after that step's validation (an EMA
-    teacher's update, logging); `step` counts the steps made, `entry` is the step's history row.
-    Checkpoints do not hold a hook's state: a hook whose state must survive a resume keeps it itself.
-    Under torchrun every rank runs the hooks."""
-
-    batch: Callable[[int, Images, Targets], tuple[Images, Targets]] | None = None
-    after_step: Callable[[int, dict[str, Any]], None] | None = None
-
-
-
 @dataclass
 class _Progress:
     """Where a fit() stands. Every checkpoint holds all of it, so a resume continues exactly."""
@@ -133,7 +118,7 @@ class _Progress:
 
 
 def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_names: list[str],
-             last_path: Path) -> tuple[_Progress, bool]:
+             last_path: Path, hooks: Sequence[Hook]) -> tuple[_Progress, bool]:
     """Load last.pt after checking it comes from the same setup; (progress, whether it was complete)."""
     try:
         ckpt = load_checkpoint(last_path, map_location=opt.device)
@@ -154,6 +139,12 @@ def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_n
     opt.scheduler.load_state_dict(ckpt["scheduler"])
     if "scaler" in ckpt and ckpt["scaler"]:
         opt.scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt.get("hooks") or [{}] * len(hooks)  # checkpoints before hooks had state: none kept any
+    if len(states) != len(hooks):
+        raise CheckpointError(f"{last_path} was trained with {len(states)} hooks, this fit() has {len(hooks)}; "
+                              "resume with the same hooks, or use another out_dir or resume=False")
+    for hook, state in zip(hooks, states):
+        hook.load_state_dict(state)
     run = _Progress(int(ckpt["step"]), list(ckpt["history"]), ckpt.get("best_map50"), ckpt.get("best_step"),
                     int(ckpt.get("evals_since_best", 0)), bool(ckpt.get("stopped_early", False)))
     _set_rng_state(ckpt["rng"], opt.device)
@@ -163,7 +154,7 @@ def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_n
 def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
         class_names: Sequence[str], config: TrainConfig, out_dir: str | Path, progress: bool = True,
         resume: bool = True, stop_after: int | None = None, dist: DistContext | None = None,
-        hooks: FitHooks | None = None) -> FitResult:
+        hooks: Hook | Sequence[Hook] = ()) -> FitResult:
     """Train `detector` in place; write out_dir/last.pt and out_dir/best.pt; return what happened.
 
     Samples without an annotation are skipped (unlabelled); negatives train as negatives. With
@@ -172,11 +163,11 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     out_dir/last.pt from the same setup, training continues from it. `stop_after` ends this call
     after that many steps (last.pt saved), for time-sliced training and for tests of resuming.
     `dist`: this process is one rank of a torchrun job (see boxloop.train.ddp.fit_distributed). `hooks`:
-    what a training method adds to each step (FitHooks).
+    what a training method adds to the loop (train/hooks.py); their state is in every checkpoint.
     """
     from tqdm.auto import tqdm
 
-    hooks = hooks or FitHooks()
+    hooks = [hooks] if isinstance(hooks, Hook) else list(hooks)
     out_dir = Path(out_dir)
     class_names = list(class_names)
     train = _labelled(train_samples)
@@ -202,7 +193,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
 
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.exists():
-        run, complete = _restore(detector, opt, config, class_names, last_path)
+        run, complete = _restore(detector, opt, config, class_names, last_path, hooks)
         if complete:
             return _finish(detector, device, FitResult(best_path, last_path, run.best_map50, run.history, run.step,
                                                        total_steps, True, run.stopped_early))
@@ -232,10 +223,13 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
             "train_config": config.to_dict(), "history": run.history, "best_map50": run.best_map50,
             "best_step": run.best_step, "evals_since_best": run.evals_since_best, "complete": complete,
             "stopped_early": run.stopped_early, "rng": _rng_state(device),
+            "hooks": [hook.state_dict() for hook in hooks],
         }, path)
 
     bar = tqdm(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
     steps_this_call = 0
+    for hook in hooks:
+        hook.before_train(run.step)
     detector.train()
     try:
         while run.step < total_steps and not run.stopped_early:
@@ -252,8 +246,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
             for images, targets in loader:
                 if dist is not None:
                     dist.set_batch(len(train), config.batch_size, run.step % steps_per_epoch)
-                if hooks.batch is not None:
-                    images, targets = hooks.batch(run.step, images, targets)
+                for hook in hooks:
+                    images, targets = hook.before_step(run.step, images, targets)
                 parts = _train_step(detector, opt, images, targets)
                 if dist is not None:
                     parts = dist.mean(parts)
@@ -288,8 +282,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                             run.stopped_early = True
                             log.info("early stop at step %d: no better val mAP50 in %d evaluations", run.step,
                                      run.evals_since_best)
-                if hooks.after_step is not None:
-                    hooks.after_step(run.step, entry)
+                for hook in hooks:
+                    hook.after_step(run.step, entry)
                 stop_now = stop_after is not None and steps_this_call >= stop_after
                 periodic = config.checkpoint_every is not None and run.step % config.checkpoint_every == 0
                 if done or run.stopped_early:
@@ -304,6 +298,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 break
     finally:
         bar.close()
+    for hook in hooks:
+        hook.after_train(run.step)
     if dist is not None:
         dist.barrier()  # rank 0's checkpoints are on disk before any rank reads best.pt
     completed = run.step >= total_steps or run.stopped_early
