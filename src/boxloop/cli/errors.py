@@ -74,7 +74,8 @@ def storage_problem(e: BaseException, project: Path | None = None) -> str | None
     """What to tell the user when `e` (or an exception it was raised from: torch wraps a failed write
     in a RuntimeError) is a full disk, a read-only file system or a denied write; None otherwise."""
     import errno
-    import sqlite3
+
+    from boxloop.store import DB_NAME, database_error
 
     def readonly(folder: Path) -> bool:
         try:
@@ -103,9 +104,10 @@ def storage_problem(e: BaseException, project: Path | None = None) -> str | None
                     f"(or copy the project to a writable folder) and {again}")
         if isinstance(x, OSError) and x.errno in (errno.EACCES, errno.EPERM) and x.filename:
             return f"permission denied: {name}; give this user access to it and {again}"
-        if isinstance(x, sqlite3.OperationalError) and project is not None:
-            text, where = str(x), Path(project)
-            db = where / "boxloop.db"
+        text = database_error(x)
+        if text is not None and project is not None:
+            where = Path(project)
+            db = where / DB_NAME
             if "full" in text or ("disk I/O" in text and full(where)):
                 return f"cannot write {db}: no space left on the device ({text}); free some disk space and {again}"
             if "readonly" in text or "read-only" in text or ("unable to open" in text and readonly(where)):

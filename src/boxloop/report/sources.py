@@ -97,7 +97,9 @@ def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
     source = Path(source)
     if source.is_file() or (source / "results.json").exists():
         return source, None, f"boxloop report: {source}"
-    if (source / "boxloop.db").exists():
+    from boxloop.store import DB_NAME
+
+    if (source / DB_NAME).exists():
         from boxloop.loop.history import round_history
         from boxloop.loop.config import LoopConfig
         from boxloop.store import Project

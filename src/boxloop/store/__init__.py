@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from boxloop.store.dbfile import NotAProject, remove_database, retire_database
+from boxloop.store.dbfile import NotAProject, database_error, remove_database, retire_database
 from boxloop.store.core import ProjectBusy, ProjectExists
 from boxloop.store.files import Files
 from boxloop.store.images import ImageRecord
@@ -46,6 +46,7 @@ __all__ = [
     "SUBSETS",
     "ImageRecord",
     "NotAProject",
+    "database_error",
     "Project",
     "ProjectBusy",
     "ProjectExists",

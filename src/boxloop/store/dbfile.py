@@ -27,6 +27,12 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 BOXLOOP_TABLES = frozenset({"meta", "classes", "images", "boxes"})
 
 
+def database_error(e: BaseException) -> str | None:
+    """SQLite's text when `e` is its operational error (disk full, read-only, I/O), else None: how
+    the command line tells storage problems apart without importing sqlite3."""
+    return str(e) if isinstance(e, sqlite3.OperationalError) else None
+
+
 class NotAProject(ValueError):
     """A directory without a boxloop database, or a database file that is not boxloop's."""
 
