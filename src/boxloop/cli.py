@@ -450,14 +450,16 @@ def autolabel(
 def report(
     source: Annotated[Path, typer.Argument(help="A simulate --out folder (or its results.json), or a project folder.")],
     out_html: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """One self-contained HTML page: learning curves, per-class AP, labels per class, thresholds,
-    pseudo-labels, annotation cost and a gallery of the last query."""
+    pseudo-labels, annotation cost and a gallery of the last query. A file already at --out is not
+    replaced unless --overwrite."""
     from boxloop.report import write_report
     from boxloop.report import report_source
 
     data, gallery, title = report_source(source)
-    path = write_report(data, out_html, title=title, gallery=gallery)
+    path = write_report(data, out_html, title=title, gallery=gallery, overwrite=overwrite)
     out.print(f"[green]report[/green] {escape(str(path))}")
 
 
