@@ -91,7 +91,8 @@ def test_an_empty_label_file_nobody_saved_is_no_answer(data, tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     manifest = json.loads((batch / "batch.json").read_text())
     names = sorted(manifest["images"])
-    assert sorted(manifest["empty_files"]) == names  # every cold file is empty, each fingerprinted
+    xmls = sorted(Path(n).stem + ".xml" for n in names)
+    assert sorted(manifest["label_files"]) == xmls  # every label file boxloop wrote, each fingerprinted
     # nothing saved yet: a clear error, nothing imported
     res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
     assert res.exit_code != 0 and "never saved" in " ".join(res.output.split())

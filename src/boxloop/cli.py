@@ -329,13 +329,16 @@ def import_(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
     annotations: Annotated[Path, typer.Option(help="The answered batch folder or file.")],
     fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco, yolo, labelstudio or cvat (detected when omitted).")] = None,
+    unchanged: Annotated[Optional[str], typer.Option(help="Images whose labels are still exactly the pre-annotations, where the format cannot tell whether a person checked them (COCO, CVAT): 'answered' (they were checked) or 'open' (leave them for later); without it import stops and names them.")] = None,
 ) -> None:
-    """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong."""
+    """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong.
+    What boxloop wrote and nobody changed is no answer: a VOC or YOLO label file never saved since
+    leaves its image open; where the format cannot tell, --unchanged decides."""
     from boxloop.human import import_answers
     from boxloop.store import Project
 
     with Project.open(project) as proj:
-        res = import_answers(proj, annotations, fmt)
+        res = import_answers(proj, annotations, fmt, unchanged=unchanged)
     for w in res["warnings"]:
         warn(w)
     c = res["cost"]

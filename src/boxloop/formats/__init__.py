@@ -276,9 +276,19 @@ def load(fmt: str | None, source: str | Path, images_root: str | Path | None = N
     raise FormatError(source, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
 
 
-def label_file(fmt: str, out: str | Path, image: str) -> Path | None:
-    """The file `dump` writes the boxes of `image` to, for formats with one file per image (VOC,
-    YOLO); None for the formats that hold every image in one file."""
+# How an annotator's answer for one image is told from what boxloop wrote into a query batch (see
+# boxloop.human): "file": each image has its own label file, which the tool saves again (new bytes or a
+# new modification time) when a person answers; "submitted": the tool keeps a person's submissions
+# apart from the pre-annotations (Label Studio: annotations beside boxloop's predictions); "none": one
+# file holds every image, so its saving says nothing of any one image, and an image whose labels are
+# still exactly boxloop's cannot be told from one nobody looked at.
+ANSWER_EVIDENCE = {"voc": "file", "yolo": "file", "labelstudio": "submitted", "coco": "none", "cvat": "none"}
+_ONE_FILE = {"coco": "annotations.json", "cvat": "annotations.xml", "labelstudio": "tasks.json"}
+
+
+def label_file(fmt: str, out: str | Path, image: str) -> Path:
+    """The file `dump` writes the boxes of `image` to in the folder `out`: its own file for the
+    formats with one file per image (VOC, YOLO), else the one file that holds every image."""
     fmt, out = fmt.lower(), Path(out)
     if fmt == "voc":
         from boxloop.formats.voc import voc_label_file
@@ -288,7 +298,9 @@ def label_file(fmt: str, out: str | Path, image: str) -> Path | None:
         from boxloop.formats.yolo import yolo_label_file
 
         return yolo_label_file(out, image)
-    return None
+    if fmt not in _ONE_FILE:
+        raise FormatError(out, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    return out / _ONE_FILE[fmt]
 
 
 def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], out: str | Path,
