@@ -14,6 +14,7 @@ dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PureWindowsPath
 from typing import Callable, Iterable, Mapping, Sequence
@@ -110,6 +111,41 @@ def clean_boxes(ann: Annotation, where: str, warnings: list[str], quiet: bool = 
         else:
             warnings.extend(notes)
     return ann
+
+
+# -- shapes that are not boxes: one rule for every format --------------------------------------------
+# An outline says where an object is: a polygon (YOLO segmentation lines, Label Studio, CVAT) or an
+# ellipse loads as its bounding box, counted in one warning per file. Other shapes (points and
+# keypoints, lines, masks, cuboids, skeletons) give no box and are ignored with a warning; an image
+# whose only shapes were ignored is left unlabelled and named, never called a negative (its objects
+# were marked, only not as boxes).
+
+
+def polygon_box(points: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """xyxy of the bounding box of a polygon's (x, y) points."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
+def ellipse_box(cx: float, cy: float, rx: float, ry: float, degrees: float = 0.0) -> tuple[float, float, float, float]:
+    """xyxy of the bounding box of an ellipse with centre (cx, cy) and radii rx, ry, rotated about its centre."""
+    t = math.radians(degrees)
+    ex = math.hypot(rx * math.cos(t), ry * math.sin(t))
+    ey = math.hypot(rx * math.sin(t), ry * math.cos(t))
+    return cx - ex, cy - ey, cx + ex, cy + ey
+
+
+def outlines_note(where: str | Path, counts: Mapping[str, int]) -> str | None:
+    """The one warning per file for the outlines read as boxes, or None."""
+    said = [f"{n} {kind}(s)" for kind, n in sorted(counts.items()) if n]
+    return f"{where}: {' and '.join(said)} read as their bounding boxes" if said else None
+
+
+def only_other_shapes(where: str | Path, key: str, kinds: Iterable[str]) -> str:
+    """The warning for an image whose only shapes give no box: unlabelled, not a negative."""
+    return (f"{where}: {key} holds only shapes that are not boxes ({', '.join(sorted(set(kinds)))}); it is left "
+            "unlabelled, not called a negative")
 
 
 def check_classes(used: Mapping[str, list[str]], classes: Sequence[str] | None, source: str | Path) -> None:
