@@ -163,6 +163,41 @@ def check_classes(used: Mapping[str, list[str]], classes: Sequence[str] | None, 
         )
 
 
+MAX_YAML_BYTES = 1 << 20  # a data.yaml names classes: a megabyte is far more than any needs
+
+
+def load_yaml(text: str, where: str | Path) -> object:
+    """YAML as `yaml.safe_load` reads it, but without aliases: an anchor (&a) and nested aliases (*a)
+    let a few hundred bytes expand to gigabytes (each level multiplies), and no label file needs one."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise FormatError(where, f"holds a YAML alias (*name) at line {mark.line + 1}, column {mark.column + 1}",
+                                  "write the values out; aliases are not read (nested ones can expand to gigabytes)")
+            return super().compose_node(parent, index)
+
+    if len(text) > MAX_YAML_BYTES:
+        raise FormatError(where, f"is {len(text)} characters of YAML, more than {MAX_YAML_BYTES}",
+                          "a file naming classes is far smaller; is it the right file?")
+    try:
+        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise FormatError(where, f"cannot read YAML: {e}", "fix the file") from e
+
+
+def unique_names(names: Mapping[int, str], where: str | Path) -> None:
+    """Refuse a class list naming one class under two ids: its labels would merge into one class."""
+    first: dict[str, int] = {}
+    for i, name in sorted(names.items()):
+        if name in first:
+            raise FormatError(where, f"class {name!r} is named twice, as ids {first[name]} and {i}",
+                              "give each class one id; relabel the boxes of the second id with the first")
+        first[name] = i
+
+
 def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     """A '/'-separated relative path that stays inside its folder, or FormatError.
 
