@@ -184,6 +184,31 @@ def test_4_saving_an_unchanged_file_answers_it(tmp_path: Path) -> None:
     assert "imported 1 images, 2 boxes" in res.text and "img2.png, img4.png" in res.text
 
 
+def test_4_a_batch_written_before_fingerprints_asks_too(tmp_path: Path) -> None:
+    """A VOC batch from an older boxloop (its batch.json fingerprints only the empty files): the
+    untouched pre-annotated files cannot be told from checked ones, so import asks."""
+    project, batch = pre_annotated_batch(tmp_path, "voc")
+    manifest = json.loads((batch / "batch.json").read_text())
+    del manifest["label_files"]
+    (batch / "batch.json").write_text(json.dumps({**manifest, "empty_files": {}}))
+    _correct_img2("voc", batch)
+    res = cli("import", project, "--annotations", batch, code=1)
+    assert "img3.png, img4.png" in res.text and "older batch" in res.text and "--unchanged" in res.text
+    res = cli("import", project, "--annotations", batch, "--unchanged", "open", code=0)
+    assert "imported 1 images, 1 boxes" in res.text and "2 queries still open" in res.text
+
+
+def test_4_answers_outside_a_batch_folder_are_answers(tmp_path: Path) -> None:
+    """VOC files in a folder boxloop did not write (no batch.json) were saved by someone: answers."""
+    project, batch = pre_annotated_batch(tmp_path, "voc")
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for name in ("img2", "img3"):  # identical to the pre-annotations, but written by a person's tool
+        (answers / f"{name}.xml").write_text((batch / f"{name}.xml").read_text())
+    res = cli("import", project, "--annotations", answers, "--format", "voc", code=0)
+    assert "imported 2 images, 4 boxes" in res.text and "1 queries still open" in res.text
+
+
 def test_4_label_studio_tells_submissions_from_predictions(tmp_path: Path) -> None:
     project, batch = pre_annotated_batch(tmp_path, "labelstudio")
     res = cli("import", project, "--annotations", batch / "tasks.json", "--format", "labelstudio", code=1)

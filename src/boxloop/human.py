@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -342,7 +341,9 @@ def _unchanged(project: Project, round_id: int, fmt: str, source: Path, manifest
                 continue
             if evidence == "file":
                 continue  # saved again: an answer, changed or not
-        if pre is None:
+        elif evidence == "file" and (manifest is None or "label_files" in manifest):
+            continue  # a file boxloop did not write (no batch of boxloop's around it, or one it made after)
+        if pre is None:  # one file saved for every image, or a batch written before files were fingerprinted
             pre = pre_annotations(project, round_id)
         if key in pre and _same_labels(mapped[key], pre[key]):
             unsure.append(key)
@@ -410,7 +411,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     said = lambda keys: formats.listing([name_of.get(k, k) for k in keys], 10)  # noqa: E731
     if unsure and unchanged is None:
         why = (f"{fmt} keeps every image in one file" if formats.ANSWER_EVIDENCE.get(fmt) != "file"
-               else f"no {BATCH_FILE} beside these files records what boxloop wrote")
+               else f"the {BATCH_FILE} of this older batch does not record what boxloop wrote")
         raise FormatError(source, f"{len(unsure)} image(s) still hold exactly the boxes boxloop wrote, and {why}, so "
                           f"nothing says whether a person checked them: {said(unsure)}",
                           "pass --unchanged answered if a person checked each of them and they are right, or "
@@ -436,8 +437,9 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         if unsaved or unsure:
             raise FormatError(source, f"no answer yet: the {len(unsaved) + len(unsure)} image(s) of the batch still "
                               "hold what boxloop wrote" + (", never saved" if unsaved else ""),
-                              "correct the boxes in your labelling tool and save each image; save an image "
-                              "unchanged, or with no box, to answer it as it is")
+                              "correct the boxes in your labelling tool and save each image (save one unchanged, "
+                              "or with no box, to answer it as it is), or pass --unchanged answered if a person "
+                              "checked what boxloop wrote")
         raise FormatError(source, "no answer for any queried image", "save the corrected labels in the batch folder")
     # What the annotator saved is now human-checked, whatever provenance the pre-annotation had.
     truth = {}
