@@ -33,6 +33,7 @@ from boxloop.formats import (
     clean_boxes,
     listing,
     load_yaml,
+    outlines_note,
     safe_relative,
     stem_index,
     unique_image,
@@ -135,8 +136,9 @@ def _parse_lines(path: Path, names: dict[int, str], used: dict[str, list[str]], 
         name = names[int(cls_f)]
         labels.append(name)
         used.setdefault(name, []).append(path.name)
-    if polygons:
-        warnings.append(f"{path}: {polygons} polygon line(s) read as their bounding boxes")
+    note = outlines_note(path, {"polygon": polygons})  # the rule every format shares (boxloop.formats)
+    if note:
+        warnings.append(note)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4), labels, prov
 
 
