@@ -128,6 +128,22 @@ def test_3_an_untouched_batch_answers_nothing(fmt: str, boxes: bool, tmp_path: P
     assert "imported 3 images" in res.text and status(project)["open_queries"] == 0
 
 
+def test_3_a_cvat_tag_answers_an_image_with_no_box(tmp_path: Path) -> None:
+    """A cold CVAT batch: one image tagged 'negative', one with a box drawn, one never opened."""
+    project, batch = pre_annotated_batch(tmp_path, "cvat", boxes=False)
+    doc = ET.parse(batch / "annotations.xml")
+    images = {im.get("name"): im for im in doc.getroot().iter("image")}
+    ET.SubElement(images["img2.png"], "tag", {"label": "negative", "source": "manual"})
+    ET.SubElement(images["img3.png"], "box", {"label": "circle", "source": "manual", "occluded": "0", "xtl": "1",
+                                             "ytl": "1", "xbr": "9", "ybr": "9", "z_order": "0"})
+    doc.write(batch / "annotations.xml")
+    res = cli("import", project, "--annotations", batch, code=1)
+    assert "1 image(s) still hold exactly the boxes boxloop wrote" in res.text and "img4.png" in res.text
+    res = cli("import", project, "--annotations", batch, "--unchanged", "open", code=0)
+    assert "imported 2 images, 1 boxes" in res.text and "1 queries still open" in res.text, res.text
+    assert status(project)["negative_images"] == 1  # img2, tagged; img4 stays open
+
+
 # -- 4. pre-annotated files nobody changed were imported as human answers --------------------------------
 
 def _correct_img2(fmt: str, batch: Path) -> None:

@@ -22,8 +22,8 @@ and its image stays open, with a warning (saving it in the tool, even unchanged 
 answers it); Label Studio keeps a person's submissions apart from the predictions; a COCO or CVAT
 file holds every image, so an image whose labels are still exactly boxloop's (within half a pixel)
 cannot be told from one nobody opened: import stops and names them unless `unchanged` says
-"answered" (a person checked them) or "open" (leave them for a later import). The whole file as
-boxloop wrote it answers nothing. Then the answers go through the same oracle step as the simulated
+"answered" (a person checked them) or "open" (leave them for a later import); an image a person
+tagged in the tool (CVAT's "negative") is answered. The whole file as boxloop wrote it answers nothing. Then the answers go through the same oracle step as the simulated
 annotator (`loop.step_oracle`), so labels, cost and the round's progress land in one transaction.
 
 A batch goes into a new or empty folder only, written whole or not at all (`boxloop.outputs`): a
@@ -247,8 +247,9 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     return out
 
 
-def _load_answers(project: Project, source: Path, fmt: str, known: dict[str, str]) -> tuple[dict, list[str]]:
-    """Answers keyed by the batch's image names or the project's keys (plus the loader's warnings).
+def _load_answers(project: Project, source: Path, fmt: str, known: dict[str, str]) -> tuple[dict, list[str], dict]:
+    """Answers keyed by the batch's image names or the project's keys, the loader's warnings and the
+    image-level flags a person set (Label Studio choices, CVAT tags: {name: flags}).
 
     Sizes come from the project, never from the files in the folder: an answer names an image of the
     batch, or of the project (which `import_answers` then refuses with what that image is)."""
@@ -269,14 +270,14 @@ def _load_answers(project: Project, source: Path, fmt: str, known: dict[str, str
 
             src = source / "annotations.xml" if source.is_dir() else source
             res = load_cvat(src, known_images=sizes, classes=names, reviewed=True)
-        return res.annotations, res.warnings
+        return res.annotations, res.warnings, res.flags
     if fmt == "coco" and source.is_dir():
         source = source / "annotations.json"
     try:
         res = formats.load(fmt, source, images_root=folder, classes=names, sizes=sizes)
     except formats.MissingImages as e:
         raise _not_in_batch(project, source, known, e.names) from None
-    return res.annotations, res.warnings
+    return res.annotations, res.warnings, {}
 
 
 def _round_keys(project: Project, round_id: int) -> dict[str, str]:
@@ -387,10 +388,11 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     if fmt is None and manifest is not None and source.is_dir():
         fmt = manifest.get("format")
     fmt = formats.detect_format(source) if fmt is None else fmt.lower()
-    answers, warnings = _load_answers(project, source, fmt, known)
+    answers, warnings, flags = _load_answers(project, source, fmt, known)
     mapped: dict[str, Annotation] = {}
     unknown: list[str] = []
     before: list[str] = []
+    tagged: set[str] = set()
     by_stem: dict[str, list[str]] = {}
     for name, key in known.items():  # a tool may keep only the file name: match by stem when unique
         for stem in {PurePosixPath(name).stem, PurePosixPath(key).stem}:
@@ -404,9 +406,12 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
             unknown.append(name)
         else:
             mapped[target] = ann
+            if flags.get(name):
+                tagged.add(target)  # a person tagged it ("negative", ...): answered, whatever its boxes
     if unknown:
         raise _not_in_batch(project, source, known, unknown, round_id)
-    unsaved, unsure = _unchanged(project, round_id, fmt, source, manifest, mapped, known)
+    unsaved, unsure = _unchanged(project, round_id, fmt, source, manifest,
+                                 {k: a for k, a in mapped.items() if k not in tagged}, known)
     name_of = {key: name for name, key in known.items()}
     said = lambda keys: formats.listing([name_of.get(k, k) for k in keys], 10)  # noqa: E731
     if unsure and unchanged is None:
@@ -415,7 +420,8 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         raise FormatError(source, f"{len(unsure)} image(s) still hold exactly the boxes boxloop wrote, and {why}, so "
                           f"nothing says whether a person checked them: {said(unsure)}",
                           "pass --unchanged answered if a person checked each of them and they are right, or "
-                          "--unchanged open to leave them open for a later import; nothing was imported")
+                          "--unchanged open to leave them open for a later import (an image tagged in the tool, "
+                          "e.g. 'negative' in CVAT, counts as checked); nothing was imported")
     if unchanged != "answered":
         for key in unsaved + (unsure if unchanged == "open" else []):
             del mapped[key]

@@ -251,8 +251,9 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
     every unknown image and class; nothing is returned. Boxes leaving the image are clipped with a
     warning; rotated boxes become their envelope with a warning; polygons and ellipses their
     bounding boxes (one warning per file); other shapes are ignored with a warning, and an image with
-    only such shapes is left unlabelled and named (see `boxloop.formats`), never called a negative; `<tag>` labels become `flags`. `reviewed=True` marks every box as a person's answer
-    (Source.HUMAN) whatever CVAT's source says, which is what importing an annotator's answers wants.
+    only such shapes is left unlabelled and named (see `boxloop.formats`), never called a negative;
+    `<tag>` labels become `flags`. `reviewed=True` marks every box as a person's answer (Source.HUMAN)
+    whatever CVAT's source says, which is what importing an annotator's answers wants.
     """
     path = Path(xml_path)
     root = _parse(path)
