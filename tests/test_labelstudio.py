@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boxloop.formats import FormatError
+from boxloop.formats import FormatError, rotated_envelope
 from boxloop.formats.labelstudio import (
     LOCAL_FILES_PREFIX,
     FlaggedLoadResult,
     dump_labelstudio_tasks,
     labeling_config,
     load_labelstudio,
-    rotated_envelope,
 )
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 

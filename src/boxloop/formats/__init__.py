@@ -115,7 +115,8 @@ def clean_boxes(ann: Annotation, where: str, warnings: list[str], quiet: bool = 
 
 # -- shapes that are not boxes: one rule for every format --------------------------------------------
 # An outline says where an object is: a polygon (YOLO segmentation lines, Label Studio, CVAT) or an
-# ellipse loads as its bounding box, counted in one warning per file. Other shapes (points and
+# ellipse loads as its bounding box, counted in one warning per file (a rotated rectangle as its
+# axis-aligned envelope, with a warning each). Other shapes (points and
 # keypoints, lines, masks, cuboids, skeletons) give no box and are ignored with a warning; an image
 # whose only shapes were ignored is left unlabelled and named, never called a negative (its objects
 # were marked, only not as boxes).
@@ -134,6 +135,24 @@ def ellipse_box(cx: float, cy: float, rx: float, ry: float, degrees: float = 0.0
     ex = math.hypot(rx * math.cos(t), ry * math.sin(t))
     ey = math.hypot(rx * math.sin(t), ry * math.cos(t))
     return cx - ex, cy - ey, cx + ex, cy + ey
+
+
+def rotated_envelope(x: float, y: float, w: float, h: float, degrees: float,
+                     about_centre: bool) -> tuple[float, float, float, float]:
+    """xyxy of the axis-aligned box around a rectangle rotated clockwise on screen (y down).
+
+    Label Studio rotates about the top-left corner (x, y), CVAT about the centre. boxloop's boxes
+    are axis-aligned, so a rotated box becomes its envelope and the loader says so.
+    """
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    ox, oy = (x + w / 2, y + h / 2) if about_centre else (x, y)
+    xs, ys = [], []
+    for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
+        dx, dy = px - ox, py - oy
+        xs.append(ox + dx * c - dy * s)
+        ys.append(oy + dx * s + dy * c)
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def outlines_note(where: str | Path, counts: Mapping[str, int]) -> str | None:

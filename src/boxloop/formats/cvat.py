@@ -33,14 +33,13 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 
 from boxloop.formats import (FormatError, check_classes, clean_boxes, ellipse_box, only_other_shapes, outlines_note,
-                             polygon_box, safe_relative)
+                             polygon_box, rotated_envelope, safe_relative)
 from boxloop.formats.labelstudio import (
     NEGATIVE_FLAG,
     SKIP_FLAG,
     FlaggedLoadResult,
     check_project,
     match_image_key,
-    rotated_envelope,
 )
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 import numpy as np
 
 from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, listing, only_other_shapes,
-                             outlines_note, polygon_box, safe_relative)
+                             outlines_note, polygon_box, rotated_envelope, safe_relative)
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "load_labelstudio",
     "check_project",
     "match_image_key",
-    "rotated_envelope",
 ]
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files storage URL
@@ -93,24 +92,6 @@ def match_image_key(name: str, known: Mapping[str, object] | None, where: str | 
         raise FormatError(where, f"image name {name!r} matches several images: {listing(sorted(found), 5)}",
                           "give each image a unique path, or export with the full relative paths")
     return found[0] if found else None
-
-
-def rotated_envelope(x: float, y: float, w: float, h: float, degrees: float,
-                     about_centre: bool) -> tuple[float, float, float, float]:
-    """xyxy of the axis-aligned box around a rectangle rotated clockwise on screen (y down).
-
-    Label Studio rotates about the top-left corner (x, y), CVAT about the centre. boxloop's boxes
-    are axis-aligned, so a rotated box becomes its envelope and the loader says so.
-    """
-    t = math.radians(degrees)
-    c, s = math.cos(t), math.sin(t)
-    ox, oy = (x + w / 2, y + h / 2) if about_centre else (x, y)
-    xs, ys = [], []
-    for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
-        dx, dy = px - ox, py - oy
-        xs.append(ox + dx * c - dy * s)
-        ys.append(oy + dx * s + dy * c)
-    return min(xs), min(ys), max(xs), max(ys)
 
 
 def check_project(source: str | Path, unmatched: Sequence[str], used: Mapping[str, list[str]],
