@@ -227,8 +227,9 @@ def test_4_answers_outside_a_batch_folder_are_answers(tmp_path: Path) -> None:
 
 def test_4_label_studio_tells_submissions_from_predictions(tmp_path: Path) -> None:
     project, batch = pre_annotated_batch(tmp_path, "labelstudio")
-    res = cli("import", project, "--annotations", batch / "tasks.json", "--format", "labelstudio", code=1)
-    assert "no answer for any queried image" in res.text  # predictions are no answer
+    for source in (batch / "tasks.json", batch):
+        res = cli("import", project, "--annotations", source, code=1)
+        assert "no answer for any queried image" in res.text and "Export > JSON" in res.text  # predictions: no answer
     export = H.write_labelstudio_export(batch / "tasks.json", tmp_path / "export.json",
                                         {"img2.png": [("circle", 2, 2, 20, 20), ("square", 5, 6, 28, 30)]})
     res = cli("import", project, "--annotations", export, "--format", "labelstudio", code=0)

@@ -260,6 +260,8 @@ def _load_answers(project: Project, source: Path, fmt: str, known: dict[str, str
     folder = source if source.is_dir() else source.parent
     records = {r.path: r.size for r in project.images()}
     sizes = {**records, **{n: records[k] for n, k in known.items()}}
+    if source.is_dir() and formats.ANSWER_EVIDENCE.get(fmt) != "file":  # the one file of a batch folder
+        source = formats.label_file(fmt, source, "")
     if fmt in ("labelstudio", "cvat"):
         if fmt == "labelstudio":
             from boxloop.formats.labelstudio import load_labelstudio
@@ -268,11 +270,8 @@ def _load_answers(project: Project, source: Path, fmt: str, known: dict[str, str
         else:
             from boxloop.formats.cvat import load_cvat
 
-            src = source / "annotations.xml" if source.is_dir() else source
-            res = load_cvat(src, known_images=sizes, classes=names, reviewed=True)
+            res = load_cvat(source, known_images=sizes, classes=names, reviewed=True)
         return res.annotations, res.warnings, res.flags
-    if fmt == "coco" and source.is_dir():
-        source = source / "annotations.json"
     try:
         res = formats.load(fmt, source, images_root=folder, classes=names, sizes=sizes)
     except formats.MissingImages as e:
@@ -446,7 +445,9 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
                               "correct the boxes in your labelling tool and save each image (save one unchanged, "
                               "or with no box, to answer it as it is), or pass --unchanged answered if a person "
                               "checked what boxloop wrote")
-        raise FormatError(source, "no answer for any queried image", "save the corrected labels in the batch folder")
+        raise FormatError(source, "no answer for any queried image",
+                          "label in Label Studio, then Export > JSON and import that file" if fmt == "labelstudio"
+                          else "save the corrected labels in the batch folder")
     # What the annotator saved is now human-checked, whatever provenance the pre-annotation had.
     truth = {}
     for key, ann in mapped.items():
