@@ -419,8 +419,8 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         raise FormatError(source, f"{len(unsure)} image(s) still hold exactly the boxes boxloop wrote, and {why}, so "
                           f"nothing says whether a person checked them: {said(unsure)}",
                           "pass --unchanged answered if a person checked each of them and they are right, or "
-                          "--unchanged open to leave them open for a later import (an image tagged in the tool, "
-                          "e.g. 'negative' in CVAT, counts as checked); nothing was imported")
+                          "--unchanged open to leave them open for a later import; an image tagged in the tool "
+                          "(CVAT's 'negative') counts as checked; nothing was imported")
     if unchanged != "answered":
         for key in unsaved + (unsure if unchanged == "open" else []):
             del mapped[key]
@@ -442,9 +442,9 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
         if unsaved or unsure:
             raise FormatError(source, f"no answer yet: the {len(unsaved) + len(unsure)} image(s) of the batch still "
                               "hold what boxloop wrote" + (", never saved" if unsaved else ""),
-                              "correct the boxes in your labelling tool and save each image (save one unchanged, "
-                              "or with no box, to answer it as it is), or pass --unchanged answered if a person "
-                              "checked what boxloop wrote")
+                              "correct the boxes in your labelling tool and save each image, unchanged or with no "
+                              "box to answer it as it is; or pass --unchanged answered if a person checked what "
+                              "boxloop wrote")
         raise FormatError(source, "no answer for any queried image",
                           "label in Label Studio, then Export > JSON and import that file" if fmt == "labelstudio"
                           else "save the corrected labels in the batch folder")
