@@ -267,7 +267,7 @@ def query(
     strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware (boxes: random, least_confidence, coreset).")] = "localization_aware",
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
+    out_dir: Annotated[Path, typer.Option("--out", help="A new or empty folder for the batch (images + pre-annotations).")] = Path("query"),
     fmt: Annotated[str, typer.Option("--format", help="voc (LabelImg, CVAT), coco, yolo, labelstudio or cvat.")] = "voc",
     checkpoint: Annotated[Optional[Path], typer.Option(help="Use this model instead of training one for the round.")] = None,
     model: ModelOpt = None,
