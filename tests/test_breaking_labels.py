@@ -120,9 +120,10 @@ def test_2_query_never_writes_over_a_batch(tmp_path: Path) -> None:
 def test_3_an_untouched_batch_answers_nothing(fmt: str, boxes: bool, tmp_path: Path) -> None:
     project, batch = pre_annotated_batch(tmp_path, fmt, boxes=boxes)
     before = status(project)
-    res = cli("import", project, "--annotations", batch, code=1)  # before (coco, cvat): "imported 3 images, 0 boxes"
-    assert "no answer yet" in res.text and "never saved" in res.text, res.text
-    assert status(project) == before and labelled(project) == {"img0.png", "img1.png"}
+    for source in (batch, batch / "labels") if fmt == "yolo" else (batch,):
+        res = cli("import", project, "--annotations", source, code=1)  # before (coco, cvat): "imported 3 images, 0 boxes"
+        assert "no answer yet" in res.text and "never saved" in res.text, res.text
+        assert status(project) == before and labelled(project) == {"img0.png", "img1.png"}
     # a person may say the pre-annotations are right as they are
     res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=0)
     assert "imported 3 images" in res.text and status(project)["open_queries"] == 0

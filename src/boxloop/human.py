@@ -365,6 +365,8 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
 
     rnd = open_round(project)
     source = Path(source)
+    if source.is_dir() and source.name == "labels" and (source.parent / BATCH_FILE).exists():
+        source = source.parent  # a YOLO batch's labels/ folder: the batch it belongs to, with its record
     manifest_path = (source if source.is_dir() else source.parent) / BATCH_FILE
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if rnd is None:
