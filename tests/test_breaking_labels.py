@@ -124,9 +124,9 @@ def test_3_an_untouched_batch_answers_nothing(fmt: str, boxes: bool, tmp_path: P
         res = cli("import", project, "--annotations", source, code=1)  # before (coco, cvat): "imported 3 images, 0 boxes"
         assert "no answer yet" in res.text and "never saved" in res.text, res.text
         assert status(project) == before and labelled(project) == {"img0.png", "img1.png"}
-    # a person may say the pre-annotations are right as they are
-    res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=0)
-    assert "imported 3 images" in res.text and status(project)["open_queries"] == 0
+    # what was never saved is no answer, whatever --unchanged says
+    res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=1)
+    assert "no answer yet" in res.text and status(project) == before
 
 
 def test_3_a_cvat_tag_answers_an_image_with_no_box(tmp_path: Path) -> None:
@@ -186,19 +186,34 @@ def test_4_half_labelled_batch_imports_only_what_a_person_saved(fmt: str, tmp_pa
     assert labelled(project) == {"img0.png", "img1.png", "img2.png"}
     with Project.open(project) as p:
         assert p.annotations("labelled")["img2.png"].labels == ("circle",)
-    # a person checked the other two and agrees with the model: said explicitly, they are answers
-    res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=0)
-    assert "imported 2 images, 4 boxes" in res.text and "left as imported: img2.png" in res.text, res.text
-    assert status(project)["open_queries"] == 0
+    if fmt in ("coco", "cvat"):  # a person checked the other two and agrees with the model: said explicitly
+        res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=0)
+        assert "imported 2 images, 4 boxes" in res.text and "left as imported: img2.png" in res.text, res.text
+        assert status(project)["open_queries"] == 0
+        return
+    res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=1)  # never saved: no flag helps
+    assert "nothing new to import: the 2 image(s) still open hold what boxloop wrote, never saved" in res.text
+    # the annotator checks img3 and saves it as it is: the tool writes its own bytes, an answer
+    if fmt == "voc":
+        (batch / "img3.xml").write_text(H.voc_xml("img3.png", [("circle", 2, 2, 20, 20), ("square", 5, 6, 28, 30)]))
+    else:
+        (batch / "labels" / "img3.txt").write_text("0 0.34375 0.34375 0.5625 0.5625\n1 0.515625 0.5625 0.71875 0.75\n")
+    res = cli("import", project, "--annotations", batch, code=0)
+    assert "imported 1 images, 2 boxes" in res.text and "1 queries still open" in res.text, res.text
 
 
-def test_4_saving_an_unchanged_file_answers_it(tmp_path: Path) -> None:
-    """VOC and YOLO tell a save from no save: a file saved again unchanged (a new mtime) is an answer."""
+def test_4_a_file_with_boxloops_bytes_under_a_new_time_asks(tmp_path: Path) -> None:
+    """VOC and YOLO: other bytes are a tool's save (an answer); boxloop's bytes under a new modification
+    time were saved unchanged or only copied (a zip round trip): import cannot tell, and asks."""
     project, batch = pre_annotated_batch(tmp_path, "voc")
+    _correct_img2("voc", batch)
     st = (batch / "img3.xml").stat()
     os.utime(batch / "img3.xml", ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
-    res = cli("import", project, "--annotations", batch, code=0)
-    assert "imported 1 images, 2 boxes" in res.text and "img2.png, img4.png" in res.text
+    res = cli("import", project, "--annotations", batch, code=1)
+    assert "1 image(s) still hold exactly the boxes boxloop wrote" in res.text and "saved unchanged, or copied" in res.text
+    assert "img3.png" in res.text and "--unchanged" in res.text, res.text
+    res = cli("import", project, "--annotations", batch, "--unchanged", "answered", code=0)
+    assert "imported 2 images, 3 boxes" in res.text and "1 queries still open" in res.text  # img4: never saved, open
 
 
 def test_4_a_batch_written_before_fingerprints_asks_too(tmp_path: Path) -> None:

@@ -329,7 +329,7 @@ def import_(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
     annotations: Annotated[Path, typer.Option(help="The answered batch folder or file.")],
     fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco, yolo, labelstudio or cvat (detected when omitted).")] = None,
-    unchanged: Annotated[Optional[str], typer.Option(help="Images whose labels are still exactly the pre-annotations, where the format cannot tell whether a person checked them (COCO, CVAT): 'answered' (they were checked) or 'open' (leave them for later); without it import stops and names them.")] = None,
+    unchanged: Annotated[Optional[str], typer.Option(help="Images whose labels are still exactly the pre-annotations where import cannot tell whether a person checked them (a COCO or CVAT file; a label file with boxloop's bytes under a new time): 'answered' (they were checked) or 'open' (leave them for later); without it import stops and names them. A file never saved stays open either way.")] = None,
 ) -> None:
     """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong.
     What boxloop wrote and nobody changed is no answer: a VOC or YOLO label file never saved since

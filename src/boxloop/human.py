@@ -18,12 +18,14 @@ warning. What boxloop wrote and nobody changed is not an answer, in every format
 tool never opened on an image, or a batch labelled half-way, must not turn the model's guesses into
 ground truth nor objects into background). How each format tells is `formats.ANSWER_EVIDENCE`: a
 VOC or YOLO label file still holding the bytes and modification time boxloop wrote was never saved,
-and its image stays open, with a warning (saving it in the tool, even unchanged or with no box,
-answers it); Label Studio keeps a person's submissions apart from the predictions; a COCO or CVAT
-file holds every image, so an image whose labels are still exactly boxloop's (within half a pixel)
-cannot be told from one nobody opened: import stops and names them unless `unchanged` says
+and its image stays open, with a warning; one with other bytes was saved by a tool and answers it;
+Label Studio keeps a person's submissions apart from the predictions. Where nothing tells (a COCO
+or CVAT file holds every image, so an image whose labels are still exactly boxloop's, within half a
+pixel, may be one nobody opened; a file with boxloop's bytes under a new modification time was
+saved unchanged, or only copied), import stops and names the images unless `unchanged` says
 "answered" (a person checked them) or "open" (leave them for a later import); an image a person
-tagged in the tool (CVAT's "negative") is answered. The whole file as boxloop wrote it answers nothing. Then the answers go through the same oracle step as the simulated
+tagged in the tool (CVAT's "negative") is answered. What was never saved answers nothing, whatever
+`unchanged` says: a whole file as boxloop wrote it, a VOC or YOLO file untouched. Then the answers go through the same oracle step as the simulated
 annotator (`loop.step_oracle`), so labels, cost and the round's progress land in one transaction.
 
 A batch goes into a new or empty folder only, written whole or not at all (`boxloop.outputs`): a
@@ -239,8 +241,8 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
             "images": {names_of[k]: k for k in pre},
             "queries": [q.id for q in queries],
             "note": "Correct the boxes (move, relabel, delete, add) and save each image; then run boxloop import. "
-                    "A label file never saved since boxloop wrote it is no answer: save an image, even unchanged or "
-                    "with no box, to answer it.",
+                    "A label file never saved since boxloop wrote it is no answer; for one saved with the same "
+                    "bytes, import asks (--unchanged answered|open).",
             "label_files": label_files,
         }
         (stage / BATCH_FILE).write_text(json.dumps(manifest, indent=1))
@@ -310,15 +312,15 @@ def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: 
 
 
 def _unchanged(project: Project, round_id: int, fmt: str, source: Path, manifest: dict | None,
-               mapped: dict[str, Annotation], known: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(keys whose label file is still the one boxloop wrote, never saved: no answer, the format
-    tells; keys whose labels are still exactly boxloop's where nothing tells whether a person checked
-    them): see the module docstring and `formats.ANSWER_EVIDENCE`."""
+               mapped: dict[str, Annotation], known: dict[str, str]) -> tuple[list[str], list[str], set[str]]:
+    """(keys whose label file is still the one boxloop wrote, bytes and time: never saved, no answer;
+    keys whose labels are still boxloop's where nothing tells whether a person checked them; why
+    not): see the module docstring and `formats.ANSWER_EVIDENCE`."""
     from boxloop import formats
 
     evidence = formats.ANSWER_EVIDENCE.get(fmt, "none")
     if evidence == "submitted":
-        return [], []
+        return [], [], set()
     folder = source if source.is_dir() else source.parent
     written = dict((manifest or {}).get("label_files") or {})
     for rel, digest, mtime in ((manifest or {}).get("empty_files") or {}).values():  # batches written before
@@ -326,7 +328,7 @@ def _unchanged(project: Project, round_id: int, fmt: str, source: Path, manifest
     name_of = {key: name for name, key in known.items()}
     prints: dict[Path, list] = {}
     pre: dict[str, Annotation] | None = None
-    unsaved, unsure = [], []
+    unsaved, unsure, why = [], [], set()
     for key in sorted(mapped):
         if evidence == "file":
             path = formats.label_file(fmt, folder, name_of.get(key, key))
@@ -336,26 +338,35 @@ def _unchanged(project: Project, round_id: int, fmt: str, source: Path, manifest
         if rel in written and path.is_file():
             if path not in prints:
                 prints[path] = _fingerprint(path)
-            if prints[path] == written[rel]:
+            digest, mtime = prints[path]
+            if digest == written[rel][0] and mtime == written[rel][1]:
                 unsaved.append(key)
                 continue
+            if digest == written[rel][0]:  # saved again unchanged, or only copied (zip, cp, sync)
+                unsure.append(key)
+                why.add("their files hold the bytes boxloop wrote under a new modification time (saved unchanged, "
+                        "or copied)")
+                continue
             if evidence == "file":
-                continue  # saved again: an answer, changed or not
+                continue  # other bytes: a tool saved it, an answer
         elif evidence == "file" and (manifest is None or "label_files" in manifest):
             continue  # a file boxloop did not write (no batch of boxloop's around it, or one it made after)
         if pre is None:  # one file saved for every image, or a batch written before files were fingerprinted
             pre = pre_annotations(project, round_id)
         if key in pre and _same_labels(mapped[key], pre[key]):
             unsure.append(key)
-    return unsaved, unsure
+            why.add(f"{fmt} keeps every image in one file" if evidence != "file"
+                    else f"the {BATCH_FILE} of this older batch does not record what boxloop wrote")
+    return unsaved, unsure, why
 
 
 def import_answers(project: Project, source: Path, fmt: str | None = None, config=None,
                    unchanged: str | None = None) -> dict[str, Any]:
     """Take an annotator's answers for the open batch. All or nothing; returns what happened.
 
-    `unchanged`: what an image whose labels are still exactly boxloop's is, where the format cannot
-    tell whether a person checked it: "answered" or "open"; None stops the import and names them."""
+    `unchanged`: what an image whose labels are still exactly boxloop's is where nothing tells whether
+    a person checked it: "answered" or "open"; None stops the import and names them. A label file
+    never saved since boxloop wrote it leaves its image open whatever `unchanged` says."""
     from boxloop import formats
     from boxloop.loop import step_oracle
     from boxloop.loop_config import LoopConfig
@@ -411,42 +422,39 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
                 tagged.add(target)  # a person tagged it ("negative", ...): answered, whatever its boxes
     if unknown:
         raise _not_in_batch(project, source, known, unknown, round_id)
-    unsaved, unsure = _unchanged(project, round_id, fmt, source, manifest,
-                                 {k: a for k, a in mapped.items() if k not in tagged}, known)
+    unsaved, unsure, why = _unchanged(project, round_id, fmt, source, manifest,
+                                      {k: a for k, a in mapped.items() if k not in tagged}, known)
     name_of = {key: name for name, key in known.items()}
     said = lambda keys: formats.listing([name_of.get(k, k) for k in keys], 10)  # noqa: E731
     if unsure and unchanged is None:
-        why = (f"{fmt} keeps every image in one file" if formats.ANSWER_EVIDENCE.get(fmt) != "file"
-               else f"the {BATCH_FILE} of this older batch does not record what boxloop wrote")
-        raise FormatError(source, f"{len(unsure)} image(s) still hold exactly the boxes boxloop wrote, and {why}, so "
+        raise FormatError(source, f"{len(unsure)} image(s) still hold exactly the boxes boxloop wrote, and "
+                          f"{'; '.join(sorted(why))}, so "
                           f"nothing says whether a person checked them: {said(unsure)}",
                           "pass --unchanged answered if a person checked each of them and they are right, or "
                           "--unchanged open to leave them open for a later import; an image tagged in the tool "
                           "(CVAT's 'negative') counts as checked; nothing was imported")
-    if unchanged != "answered":
-        for key in unsaved + (unsure if unchanged == "open" else []):
-            del mapped[key]
-        if unsaved:
-            warnings = [*warnings, f"{source}: {len(unsaved)} image(s) still have the label file boxloop wrote, never "
-                        f"saved since, so they stay open instead of counting as answered: {said(unsaved)}; correct "
-                        "and save them in your labelling tool (saving one unchanged, or with no box, answers it as it "
-                        "is), then import again"]
-        if unsure and unchanged == "open":
-            warnings = [*warnings, f"{source}: {len(unsure)} image(s) still hold exactly the boxes boxloop wrote and "
-                        f"stay open (--unchanged open): {said(unsure)}"]
+    for key in unsaved + (unsure if unchanged == "open" else []):  # never saved: open, whatever `unchanged` says
+        del mapped[key]
+    if unsaved:
+        warnings = [*warnings, f"{source}: {len(unsaved)} image(s) still have the label file boxloop wrote, never "
+                    f"saved since, so they stay open instead of counting as answered: {said(unsaved)}; correct "
+                    "and save them in your labelling tool, then import again"]
+    if unsure and unchanged == "open":
+        warnings = [*warnings, f"{source}: {len(unsure)} image(s) still hold exactly the boxes boxloop wrote and "
+                    f"stay open (--unchanged open): {said(unsure)}"]
     if before:
         warnings = [*warnings, f"{source}: {len(before)} answer(s) for images imported before in round {round_id} "
                     f"were left as imported: {', '.join(sorted(before)[:10])}" + (" ..." if len(before) > 10 else "")]
     if not mapped:
+        if unsaved or (unsure and unchanged == "open"):
+            n = len(unsaved) + (len(unsure) if unchanged == "open" else 0)
+            raise FormatError(source, ("nothing new to import" if before else "no answer yet")
+                              + f": the {n} image(s) still open hold what boxloop wrote"
+                              + (", never saved" if unsaved else ""),
+                              "correct the boxes in your labelling tool and save each image, then import again")
         if before:
             raise FormatError(source, f"every answer in it was imported before (round {round_id}); nothing new to "
                               "import", "label the images still open, export again and import that")
-        if unsaved or unsure:
-            raise FormatError(source, f"no answer yet: the {len(unsaved) + len(unsure)} image(s) of the batch still "
-                              "hold what boxloop wrote" + (", never saved" if unsaved else ""),
-                              "correct the boxes in your labelling tool and save each image, unchanged or with no "
-                              "box to answer it as it is; or pass --unchanged answered if a person checked what "
-                              "boxloop wrote")
         raise FormatError(source, "no answer for any queried image",
                           "label in Label Studio, then Export > JSON and import that file" if fmt == "labelstudio"
                           else "save the corrected labels in the batch folder")
