@@ -37,7 +37,7 @@ def labelled(project: Path) -> set[str]:
 def pre_annotated_batch(tmp_path: Path, fmt: str, boxes: bool = True) -> tuple[Path, Path]:
     """A project (img0, img1 labelled) with round 1 open on img2-4, written as a `fmt` batch with two
     model boxes per image as pre-annotations (none with `boxes=False`: a cold-start-like batch)."""
-    from boxloop.human import write_batch
+    from boxloop.loop.human import write_batch
     from boxloop.structures import Boxes, Detections
 
     project, _, _ = voc_project(tmp_path, n=5, classes=CLASSES)

@@ -10,6 +10,8 @@ Written by hand here: the checks every loader shares (degenerate boxes dropped a
 image clipped, each with a warning; unknown class names listed with their files; image paths that
 escape the images folder refused; image stems matched once) and `load`/`dump`/`detect_format`, which
 dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
+
+Owns: voc, coco, yolo, labelstudio, cvat. May import: the root modules structures and images.
 """
 
 from __future__ import annotations
@@ -194,7 +196,8 @@ def load_yaml(text: str, where: str | Path) -> object:
         def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
             if self.check_event(yaml.AliasEvent):
                 mark = self.peek_event().start_mark
-                raise FormatError(where, f"holds a YAML alias (*name) at line {mark.line + 1}, column {mark.column + 1}",
+                raise FormatError(where, f"holds a YAML alias (*name) at line {mark.line + 1}, "
+                                  f"column {mark.column + 1}",
                                   "write the values out; aliases are not read (nested ones can expand to gigabytes)")
             return super().compose_node(parent, index)
 
@@ -367,11 +370,11 @@ def load(fmt: str | None, source: str | Path, images_root: str | Path | None = N
 
 
 # How an annotator's answer for one image is told from what boxloop wrote into a query batch (see
-# boxloop.human): "file": each image has its own label file, which the tool saves again (new bytes or a
-# new modification time) when a person answers; "submitted": the tool keeps a person's submissions
-# apart from the pre-annotations (Label Studio: annotations beside boxloop's predictions); "none": one
-# file holds every image, so its saving says nothing of any one image, and an image whose labels are
-# still exactly boxloop's cannot be told from one nobody looked at.
+# boxloop.loop.human): "file": each image has its own label file, which the tool saves again when a
+# person answers; "submitted": the tool keeps a person's submissions apart from the pre-annotations
+# (Label Studio: annotations beside boxloop's predictions); "none": one file holds every image, so its
+# saving says nothing of any one image, and an image whose labels are still exactly boxloop's cannot
+# be told from one nobody looked at.
 ANSWER_EVIDENCE = {"voc": "file", "yolo": "file", "labelstudio": "submitted", "coco": "none", "cvat": "none"}
 _ONE_FILE = {"coco": "annotations.json", "cvat": "annotations.xml", "labelstudio": "tasks.json"}
 

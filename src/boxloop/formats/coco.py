@@ -186,7 +186,8 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
         per_image[iid].append(a)
     check_classes(used, classes, path)
 
-    guessed = sorted({info.keys[a["image_id"]] for a in anns if "score" in a and not isinstance(a.get("provenance"), Mapping)})
+    guessed = sorted({info.keys[a["image_id"]] for a in anns
+                      if "score" in a and not isinstance(a.get("provenance"), Mapping)})
     if guessed:
         warnings.append(f"{path}: annotations of {len(guessed)} image(s) carry a 'score' and no boxloop provenance: "
                         f"{listing(guessed, 10)}. Those boxes are read as a model's predictions, not labels, so their "

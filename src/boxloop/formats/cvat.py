@@ -18,7 +18,8 @@ Every `<image>` in the file counts as labelled: zero shapes make it a negative (
 image of a task, so export only the images that were labelled, as boxloop's query batches are),
 except an image carrying the tag "skip", which is left unanswered, and an image whose only shapes
 give no box (points, lines, masks ...), which is left unlabelled. `boxloop import` also tells an
-image whose boxes are still exactly boxloop's pre-annotations (see `boxloop.human`). No torch import here.
+image whose boxes are still exactly boxloop's pre-annotations (see `boxloop.loop.human`). No torch
+import here.
 """
 
 from __future__ import annotations
@@ -213,7 +214,8 @@ def _outline_box(shape: StdET.Element, where: str) -> tuple[float, float, float,
         cx, cy, rx, ry = (_float_attr(shape, k, where) for k in ("cx", "cy", "rx", "ry"))
         return ellipse_box(cx, cy, rx, ry, _opt_float(shape.get("rotation")) or 0.0)
     try:
-        pts = [tuple(float(v) for v in pair.split(",")) for pair in (shape.get("points") or "").split(";") if pair.strip()]
+        pairs = (shape.get("points") or "").split(";")
+        pts = [tuple(float(v) for v in pair.split(",")) for pair in pairs if pair.strip()]
     except ValueError:
         pts = []
     if not pts or any(len(p) != 2 or not all(math.isfinite(v) for v in p) for p in pts):

@@ -34,8 +34,8 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
 
-from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, listing, only_other_shapes,
-                             outlines_note, polygon_box, rotated_envelope, safe_relative)
+from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, listing,
+                             only_other_shapes, outlines_note, polygon_box, rotated_envelope, safe_relative)
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 __all__ = [
@@ -338,9 +338,10 @@ def _result_box(value: dict, rtype: str, size: tuple[float, float], where: str, 
     if rtype == "polygonlabels":
         pts = value.get("points")
         if not isinstance(pts, list) or not pts or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pts):
-            raise FormatError(where, f"{what} is a polygon without points [[x, y], ...]", "export again with Export > JSON")
-        return polygon_box([(_number(x, where, f"{what} point") * W / 100.0, _number(y, where, f"{what} point") * H / 100.0)
-                            for x, y in pts])
+            raise FormatError(where, f"{what} is a polygon without points [[x, y], ...]",
+                              "export again with Export > JSON")
+        return polygon_box([(_number(x, where, f"{what} point") * W / 100.0,
+                             _number(y, where, f"{what} point") * H / 100.0) for x, y in pts])
     if rtype == "ellipselabels":
         cx, cy, rx, ry = (_number(value.get(k), where, f"{what} {k}") for k in ("x", "y", "radiusX", "radiusY"))
         rotation = _number(value.get("rotation", 0) or 0, where, f"{what} rotation")
@@ -376,8 +377,9 @@ def load_labelstudio(
     is returned. Boxes leaving the image (outside 0-100 %) are clipped with a warning; rotated boxes
     become their axis-aligned envelope with a warning; polygons and ellipses their bounding boxes (one
     warning per file); other regions (keypoints, brushes ...) are ignored with a warning, and a task
-    with only such regions is left unanswered and named, never called a negative. Image-level `choices` go to `flags`. Boxes are Source.HUMAN (the annotator
-    submitted them); a score a box carried over from a prediction is kept in its provenance.
+    with only such regions is left unanswered and named, never called a negative. Image-level
+    `choices` go to `flags`. Boxes are Source.HUMAN (the annotator submitted them); a score a box
+    carried over from a prediction is kept in its provenance.
     """
     path = Path(json_path)
     tasks = _read_tasks(path)
