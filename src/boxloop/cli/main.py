@@ -332,8 +332,7 @@ def import_(
     unchanged: Annotated[Optional[str], typer.Option(help="Images whose labels are still exactly the pre-annotations where import cannot tell whether a person checked them (a COCO or CVAT file; a label file with boxloop's bytes under a new time): 'answered' (they were checked) or 'open' (leave them for later); without it import stops and names them. A file never saved stays open either way.")] = None,
 ) -> None:
     """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong.
-    What boxloop wrote and nobody changed is no answer: a VOC or YOLO label file never saved since
-    leaves its image open; where the format cannot tell, --unchanged decides."""
+    What boxloop wrote and nobody changed is no answer; where that cannot be told, --unchanged decides."""
     from boxloop.loop.human import import_answers
     from boxloop.store import Project
 
