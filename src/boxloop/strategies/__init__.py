@@ -2,7 +2,7 @@
 
 Two plain registries, one per query unit (DESIGN.md: one dict per extension point):
 `IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset, typical,
-budget_aware) and
+budget_aware, class_difficulty, ppal) and
 `BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is
 `fn(table, budget, rng, **options) -> Selection`. `select()` is the one entry point the loop, the
 CLI and users' scripts call:
@@ -12,9 +12,12 @@ CLI and users' scripts call:
 
 `typical` and `budget_aware` take an embedding of every image (`image_features`,
 `labelled_features`: boxloop.embedding), and `typical` needs no detection at all: it picks the cold
-start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop.
+start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop; NEEDS_FEATURES the
+strategies that read the detector's per-box features (coreset, ppal), EMPTY_SHARE those that take
+`empty_share`. A strategy that falls back by itself says so in Selection.info["fallback"].
 
-Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py.
+Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py /
+classaware.py / ppal.py.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ __all__ = [
     "coverage",
     "NEEDS_EMBEDDING",
     "DETECTOR_FREE",
+    "NEEDS_FEATURES",
+    "EMPTY_SHARE",
     "least_confidence_scores",
     "entropy_scores",
     "localization_scores",
@@ -60,6 +65,9 @@ __all__ = [
 STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
 NEEDS_EMBEDDING = frozenset({"typical", "budget_aware"})  # take image_features / labelled_features
 DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any prediction (the cold start)
+NEEDS_FEATURES = frozenset({"coreset", "ppal"})  # read Detections.features (the stored predictions load them)
+EMPTY_SHARE = frozenset({"localization_aware", "least_confidence", "entropy", "coreset", "budget_aware",
+                         "class_difficulty", "ppal"})  # take empty_share
 
 
 def select(

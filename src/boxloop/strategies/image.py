@@ -16,6 +16,10 @@ the empty share).
   embedding; needs no trained detector (the cold start). budget_aware: typical while the labelled
   set covers less than 80% of the pool (embedding look-alikes), then localization_aware. Both in
   typical.py.
+- class_difficulty: class-balanced like localization_aware, with shares toward the classes the model
+  does worst on and candidates from the whole class-probability vector (classaware.py).
+- ppal: PPAL's difficulty-calibrated uncertainty, then category-conditioned k-means++ medoids inside
+  the batch (ppal.py).
 
 "Empty" images - no box reaches the strategy's low threshold (`min_score`, or [0.2] on the
 combined score for localization_aware) - have no uncertainty score. They may hide objects the
@@ -37,12 +41,14 @@ from boxloop.strategies.common import (
     check_budget,
     entropy_scores,
     fill_batch,
+    image_selection,
     least_confidence_scores,
     localization_scores,
     require_field,
-    shortfall,
 )
+from boxloop.strategies.classaware import class_difficulty
 from boxloop.strategies.coreset import auto_device, k_center_greedy
+from boxloop.strategies.ppal import ppal
 from boxloop.strategies.table import DetectionTable
 from boxloop.strategies.typical import budget_aware, typical
 from boxloop.structures import Selection
@@ -61,25 +67,12 @@ LOW_THRESHOLD = 0.2  # LocAwareAL Algorithm 1: keep detections with S_total > 0.
 PER_CLASS = 100  # LocAwareAL Algorithm 2: the 100 lowest-scoring detections per class
 
 
-def _selection(name: str, table: DetectionTable, idx: np.ndarray, scores: np.ndarray, info: dict,
-               budget: int | None) -> Selection:
-    if budget is not None:
-        shortfall(name, "images", budget, idx.shape[0], info)
-    return Selection(
-        strategy=name,
-        unit="images",
-        items=tuple(table.keys[i] for i in idx),
-        scores=tuple(float(s) for s in scores),
-        info=info,
-    )
-
-
 def random_images(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None) -> Selection:
     """Uniform sample without replacement over every image of the pool."""
     budget = check_budget(budget, "random")
     rng = as_rng(rng)
     idx = rng.permutation(table.num_images)[:budget]
-    return _selection("random", table, idx, np.zeros(idx.shape[0]), {}, budget)
+    return image_selection("random", table, idx, np.zeros(idx.shape[0]), {}, budget)
 
 
 def _rank_by_image_score(name: str, table: DetectionTable, box_scores: np.ndarray, budget: int,
@@ -94,7 +87,7 @@ def _rank_by_image_score(name: str, table: DetectionTable, box_scores: np.ndarra
     idx, sc, n_empty = fill_batch(order, per_image[order], np.flatnonzero(~has), budget, empty_share, rng)
     info.update(aggregate=aggregate, min_score=min_score, empty_share=empty_share,
                 empty_images=int((~has).sum()), empty_images_taken=n_empty)
-    return _selection(name, table, idx, sc, info, budget)
+    return image_selection(name, table, idx, sc, info, budget)
 
 
 def least_confidence(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
@@ -207,7 +200,7 @@ def localization_aware(table: DetectionTable, budget: int | None = None,
         "empty_images": int(empty.shape[0]),
         "empty_images_taken": n_empty,
     }
-    return _selection("localization_aware", table, idx, sc, info, budget)
+    return image_selection("localization_aware", table, idx, sc, info, budget)
 
 
 def coreset(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
@@ -252,7 +245,7 @@ def coreset(table: DetectionTable, budget: int, rng: np.random.Generator | int |
     idx, sc, n_empty = fill_batch(cand[picks], dists, np.flatnonzero(~has), budget, empty_share, rng)
     info = {"empty_share": empty_share, "empty_images": int((~has).sum()), "empty_images_taken": n_empty,
             "labelled_centres": int(np.asarray(labelled_features).shape[0])}
-    return _selection("coreset", table, idx, sc, info, budget)
+    return image_selection("coreset", table, idx, sc, info, budget)
 
 
 IMAGE_STRATEGIES = {
@@ -263,4 +256,6 @@ IMAGE_STRATEGIES = {
     "coreset": coreset,
     "typical": typical,  # needs no detections: pooled backbone features (strategies/typical.py)
     "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
+    "class_difficulty": class_difficulty,  # shares toward the hardest classes (classaware.py)
+    "ppal": ppal,  # difficulty-calibrated uncertainty, then k-means++ diversity (ppal.py)
 }
