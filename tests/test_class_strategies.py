@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from boxloop.strategies import DetectionTable, select
-from boxloop.strategies.classaware import class_quality, class_shares, ppal_class_weights
+from boxloop.strategies.classaware import class_quality, class_shares, labelled_class_quality, ppal_class_weights
 from boxloop.strategies.ppal import category_distances, dcus_scores, kmeans_pp_medoids
 
 from test_strategies import det, empty  # noqa: E402  (the hand-made Detections helpers)
@@ -59,9 +59,24 @@ def test_class_quality_and_shares_by_hand():
     t = DetectionTable.from_detections({"a": det([[0.5, 0.0]], lq=[0.8]), "b": det([[0.0, 0.9]], lq=[0.2])})
     assert class_quality(t) == pytest.approx([0.5 ** 0.6 * 0.8 ** 0.4, 0.9 ** 0.6 * 0.2 ** 0.4])
     # per-class AP given where known (NaN: calibrated on the predictions)
-    assert class_quality(t, class_ap=np.array([np.nan, 0.1])) == pytest.approx([0.5 ** 0.6 * 0.8 ** 0.4, 0.1])
+    assert class_quality(t, class_skill=np.array([np.nan, 0.1])) == pytest.approx([0.5 ** 0.6 * 0.8 ** 0.4, 0.1])
     with pytest.raises(ValueError, match="one value per class"):
-        class_quality(t, class_ap=np.array([0.5]))
+        class_quality(t, class_skill=np.array([0.5]))
+
+
+def test_labelled_class_quality_by_hand():
+    """Image 1: a class-0 object found exactly with P(0) = 0.8, a class-1 object missed. Image 2: a
+    class-0 object whose best box overlaps it with IoU 0.5 at P(0) = 0.6. Class 2: no object."""
+    pred1 = det([[0.8, 0.1, 0.0]], boxes=np.array([[0, 0, 10, 10]], float))
+    pred2 = det([[0.6, 0.0, 0.0], [0.9, 0.0, 0.0]], boxes=np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float))
+    truths = [(np.array([[0, 0, 10, 10], [30, 30, 40, 40]], float), np.array([0, 1])),
+              (np.array([[0, 0, 10, 20]], float), np.array([0]))]
+    q = labelled_class_quality([pred1, pred2], truths, 3)
+    assert q == pytest.approx([(0.8 ** 0.6 + 0.6 ** 0.6 * 0.5 ** 0.4) / 2, 0.0, 0.0])
+    # an image without predictions: its objects count as missed; no labelled box at all: zeros
+    assert labelled_class_quality([empty(3)], [(np.array([[0, 0, 5, 5]], float), np.array([2]))], 3).tolist() == \
+        [0.0, 0.0, 0.0]
+    assert labelled_class_quality([], [], 2).tolist() == [0.0, 0.0]
 
 
 def test_ppal_class_weights_span_one_to_one_plus_upper_bound():
@@ -79,9 +94,9 @@ def test_the_worst_class_gets_the_biggest_share():
     assert [k for k in sel.items if k.startswith("c2")] == ["c2_0", "c2_1", "c2_2", "c2_3"]
     assert sel.items[1] == "c1_11"
     # judged on a given per-class AP instead: class 0 is now the worst
-    sel = select("class_difficulty", _three_classes(), budget=6, class_ap=np.array([0.1, 0.9, 0.9]))
+    sel = select("class_difficulty", _three_classes(), budget=6, class_skill=np.array([0.1, 0.9, 0.9]))
     counts = sel.info["per_class_images"]
-    assert counts[0] == max(counts) and counts[0] >= 4 and sel.info["quality_from"] == "class_ap"
+    assert counts[0] == max(counts) and counts[0] >= 4 and sel.info["quality_from"] == "class_skill"
 
 
 def test_a_rare_class_the_model_misses_is_found_in_the_probability_vector():

@@ -16,6 +16,11 @@ The fallbacks, by case:
   backbone's pooled image embedding (boxloop.embedding, the space `typical` uses), from the
   labelled images' embeddings; fallback strategy "coreset_embedding". If that embedding cannot be
   computed, "random".
+- image level, a strategy that weighs classes by the model's skill (class_difficulty, ppal) when no
+  labelled image holds a box to measure it on: the skill is calibrated on the pool's predictions;
+  fallback strategy "<name>_self_calibrated". ppal without box features (and no embedding given)
+  takes the most uncertain images without its diversity step and says so itself in its
+  Selection.info: fallback strategy "ppal_uncertainty".
 - box level, when no predicted box scores >= t_d on any pool image (the box pool is empty): whole
   random pool images are asked instead, as many as the budget's boxes at the labelled set's boxes
   per image (at least one); the image oracle answers and costs them; fallback "random_images".
@@ -42,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("boxloop.loop")
 
-__all__ = ["coreset_inputs", "box_coreset_centres", "box_pool_is_empty", "whole_images_instead",
+__all__ = ["coreset_inputs", "class_skill_inputs", "box_coreset_centres", "box_pool_is_empty", "whole_images_instead",
            "ranked_nothing", "note"]
 
 
@@ -70,6 +75,33 @@ def coreset_inputs(project: Project, round_id: int, config: LoopConfig, pool: De
         return "random", {}, note("random", f"{why}; the backbone embedding failed too ({e}): drawn at random")
     return "coreset", feats, note("coreset_embedding", f"{why}: k-center on the pretrained backbone's image "
                                                        "embedding instead, from the labelled images' embeddings")
+
+
+def class_skill_inputs(project: Project, round_id: int, config: LoopConfig, strategy: str
+                       ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """({"class_skill": (C,)} or {}, fallback record or None) for a strategy that weighs classes by the
+    model's skill on them: the round model's per-class quality on the labelled train and val images
+    (strategies.labelled_class_quality, PPAL's p^xi x IoU^(1-xi) per object). With no labelled box
+    the strategy calibrates on its pool predictions instead, and the round says so."""
+    from boxloop.inference import predict_paths
+    from boxloop.round_model import _load_round_detector
+    from boxloop.strategies import labelled_class_quality
+
+    truth = {**project.annotations("train"), **project.annotations("val")}
+    if not any(len(a.labels) for a in truth.values()):
+        return {}, note(f"{strategy}_self_calibrated", "no labelled box to measure the model's per-class skill on: "
+                                                       "calibrated on its pool predictions instead")
+    keys = list(truth)
+    index = {name: i for i, name in enumerate(project.classes)}
+    det = _load_round_detector(project, round_id, config)
+    preds, gts = [], []
+    for key, d in predict_paths(det, [project.image_root / k for k in keys], config.training.image_size,
+                                batch_size=config.prediction.predict_batch_size, device=config.training.device,
+                                score_threshold=config.prediction.score_threshold, progress=False, keys=keys):
+        ann = truth[key]
+        preds.append(d)
+        gts.append((ann.boxes.xyxy, np.array([index[n] for n in ann.labels], np.int64)))
+    return {"class_skill": labelled_class_quality(preds, gts, project.num_classes)}, None
 
 
 def box_pool_is_empty(pool: DetectionTable, t_d: float, exclude: Sequence[tuple[Hashable, int]]) -> bool:

@@ -136,7 +136,8 @@ def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[st
 def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
     """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
     from boxloop import fallback as fb
-    from boxloop.strategies import EMPTY_SHARE, NEEDS_EMBEDDING, NEEDS_FEATURES, DetectionTable, select
+    from boxloop.strategies import (EMPTY_SHARE, NEEDS_CLASS_SKILL, NEEDS_EMBEDDING, NEEDS_FEATURES, DetectionTable,
+                                     select)
 
     settings = config.selection
     if settings.strategy == "typical":  # needs no prediction: the cold start has no model to make them
@@ -156,6 +157,10 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         if settings.strategy == "coreset":
             name, extra, fallback = fb.coreset_inputs(project, round_id, config, pool)
             options = {**options, **extra} if name == "coreset" else {}
+        if settings.strategy in NEEDS_CLASS_SKILL:  # the round model's per-class quality on the labelled images
+            extra, skill_fallback = fb.class_skill_inputs(project, round_id, config, settings.strategy)
+            options.update(extra)
+            fallback = fallback or skill_fallback
         if settings.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
             from boxloop.embedding import selection_features
 
@@ -182,7 +187,7 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
                                                             "coverage", "switch_coverage", "clusters", "class_shares",
-                                                            "distance")}
+                                                            "quality_from", "distance")}
         for key in ("thresholds", "class_shares"):  # per class id -> per class name
             if info.get(key) is not None:
                 info[key] = {project.classes[i]: t for i, t in enumerate(info[key])}

@@ -14,7 +14,9 @@ CLI and users' scripts call:
 `labelled_features`: boxloop.embedding), and `typical` needs no detection at all: it picks the cold
 start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop; NEEDS_FEATURES the
 strategies that read the detector's per-box features (coreset, ppal), EMPTY_SHARE those that take
-`empty_share`. A strategy that falls back by itself says so in Selection.info["fallback"].
+`empty_share`, NEEDS_CLASS_SKILL those that take `class_skill` (the round model's per-class quality
+on the labelled images, classaware.labelled_class_quality). A strategy that falls back by itself
+says so in Selection.info["fallback"].
 
 Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py /
 classaware.py / ppal.py.
@@ -27,6 +29,7 @@ from typing import Hashable, Mapping
 import numpy as np
 
 from boxloop.strategies.box import BOX_STRATEGIES, T_D, box_pool
+from boxloop.strategies.classaware import labelled_class_quality
 from boxloop.strategies.common import (
     entropy_scores,
     least_confidence_scores,
@@ -54,6 +57,8 @@ __all__ = [
     "DETECTOR_FREE",
     "NEEDS_FEATURES",
     "EMPTY_SHARE",
+    "NEEDS_CLASS_SKILL",
+    "labelled_class_quality",
     "least_confidence_scores",
     "entropy_scores",
     "localization_scores",
@@ -68,6 +73,7 @@ DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any predictio
 NEEDS_FEATURES = frozenset({"coreset", "ppal"})  # read Detections.features (the stored predictions load them)
 EMPTY_SHARE = frozenset({"localization_aware", "least_confidence", "entropy", "coreset", "budget_aware",
                          "class_difficulty", "ppal"})  # take empty_share
+NEEDS_CLASS_SKILL = frozenset({"class_difficulty", "ppal"})  # take class_skill (C,) measured on labelled images
 
 
 def select(

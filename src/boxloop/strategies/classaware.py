@@ -4,10 +4,13 @@
 predicts: every class gets an equal share whatever the model's skill on it, and a rare class the
 model barely predicts has few candidates to offer. Here:
 
-1. Per-class skill q_c in [0, 1]. Given per class (`class_ap`, e.g. validation AP50; NaN where unknown),
-   or calibrated on the model's own predictions as PPAL's difficulty-calibrated uncertainty does
-   (Yang et al., CVPR 2024, `class_quality` below): the mean of score^xi x loc_quality^(1-xi) [xi=0.6]
-   over the class's detections. A class the model never predicts has q = 0: the hardest.
+1. Per-class skill q_c in [0, 1], PPAL's class quality: the mean over a class's objects of
+   p^xi x IoU^(1-xi) [xi=0.6]. Where the answer is known (`labelled_class_quality`, what the loop
+   passes as `class_skill`): per ground-truth box of the labelled images, its best prediction's
+   probability of the true class and IoU; 0 for an object the model misses or a class no labelled
+   image holds. Without it (a caller with no labelled set), calibrated on the pool's predictions
+   (`class_quality`): the mean of score^xi x loc_quality^(1-xi) over the class's boxes, 0 for a class
+   the model never predicts. Any per-class number in [0, 1] fits, e.g. validation AP50.
 2. Shares s_c proportional to the difficulty 1 - q_c (at least `min_share` [0.05] before normalising,
    so no class is starved). Places go to classes by Sainte-Lague apportionment: the next place to the
    class with the smallest (2 x places so far + 1) / s_c, so any prefix of the batch follows the shares.
@@ -23,21 +26,24 @@ From PPAL (read at github.com/ChenhongyiYang/PPAL, mmdet/ppal/sampler/difficulty
 _sampler.py and models/retinanet_al/retinanet_quality_head.py; not copied): the per-class quality
 p^xi x IoU^(1-xi) with xi = 0.6, a class never seen counting as quality 0, and the difficulty weight
 `ppal_class_weights` (1 + alpha log(b (1 - q) + 1) x ub, b = e^(1/alpha) - 1). PPAL averages the
-quality over the training anchors matched to ground truth, with an EMA across iterations; boxloop
-stores no training-time statistics, so it is taken over the round's predictions on the pool (predicted
-IoU when the detector gives one, else the score alone). Written by hand: the share rule, the
-per-class candidates from the whole probability vector, the apportionment; numpy does the arithmetic.
+quality over the training anchors assigned to ground truth during training, with an EMA across
+iterations; boxloop keeps no training-time statistics, so the round's model is measured after
+training on the labelled images (each object's best prediction), or, without labels, on its pool
+predictions. Written by hand: both measurements, the share rule, the per-class candidates from the
+whole probability vector, the apportionment; numpy does the arithmetic.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
 from boxloop.strategies.common import as_rng, binary_entropy, check_budget, fill_batch, image_selection
 from boxloop.strategies.table import DetectionTable
-from boxloop.structures import Selection
+from boxloop.structures import Detections, Selection, iou
 
-__all__ = ["class_quality", "ppal_class_weights", "class_shares", "class_difficulty", "XI", "MIN_PROB"]
+__all__ = ["class_quality", "labelled_class_quality", "ppal_class_weights", "class_shares", "class_difficulty", "XI", "MIN_PROB"]
 
 XI = 0.6  # PPAL's quality_xi: quality = score^xi x IoU^(1 - xi)
 MIN_PROB = 0.05  # PPAL's score_thr: boxes below it are neither counted nor ranked
@@ -53,9 +59,9 @@ def _quality_terms(table: DetectionTable, probs: np.ndarray, xi: float) -> np.nd
     return np.power(np.clip(probs, 0.0, 1.0), xi) * np.power(lq, 1.0 - xi)
 
 
-def class_quality(table: DetectionTable, class_ap: np.ndarray | None = None, min_prob: float = MIN_PROB,
+def class_quality(table: DetectionTable, class_skill: np.ndarray | None = None, min_prob: float = MIN_PROB,
                   xi: float = XI) -> np.ndarray:
-    """Per-class skill (C,) in [0, 1]: `class_ap` where given (not NaN), else PPAL's calibration on the
+    """Per-class skill (C,) in [0, 1]: `class_skill` where given (not NaN), else PPAL's calibration on the
     model's own predictions, the mean of score^xi x loc_quality^(1-xi) over the class's boxes scoring
     >= min_prob; 0 for a class with no such box (the model does not find it at all)."""
     c = table.num_classes
@@ -64,12 +70,37 @@ def class_quality(table: DetectionTable, class_ap: np.ndarray | None = None, min
     labels = table.labels[keep]
     counts = np.bincount(labels, minlength=c)
     q = np.bincount(labels, weights=terms, minlength=c) / np.maximum(counts, 1)
-    if class_ap is not None:
-        ap = np.asarray(class_ap, np.float64)
+    if class_skill is not None:
+        ap = np.asarray(class_skill, np.float64)
         if ap.shape != (c,):
-            raise ValueError(f"class_ap must hold one value per class ({c}), got shape {ap.shape}")
+            raise ValueError(f"class_skill must hold one value per class ({c}), got shape {ap.shape}")
         q = np.where(np.isnan(ap), q, np.clip(ap, 0.0, 1.0))
     return q
+
+
+def labelled_class_quality(predictions: Sequence[Detections], truths: Sequence[tuple[np.ndarray, np.ndarray]],
+                           num_classes: int, xi: float = XI) -> np.ndarray:
+    """PPAL's class quality where the answer is known: (C,), per class the mean over its ground-truth
+    boxes of max over the image's predictions of P(true class)^xi x IoU^(1-xi); 0 for a missed object
+    and for a class no image holds. `truths[i]` = (boxes xyxy (G, 4), class ids (G,)) of the image
+    `predictions[i]` was made on."""
+    per_box, labels = [], []
+    for det, (boxes, cls) in zip(predictions, truths):
+        cls = np.asarray(cls, np.int64)
+        if cls.shape[0] == 0:
+            continue
+        if len(det) == 0:
+            per_box.append(np.zeros(cls.shape[0]))
+        else:
+            overlap = np.clip(iou(np.asarray(boxes, np.float64), det.boxes.xyxy), 0.0, 1.0)  # (G, N)
+            p = np.clip(det.class_probs[:, cls].T.astype(np.float64), 0.0, 1.0)  # (G, N)
+            per_box.append((np.power(p, xi) * np.power(overlap, 1.0 - xi)).max(axis=1))
+        labels.append(cls)
+    if not labels:
+        return np.zeros(num_classes)
+    lab, q = np.concatenate(labels), np.concatenate(per_box)
+    counts = np.bincount(lab, minlength=num_classes)
+    return np.bincount(lab, weights=q, minlength=num_classes) / np.maximum(counts, 1)
 
 
 def ppal_class_weights(quality: np.ndarray, alpha: float = 0.3, upper: float = 0.2) -> np.ndarray:
@@ -129,17 +160,17 @@ def _apportion(unc: np.ndarray, shares: np.ndarray, n: int) -> tuple[np.ndarray,
 
 
 def class_difficulty(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
-                     class_ap: np.ndarray | None = None, min_prob: float = MIN_PROB, xi: float = XI,
+                     class_skill: np.ndarray | None = None, min_prob: float = MIN_PROB, xi: float = XI,
                      min_share: float = MIN_SHARE, empty_share: float = 0.0) -> Selection:
     """Class-balanced batch with shares weighted toward the hardest classes (see the module docstring).
 
-    `class_ap` (C,): the model's per-class skill when the caller has it (validation AP50; NaN for a
-    class without a value); None calibrates it on the predictions. Selection.scores: the uncertainty
+    `class_skill` (C,): the model's per-class skill when the caller has it (`labelled_class_quality`,
+    validation AP50; NaN for a class without a value); None calibrates it on the pool's predictions. Selection.scores: the uncertainty
     of the box that brought the image in (NaN for the empty share). info: class_quality, class_shares
     and the images each class brought (per_class_images)."""
     budget = check_budget(budget, "class_difficulty")
     rng = as_rng(rng)
-    quality = class_quality(table, class_ap, min_prob, xi)
+    quality = class_quality(table, class_skill, min_prob, xi)
     shares = class_shares(quality, min_share)
     unc = _per_class_uncertainty(table, min_prob, xi)
     has = np.isfinite(unc).any(axis=1) if unc.size else np.zeros(table.num_images, bool)
@@ -149,7 +180,7 @@ def class_difficulty(table: DetectionTable, budget: int, rng: np.random.Generato
     info = {"class_quality": [round(float(q), 4) for q in quality],
             "class_shares": [round(float(s), 4) for s in shares],
             "per_class_images": np.bincount(by, minlength=table.num_classes).tolist(),
-            "quality_from": "class_ap" if class_ap is not None else "predictions",
+            "quality_from": "class_skill" if class_skill is not None else "predictions",
             "min_prob": min_prob, "empty_share": empty_share, "empty_images": int((~has).sum()),
             "empty_images_taken": n_empty}
     return image_selection("class_difficulty", table, idx, scores, info, budget)

@@ -4,7 +4,8 @@ Plug and Play Active Learning for Object Detection (Yang et al., CVPR 2024) in t
 frames of one tank are not all taken:
 
 1. Difficulty-calibrated uncertainty (DCUS). Per class a difficulty weight from the model's quality on
-   it (classaware.class_quality / ppal_class_weights: 1 for a class it masters, up to 1.2 for one it
+   it (`class_skill`, which the loop measures on the labelled images, else calibrated on the pool's
+   predictions: classaware.py; ppal_class_weights: 1 for a class it masters, up to 1.2 for one it
    never finds); an image's uncertainty is the sum over its boxes scoring >= `min_prob` [0.05] of the
    binary entropy of the score times its class's weight. The `pool_factor` [4] x budget most uncertain
    images are the candidates (PPAL's budget_expand_ratio).
@@ -50,11 +51,11 @@ MAX_BOXES = 20  # boxes per image in the distance (the highest-scoring ones)
 MEDOID_ITERS = 20  # PPAL runs 100; a few hundred candidates settle in far fewer
 
 
-def dcus_scores(table: DetectionTable, class_ap: np.ndarray | None = None, min_prob: float = MIN_PROB,
+def dcus_scores(table: DetectionTable, class_skill: np.ndarray | None = None, min_prob: float = MIN_PROB,
                 xi: float = XI, alpha: float = 0.3, upper: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
     """PPAL's difficulty-calibrated uncertainty: (per image (M,), NaN where no box >= min_prob; class
     weights (C,)). Image score = sum over its boxes of H(score) x weight of the box's class."""
-    weights = ppal_class_weights(class_quality(table, class_ap, min_prob, xi), alpha, upper)
+    weights = ppal_class_weights(class_quality(table, class_skill, min_prob, xi), alpha, upper)
     keep = table.scores >= min_prob
     per_box = binary_entropy(table.scores) * weights[table.labels]
     sub = table.filter(keep) if not keep.all() else table
@@ -157,7 +158,7 @@ def _image_features(table: DetectionTable, image_features) -> np.ndarray:
 
 def ppal(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
          image_features: np.ndarray | Mapping[Hashable, np.ndarray] | None = None,
-         labelled_features: np.ndarray | None = None, class_ap: np.ndarray | None = None,
+         labelled_features: np.ndarray | None = None, class_skill: np.ndarray | None = None,
          pool_factor: float = POOL_FACTOR, min_prob: float = MIN_PROB, max_boxes: int = MAX_BOXES,
          empty_share: float = 0.0) -> Selection:
     """PPAL: the `pool_factor` x budget most uncertain images (DCUS), then `budget` category-conditioned
@@ -167,14 +168,15 @@ def ppal(table: DetectionTable, budget: int, rng: np.random.Generator | int | No
     rng = as_rng(rng)
     if pool_factor < 1:
         raise ValueError(f"ppal: pool_factor must be >= 1, got {pool_factor}")
-    unc, weights = dcus_scores(table, class_ap, min_prob)
+    unc, weights = dcus_scores(table, class_skill, min_prob)
     has = ~np.isnan(unc)
     scored = np.flatnonzero(has)
     ranked = scored[np.argsort(-unc[scored], kind="stable")]
     n_empty_want = min(int(round(empty_share * budget)), int((~has).sum()))
     k = min(budget - n_empty_want, ranked.shape[0])
     cand = ranked[:max(k, int(np.ceil(pool_factor * k)))]
-    info: dict = {"class_weights": [round(float(w), 4) for w in weights], "candidates": int(cand.shape[0])}
+    info: dict = {"class_weights": [round(float(w), 4) for w in weights], "candidates": int(cand.shape[0]),
+                  "quality_from": "class_skill" if class_skill is not None else "predictions"}
     if k == 0:  # nothing to rank: the batch is the empty share (the loop records the fallback)
         dist = None
     elif table.features is not None:
