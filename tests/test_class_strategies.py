@@ -146,6 +146,30 @@ def test_category_distance_by_hand():
     assert np.allclose(category_distances(t, np.arange(4), chunk_cells=1), d)
 
 
+def test_category_distance_matches_a_naive_loop():
+    rng = np.random.default_rng(1)
+    pool = {}
+    for i in range(7):
+        n = int(rng.integers(1, 5))
+        probs = np.zeros((n, 3))
+        probs[np.arange(n), rng.integers(0, 3, n)] = rng.uniform(0.1, 1.0, n)
+        pool[i] = det(probs, feats=rng.standard_normal((n, 5)))
+    t = DetectionTable.from_detections(pool)
+    dets = list(pool.values())
+
+    def one_way(a, b):
+        fa = a.features / np.linalg.norm(a.features, axis=1, keepdims=True)
+        fb = b.features / np.linalg.norm(b.features, axis=1, keepdims=True)
+        near = [min([1 - fa[i] @ fb[j] for j in range(len(b)) if b.labels[j] == a.labels[i]], default=2.0)
+                for i in range(len(a))]
+        return float(np.dot(near, a.scores) / a.scores.sum())
+
+    naive = np.array([[0.0 if i == j else (one_way(dets[i], dets[j]) + one_way(dets[j], dets[i])) / 2
+                       for j in range(7)] for i in range(7)])
+    images = np.array([3, 0, 6, 1, 5, 2, 4])
+    assert np.allclose(category_distances(t, images, chunk_cells=3), naive[np.ix_(images, images)])
+
+
 def _duplicates(n_distinct: int = 4, copies: int = 3) -> dict:
     """n_distinct feature vectors, each on `copies` images (identical box, label and feature)."""
     pool = {}

@@ -48,6 +48,7 @@ __all__ = ["dcus_scores", "category_distances", "kmeans_pp_medoids", "ppal", "PO
 
 POOL_FACTOR = 4  # PPAL's budget_expand_ratio: candidates = 4 x budget
 MAX_BOXES = 20  # boxes per image in the distance (the highest-scoring ones)
+SAME = 1e-9  # distances below this are identical images
 MEDOID_ITERS = 20  # PPAL runs 100; a few hundred candidates settle in far fewer
 
 
@@ -81,20 +82,22 @@ def category_distances(table: DetectionTable, images: np.ndarray, min_prob: floa
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     top = (np.arange(rows.shape[0]) - starts[g]) < max_boxes
     rows, g = rows[top], g[top]
-    counts = np.bincount(g, minlength=k)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     f = table.features[rows].astype(np.float64)
     f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     lab, s = table.labels[rows], table.scores[rows].astype(np.float64)
     acc = np.zeros((k, k))
-    step = max(1, chunk_cells // max(1, rows.shape[0]))
-    for r in range(0, rows.shape[0], step):
-        d = 1.0 - f[r:r + step] @ f.T
-        d[lab[r:r + step, None] != lab[None, :]] = 2.0
-        near = np.minimum.reduceat(d, starts, axis=1)  # (rows of chunk, K): nearest box of each image
-        gi = g[r:r + step]
-        uniq, first = np.unique(gi, return_index=True)
-        acc[uniq] += np.add.reduceat(near * s[r:r + step, None], first, axis=0)
+    for c in np.unique(lab):  # boxes only meet boxes of their own label: one block per class
+        mine = np.flatnonzero(lab == c)  # still grouped by candidate
+        gc, fc, sc = g[mine], f[mine], s[mine]
+        present, first = np.unique(gc, return_index=True)
+        absent = np.setdiff1d(np.arange(k), present)
+        step = max(1, chunk_cells // max(1, mine.shape[0]))
+        for r in range(0, mine.shape[0], step):
+            near = np.minimum.reduceat(1.0 - fc[r:r + step] @ fc.T, first, axis=1)  # nearest box of each image
+            gi, w = gc[r:r + step], sc[r:r + step]
+            uniq, at = np.unique(gi, return_index=True)
+            acc[np.ix_(uniq, present)] += np.add.reduceat(near * w[:, None], at, axis=0)
+            acc[np.ix_(uniq, absent)] += 2.0 * np.add.reduceat(w, at)[:, None]  # no box of this label there
     acc /= np.bincount(g, weights=s, minlength=k)[:, None]
     out = np.clip(0.5 * (acc + acc.T), 0.0, None)
     np.fill_diagonal(out, 0.0)
@@ -123,7 +126,7 @@ def kmeans_pp_medoids(dist: np.ndarray, k: int, rng: np.random.Generator, first:
     med[0] = first
     near = dist[first].copy()
     for j in range(1, k):
-        w = near ** 2
+        w = np.where(near > SAME, near, 0.0) ** 2  # float rounding: identical images are at ~1e-16
         w[med[:j]] = 0.0
         total = w.sum()
         if total > 0:
