@@ -219,6 +219,12 @@ def test_ppal_without_features_falls_back_and_says_so():
 def test_ppal_empty_pool_and_empty_share():
     sel = select("ppal", {"e1": empty(d=4), "e2": empty(d=4)}, budget=1, rng=0)
     assert len(sel) == 1 and sel.info["empty_images"] == 2 and "fallback" not in sel.info
+    # no box anywhere, an embedding given: k-means++ on the embedding alone (never two copies of a frame)
+    pool = {f"e{i}": empty(d=4) for i in range(6)}
+    emb = np.array([[1.0, 0.0]] * 5 + [[0.0, 1.0]])
+    for seed in range(5):
+        sel = select("ppal", pool, budget=2, rng=seed, image_features=emb)
+        assert "e5" in sel.items and sel.info["distance"] == "image_embedding" and np.isnan(sel.scores).all()
     pool = {**_copies_and_rare(), "e1": empty(d=4)}
     sel = select("ppal", pool, budget=2, rng=0, empty_share=0.5)
     assert sel.items[1] == "e1" and sel.info["empty_images_taken"] == 1

@@ -21,7 +21,9 @@ frames of one tank are not all taken:
 Features: the detector's per-box features (`DetectionTable.features`, what coreset uses). Without
 them, `image_features` (M, D) (the pretrained embedding the loop gives coreset when the model kept no
 feature) with cosine distances between whole images; without either, the most uncertain images are
-taken and Selection.info["fallback"] says so (the loop copies it into the round's record).
+taken and Selection.info["fallback"] says so (the loop copies it into the round's record). When no
+image has a box to score but the embedding is given (an early model that keeps nothing), the medoids
+are drawn from `pool_factor` x budget random images: diversity alone.
 
 From PPAL (read at github.com/ChenhongyiYang/PPAL: mmdet/ppal/sampler/difficulty_calibrated_uncertainty
 _sampler.py, diversity_sampler.py, models/utils.py get_img_score_distance_matrix_slow; not copied):
@@ -177,12 +179,16 @@ def ppal(table: DetectionTable, budget: int, rng: np.random.Generator | int | No
     ranked = scored[np.argsort(-unc[scored], kind="stable")]
     n_empty_want = min(int(round(empty_share * budget)), int((~has).sum()))
     k = min(budget - n_empty_want, ranked.shape[0])
+    empty = np.flatnonzero(~has)
+    if k == 0 and image_features is not None:  # no uncertainty anywhere: diversity alone, on the embedding
+        k = min(budget, empty.shape[0])
+        ranked, empty = rng.permutation(empty), np.zeros(0, np.int64)
     cand = ranked[:max(k, int(np.ceil(pool_factor * k)))]
     info: dict = {"class_weights": [round(float(w), 4) for w in weights], "candidates": int(cand.shape[0]),
                   "quality_from": "class_skill" if class_skill is not None else "predictions"}
     if k == 0:  # nothing to rank: the batch is the empty share (the loop records the fallback)
         dist = None
-    elif table.features is not None:
+    elif table.features is not None and has[cand].all():
         dist, info["distance"] = category_distances(table, cand, min_prob, max_boxes), "category_conditioned"
     elif image_features is not None:
         dist, info["distance"] = _cosine_distances(_image_features(table, image_features)[cand]), "image_embedding"
@@ -192,9 +198,8 @@ def ppal(table: DetectionTable, budget: int, rng: np.random.Generator | int | No
                             "reason": "the predictions carry no box features and no image_features were given: "
                                       "the most uncertain images (DCUS), without the diversity step"}
     picks = cand[:k] if dist is None else cand[kmeans_pp_medoids(dist, k, rng)]
-    order = np.argsort(-unc[picks], kind="stable")  # most uncertain first: any prefix is a fair batch
-    picks = picks[order]
-    idx, scores, n_empty = fill_batch(picks, unc[picks], np.flatnonzero(~has), budget, empty_share, rng)
+    picks = picks[np.argsort(-np.nan_to_num(unc[picks], nan=-1.0), kind="stable")]  # most uncertain first
+    idx, scores, n_empty = fill_batch(picks, unc[picks], empty, budget, empty_share, rng)
     info.update(empty_share=empty_share, empty_images=int((~has).sum()), empty_images_taken=n_empty,
                 pool_factor=pool_factor)
     return image_selection("ppal", table, idx, scores, info, budget)
