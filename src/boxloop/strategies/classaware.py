@@ -165,9 +165,9 @@ def class_difficulty(table: DetectionTable, budget: int, rng: np.random.Generato
     """Class-balanced batch with shares weighted toward the hardest classes (see the module docstring).
 
     `class_skill` (C,): the model's per-class skill when the caller has it (`labelled_class_quality`,
-    validation AP50; NaN for a class without a value); None calibrates it on the pool's predictions. Selection.scores: the uncertainty
-    of the box that brought the image in (NaN for the empty share). info: class_quality, class_shares
-    and the images each class brought (per_class_images)."""
+    validation AP50; NaN for a class without a value); None calibrates it on the pool's predictions.
+    Selection.scores: the uncertainty of the box that brought the image in (NaN for the empty share).
+    info: class_quality, class_shares and the images each class brought (per_class_images)."""
     budget = check_budget(budget, "class_difficulty")
     rng = as_rng(rng)
     quality = class_quality(table, class_skill, min_prob, xi)
