@@ -43,7 +43,8 @@ from boxloop.strategies.common import as_rng, binary_entropy, check_budget, fill
 from boxloop.strategies.table import DetectionTable
 from boxloop.structures import Detections, Selection, iou
 
-__all__ = ["class_quality", "labelled_class_quality", "ppal_class_weights", "class_shares", "class_difficulty", "XI", "MIN_PROB"]
+__all__ = ["class_quality", "labelled_class_quality", "ppal_class_weights", "class_shares", "class_difficulty",
+           "XI", "MIN_PROB"]
 
 XI = 0.6  # PPAL's quality_xi: quality = score^xi x IoU^(1 - xi)
 MIN_PROB = 0.05  # PPAL's score_thr: boxes below it are neither counted nor ranked
