@@ -24,7 +24,7 @@ def _copies_and_rare() -> dict:
     return pool
 
 
-@pytest.mark.parametrize("strategy", ["class_difficulty", "ppal"])
+@pytest.mark.parametrize("strategy", ["class_difficulty", "ppal", "class_diverse"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_nine_copies_and_a_rare_image_budget_two_takes_the_rare_one_and_one_copy(strategy, seed):
     sel = select(strategy, _copies_and_rare(), budget=2, rng=seed)
@@ -180,16 +180,47 @@ def _duplicates(n_distinct: int = 4, copies: int = 3) -> dict:
     return pool
 
 
+@pytest.mark.parametrize("strategy", ["ppal", "class_diverse"])
 @pytest.mark.parametrize("seed", range(10))
-def test_kmeans_pp_never_takes_two_identical_vectors_while_distinct_ones_remain(seed):
+def test_kmeans_pp_never_takes_two_identical_vectors_while_distinct_ones_remain(strategy, seed):
     pool = _duplicates()
     for budget in (2, 3, 4):
-        sel = select("ppal", pool, budget=budget, rng=seed, pool_factor=3)
+        sel = select(strategy, pool, budget=budget, rng=seed, pool_factor=3)
         vectors = {k.split("_")[0] for k in sel.items}
         assert len(sel) == budget and len(vectors) == budget
     # past the number of distinct vectors, copies fill the batch
-    sel = select("ppal", pool, budget=6, rng=seed, pool_factor=2)
+    sel = select(strategy, pool, budget=6, rng=seed, pool_factor=2)
     assert len(sel) == 6 and len({k.split("_")[0] for k in sel.items}) == 4
+
+
+def _scenes_and_hidden_rare(seed: int = 0) -> dict:
+    """6 scenes x 8 near-copies (3 unsure boxes of classes 0-2 each) and 4 images whose rare class 3
+    hides in a box labelled 0 (P = 0.4 for class 0, 0.15 for class 3) beside a sure class-1 box."""
+    rng = np.random.default_rng(seed)
+    scenes = rng.standard_normal((6, 8))
+    pool = {}
+    for s in range(6):
+        lab = rng.integers(0, 3, 3)
+        for j in range(8):
+            probs = np.zeros((3, 4))
+            probs[np.arange(3), lab] = rng.uniform(0.3, 0.95, 3)
+            pool[f"s{s}_{j}"] = det(probs, feats=scenes[s] + 0.02 * rng.standard_normal((3, 8)))
+    for r in range(4):
+        pool[f"rare{r}"] = det([[0.4, 0.0, 0.0, 0.15], [0.0, 0.9, 0.0, 0.0]], feats=rng.standard_normal((2, 8)))
+    return pool
+
+
+def test_class_diverse_finds_the_hidden_rare_class_and_spreads_over_scenes():
+    """Budget 8 with class 3 never learned (skill 0): ppal's summed entropy ranks the rare images below
+    the crowded scenes; class_diverse takes them and still spreads the rest over the scenes."""
+    skill = np.array([0.6, 0.6, 0.6, 0.0])
+    for seed in range(3):
+        pool = _scenes_and_hidden_rare(seed)
+        diverse = select("class_diverse", pool, budget=8, rng=seed, class_skill=skill)
+        assert sum(k.startswith("rare") for k in diverse.items) >= 3
+        scenes = [k.split("_")[0] for k in diverse.items if k.startswith("s")]
+        assert len(set(scenes)) == len(scenes)  # no scene twice
+        assert not any(k.startswith("rare") for k in select("ppal", pool, budget=8, rng=seed, class_skill=skill).items)
 
 
 def test_kmeans_pp_medoids_on_a_matrix_with_ties():

@@ -16,11 +16,11 @@ The fallbacks, by case:
   backbone's pooled image embedding (boxloop.embedding, the space `typical` uses), from the
   labelled images' embeddings; fallback strategy "coreset_embedding". If that embedding cannot be
   computed, "random".
-- image level, a strategy that weighs classes by the model's skill (class_difficulty, ppal) when no
-  labelled image holds a box to measure it on: the skill is calibrated on the pool's predictions;
-  fallback strategy "<name>_self_calibrated". ppal without box features (and no embedding given)
-  takes the most uncertain images without its diversity step and says so itself in its
-  Selection.info: fallback strategy "ppal_uncertainty".
+- image level, a strategy that weighs classes by the model's skill (class_difficulty, ppal,
+  class_diverse) when no labelled image holds a box to measure it on: the skill is calibrated on the
+  pool's predictions; fallback strategy "<name>_self_calibrated". ppal / class_diverse without box
+  features (and no embedding given) take their first candidates without the diversity step and say
+  so in their Selection.info: fallback strategy "<name>_uncertainty".
 - box level, when no predicted box scores >= t_d on any pool image (the box pool is empty): whole
   random pool images are asked instead, as many as the budget's boxes at the labelled set's boxes
   per image (at least one); the image oracle answers and costs them; fallback "random_images".

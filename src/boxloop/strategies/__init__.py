@@ -2,7 +2,7 @@
 
 Two plain registries, one per query unit (DESIGN.md: one dict per extension point):
 `IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset, typical,
-budget_aware, class_difficulty, ppal) and
+budget_aware, class_difficulty, ppal, class_diverse) and
 `BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is
 `fn(table, budget, rng, **options) -> Selection`. `select()` is the one entry point the loop, the
 CLI and users' scripts call:
@@ -13,7 +13,7 @@ CLI and users' scripts call:
 `typical` and `budget_aware` take an embedding of every image (`image_features`,
 `labelled_features`: boxloop.embedding), and `typical` needs no detection at all: it picks the cold
 start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop; NEEDS_FEATURES the
-strategies that read the detector's per-box features (coreset, ppal), EMPTY_SHARE those that take
+strategies that read the detector's per-box features (coreset, ppal, class_diverse), EMPTY_SHARE those that take
 `empty_share`, NEEDS_CLASS_SKILL those that take `class_skill` (the round model's per-class quality
 on the labelled images, classaware.labelled_class_quality). A strategy that falls back by itself
 says so in Selection.info["fallback"].
@@ -70,10 +70,12 @@ __all__ = [
 STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
 NEEDS_EMBEDDING = frozenset({"typical", "budget_aware"})  # take image_features / labelled_features
 DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any prediction (the cold start)
-NEEDS_FEATURES = frozenset({"coreset", "ppal"})  # read Detections.features (the stored predictions load them)
+# read Detections.features (the stored predictions load them)
+NEEDS_FEATURES = frozenset({"coreset", "ppal", "class_diverse"})
 EMPTY_SHARE = frozenset({"localization_aware", "least_confidence", "entropy", "coreset", "budget_aware",
-                         "class_difficulty", "ppal"})  # take empty_share
-NEEDS_CLASS_SKILL = frozenset({"class_difficulty", "ppal"})  # take class_skill (C,) measured on labelled images
+                         "class_difficulty", "ppal", "class_diverse"})  # take empty_share
+# take class_skill (C,): the round model's per-class quality on the labelled images
+NEEDS_CLASS_SKILL = frozenset({"class_difficulty", "ppal", "class_diverse"})
 
 
 def select(

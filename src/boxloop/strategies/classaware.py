@@ -35,7 +35,7 @@ whole probability vector, the apportionment; numpy does the arithmetic.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -43,8 +43,8 @@ from boxloop.strategies.common import as_rng, binary_entropy, check_budget, fill
 from boxloop.strategies.table import DetectionTable
 from boxloop.structures import Detections, Selection, iou
 
-__all__ = ["class_quality", "labelled_class_quality", "ppal_class_weights", "class_shares", "class_difficulty",
-           "XI", "MIN_PROB"]
+__all__ = ["class_quality", "labelled_class_quality", "ppal_class_weights", "class_shares", "class_ranking",
+           "ClassRanking", "ranking_info", "class_difficulty", "XI", "MIN_PROB"]
 
 XI = 0.6  # PPAL's quality_xi: quality = score^xi x IoU^(1 - xi)
 MIN_PROB = 0.05  # PPAL's score_thr: boxes below it are neither counted nor ranked
@@ -160,6 +160,29 @@ def _apportion(unc: np.ndarray, shares: np.ndarray, n: int) -> tuple[np.ndarray,
     return np.asarray(picks, np.int64), np.asarray(scores, np.float64), np.asarray(by, np.int64)
 
 
+class ClassRanking(NamedTuple):
+    """Images in class_difficulty's order, and why."""
+
+    picks: np.ndarray  # image indices, in the order taken
+    scores: np.ndarray  # the uncertainty of the box that brought each in
+    by: np.ndarray  # the class that brought each in
+    has: np.ndarray  # (M,) images holding a candidate box of some class
+    quality: np.ndarray  # (C,) per-class skill
+    shares: np.ndarray  # (C,) per-class share of the batch
+
+
+def class_ranking(table: DetectionTable, n: int, class_skill: np.ndarray | None = None, min_prob: float = MIN_PROB,
+                  xi: float = XI, min_share: float = MIN_SHARE) -> ClassRanking:
+    """Up to n images by steps 1-3 of the module docstring. Any prefix of the ranking is the ranking of
+    a smaller n (places are given one at a time)."""
+    quality = class_quality(table, class_skill, min_prob, xi)
+    shares = class_shares(quality, min_share)
+    unc = _per_class_uncertainty(table, min_prob, xi)
+    has = np.isfinite(unc).any(axis=1) if unc.size else np.zeros(table.num_images, bool)
+    picks, scores, by = _apportion(unc, shares, min(n, int(has.sum())))
+    return ClassRanking(picks, scores, by, has, quality, shares)
+
+
 def class_difficulty(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
                      class_skill: np.ndarray | None = None, min_prob: float = MIN_PROB, xi: float = XI,
                      min_share: float = MIN_SHARE, empty_share: float = 0.0) -> Selection:
@@ -171,17 +194,18 @@ def class_difficulty(table: DetectionTable, budget: int, rng: np.random.Generato
     info: class_quality, class_shares and the images each class brought (per_class_images)."""
     budget = check_budget(budget, "class_difficulty")
     rng = as_rng(rng)
-    quality = class_quality(table, class_skill, min_prob, xi)
-    shares = class_shares(quality, min_share)
-    unc = _per_class_uncertainty(table, min_prob, xi)
-    has = np.isfinite(unc).any(axis=1) if unc.size else np.zeros(table.num_images, bool)
-    n_empty_want = min(int(round(empty_share * budget)), int((~has).sum()))
-    picks, sc, by = _apportion(unc, shares, min(budget - n_empty_want, int(has.sum())))
-    idx, scores, n_empty = fill_batch(picks, sc, np.flatnonzero(~has), budget, empty_share, rng)
-    info = {"class_quality": [round(float(q), 4) for q in quality],
-            "class_shares": [round(float(s), 4) for s in shares],
-            "per_class_images": np.bincount(by, minlength=table.num_classes).tolist(),
-            "quality_from": "class_skill" if class_skill is not None else "predictions",
-            "min_prob": min_prob, "empty_share": empty_share, "empty_images": int((~has).sum()),
-            "empty_images_taken": n_empty}
+    r = class_ranking(table, budget, class_skill, min_prob, xi, min_share)
+    n_empty_want = min(int(round(empty_share * budget)), int((~r.has).sum()))
+    n = budget - n_empty_want
+    idx, scores, n_empty = fill_batch(r.picks[:n], r.scores[:n], np.flatnonzero(~r.has), budget, empty_share, rng)
+    info = {**ranking_info(r, table.num_classes, n, class_skill), "min_prob": min_prob, "empty_share": empty_share,
+            "empty_images": int((~r.has).sum()), "empty_images_taken": n_empty}
     return image_selection("class_difficulty", table, idx, scores, info, budget)
+
+
+def ranking_info(r: ClassRanking, num_classes: int, n: int, class_skill: np.ndarray | None) -> dict:
+    """What a round records of a class ranking: skill, shares, images per class among the first n."""
+    return {"class_quality": [round(float(q), 4) for q in r.quality],
+            "class_shares": [round(float(s), 4) for s in r.shares],
+            "per_class_images": np.bincount(r.by[:n], minlength=num_classes).tolist(),
+            "quality_from": "class_skill" if class_skill is not None else "predictions"}

@@ -19,7 +19,7 @@ the empty share).
 - class_difficulty: class-balanced like localization_aware, with shares toward the classes the model
   does worst on and candidates from the whole class-probability vector (classaware.py).
 - ppal: PPAL's difficulty-calibrated uncertainty, then category-conditioned k-means++ medoids inside
-  the batch (ppal.py).
+  the batch (ppal.py). class_diverse: the same diversity step over class_difficulty's candidates.
 
 "Empty" images - no box reaches the strategy's low threshold (`min_score`, or [0.2] on the
 combined score for localization_aware) - have no uncertainty score. They may hide objects the
@@ -48,7 +48,7 @@ from boxloop.strategies.common import (
 )
 from boxloop.strategies.classaware import class_difficulty
 from boxloop.strategies.coreset import auto_device, k_center_greedy
-from boxloop.strategies.ppal import ppal
+from boxloop.strategies.ppal import class_diverse, ppal
 from boxloop.strategies.table import DetectionTable
 from boxloop.strategies.typical import budget_aware, typical
 from boxloop.structures import Selection
@@ -258,4 +258,5 @@ IMAGE_STRATEGIES = {
     "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
     "class_difficulty": class_difficulty,  # shares toward the hardest classes (classaware.py)
     "ppal": ppal,  # difficulty-calibrated uncertainty, then k-means++ diversity (ppal.py)
+    "class_diverse": class_diverse,  # class_difficulty's candidates, then ppal's diversity (ppal.py)
 }

@@ -1,4 +1,4 @@
-"""`ppal`: difficulty-calibrated uncertainty, then category-conditioned k-means++ inside the batch.
+"""`ppal` and `class_diverse`: uncertain candidates, then category-conditioned k-means++ inside the batch.
 
 Plug and Play Active Learning for Object Detection (Yang et al., CVPR 2024) in two stages, so that ten
 frames of one tank are not all taken:
@@ -18,6 +18,11 @@ frames of one tank are not all taken:
    with the least summed distance to its cluster). An image identical to a chosen one has distance 0:
    it is never drawn while a distinct candidate remains.
 
+`class_diverse` runs the same diversity step over class_difficulty's candidates (classaware.py: class
+shares toward the hardest classes, rare-class mass found in other boxes' probability vectors), and
+keeps each class's places: k-means++ seeding within the class of each place (`kmeans_pp_quota`),
+so that the big clusters of common frames do not take a rare class's places as medoids would.
+
 Features: the detector's per-box features (`DetectionTable.features`, what coreset uses). Without
 them, `image_features` (M, D) (the pretrained embedding the loop gives coreset when the model kept no
 feature) with cosine distances between whole images; without either, the most uncertain images are
@@ -29,10 +34,12 @@ From PPAL (read at github.com/ChenhongyiYang/PPAL: mmdet/ppal/sampler/difficulty
 _sampler.py, diversity_sampler.py, models/utils.py get_img_score_distance_matrix_slow; not copied):
 the DCUS image score (sum of entropy x class weight, score_thr 0.05, alpha 0.3, upper bound 0.2), the
 4x candidate pool, the category-conditioned distance, medoid updates over a precomputed distance
-matrix. Ours: the class quality calibrated on the pool's predictions (see classaware.py), k-means++
+matrix. Ours: the class quality measured after training on the labelled images, or on the pool's
+predictions (classaware.py), k-means++
 (D^2) seeding from the most uncertain candidate where PPAL's code seeds farthest-first from a random
 one, at most `max_boxes` [20] top-scoring boxes an image in the distance, and the distance computed
-in row chunks with numpy (no (boxes x boxes x images) tensor). Written by hand; numpy does the maths.
+one class block at a time with numpy (no (boxes x boxes x images) tensor), and class_diverse.
+Written by hand; numpy does the maths.
 """
 
 from __future__ import annotations
@@ -41,12 +48,13 @@ from typing import Hashable, Mapping
 
 import numpy as np
 
-from boxloop.strategies.classaware import MIN_PROB, XI, class_quality, ppal_class_weights
+from boxloop.strategies.classaware import MIN_PROB, XI, class_quality, class_ranking, ppal_class_weights, ranking_info
 from boxloop.strategies.common import as_rng, binary_entropy, check_budget, fill_batch, image_selection
 from boxloop.strategies.table import DetectionTable
 from boxloop.structures import Selection
 
-__all__ = ["dcus_scores", "category_distances", "kmeans_pp_medoids", "ppal", "POOL_FACTOR", "MAX_BOXES"]
+__all__ = ["dcus_scores", "category_distances", "kmeans_pp_medoids", "ppal", "class_diverse", "POOL_FACTOR",
+           "MAX_BOXES"]
 
 POOL_FACTOR = 4  # PPAL's budget_expand_ratio: candidates = 4 x budget
 MAX_BOXES = 20  # boxes per image in the distance (the highest-scoring ones)
@@ -65,22 +73,23 @@ def dcus_scores(table: DetectionTable, class_skill: np.ndarray | None = None, mi
     return sub.per_image(per_box[keep], "sum"), weights
 
 
-def category_distances(table: DetectionTable, images: np.ndarray, min_prob: float = MIN_PROB,
-                       max_boxes: int = MAX_BOXES, chunk_cells: int = 1 << 22) -> np.ndarray:
-    """(K, K) PPAL distances between table images `images` (each must hold a box >= min_prob).
+def category_distances(table: DetectionTable, images: np.ndarray, max_boxes: int = MAX_BOXES,
+                       chunk_cells: int = 1 << 22) -> np.ndarray:
+    """(K, K) PPAL distances between table images `images` (each must hold a box), over each image's
+    `max_boxes` highest-scoring boxes (the stored predictions already stop at the score threshold).
 
     d(A -> B) = sum_a s_a min_{b in B, label b = label a} (1 - cos(f_a, f_b)) / sum_a s_a, with the
     minimum 2 when B has no box of a's label; d = (d(A->B) + d(B->A)) / 2, 0 on the diagonal."""
     k = images.shape[0]
     pos = np.full(table.num_images, -1, np.int64)
     pos[np.sort(images)] = np.arange(k)
-    rows = np.flatnonzero((table.scores >= min_prob) & (pos[table.image_index] >= 0))
+    rows = np.flatnonzero(pos[table.image_index] >= 0)
     g = pos[table.image_index[rows]]  # candidate of each row, non-decreasing (images sorted)
     order = np.lexsort((-table.scores[rows], g))  # by candidate, then score high to low
     rows, g = rows[order], g[order]
     counts = np.bincount(g, minlength=k)
     if (counts == 0).any():
-        raise ValueError("category_distances: every image needs a box scoring >= min_prob")
+        raise ValueError("category_distances: every image needs a box")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     top = (np.arange(rows.shape[0]) - starts[g]) < max_boxes
     rows, g = rows[top], g[top]
@@ -149,6 +158,38 @@ def kmeans_pp_medoids(dist: np.ndarray, k: int, rng: np.random.Generator, first:
     return med
 
 
+def kmeans_pp_quota(dist: np.ndarray, places: np.ndarray, cand_class: np.ndarray,
+                    rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding with a class per place: place j goes to a candidate of class places[j], drawn
+    with probability proportional to its squared distance to the nearest candidate taken so far (the
+    first place: that class's first candidate, the most uncertain). When every untaken candidate of the
+    class is identical to a taken one (or none is left), the place goes to the same draw over every
+    class's candidates; when none is left anywhere at a positive distance, to the first untaken one."""
+    n = dist.shape[0]
+    taken = np.zeros(n, bool)
+    near = np.full(n, np.inf)
+    picks = []
+    for c in places[:n]:
+        free = ~taken
+        mine = np.flatnonzero(free & (cand_class == c))
+        if not np.isfinite(near).any():  # the first place
+            i = int(mine[0]) if mine.shape[0] else int(np.flatnonzero(free)[0])
+        else:
+            w = np.where(near > SAME, near, 0.0) ** 2
+            w[taken] = 0.0
+            pick_from = mine if mine.shape[0] and w[mine].sum() > 0 else np.flatnonzero(free)
+            ws = w[pick_from]
+            if ws.sum() > 0:
+                i = int(pick_from[np.searchsorted(np.cumsum(ws), rng.random() * ws.sum(), side="right").clip(
+                    0, pick_from.shape[0] - 1)])
+            else:
+                i = int(pick_from[0])
+        picks.append(i)
+        taken[i] = True
+        near = np.minimum(near, dist[i])
+    return np.asarray(picks, np.int64)
+
+
 def _image_features(table: DetectionTable, image_features) -> np.ndarray:
     if isinstance(image_features, Mapping):
         missing = [key for key in table.keys if key not in image_features]
@@ -170,36 +211,74 @@ def ppal(table: DetectionTable, budget: int, rng: np.random.Generator | int | No
     k-means++ medoids among them (see the module docstring). `labelled_features` is accepted and not
     used: PPAL's diversity is inside the batch. Selection.scores: the picks' DCUS uncertainty."""
     budget = check_budget(budget, "ppal")
-    rng = as_rng(rng)
-    if pool_factor < 1:
-        raise ValueError(f"ppal: pool_factor must be >= 1, got {pool_factor}")
     unc, weights = dcus_scores(table, class_skill, min_prob)
     has = ~np.isnan(unc)
     scored = np.flatnonzero(has)
-    ranked = scored[np.argsort(-unc[scored], kind="stable")]
+    info = {"class_weights": [round(float(w), 4) for w in weights],
+            "quality_from": "class_skill" if class_skill is not None else "predictions"}
+    return _diverse_batch("ppal", table, budget, as_rng(rng), scored[np.argsort(-unc[scored], kind="stable")], unc,
+                          info, image_features, pool_factor, max_boxes, empty_share)
+
+
+def class_diverse(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
+                  image_features: np.ndarray | Mapping[Hashable, np.ndarray] | None = None,
+                  labelled_features: np.ndarray | None = None, class_skill: np.ndarray | None = None,
+                  pool_factor: float = POOL_FACTOR, min_prob: float = MIN_PROB, max_boxes: int = MAX_BOXES,
+                  empty_share: float = 0.0) -> Selection:
+    """ppal's diversity step over class_difficulty's candidates: the first `pool_factor` x budget images
+    of its class ranking (shares toward the hardest classes, rare-class mass in the probability
+    vectors), then `budget` category-conditioned k-means++ medoids among them. Where PPAL's summed
+    entropy passes over a rare object hidden in a box of another class, this keeps it a candidate.
+    Selection.scores: the uncertainty of the box that made each pick a candidate."""
+    budget = check_budget(budget, "class_diverse")
+    r = class_ranking(table, int(np.ceil(max(pool_factor, 1.0) * budget)), class_skill, min_prob)
+    score = np.full(table.num_images, np.nan)
+    score[r.picks] = r.scores
+    return _diverse_batch("class_diverse", table, budget, as_rng(rng), r.picks, score,
+                          ranking_info(r, table.num_classes, r.picks.shape[0], class_skill), image_features,
+                          pool_factor, max_boxes, empty_share, has=r.has, classes=r.by)
+
+
+def _diverse_batch(name: str, table: DetectionTable, budget: int, rng: np.random.Generator, ranked: np.ndarray,
+                   score: np.ndarray, info: dict, image_features, pool_factor: float, max_boxes: int,
+                   empty_share: float, has: np.ndarray | None = None, classes: np.ndarray | None = None
+                   ) -> Selection:
+    """`budget` k-means++ medoids among the first pool_factor x budget of `ranked` (image indices,
+    best first; `score` (M,) what they were ranked by, NaN for images that cannot be ranked). `has`:
+    the images that can be ranked (default: score not NaN); the others are the empty images.
+    `classes` (per ranked image, the class that made it a candidate): the batch keeps the classes'
+    places of the first `budget` ranked images, k-means++ seeding within each class
+    (`kmeans_pp_quota`) instead of medoids, which would hand a rare class's places to big clusters."""
+    if pool_factor < 1:
+        raise ValueError(f"{name}: pool_factor must be >= 1, got {pool_factor}")
+    has = ~np.isnan(score) if has is None else has
     n_empty_want = min(int(round(empty_share * budget)), int((~has).sum()))
-    k = min(budget - n_empty_want, ranked.shape[0])
+    k = min(budget - n_empty_want, int(has.sum()))
     empty = np.flatnonzero(~has)
     if k == 0 and image_features is not None:  # no uncertainty anywhere: diversity alone, on the embedding
         k = min(budget, empty.shape[0])
-        ranked, empty = rng.permutation(empty), np.zeros(0, np.int64)
+        ranked, empty, classes = rng.permutation(empty), np.zeros(0, np.int64), None
     cand = ranked[:max(k, int(np.ceil(pool_factor * k)))]
-    info: dict = {"class_weights": [round(float(w), 4) for w in weights], "candidates": int(cand.shape[0]),
-                  "quality_from": "class_skill" if class_skill is not None else "predictions"}
+    info["candidates"] = int(cand.shape[0])
     if k == 0:  # nothing to rank: the batch is the empty share (the loop records the fallback)
         dist = None
     elif table.features is not None and has[cand].all():
-        dist, info["distance"] = category_distances(table, cand, min_prob, max_boxes), "category_conditioned"
+        dist, info["distance"] = category_distances(table, cand, max_boxes), "category_conditioned"
     elif image_features is not None:
         dist, info["distance"] = _cosine_distances(_image_features(table, image_features)[cand]), "image_embedding"
     else:
         dist = None
-        info["fallback"] = {"strategy": "ppal_uncertainty",
+        info["fallback"] = {"strategy": f"{name}_uncertainty",
                             "reason": "the predictions carry no box features and no image_features were given: "
-                                      "the most uncertain images (DCUS), without the diversity step"}
-    picks = cand[:k] if dist is None else cand[kmeans_pp_medoids(dist, k, rng)]
-    picks = picks[np.argsort(-np.nan_to_num(unc[picks], nan=-1.0), kind="stable")]  # most uncertain first
-    idx, scores, n_empty = fill_batch(picks, unc[picks], empty, budget, empty_share, rng)
+                                      "the first candidates, without the diversity step"}
+    if dist is None:
+        picks = cand[:k]
+    elif classes is not None:
+        picks = cand[kmeans_pp_quota(dist, classes[:k], classes[:cand.shape[0]], rng)]
+    else:
+        picks = cand[kmeans_pp_medoids(dist, k, rng)]
+    picks = picks[np.argsort(-np.nan_to_num(score[picks], nan=-np.inf), kind="stable")]  # most uncertain first
+    idx, scores, n_empty = fill_batch(picks, score[picks], empty, budget, empty_share, rng)
     info.update(empty_share=empty_share, empty_images=int((~has).sum()), empty_images_taken=n_empty,
                 pool_factor=pool_factor)
-    return image_selection("ppal", table, idx, scores, info, budget)
+    return image_selection(name, table, idx, scores, info, budget)
