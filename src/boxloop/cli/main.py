@@ -264,7 +264,7 @@ def predict(
 @user_errors
 def query(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
-    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware (boxes: random, least_confidence, coreset).")] = "localization_aware",
+    strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware, class_difficulty, ppal, class_diverse (boxes: random, least_confidence, coreset).")] = "localization_aware",
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     out_dir: Annotated[Path, typer.Option("--out", help="A new or empty folder for the batch (images + pre-annotations).")] = Path("query"),
