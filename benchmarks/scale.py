@@ -184,7 +184,7 @@ def _children_cpu() -> float:
 def cli_status(project_dir: Path, repeats: int) -> dict:
     """`boxloop status PROJECT --json` as a user runs it, and the same split into import + command."""
     exe = Path(sys.executable).with_name("boxloop")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "boxloop.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "boxloop.cli.main"]
     cmd += ["status", str(project_dir), "--json"]
     walls, cpus = [], []
     for _ in range(repeats):
@@ -198,7 +198,7 @@ def cli_status(project_dir: Path, repeats: int) -> dict:
     probe = (
         "import sys, time, io, contextlib\n"
         "t0 = time.perf_counter()\n"
-        "from boxloop.cli import app\n"
+        "from boxloop.cli.main import app\n"
         "t1 = time.perf_counter()\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"

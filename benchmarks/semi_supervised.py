@@ -175,8 +175,8 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
     from boxloop.semi.weak_view import weak_predict
     from boxloop.loop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
-    from boxloop.train.fit import fit
     from boxloop.train.checkpoints import load_detector
+    from boxloop.train.fit import fit
 
     t_cell = time.perf_counter()
     cell = args.workdir / f"seed{seed}" / f"frac{fraction:g}"

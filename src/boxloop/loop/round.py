@@ -137,9 +137,13 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
     if settings.unit == "images":
         if strategy.empty_share:
             options["empty_share"] = settings.empty_share
-        if strategy.features:
+        if strategy.feature_centres:
             name, extra, fallback = fb.feature_inputs(project, round_id, config, pool, strategy)
             options = {**options, **extra} if name == strategy.name else {}
+        if strategy.class_skill:  # the round model's per-class quality on the labelled images
+            extra, skill_fallback = fb.class_skill_inputs(project, round_id, config, strategy.name)
+            options.update(extra)
+            fallback = fallback or skill_fallback
         if strategy.embedding:  # pooled backbone features, cached in PROJECT/cache
             from boxloop.predict.embedding import selection_features
 
@@ -154,20 +158,22 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
             sel, fallback = fb.whole_images_instead(project, pool, config, rng, strategy)
             items = [(k, None, None) for k in sel.items]
         else:
-            if strategy.features:
+            if strategy.feature_centres:
                 options["labelled_features"], fallback = fb.box_feature_centres(project, round_id, config, pool,
                                                                                 options["exclude"], strategy)
             sel = select(settings.strategy, pool, settings.budget, unit="boxes", rng=rng, **options)
             items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
-    fallback = fallback or fb.ranked_nothing(sel, pool, strategy)
+    fallback = fallback or sel.info.get("fallback") or fb.ranked_nothing(sel, pool, strategy)
     with project.transaction():
         project.mark_stale()
         project.add_queries(round_id, items, strategy=settings.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
-                                                            "coverage", "switch_coverage", "clusters")}
-        if "thresholds" in info and info["thresholds"] is not None:
-            info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
+                                                            "coverage", "switch_coverage", "clusters", "class_shares",
+                                                            "quality_from", "distance")}
+        for key in ("thresholds", "class_shares"):  # per class id -> per class name
+            if info.get(key) is not None:
+                info[key] = {project.classes[i]: t for i, t in enumerate(info[key])}
         # images where the model kept no box; a strategy left with nothing to rank took a fallback: record it
         info["images_without_detections"] = int(pool.num_images - np.unique(pool.image_index).shape[0])
         if fallback is not None:

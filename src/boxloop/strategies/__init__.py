@@ -1,21 +1,22 @@
 """Active-learning strategies: which images (or single boxes) to ask the annotator about.
 
 Two registries, one per query unit (registry.py): `IMAGE_STRATEGIES` (random, least_confidence,
-entropy, localization_aware, coreset, typical, budget_aware) and `BOX_STRATEGIES` (random,
-least_confidence, coreset). Each entry is a `Strategy`: the function
+entropy, localization_aware, coreset, typical, budget_aware, class_difficulty, ppal, class_diverse)
+and `BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is a `Strategy`: the function
 `fn(table, budget, rng, **options) -> Selection` and what it needs of a round (a model at all, the
-stored predictions, detector features, the pretrained embedding, per-class scores) and its fallback.
-The loop reads those and names no strategy. `select()` is the one entry point the loop, the CLI and
-users' scripts call:
+stored predictions, detector features, the pretrained embedding, per-class scores, the model's
+per-class skill) and its fallback. The loop reads those and names no strategy. `select()` is the one
+entry point the loop, the CLI and users' scripts call:
 
     sel = select("localization_aware", detections_by_key, budget=500, rng=0)
     sel = select("least_confidence", table, budget=1000, unit="boxes", t_d=0.1)
 
 `typical` and `budget_aware` take an embedding of every image (`image_features`,
 `labelled_features`: boxloop.predict.embedding), and `typical` needs no detection at all: it picks the cold
-start's first batch.
+start's first batch. A strategy that falls back by itself says so in Selection.info["fallback"].
 
-Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py.
+Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py /
+classaware.py / ppal.py.
 
 Owns: the registry and the strategies. May import: the root modules (structures).
 """
@@ -27,6 +28,7 @@ from typing import Hashable, Mapping
 import numpy as np
 
 from boxloop.strategies.box import T_D, box_pool
+from boxloop.strategies.classaware import labelled_class_quality
 from boxloop.strategies.common import (
     entropy_scores,
     least_confidence_scores,
@@ -58,6 +60,7 @@ __all__ = [
     "COLD_START_STRATEGY",
     "SEED_SET_STRATEGY",
     "INITIAL_STRATEGIES",
+    "labelled_class_quality",
     "least_confidence_scores",
     "entropy_scores",
     "localization_scores",

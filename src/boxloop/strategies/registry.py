@@ -14,7 +14,9 @@ from typing import Any, Callable
 import numpy as np
 
 from boxloop.strategies.box import coreset_boxes, least_confidence_boxes, random_boxes
+from boxloop.strategies.classaware import class_difficulty
 from boxloop.strategies.image import coreset, entropy, least_confidence, localization_aware, random_images
+from boxloop.strategies.ppal import class_diverse, ppal
 from boxloop.strategies.table import DetectionTable
 from boxloop.strategies.typical import budget_aware, typical
 from boxloop.structures import Selection
@@ -32,11 +34,14 @@ class Strategy:
     predictions: reads the round model's stored predictions of the pool (False: the pool's image
       list is all it takes). random reads them though it needs no model: it draws among the images
       the round predicted on, the pool every strategy of the round sees.
-    features: per-box detector features, and the labelled set's as the first centres; at image
-      level the loop gives the pretrained embedding instead when the model kept no feature.
+    features: the per-box detector features of the pool's predictions.
+    feature_centres: and the labelled set's features as the first centres (coreset); at image level
+      the loop gives the pretrained embedding instead when the model kept no feature.
     embedding: the pretrained backbone's pooled embedding of pool and labelled images
       (`image_features`, `labelled_features`: boxloop.predict.embedding).
     per_class_scores: ranks the class-probability vectors of the boxes.
+    class_skill: takes `class_skill`, the round model's per-class quality on the labelled images
+      (classaware.labelled_class_quality; with no labelled box the strategy calibrates itself).
     empty_share: takes `empty_share`, the share of the batch drawn among images with no scorable box.
     fallback: the image-level strategy that chooses, seeded, when the model kept no box this one
       can rank (box level: whole images); None when it needs no box.
@@ -49,8 +54,10 @@ class Strategy:
     needs_model: bool = True
     predictions: bool = True
     features: bool = False
+    feature_centres: bool = False
     embedding: bool = False
     per_class_scores: bool = False
+    class_skill: bool = False
     empty_share: bool = False
     fallback: str | None = "random"
     phases: tuple[str, ...] = ()
@@ -69,15 +76,20 @@ IMAGE_STRATEGIES = _entries(
     Strategy("least_confidence", "images", least_confidence, per_class_scores=True, empty_share=True),
     Strategy("entropy", "images", entropy, per_class_scores=True, empty_share=True),
     Strategy("localization_aware", "images", localization_aware, per_class_scores=True, empty_share=True),
-    Strategy("coreset", "images", coreset, features=True, empty_share=True),
+    Strategy("coreset", "images", coreset, features=True, feature_centres=True, empty_share=True),
     Strategy("typical", "images", typical, needs_model=False, predictions=False, embedding=True, fallback=None),
     Strategy("budget_aware", "images", budget_aware, embedding=True, per_class_scores=True, empty_share=True,
              phases=("typical", "localization_aware")),
+    Strategy("class_difficulty", "images", class_difficulty, per_class_scores=True, class_skill=True,
+             empty_share=True),
+    Strategy("ppal", "images", ppal, features=True, per_class_scores=True, class_skill=True, empty_share=True),
+    Strategy("class_diverse", "images", class_diverse, features=True, per_class_scores=True, class_skill=True,
+             empty_share=True),
 )
 BOX_STRATEGIES = _entries(
     Strategy("random", "boxes", random_boxes, needs_model=False),
     Strategy("least_confidence", "boxes", least_confidence_boxes, per_class_scores=True),
-    Strategy("coreset", "boxes", coreset_boxes, features=True),
+    Strategy("coreset", "boxes", coreset_boxes, features=True, feature_centres=True),
 )
 STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
 
