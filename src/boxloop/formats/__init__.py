@@ -14,8 +14,9 @@ dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -127,6 +128,11 @@ def check_classes(used: Mapping[str, list[str]], classes: Sequence[str] | None, 
         )
 
 
+# A Windows path with a drive and a root ('C:/x', 'C:\\x' once '\\' is '/'): 'c:9.jpg' (no root) is a
+# legal file name on Linux and macOS, not an absolute path.
+_WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:/")
+
+
 def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     """A '/'-separated relative path that stays inside its folder, or FormatError.
 
@@ -136,7 +142,7 @@ def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     text = value.strip().replace("\\", "/")
     if not text:
         raise FormatError(where, f"empty {field_name}", "name the image file relative to the images folder")
-    if text.startswith("/") or PureWindowsPath(value.strip()).drive:
+    if text.startswith("/") or _WINDOWS_ABSOLUTE.match(text):
         raise FormatError(where, f"{field_name} {value!r} is an absolute path",
                           "image paths in annotations must be relative to the images folder")
     parts: list[str] = []
