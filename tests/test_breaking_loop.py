@@ -65,3 +65,61 @@ def test_10_fifo_and_symlink_loop_in_images_are_skipped(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
     with Project.open(tmp_path / "p") as p:
         assert [r.path for r in p.images()] == ["a.png"]
+
+
+# -- 7, 8. simulate: one experiment per OUT; --steps validates ten times -------------------------------------
+
+SIM = ("--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--image-size", "64",
+       "--batch-size", "4", "--device", "cpu", "--detector-option", "fpn_channels=32", "--detector-option",
+       "head_convs=1", "--strategies", "random", "--initial", "4", "--budget", "2", "--rounds", "0",
+       "--test-fraction", "0.25")
+
+
+def _simulate(syn, out: Path, *extra: object, code: int | None = 0):
+    return cli("simulate", "--dataset", syn.images, "--annotations", syn.annotations_dir, "--out", out, *SIM, *extra,
+               code=code)
+
+
+def test_7_simulate_refuses_an_out_of_another_experiment(make_synthetic, tmp_path: Path) -> None:
+    syn, other = make_synthetic(n_images=12, image_size=64, seed=0), make_synthetic(n_images=12, image_size=64, seed=3)
+    out = tmp_path / "out"
+    _simulate(syn, out, "--steps", "2")
+    results = (out / "results.json").read_text()
+    res = cli("simulate", "--dataset", other.images, "--annotations", other.annotations_dir, "--out", out, *SIM,
+              "--steps", "2", code=1)  # before: exit 0, the old dataset's numbers under the new config
+    assert "another experiment" in res.text and "--dataset" in res.text and str(other.images) in res.text, res.text
+    res = _simulate(syn, out, "--steps", "3", "--budget", "1", code=1)
+    assert "--steps 2 (now 3)" in res.text and "--budget 2 (now 1)" in res.text, res.text
+    assert (out / "results.json").read_text() == results
+    _simulate(syn, out, "--steps", "2")  # the same experiment resumes (here: nothing left to do)
+    _simulate(syn, out, "--steps", "2", "--strategies", "least_confidence")  # another strategy joins it
+    assert {r["strategy"] for r in json.loads((out / "results.json").read_text())["runs"]} == {"random", "least_confidence"}
+
+
+def test_8_simulate_steps_validates_ten_times(make_synthetic, tmp_path: Path) -> None:
+    syn = make_synthetic(n_images=12, image_size=64, seed=0)
+    _simulate(syn, tmp_path / "out", "--steps", "40")
+    import torch
+
+    ckpt = torch.load(tmp_path / "out" / "seed0" / "base" / "models" / "round_000" / "last.pt", weights_only=False)
+    vals = [h["step"] for h in ckpt["history"] if "val_map50" in h]
+    assert vals == list(range(4, 41, 4)), vals  # before: every 2 steps, 20 validations
+
+
+# -- 11. every path inside a project is relative to it -------------------------------------------------------
+
+def test_11_a_moved_project_keeps_its_model_and_a_copy_uses_its_own(tmp_path: Path) -> None:
+    project, images, _ = voc_project(tmp_path, n=3, labelled=2)
+    shutil.copytree(images, project / "images")  # images inside the project move with it
+    cli("init", project, "--images", project / "images", "--annotations", tmp_path / "ann", "--force", code=0)
+    cli("train", project, *TRAIN, "--steps", "1", code=0)
+    shutil.copytree(project, tmp_path / "backup", symlinks=True)  # cp -a
+    project.rename(tmp_path / "moved")
+    shutil.rmtree(images)
+    for where in ("moved", "backup"):  # before: "no trained model yet" for both
+        res = cli("predict", tmp_path / where, "--images", tmp_path / where / "images", "--out", tmp_path / f"pred_{where}",
+                  "--device", "cpu", code=0)
+        assert "predicted 3 images" in res.text, res.text
+        with Project.open(tmp_path / where) as p:
+            assert p.get_path_meta("current_checkpoint").resolve().is_relative_to((tmp_path / where).resolve())
+            assert p.image_root.resolve() == (tmp_path / where / "images").resolve()

@@ -152,7 +152,7 @@ def data(make_synthetic, tmp_path_factory) -> Data:
     finally:
         os.chdir(cwd)
     with Project.open(trained) as p:
-        best = Path(p.get_meta("current_checkpoint"))
+        best = p.get_path_meta("current_checkpoint")
     assert best.is_absolute() and best.is_file() and best.is_relative_to(trained.resolve())
     return Data(root, images, ann, syn.annotations_dir, best, trained)
 

@@ -204,7 +204,7 @@ def model_dir(project: Project, iteration: int) -> Path:
 def _train(project: Project, cfg: AutolabelConfig, i: int, progress: bool) -> dict[str, Any]:
     from boxloop.detectors import DetectorSpec
     from boxloop.round_model import training_samples
-    from boxloop.train import TrainConfig, load_checkpoint, short_warmup, train_detector
+    from boxloop.train import TrainConfig, load_checkpoint, short_warmup, step_val_every, train_detector
 
     train, val = training_samples(project)
     d, t, initial = cfg.detector, cfg.training, cfg.tsoda.initial_checkpoint
@@ -223,7 +223,7 @@ def _train(project: Project, cfg: AutolabelConfig, i: int, progress: bool) -> di
     # the seed makes the build's random layers independent of what ran before
     tc = TrainConfig(steps=steps, batch_size=t.batch_size, image_size=t.image_size, lr=t.lr,
                      optimizer=t.optimizer, device=t.device, seed=t.seed + 1000 * i,
-                     val_every=t.val_every or max(1, steps // 10), warmup_steps=short_warmup(steps))
+                     val_every=t.val_every or step_val_every(steps), warmup_steps=short_warmup(steps))
     _, result = train_detector(spec, project.classes, train, val, tc, model_dir(project, i),
                                init=previous if warm else None, progress=progress)
     return {"steps": steps, "train_images": len(train), "val_images": len(val),

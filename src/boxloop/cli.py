@@ -20,7 +20,7 @@ from rich.markup import escape
 from boxloop.cli_errors import user_errors
 from boxloop.cli_options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, EpochsOpt, ModelOpt, NoPretrainedOpt,
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
-                                 check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
+                                 check_detector_options, detector_options, fill_defaults, loop_config, open_detector, ray_scoring,
                                  unit_float)
 from boxloop.cli_output import out, print_autolabel_rows, print_metrics, print_status, warn
 
@@ -135,7 +135,7 @@ def train(
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
     strict: StrictOpt = False,
-    nproc: Annotated[Optional[int], typer.Option(help="Train on this many processes through torchrun (DDP: gloo on CPU, nccl on GPU); --batch-size is the total.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train on this many processes through torchrun (DDP: gloo on CPU, nccl on GPU); --batch-size is the total.")] = None,
     torchrun_args: Annotated[Optional[str], typer.Option(help="With --nproc: torchrun's own options for several machines, e.g. '--nnodes=2 --node-rank=0 --rdzv-endpoint=head:29500'.")] = None,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
@@ -357,8 +357,8 @@ def simulate(
     initial: Annotated[int, typer.Option(help="Seed set: images labelled before round 0.")] = 20,
     initial_strategy: Annotated[str, typer.Option(help="How the seed set is chosen: random, or typical (TypiClust in the pretrained backbone's embedding).")] = "random",
     budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
-    rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
-    seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
+    rounds: Annotated[int, typer.Option(min=0, help="Query rounds after the initial one.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Random seeds (each: its own seed set and initial model).")] = 1,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
@@ -381,6 +381,8 @@ def simulate(
     from boxloop.simulate import simulate as run_sim
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one strategy, e.g. random,localization_aware", param_hint="--strategies")
     cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
                       batch_size=batch_size, device=device, no_pretrained=no_pretrained,
                       detector_option=detector_option, strategy=names[0], unit=unit, budget=budget, semi=semi,
@@ -425,7 +427,7 @@ def autolabel(
     from boxloop.defaults import run_defaults
 
     d = run_defaults(device)
-    model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    model, image_size, batch_size = fill_defaults(d, model, image_size, batch_size)
     options = detector_options(detector_option)
     check_detector_options(model, {"backbone": backbone, **options})
     config = AutolabelConfig.make(  # the command's options, in one place

@@ -23,8 +23,8 @@ __all__ = ["needs_cold_start", "open_select_round"]
 
 def needs_cold_start(project: Project) -> bool:
     """No model to query with and no labelled image to train one on."""
-    ckpt = project.get_meta("current_checkpoint")
-    if ckpt and Path(ckpt).exists():
+    ckpt = project.get_path_meta("current_checkpoint")
+    if ckpt is not None and ckpt.exists():
         return False
     if any((model_dir(project, r.id) / "best.pt").exists() for r in project.rounds()):
         return False

@@ -166,7 +166,7 @@ class Core:
         proj = cls(project_dir, timeout=timeout, db_path=target, create=True)
         try:
             with proj.transaction():
-                proj.set_meta("image_root", str(Path(image_root).resolve()))
+                proj.set_path_meta("image_root", image_root)
                 proj.set_meta("created", now())
                 proj.set_meta("seed", int(seed))
                 proj.add_classes(classes)
@@ -297,9 +297,26 @@ class Core:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    def set_path_meta(self, key: str, path: str | Path) -> None:
+        """Store a path relative to the project folder when it lies inside (a moved project keeps its
+        model, a `cp -a` backup uses its own), else absolute (any working directory finds it)."""
+        path = Path(path).resolve()
+        try:
+            self.set_meta(key, path.relative_to(self.dir.resolve()).as_posix())
+        except ValueError:
+            self.set_meta(key, str(path))
+
+    def get_path_meta(self, key: str) -> Path | None:
+        """A path stored by `set_path_meta` (or an absolute one stored before), None if unset."""
+        value = self.get_meta(key)
+        if not value:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.dir / path
+
     @property
     def image_root(self) -> Path:
-        return Path(self.get_meta("image_root"))
+        return self.get_path_meta("image_root")  # type: ignore[return-value]  # set by create
 
     @property
     def seed(self) -> int:
