@@ -123,3 +123,85 @@ def test_11_a_moved_project_keeps_its_model_and_a_copy_uses_its_own(tmp_path: Pa
         with Project.open(tmp_path / where) as p:
             assert p.get_path_meta("current_checkpoint").resolve().is_relative_to((tmp_path / where).resolve())
             assert p.image_root.resolve() == (tmp_path / where / "images").resolve()
+
+
+# -- 14. one line, not a traceback ---------------------------------------------------------------------------
+
+def _coco_init(tmp_path: Path, images: list[dict], anns: list[dict] = (), raw: str | None = None):
+    H.write_image(tmp_path / "images" / "img0.png")
+    coco = H.write_coco(tmp_path / "c.json", images, list(anns), ["cat"], raw=raw)
+    return cli("init", tmp_path / "p", "--images", tmp_path / "images", "--annotations", coco, "--format", "coco")
+
+
+@pytest.mark.parametrize("case, images, anns, raw, expect", [
+    ("width 1e999", [{"id": 1, "file_name": "img0.png", "width": 1e999, "height": 32}], [], None, None),
+    ("id null", [{"id": None, "file_name": "img0.png"}], [], None, "must be an integer, got None"),
+    ("list image_id", [{"id": 1, "file_name": "img0.png"}],
+     [{"id": 1, "image_id": [1], "category_id": 1, "bbox": [1, 1, 5, 5]}], None, "image_id [1]"),
+    ("100k deep", [], [], "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_14_hostile_coco_is_one_line(tmp_path: Path, case, images, anns, raw, expect) -> None:
+    res = _coco_init(tmp_path, images, anns, raw)  # before: OverflowError, TypeError, unhashable, RecursionError
+    if expect is None:  # an unusable width is no width: the image's own size is used
+        assert res.exit_code == 0, res.text
+    else:
+        assert res.exit_code == 1 and "c.json" in res.text and expect in res.text, res.text
+
+
+def test_14_device_cuda_without_a_gpu_is_one_line(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    res = run("evaluate", tmp_path, "--device", "cuda")  # before: a RuntimeError traceback, exit 1
+    assert res.returncode == 2 and "sees no CUDA GPU" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("manifest, expect", [([], "not a batch record"), ({"round": 1}, "no 'images' object"),
+                                              ({"images": {}}, "no round number")])
+def test_14_a_broken_batch_json_is_named(model: Path, tmp_path: Path, manifest, expect) -> None:
+    project, _, _ = voc_project(tmp_path, classes=names(model))
+    query(project, model, tmp_path / "batch", budget=1)
+    (tmp_path / "batch" / "batch.json").write_text(json.dumps(manifest))
+    res = cli("import", project, "--annotations", tmp_path / "batch", code=1)  # before: AttributeError; "error: images"
+    assert "batch.json" in res.text and expect in res.text, res.text
+
+
+@pytest.mark.parametrize("args, expect", [(("--seeds", "0"), "--seeds"), (("--strategies", ""), "--strategies"),
+                                          (("--strategies", " , "), "--strategies")])
+def test_14_simulate_without_seeds_or_strategies_is_a_usage_error(tmp_path: Path, args, expect) -> None:
+    res = cli("simulate", "--dataset", tmp_path, "--out", tmp_path / "out", *args)  # before: IndexError
+    assert res.exit_code == 2 and expect in res.text, res.text
+
+
+def test_14_odd_class_names_in_the_report(tmp_path: Path) -> None:
+    """'$\\foo$' crashed matplotlib's mathtext; '_Platelets' vanished from the legends."""
+    from boxloop.report.plots import _figures
+
+    per = lambda v: {"$\\foo$": {"ap50": v}, "_Platelets": {"ap50": v / 2}}  # noqa: E731
+    rounds = [{"round": r, "images_labelled": 4 + 2 * r, "boxes_labelled": 10 + 5 * r, "cost_seconds": 100.0 * (r + 1),
+               "map50": 0.1 * r, "coco_ap": 0.05 * r, "per_class": per(0.1 * r),
+               "labelled_per_class": {"$\\foo$": 3 + r, "_Platelets": 2 + r}} for r in range(3)]
+    results = {"runs": [{"strategy": "_random", "seed": 0, "unit": "images", "semi": None, "rounds": rounds}]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    cli("report", tmp_path / "results.json", "--out", tmp_path / "r.html", code=0)
+    legends = {t.get_text() for _, _, fig in _figures(results)
+               for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+               for t in legend.get_texts()}
+    assert any("_Platelets" in t for t in legends) and any(t.strip("\u200b").startswith("_random") for t in legends), legends
+
+
+def test_also_rich_prints_names_as_written(tmp_path: Path) -> None:
+    images, ann = tmp_path / "images", tmp_path / "ann"
+    ann.mkdir()
+    H.write_image(images / "a.png")
+    (ann / "a.xml").write_text(H.voc_xml("a.png", [("cat:x:dog", 2, 3, 20, 25)]))
+    cli("init", tmp_path / "p", "--images", images, "--annotations", ann, code=0)
+    res = run("status", tmp_path / "p")
+    assert "cat:x:dog" in res.stdout and "\u274c" not in res.stdout, res.stdout  # before: 'cat❌dog'
+
+
+@pytest.mark.parametrize("option", ["--image-size", "--batch-size", "--workers", "--steps"])
+def test_also_zero_sizes_are_refused_not_the_default(tmp_path: Path, option: str) -> None:
+    res = cli("query", tmp_path, option, "0")  # before: 0 silently meant the default
+    assert res.exit_code == 2 and option in res.text and "greater than or equal to 1" in res.text, res.text

@@ -28,7 +28,19 @@ EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Training epochs (
 StepsOpt = Annotated[Optional[int], typer.Option(min=1, help="Training steps instead of epochs.")]
 SizeOpt = Annotated[Optional[int], typer.Option(min=1, help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
 BatchOpt = Annotated[Optional[int], typer.Option(min=1, help="Images per batch (default 8).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+def _device(value: str) -> str:
+    """--device checked when parsed: 'cuda' on a machine without a GPU is one line, before any work."""
+    if value not in ("auto", "cpu"):
+        from boxloop.inference import resolve_device
+
+        try:
+            resolve_device(value)
+        except (RuntimeError, ValueError) as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
+DeviceOpt = Annotated[str, typer.Option(callback=_device, help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
 DetectorOpt = Annotated[Optional[list[str]], typer.Option(

@@ -53,6 +53,28 @@ def _fingerprint(path: Path) -> list:
     return [hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns]
 
 
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The batch.json `write_batch` left in `folder` (None when there is none), checked: a hand-edited
+    or foreign one is a FormatError naming what is wrong, never a KeyError or AttributeError."""
+    from boxloop.formats import read_json
+
+    path = folder / BATCH_FILE
+    if not path.exists():
+        return None
+    hint = "it is boxloop's record of the batch: run `boxloop query` again for a new one"
+    data = read_json(path, hint)
+    if not isinstance(data, dict):
+        raise FormatError(path, f"is not a batch record (a JSON {type(data).__name__}, not an object)", hint)
+    images = data.get("images")
+    if not isinstance(images, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in images.items()):
+        raise FormatError(path, "has no 'images' object mapping batch file names to image keys", hint)
+    if isinstance(data.get("round"), bool) or not isinstance(data.get("round"), int):
+        raise FormatError(path, f"has no round number (round: {data.get('round')!r})", hint)
+    if not isinstance(data.get("empty_files", {}), dict):
+        raise FormatError(path, "'empty_files' is not an object", hint)
+    return data
+
+
 def _unsaved_empty(folder: Path, manifest: dict | None, mapped: dict[str, Annotation],
                    known: dict[str, str]) -> list[str]:
     """Batch names whose empty label file is still the one `write_batch` wrote; drops them from `mapped`."""
@@ -288,8 +310,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
 
     rnd = open_round(project)
     source = Path(source)
-    manifest_path = (source if source.is_dir() else source.parent) / BATCH_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    manifest = read_manifest(source if source.is_dir() else source.parent)
     if rnd is None:
         last = project.last_round()
         stale = manifest is not None and manifest.get("round") is not None

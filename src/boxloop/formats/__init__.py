@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -34,6 +34,25 @@ class FormatError(ValueError):
         self.problem = problem
         self.hint = hint
         super().__init__(f"{path}: {problem}" + (f" ({hint})" if hint else ""))
+
+
+def read_json(path: str | Path, hint: str = "fix or re-export the file") -> Any:
+    """A user's JSON file (labels, a batch's batch.json), or FormatError naming it: missing, unreadable,
+    malformed, or nested deeper than Python's parser goes (RecursionError); NaN and 1e999 parse as
+    floats, whose use is each reader's to check. A UTF-8 byte-order mark is allowed."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as e:
+        raise FormatError(path, "file does not exist", hint) from e
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"malformed or truncated JSON at line {e.lineno} column {e.colno}: {e.msg}", hint) from e
+    except RecursionError:
+        raise FormatError(path, "JSON nested too deeply to read", hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"cannot read the file: {e}", hint) from e
 
 
 @dataclass
@@ -329,11 +348,9 @@ def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], ou
 
 def _looks_like_labelstudio(path: Path) -> bool:
     """A Label Studio export is a list of tasks with a 'data' dict; COCO is one object."""
-    import json
-
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path)
+    except FormatError:
         return False
     return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "data" in data[0]
 
