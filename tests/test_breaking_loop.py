@@ -205,3 +205,50 @@ def test_also_rich_prints_names_as_written(tmp_path: Path) -> None:
 def test_also_zero_sizes_are_refused_not_the_default(tmp_path: Path, option: str) -> None:
     res = cli("query", tmp_path, option, "0")  # before: 0 silently meant the default
     assert res.exit_code == 2 and option in res.text and "greater than or equal to 1" in res.text, res.text
+
+
+# -- 12. the documented review loop: export --subset pseudo, then import --------------------------------------
+
+def _auto_labelled(tmp_path: Path) -> Path:
+    """A project whose img2 and img3 hold auto-labels (as autolabel stores them)."""
+    import numpy as np
+
+    from boxloop.structures import Annotation, Boxes, Provenance, Source
+
+    project, _, _ = voc_project(tmp_path, n=4, labelled=2)
+    with Project.open(project) as p:
+        for key, box in (("img2.png", (4, 4, 20, 20)), ("img3.png", (6, 5, 25, 22))):
+            ann = Annotation(image=key, boxes=Boxes(np.array([box], dtype=float), (32, 32)), labels=("circle",),
+                             provenance=(Provenance(source=Source.PSEUDO, round=1, model="autolabel_001", score=0.9),))
+            p.add_boxes(key, ann, round=1)
+            p.set_split([key], "train")
+    return project
+
+
+@pytest.mark.parametrize("fmt", ["voc", "coco"])
+def test_12_review_batch_of_auto_labels(tmp_path: Path, fmt: str) -> None:
+    project = _auto_labelled(tmp_path)
+    review = tmp_path / "review"
+    cli("export", project, "--subset", "pseudo", "--format", fmt, "--out", review, code=0)
+    res = cli("import", project, "--annotations", review, code=1)  # nothing reviewed yet: nothing changes
+    assert "no reviewed image" in res.text, res.text
+    if fmt == "voc":  # the reviewer moves img2's box and adds one
+        (review / "img2.xml").write_text(H.voc_xml("img2.png", [("circle", 2, 2, 18, 18), ("circle", 20, 20, 30, 30)]))
+    else:
+        data = json.loads((review / "annotations.json").read_text())
+        iid = next(im["id"] for im in data["images"] if im["file_name"] == "img2.png")
+        for a in data["annotations"]:
+            if a["image_id"] == iid:
+                a["bbox"] = [2, 2, 16, 16]
+                a.pop("score", None)
+        data["annotations"].append({"id": 99, "image_id": iid, "category_id": data["annotations"][0]["category_id"],
+                                    "bbox": [20, 20, 10, 10], "area": 100, "iscrowd": 0})
+        (review / "annotations.json").write_text(json.dumps(data))
+    res = cli("import", project, "--annotations", review, code=0)  # before: "no open query batch"
+    assert "imported 1 images, 2 boxes" in res.text and "img3.png" in res.text and "stay auto-labelled" in res.text, res.text
+    with Project.open(project) as p:
+        assert p.image("img2.png").status == "labelled" and p.image("img2.png").split == "train"
+        human = p.annotations("labelled")["img2.png"]
+        assert human.boxes.xyxy.tolist() == [[2, 2, 18, 18], [20, 20, 30, 30]]
+        assert {pr.source.value for pr in human.provenance} == {"human"}
+        assert list(p.annotations("pseudo")) == ["img3.png"]

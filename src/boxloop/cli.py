@@ -107,6 +107,9 @@ def export(
         n = len(proj.annotations(subset))
         path = export_project(proj, fmt, out_dir, subset=subset, overwrite=overwrite, log=warn)
     out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}")
+    if subset == "pseudo" and n and (path / "batch.json").is_file():
+        out.print(f"correct the auto-labels there, then run: boxloop import {escape(str(project))} "
+                  f"--annotations {escape(str(path))}")
 
 
 # -- the detector: train, evaluate, predict ------------------------------------------------------
@@ -444,7 +447,8 @@ def autolabel(
     if rows and rows[-1].get("guidance"):
         out.print(f"[yellow]nothing auto-labelled in iteration {rows[-1]['iteration']}:[/yellow] {escape(rows[-1]['guidance'])}")
     out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels with: boxloop export "
-              f"{escape(str(project))} --subset pseudo --format voc --out review/")
+              f"{escape(str(project))} --subset pseudo --format voc --out review/, then boxloop import "
+              f"{escape(str(project))} --annotations review/")
 
 
 @app.command()

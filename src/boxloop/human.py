@@ -304,13 +304,18 @@ def _not_in_batch(project: Project, source: Path, known: dict[str, str], asked: 
 
 
 def import_answers(project: Project, source: Path, fmt: str | None = None, config=None) -> dict[str, Any]:
-    """Take an annotator's answers for the open batch. All or nothing; returns what happened."""
+    """Take an annotator's answers for the open batch (or a review batch of auto-labels:
+    boxloop.review). All or nothing; returns what happened."""
     from boxloop.loop import step_oracle
     from boxloop.loop_config import LoopConfig
 
-    rnd = open_round(project)
     source = Path(source)
     manifest = read_manifest(source if source.is_dir() else source.parent)
+    if manifest is not None and manifest.get("kind") == "review":  # `export --subset pseudo`: boxloop.review
+        from boxloop.review import import_review
+
+        return import_review(project, source, fmt, manifest)
+    rnd = open_round(project)
     if rnd is None:
         last = project.last_round()
         stale = manifest is not None and manifest.get("round") is not None

@@ -433,7 +433,8 @@ def export_project(project: Project, fmt: str, out: str | Path, subset: str = "l
     split. COCO and Label Studio write one file when `out` ends in .json (CVAT: .xml), else a file in
     the folder `out`. Nothing is overwritten unless `overwrite` (see `boxloop.outputs`). Images are
     not copied: they stay in the project's image root; one whose file changed since it was labelled
-    is named through `log`.
+    is named through `log`. The pseudo subset written to a folder is a review batch (boxloop.review):
+    `boxloop import` takes the reviewed images back as human labels.
     """
     from boxloop.integrity import check_images
     from boxloop.outputs import staged_output
@@ -452,6 +453,10 @@ def export_project(project: Project, fmt: str, out: str | Path, subset: str = "l
             f"{formats.listing([str(c) for c in changed], 10)}")
     with staged_output(out, overwrite, file_target) as stage:
         formats.dump(fmt, list(anns.values()), project.classes, stage, images_root=project.image_root)
+        if subset == "pseudo" and not file_target and anns:  # a review batch: `boxloop import` takes it back
+            from boxloop.review import write_review_manifest
+
+            write_review_manifest(project, stage, fmt, anns)
         if fmt == "voc":
             sets: dict[str, list[str]] = {"train": [], "val": [], "test": []}
             for rec in project.images():
