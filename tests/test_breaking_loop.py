@@ -252,3 +252,80 @@ def test_12_review_batch_of_auto_labels(tmp_path: Path, fmt: str) -> None:
         assert human.boxes.xyxy.tolist() == [[2, 2, 18, 18], [20, 20, 30, 30]]
         assert {pr.source.value for pr in human.provenance} == {"human"}
         assert list(p.annotations("pseudo")) == ["img3.png"]
+
+
+# -- Also ------------------------------------------------------------------------------------------------------
+
+def test_also_val_fraction_leaving_no_training_image_warns(tmp_path: Path) -> None:
+    images, ann = tmp_path / "images", tmp_path / "ann"
+    ann.mkdir()
+    for i in range(3):
+        H.write_image(images / f"img{i}.png", color=(40 * i, 80, 120))
+        (ann / f"img{i}.xml").write_text(H.voc_xml(f"img{i}.png", [("cat", 2, 3, 20, 25)]))
+    res = cli("init", tmp_path / "p", "--images", images, "--annotations", ann, "--val-fraction", "0.99", code=0)
+    assert "none is left to train on" in res.text, res.text  # before: silent
+
+
+def test_also_a_second_writer_is_refused_during_import(model: Path, tmp_path: Path) -> None:
+    project, _, _ = voc_project(tmp_path, classes=names(model))
+    query(project, model, tmp_path / "batch", budget=1)
+    name = next(iter(json.loads((tmp_path / "batch" / "batch.json").read_text())["images"]))
+    (tmp_path / "batch" / (name.rsplit(".", 1)[0] + ".xml")).write_text(H.voc_xml(name, [("circle", 1, 1, 9, 9)]))
+    with Project.open(project) as other, other.writer_lock():  # another import (or train) running
+        res = cli("import", project, "--annotations", tmp_path / "batch", code=1)  # before: both succeeded
+    assert "another boxloop process is writing" in res.text, res.text
+    cli("import", project, "--annotations", tmp_path / "batch", code=0)
+
+
+def test_also_query_on_an_empty_pool_leaves_no_round(model: Path, tmp_path: Path) -> None:
+    project, _, _ = voc_project(tmp_path, n=2, labelled=2, classes=names(model))
+    res = query(project, model, tmp_path / "batch")
+    assert res.exit_code == 1 and "pool is empty" in res.text, res.text
+    with Project.open(project) as p:
+        assert p.rounds() == []  # before: round 1 and a copied checkpoint were left behind
+    assert not (project / "models").exists() and not (tmp_path / "batch").exists()
+
+
+def test_also_init_refuses_labels_beside_images_without_annotations(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    H.write_image(images / "a.png")
+    (images / "a.xml").write_text(H.voc_xml("a.png", [("cat", 2, 3, 20, 25)]))  # LabelImg saves beside the image
+    res = cli("init", tmp_path / "p", "--images", images, code=1)  # before: a 0-class project
+    assert f"--annotations {images.resolve()}" in res.text and "a.xml" in res.text, res.text
+    cli("init", tmp_path / "p", "--images", images, "--classes", "cat", code=0)  # no labels, on purpose
+
+
+def test_also_init_removes_what_a_killed_init_left(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    H.write_image(images / "a.png")
+    dead = subprocess.Popen(["true"])  # a process that is gone
+    dead.wait()
+    project = tmp_path / "p"
+    project.mkdir()
+    left = [project / f".boxloop.db.building-{dead.pid}{s}" for s in ("", "-wal")]
+    for p in left:
+        p.write_bytes(b"half a database")
+    cli("init", project, "--images", images, "--classes", "cat", code=0)
+    assert not any(p.exists() for p in left)  # before: there forever
+
+
+def test_also_train_logs_lines_and_ctrl_c_says_a_rerun_resumes(tmp_path: Path) -> None:
+    import signal
+
+    project, _, _ = voc_project(tmp_path, n=4, labelled=4)
+    res = run("train", project, *TRAIN, "--steps", "10")  # stderr is a pipe, not a terminal
+    assert res.returncode == 0, res.stderr
+    assert "\r" not in res.stderr and "train: 10/10 step (100%)" in res.stderr, res.stderr  # before: \r updates
+    assert len([ln for ln in res.stderr.splitlines() if ln.startswith("train:")]) == 10
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "boxloop.cli", "train", str(project), *TRAIN, "--steps", "300",
+                             "--seed", "1"], stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:  # the first progress line: training runs
+        seen.append(line)
+        if line.startswith("train:"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, "".join(seen) + rest
+    assert "interrupted" in rest and "resumes from the last checkpoint" in rest and "Traceback" not in rest, rest

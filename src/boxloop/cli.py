@@ -337,7 +337,7 @@ def import_(
     from boxloop.human import import_answers
     from boxloop.store import Project
 
-    with Project.open(project) as proj:
+    with Project.open(project) as proj, proj.writer_lock():  # a second import at once is refused, not merged
         res = import_answers(proj, annotations, fmt)
     for w in res["warnings"]:
         warn(w)

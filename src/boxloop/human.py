@@ -135,7 +135,7 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
     semi step finishes first. `checkpoint`: the round's model, instead of training one. A project
     with no model and no label gets its first batch by typicality (coldstart). Hold the writer lock."""
     from boxloop.coldstart import needs_cold_start, open_select_round
-    from boxloop.loop import run_round
+    from boxloop.loop import pool_paths, run_round
     from boxloop.round_model import model_dir
 
     pending = open_round(project)
@@ -146,6 +146,8 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
     last = project.last_round()
     if last is not None and last.step == "semi":
         run_round(project, config, None, last.id)
+    if pending is None and not pool_paths(project):  # before a round, a model copy or any training starts
+        raise ValueError(f"{project.dir}: the pool is empty: every image is labelled; nothing left to ask")
     if pending is not None:
         with project.transaction():
             project.mark_stale()
