@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import hostile as H
-from boxloop.store import Project
+from boxloop.store import IMPORT_LOCK, Project
 from test_breaking import TRAIN, cli, model, names, query, voc_project  # noqa: F401  (model: the fixture)
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -271,7 +271,7 @@ def test_also_a_second_writer_is_refused_during_import(model: Path, tmp_path: Pa
     query(project, model, tmp_path / "batch", budget=1)
     name = next(iter(json.loads((tmp_path / "batch" / "batch.json").read_text())["images"]))
     (tmp_path / "batch" / (name.rsplit(".", 1)[0] + ".xml")).write_text(H.voc_xml(name, [("circle", 1, 1, 9, 9)]))
-    with Project.open(project) as other, other.writer_lock():  # another import (or train) running
+    with Project.open(project) as other, other.writer_lock(IMPORT_LOCK):  # another import running
         res = cli("import", project, "--annotations", tmp_path / "batch", code=1)  # before: both succeeded
     assert "another boxloop process is writing" in res.text, res.text
     cli("import", project, "--annotations", tmp_path / "batch", code=0)

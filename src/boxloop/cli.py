@@ -107,9 +107,8 @@ def export(
         n = len(proj.annotations(subset))
         path = export_project(proj, fmt, out_dir, subset=subset, overwrite=overwrite, log=warn)
     out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}")
-    if subset == "pseudo" and n and (path / "batch.json").is_file():
-        out.print(f"correct the auto-labels there, then run: boxloop import {escape(str(project))} "
-                  f"--annotations {escape(str(path))}")
+    if subset == "pseudo" and n and (path / "batch.json").is_file():  # a review batch (boxloop.review)
+        out.print(f"correct the auto-labels there, then run: boxloop import {escape(str(project))} --annotations {escape(str(path))}")
 
 
 # -- the detector: train, evaluate, predict ------------------------------------------------------
@@ -335,9 +334,9 @@ def import_(
 ) -> None:
     """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong."""
     from boxloop.human import import_answers
-    from boxloop.store import Project
+    from boxloop.store import IMPORT_LOCK, Project
 
-    with Project.open(project) as proj, proj.writer_lock():  # a second import at once is refused, not merged
+    with Project.open(project) as proj, proj.writer_lock(IMPORT_LOCK):  # beside training, not another import
         res = import_answers(proj, annotations, fmt)
     for w in res["warnings"]:
         warn(w)
@@ -398,7 +397,6 @@ def simulate(
                   ray_address=ray_address)
     typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
-
 
 
 @app.command()

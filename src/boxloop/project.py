@@ -341,8 +341,7 @@ def init_project(
     rest = {k: v for k, v in labels_of.items() if k not in test}
     val = stratified_sample(rest, val_fraction, np.random.default_rng([seed, 2]))
     if rest and len(val) >= len(rest):
-        warn(f"--val-fraction {val_fraction} puts all {len(rest)} labelled non-test image(s) in validation: "
-             "none is left to train on; lower --val-fraction")
+        warn(f"--val-fraction {val_fraction} puts all {len(rest)} labelled non-test image(s) in validation: none is left to train on")
     learnable = {c for v in rest.values() for c in v}
     only_test = Counter(c for k, v in labels_of.items() if k in test for c in v if c not in learnable)
     if only_test:
@@ -407,15 +406,12 @@ _BUILDING = f".{DB_NAME}.building-"  # + the pid of the init building it
 
 def _remove_dead_builds(project_dir: Path) -> None:
     """Databases an init killed mid-build left behind (their process is gone); a live one's stays."""
-    for p in project_dir.glob(_BUILDING + "*"):
-        pid = p.name[len(_BUILDING):].split("-")[0]
-        if not pid.isdigit():
-            continue
+    for pid in {p.name[len(_BUILDING):].split("-")[0] for p in project_dir.glob(_BUILDING + "*")}:
         try:
-            os.kill(int(pid), 0)
+            os.kill(int(pid), 0)  # PermissionError: alive, another user's
         except ProcessLookupError:
             remove_database(project_dir / f"{_BUILDING}{pid}")
-        except OSError:  # alive, owned by someone else
+        except (OSError, ValueError):
             pass
 
 

@@ -205,20 +205,6 @@ def check_experiment(out: Path, current: dict[str, Any]) -> None:
                          "use another --out for this one")
 
 
-def check_initial_strategy(spec: SimSpec, seed: int) -> None:
-    """Refuse an OUT whose base for `seed` chose its seed set by another initial strategy."""
-    base_dir = spec.base_dir(seed)
-    if not (base_dir / DB_NAME).exists():
-        return
-    with Project.open(base_dir) as project:
-        if project.get_meta("withheld_for_simulation") is None:
-            return
-        made = project.get_meta("initial_strategy", "random")
-    if made != spec.initial_strategy:
-        raise ValueError(f"{spec.out} holds runs whose seed set was chosen by {made!r}, not {spec.initial_strategy!r}; "
-                         "use another --out for the other initial strategy")
-
-
 def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: bool = True,
               echo: Callable[[str], None] = print) -> Path:
     """OUT/seedS/base: the seed set kept (chosen by `spec.initial_strategy`), every other label
@@ -232,8 +218,7 @@ def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: 
                                test_fraction=None if spec.test_list else spec.test_fraction, seed=seed, force=True,
                                progress=progress)
         withhold(project, spec.initial, seed, cfg0, spec.initial_strategy)
-    else:
-        check_initial_strategy(spec, seed)
+    else:  # the same experiment (simulate's check_experiment)
         project = Project.open(base_dir)
     with project:
         if spec.embed:  # embed once here; every run's copy takes the cache
@@ -298,8 +283,6 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
                    initial_strategy=initial_strategy, embed=any(s in NEEDS_EMBEDDING for s in strategies))
     current = experiment(spec, dataset)
     check_experiment(out, current)  # before any work, also when every run is finished
-    for seed in seeds:
-        check_initial_strategy(spec, seed)
     tmp = out / (EXPERIMENT_FILE + ".tmp")
     tmp.write_text(json.dumps(
         {"dataset": str(dataset), "strategies": list(strategies), "initial": initial,

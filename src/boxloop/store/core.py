@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from boxloop.store.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
                                   remove_database, retire_database)
-from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, _MIGRATIONS, now, split_sql
+from boxloop.store.schema import DB_NAME, IMPORT_LOCK, LOCK_NAME, SCHEMA_VERSION, _MIGRATIONS, now, split_sql
 
 
 class ProjectBusy(RuntimeError):
@@ -56,8 +56,7 @@ class Core:
             )
         self._conn = self._connect(self.db_path, self.timeout, check=not create)
         self._tx_depth = 0
-        self._lock_fd: int | None = None
-        self._lock_depth = 0
+        self._locks: dict[str, list[int]] = {}  # writer lock file name -> [fd, depth]
         self._class_cache: list[str] | None = None
         try:
             self._migrate()
@@ -179,9 +178,9 @@ class Core:
         if self._conn is not None:
             self._conn.close()
             self._conn = None  # type: ignore[assignment]
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd, _ in self._locks.values():
+            os.close(fd)
+        self._locks = {}
 
     def __enter__(self) -> Any:
         return self
@@ -235,20 +234,22 @@ class Core:
                 raise
 
     @contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """Hold PROJECT/.lock (advisory, fcntl) for a long-running writer; re-entrant in-process.
+    def writer_lock(self, name: str = LOCK_NAME) -> Iterator[None]:
+        """Hold PROJECT/`name` (advisory, fcntl) for a writer; re-entrant in-process.
 
-        Raises ProjectBusy at once if another process holds it. The lock dies with its process,
-        so a killed loop never leaves a stale lock behind.
+        LOCK_NAME is the long-running writers' (train, query, autolabel: one at a time); IMPORT_LOCK
+        is import's (it may run beside training, its transaction is short, but two imports at once
+        would both take the same batch's answers). Raises ProjectBusy at once if another process
+        holds it. The lock dies with its process, so a killed command never leaves a stale lock.
         """
-        if self._lock_depth:
-            self._lock_depth += 1
+        if name in self._locks:
+            self._locks[name][1] += 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
+                self._locks[name][1] -= 1
             return
-        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -258,12 +259,11 @@ class Core:
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd, self._lock_depth = fd, 1
+        self._locks[name] = [fd, 1]
         try:
             yield
         finally:
-            self._lock_depth = 0
-            self._lock_fd = None
+            del self._locks[name]
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
