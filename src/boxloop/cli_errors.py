@@ -2,9 +2,10 @@
 code 1, not a traceback.
 
 Written by hand here: which exceptions are the user's (bad labels, broken images, a busy or missing
-project, invalid values), what Ctrl-C says (exit code 130: a rerun resumes), the reading of a full disk, a read-only file system or a denied write out
-of an exception chain (`storage_problem`), and the `user_errors` decorator every command wears, which
-also turns logged and Python warnings into yellow lines. Usage errors (exit code 2) are click's;
+project, invalid values), what Ctrl-C says (exit code 130: what is kept, and that a rerun resumes),
+the reading of a full disk, a read-only file system or a denied write out of an exception chain
+(`storage_problem`), and the `user_errors` decorator every command wears, which also turns logged
+and Python warnings into yellow lines. Usage errors (exit code 2) are click's;
 BOXLOOP_DEBUG=1 shows the traceback instead.
 """
 

@@ -12,8 +12,6 @@ Written by hand: the rule and the round bookkeeping; the selection is loop.step_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from boxloop.loop_config import LoopConfig
 from boxloop.round_model import labelled_counts, model_dir
 from boxloop.store import Project

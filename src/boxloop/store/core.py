@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from boxloop.store.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
                                   remove_database, retire_database)
-from boxloop.store.schema import DB_NAME, IMPORT_LOCK, LOCK_NAME, SCHEMA_VERSION, _MIGRATIONS, now, split_sql
+from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, _MIGRATIONS, now, split_sql
 
 
 class ProjectBusy(RuntimeError):
