@@ -53,11 +53,11 @@ def scorer_pids() -> list[int]:
 
 
 def stored_count(db: Path, round_id: int) -> tuple[int, int]:
-    import sqlite3
+    """(rows, images) stored so far, on a connection of its own (the watcher runs beside the scoring)."""
+    from boxloop.store import Project
 
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-        return c.execute("SELECT COUNT(*), COUNT(DISTINCT image_id) FROM predictions WHERE round = ?",
-                         (round_id,)).fetchone()
+    with Project.open(db.parent) as p:
+        return p.prediction_counts(round_id)
 
 
 def tiny_project(root: Path, n: int, size: int):
@@ -123,8 +123,7 @@ def main() -> None:
     score_s = time.time() - t0
     killed["done"] = True
     rows, distinct = stored_count(db, 1)
-    stored = {r[0] for r in project.connection.execute(
-        "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = 1")}
+    stored = project.predicted_paths(1)
     missing = len([k for k in keys if k not in stored])
     boxes = sum(len(d) for d in project.load_predictions(1).values())
 

@@ -71,8 +71,7 @@ def make_jpegs(folder: Path, n: int, width: int = 640, height: int = 480, seed: 
 
 
 def blobs(project, round_id: int) -> dict[str, bytes]:
-    return {p: bytes(b) for p, b in project.connection.execute(
-        "SELECT i.path, p.blob FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
+    return project.prediction_blobs(round_id)
 
 
 def main() -> None:

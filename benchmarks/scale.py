@@ -107,13 +107,8 @@ def build_store(project_dir: Path, n_images: int, n_boxes: int, n_pool: int, det
                 wh = rng.uniform(8, 40, (m, 2))
                 score = rng.uniform(0.8, 1.0, m) if source == "pseudo" else np.full(m, np.nan)
                 model = "loop_round_000" if source == "pseudo" else None
-                proj.connection.executemany(
-                    "INSERT INTO boxes(image_id, class_id, x1, y1, x2, y2, source, round, model, score, weight) "
-                    "VALUES (?,?,?,?,?,?,?,0,?,?,?)",
-                    ((int(i), int(c), float(a), float(b), float(a + w), float(b + h), source, model,
-                      None if np.isnan(sc) else float(sc), 1.0 if source == "human" else float(sc))
-                     for i, c, (a, b), (w, h), sc in zip(img, cls, xy, wh, score)),
-                )
+                proj.add_box_arrays(img, cls, np.hstack([xy, xy + wh]), source, round=0, model=model, scores=score,
+                                    weights=np.ones(m) if source == "human" else score)
     boxes_s = time.perf_counter() - t0
 
     # the round, and its predictions on every pool image, stored as the loop's predict step does
@@ -157,8 +152,9 @@ def db_sizes(project_dir: Path) -> dict:
     out = {"db_mb": round(size["db"], 1), "wal_mb": round(size["-wal"], 1), "shm_mb": round(size["-shm"], 2)}
     try:  # per-table share, where SQLite was built with the dbstat table
         with Project.open(project_dir) as p:
-            rows = p.connection.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
-        out["by_table_mb"] = {n: round(s / 2**20, 1) for n, s in rows}
+            sizes = p.table_sizes()
+        if sizes is not None:
+            out["by_table_mb"] = {n: round(b / 2**20, 1) for n, b in sizes.items()}
     except Exception:  # noqa: BLE001 - optional detail
         pass
     return out
@@ -260,7 +256,7 @@ def selection_parts(project_dir: Path, budget: int, per_image_path: bool) -> dic
         parts["strategy localization_aware"] = time.perf_counter() - t
         t = time.perf_counter()
         with proj.transaction():
-            proj.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+            proj.mark_stale()
             proj.add_queries(ROUND, [(k, None, s) for k, s in zip(sel.items, sel.scores)], strategy="parts",
                              batch=ROUND)
         parts["write queries"] = time.perf_counter() - t

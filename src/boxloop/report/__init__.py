@@ -24,13 +24,15 @@ from boxloop.report.curves import (
     forecast_summary,
     format_auc_table,
     format_forecast_table,
+    format_per_class_table,
     normalised_auc,
     paired,
+    per_class_statistics,
 )
 from boxloop.report.html import PROVENANCE_COLOURS, render_gallery, write_report
 from boxloop.report.plots import plot_learning_curves
 from boxloop.report.sources import load_results, project_gallery, report_source
-from boxloop.report.statistics import format_table, learning_curve_table, summarize
+from boxloop.report.statistics import format_table, learning_curve_table, rare_ap50, rare_classes, summarize
 
 __all__ = [
     "PROVENANCE_COLOURS",
@@ -49,4 +51,8 @@ __all__ = [
     "format_forecast_table",
     "normalised_auc",
     "paired",
+    "per_class_statistics",
+    "format_per_class_table",
+    "rare_classes",
+    "rare_ap50",
 ]

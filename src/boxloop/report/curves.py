@@ -28,14 +28,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop.report.keys import (
-    BOXES_LABELLED, COST_SECONDS, DEFAULT_UNIT, FULL_DATA_MAP50, IMAGES_LABELLED, MAP50, ROUND, ROUNDS, SEED, SEMI,
-    STRATEGY, UNIT,
+    AP50, BOXES_LABELLED, COST_SECONDS, DEFAULT_UNIT, FULL_DATA_MAP50, IMAGES_LABELLED, MAP50, PER_CLASS, RARE_MEAN,
+    ROUND, ROUNDS, SEED, SEMI, STRATEGY, UNIT,
 )
 from boxloop.report.sources import load_results
-from boxloop.report.statistics import _group, _num
+from boxloop.report.statistics import _group, _num, rare_ap50, rare_classes
 
-__all__ = ["normalised_auc", "paired", "mean_std", "curve_statistics", "forecast_summary", "format_auc_table",
-           "format_forecast_table", "labelled_key"]
+__all__ = ["normalised_auc", "paired", "mean_std", "curve_statistics", "per_class_statistics", "forecast_summary",
+           "format_auc_table", "format_per_class_table", "format_forecast_table", "labelled_key"]
 
 
 def labelled_key(unit: str) -> str:
@@ -126,6 +126,12 @@ def _common_ranges(results: Mapping[str, Any]) -> dict[tuple[str, Any, str], tup
     return out
 
 
+def _baseline_of(groups: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str, unit: str) -> str | None:
+    """The group label of the baseline strategy at this unit (plain, without pseudo-labels)."""
+    return next((lab for lab, runs in groups.items() if runs[0][STRATEGY] == baseline and not runs[0].get(SEMI)
+                 and _unit(runs[0]) == unit), None)
+
+
 def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mapping[Any, float] | None = None,
                      baseline: str = "random") -> dict[str, Any]:
     """Per strategy (group) and seed: AUC against labels and against annotation seconds over the
@@ -171,13 +177,76 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
         aucs[label] = per
         out["strategies"][label] = entry
     for label, entry in out["strategies"].items():
-        base = next((lab for lab, runs in groups.items() if runs[0][STRATEGY] == baseline and not runs[0].get(SEMI)
-                     and _unit(runs[0]) == entry["unit"]), None)
+        base = _baseline_of(groups, baseline, entry["unit"])
         if base is None or base == label:
             continue
         entry["baseline"] = base
         entry["minus_baseline"] = {name: paired(aucs[label][name], aucs[base][name]) for name in aucs[label]}
     return out
+
+
+def per_class_statistics(results: Mapping[str, Any] | Any, baseline: str = "random") -> dict[str, Any]:
+    """Per strategy and class, and for the rare classes' mean (RARE_MEAN, when the runs name rare
+    classes): AP50 per round (per seed, mean ± std), the AUC of each seed's per-class curve against
+    labels over the seed's common range (as curve_statistics), and its paired difference to
+    `baseline`. A round where a class has no AP (no test box) is left out of that class's curve."""
+    results = load_results(results)
+    rare = rare_classes(results)
+    ranges = _common_ranges(results)
+    groups = _group(results)
+    out: dict[str, Any] = {"baseline": baseline, "rare_classes": rare, "strategies": {}}
+    aucs: dict[str, dict[str, dict[Any, float | None]]] = {}
+    for label, runs in groups.items():
+        unit = _unit(runs[0])
+        x_key = labelled_key(unit)
+        names = sorted({c for run in runs for row in run[ROUNDS] for c in (row.get(PER_CLASS) or {})})
+        getters = {c: (lambda row, c=c: _num(((row.get(PER_CLASS) or {}).get(c) or {}).get(AP50))) for c in names}
+        if rare:
+            getters[RARE_MEAN] = lambda row: rare_ap50(row, rare)
+        classes: dict[str, Any] = {}
+        for name, get in getters.items():
+            per_round: dict[int, dict[Any, float]] = {}
+            auc: dict[Any, float | None] = {}
+            for run in runs:
+                seed = run.get(SEED)
+                for row in run[ROUNDS]:
+                    per_round.setdefault(int(row[ROUND]), {})[seed] = get(row)
+                rng = ranges.get((unit, seed, x_key))
+                x = [_num(row.get(x_key)) for row in run[ROUNDS]]
+                auc[seed] = normalised_auc(x, [get(row) for row in run[ROUNDS]], *rng) if rng else None
+            classes[name] = {"rounds": [{"round": r, "per_seed": v, **mean_std(list(v.values()))}
+                                        for r, v in sorted(per_round.items())],
+                             "auc_labelled": {"per_seed": auc, **mean_std(list(auc.values()))}}
+        aucs[label] = {n: c["auc_labelled"]["per_seed"] for n, c in classes.items()}
+        out["strategies"][label] = {"unit": unit, "classes": classes}
+    for label, entry in out["strategies"].items():
+        base = _baseline_of(groups, baseline, entry["unit"])
+        if base is None or base == label:
+            continue
+        entry["baseline"] = base
+        for name, c in entry["classes"].items():
+            if name in aucs[base]:
+                c["auc_minus_baseline"] = paired(aucs[label][name], aucs[base][name])
+    return out
+
+
+def format_per_class_table(stats: Mapping[str, Any]) -> str:
+    """Markdown: strategy x class (the rare classes' mean first), AUC of AP50 against labels mean ±
+    std, its paired difference to the baseline, and AP50 at the last round."""
+    head = ["strategy", "class", "AUC AP50 mean ± std", f"Δ {stats['baseline']} (per seed)", "mean Δ",
+            "last round AP50"]
+    body = []
+    for label, entry in stats["strategies"].items():
+        order = sorted(entry["classes"], key=lambda n: (n != RARE_MEAN, n))
+        for name in order:
+            c = entry["classes"][name]
+            d = c.get("auc_minus_baseline")
+            last = c["rounds"][-1] if c["rounds"] else {"mean": None, "std": None}
+            body.append([label, name + (f" ({', '.join(stats['rare_classes'])})" if name == RARE_MEAN else ""),
+                         _ms(c["auc_labelled"]), "-" if not d else
+                         ", ".join(f"{v:+.3f}" for v in d["per_seed"].values()),
+                         "-" if not d else _ms(d, signed=True), _ms(last)])
+    return _markdown(head, body)
 
 
 def forecast_summary(results: Mapping[str, Any] | Any, backtest_k: int | None = None, boots: int = 200

@@ -278,7 +278,7 @@ def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: 
         "<h2 id=summary>Summary</h2>" + _summary_html(summary),
         plot_section("Learning curves", ["map50_vs_images", "map50_vs_boxes", "cost_hours"],
                      "No evaluated rounds yet."),
-        plot_section("Per-class AP50", ["per_class_ap50"], "No per-class AP recorded."),
+        plot_section("Per-class AP50", ["per_class_ap50", "rare_classes_ap50"], "No per-class AP recorded."),
         plot_section("Labelled objects per class", ["labelled_per_class"], "No per-class label counts recorded."),
         plot_section("Selection thresholds per class", ["thresholds"],
                      "No per-class thresholds recorded (only the localization_aware strategy sets them)."),

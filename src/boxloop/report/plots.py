@@ -21,10 +21,12 @@ from matplotlib.figure import Figure
 from boxloop.report.curves import _points, labelled_key
 from boxloop.report.keys import (
     AP50, BOXES_LABELLED, COST_SECONDS, FULL_DATA_MAP50, IMAGES_LABELLED, LABELLED_PER_CLASS, PER_CLASS,
-    PSEUDO_BOXES, PSEUDO_IMAGES, ROUNDS, THRESHOLDS,
+    MAP50, PSEUDO_BOXES, PSEUDO_IMAGES, ROUNDS, THRESHOLDS,
 )
 from boxloop.report.sources import load_results
-from boxloop.report.statistics import _by_round, _curve, _group, _mean_of, _num, _per_round_dict
+from boxloop.report.statistics import (
+    _by_round, _curve, _group, _mean_of, _num, _per_round_dict, rare_ap50, rare_classes,
+)
 
 __all__ = ["plot_learning_curves"]
 
@@ -80,7 +82,7 @@ def _seed_lines(ax: Any, runs: Sequence[Mapping[str, Any]], x_key: str, colour: 
             ax.plot(x / x_scale, y, color=colour, linewidth=0.8, alpha=0.35)
 
 
-def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | None:
+def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str, what: str = "mAP50") -> Figure | None:
     colours = _colours(groups)
     curves = {lab: _curve(runs, x_key) for lab, runs in groups.items()}
     if not any(len(c[0]) for c in curves.values()):
@@ -96,11 +98,19 @@ def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | 
             _seed_lines(ax, groups[lab], x_key, colours[lab])
     _full_data_line(ax, groups)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("mAP50 (test set)")
-    ax.set_title(f"mAP50 against {xlabel}: mean over seeds (thick), one thin line per seed")
+    ax.set_ylabel(f"{what} (test set)")
+    ax.set_title(f"{what} against {xlabel}: mean over seeds (thick), one thin line per seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _rare_groups(groups: Groups, rare: Sequence[str]) -> Groups:
+    """The runs with mAP50 replaced by the rare classes' mean AP50: the learning-curve figure, drawn
+    again for the classes selection is meant to find (no full-data line: its rare AP is not in the rows)."""
+    return {lab: [{**run, ROUNDS: [{**{k: v for k, v in row.items() if k != FULL_DATA_MAP50},
+                                    MAP50: rare_ap50(row, rare)} for row in run[ROUNDS]]} for run in runs]
+            for lab, runs in groups.items()}
 
 
 def _cost_figure(groups: Groups) -> Figure | None:
@@ -255,6 +265,7 @@ def _forecast_figure(groups: Groups) -> Figure | None:
 def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every plot whose data is present, in report order."""
     groups = _group(results)
+    rare = rare_classes(results)
     specs: list[tuple[str, str, Callable[[], Figure | None]]] = [
         ("map50_vs_images", "mAP50 against images labelled",
          lambda: _learning_curve_figure(groups, IMAGES_LABELLED, "images labelled")),
@@ -264,6 +275,9 @@ def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
          lambda: _cost_figure(groups)),
         ("forecast", "Learning-curve forecast: where more labels are heading (boxloop.forecast)",
          lambda: _forecast_figure(groups)),
+        ("rare_classes_ap50", f"Rare classes ({', '.join(rare)}): their mean AP50 against images labelled",
+         lambda: _learning_curve_figure(_rare_groups(groups, rare), IMAGES_LABELLED, "images labelled",
+                                        "rare-class AP50") if rare else None),
         ("per_class_ap50", "Per-class AP50 per round (LocAwareAL Fig. 6.6)",
          lambda: _small_multiples(groups, PER_CLASS, AP50, "AP50", "Per-class AP50 per round")),
         ("labelled_per_class", "Labelled objects per class per round (LocAwareAL Fig. 6.7)",

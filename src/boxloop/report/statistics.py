@@ -15,12 +15,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop.report.keys import (
-    BOXES_LABELLED, COCO_AP, COST_SECONDS, DEFAULT_UNIT, IMAGES_LABELLED, MAP50, ROUND, ROUNDS, RUNS, SEMI,
-    STRATEGY, UNIT,
+    AP50, BOXES_LABELLED, COCO_AP, COST_SECONDS, DEFAULT_UNIT, IMAGES_LABELLED, MAP50, PER_CLASS, RARE_CLASSES,
+    ROUND, ROUNDS, RUNS, SEMI, STRATEGY, UNIT,
 )
 from boxloop.report.sources import load_results
 
-__all__ = ["learning_curve_table", "format_table", "summarize"]
+__all__ = ["learning_curve_table", "format_table", "summarize", "rare_classes", "rare_ap50"]
 
 
 def _num(x: Any) -> float:
@@ -49,6 +49,20 @@ def _group(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     for run in results[RUNS]:
         groups.setdefault(_run_label(run, units), []).append(run)
     return groups
+
+
+def rare_classes(results: Mapping[str, Any]) -> list[str]:
+    """The rare classes the runs name (a benchmark sets them per run from its pool), first seen first."""
+    return list(dict.fromkeys(c for run in results[RUNS] for c in run.get(RARE_CLASSES) or []))
+
+
+def rare_ap50(row: Mapping[str, Any], rare: Sequence[str]) -> float:
+    """One round's mean AP50 over the rare classes that have an AP (a class without test boxes has
+    none and is left out, not counted as 0); NaN when none has."""
+    per = row.get(PER_CLASS) or {}
+    vals = [_num((per.get(c) or {}).get(AP50)) for c in rare]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def _by_round(runs: Sequence[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
@@ -121,16 +135,19 @@ def _spent(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def learning_curve_table(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Strategy x round: mean ± sample std (ddof=1) over seeds of mAP50, with labels spent and cost."""
+    """Strategy x round: mean ± sample std (ddof=1) over seeds of mAP50, with labels spent and cost, and
+    the rare classes' mean AP50 (mean ± std; NaN when the runs name no rare classes)."""
     results = load_results(results)
+    rare = rare_classes(results)
     rows = []
     for lab, runs in _group(results).items():
         for r, rs in _by_round(runs).items():
             mean, std, mn, mx, n = _stats([_num(x.get(MAP50)) for x in rs])
+            rare_mean, rare_std, _, _, _ = _stats([rare_ap50(x, rare) for x in rs])
             rows.append({
                 "strategy": lab, "round": r, "seeds": len(rs), "evaluated": n, **_spent(rs),
                 "map50_mean": mean, "map50_std": std, "map50_min": mn, "map50_max": mx,
-                "coco_ap_mean": _mean_of(rs, COCO_AP),
+                "coco_ap_mean": _mean_of(rs, COCO_AP), "rare_ap50_mean": rare_mean, "rare_ap50_std": rare_std,
             })
     return rows
 

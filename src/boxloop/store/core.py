@@ -284,6 +284,15 @@ class Core:
                 self._conn.execute("COMMIT")
 
     # -- meta -----------------------------------------------------------------------------------
+    def table_sizes(self) -> dict[str, int] | None:
+        """Bytes per table and index (SQLite's dbstat), largest first; None where SQLite was built
+        without dbstat."""
+        try:
+            rows = self._conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+        except sqlite3.OperationalError:
+            return None
+        return {str(n): int(b) for n, b in rows}
+
     def set_meta(self, key: str, value: Any) -> None:
         """Store any JSON-serialisable value."""
         with self.transaction():
