@@ -40,7 +40,7 @@ def write_review_manifest(project: Project, stage: Path, fmt: str, keys: Iterabl
     from boxloop.human import BATCH_FILE, _fingerprint, _load_answers
 
     known = {k: k for k in keys}
-    written, _ = _load_answers(project, stage, fmt, known)
+    written, _ = _load_answers(project, stage / "tasks.json" if fmt == "labelstudio" else stage, fmt, known)
     exported = {}
     for key in known:
         path = label_file(fmt, stage, key)
@@ -66,6 +66,9 @@ def import_review(project: Project, source: Path, fmt: str | None, manifest: dic
     exported = manifest.get("exported") or {}
     if fmt is None and source.is_dir():
         fmt = manifest.get("format")
+    if fmt == "labelstudio" and source.is_dir():  # tasks.json holds the model's boxes, not the reviewer's
+        raise FormatError(source, "is the review folder; Label Studio's answers are in its JSON export",
+                          f"export the project from Label Studio (Export > JSON) into {source} and import that file")
     answers, warnings = _load_answers(project, source, fmt, known)
     pseudo = project.annotations("pseudo")
     reviewed: dict[str, Annotation] = {}
