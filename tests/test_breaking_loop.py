@@ -319,7 +319,8 @@ def test_also_train_logs_lines_and_ctrl_c_says_a_rerun_resumes(tmp_path: Path) -
     assert len([ln for ln in res.stderr.splitlines() if ln.startswith("train:")]) == 10
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "boxloop.cli", "train", str(project), *TRAIN, "--steps", "300",
-                             "--seed", "1"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--seed", "1"], stderr=subprocess.PIPE, text=True, env=env,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job ignores it
     seen = []
     for line in proc.stderr:  # the first progress line: training runs
         seen.append(line)
