@@ -1,5 +1,5 @@
 """Benchmark (issue 16): a typical seed set against a random one, and the budget_aware hybrid against random
-and the best single strategy, paired per seed, via `boxloop.simulate`.
+and the best single strategy, paired per seed, via `boxloop.loop.simulate`.
 
     .venv/bin/python benchmarks/cold_start.py --preset cpu --threads 1     # BCCD, 3 seeds (hours on 2 cores)
     .venv/bin/python benchmarks/cold_start.py --preset gpu                 # BCCD, bigger rounds
@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataset_or_skip(args)
     if spec is None:
         return 0
-    from boxloop.loop_config import LoopConfig
-    from boxloop.simulate import simulate
+    from boxloop.loop.config import LoopConfig
+    from boxloop.loop.simulate import simulate
 
     seeds = [int(s) for s in csv(args.seeds)]
     cfg = LoopConfig.make(model=args.model, detector_options=json.loads(args.detector_options), epochs=args.epochs,

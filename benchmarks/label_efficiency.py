@@ -25,7 +25,7 @@ WARM_STEPS = 80 more, whatever the labelled set's size (the same effort for ever
 round; 19 epochs of the 33 training images of round 1, 5 of the 117 of round 6). 200 steps on the
 16 training images of a seed set give a model that keeps boxes of every class (BCCD seed 0: test
 mAP50 0.744 with today's fcos_lite); a round that keeps none would record its fallback
-(boxloop.fallback). Validation runs
+(boxloop.loop.fallback). Validation runs
 once, at the end of each training (val_every larger than the steps): picking a checkpoint by 4
 validation images is noise (shared/AL_NOTES.md).
 
@@ -157,7 +157,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # -- running the jobs --------------------------------------------------------------------------------
 
 def loop_config(args, **over: Any):
-    from boxloop.loop_config import LoopConfig
+    from boxloop.loop.config import LoopConfig
 
     options = json.loads(args.detector_options) if isinstance(args.detector_options, str) else args.detector_options
     kw = dict(model=args.model, backbone=args.backbone, pretrained_backbone=not args.no_pretrained,
@@ -178,9 +178,9 @@ def run_dir(workdir: Path, job: Job) -> Path:
 
 def ensure_base(spec, args, seed: int, truth, say) -> None:
     """The seed set (withheld labels) and its round-0 model, trained once (resumes)."""
-    from boxloop.loop import run_round
+    from boxloop.loop.round import run_round
     from boxloop.project import init_project
-    from boxloop.simulate import withhold
+    from boxloop.loop.simulate import withhold
     from boxloop.store import DB_NAME, Project
 
     bdir = base_dir(args.workdir, seed)
@@ -204,10 +204,10 @@ def ensure_base(spec, args, seed: int, truth, say) -> None:
 
 
 def run_job(spec, args, job: Job, truth, say) -> None:
-    from boxloop.forecast import forecast_line
-    from boxloop.history import round_history
-    from boxloop.loop import run_round
-    from boxloop.simulate import copy_project
+    from boxloop.loop.forecast import forecast_line
+    from boxloop.loop.history import round_history
+    from boxloop.loop.round import run_round
+    from boxloop.loop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
 
     if job.kind == "base":
@@ -246,9 +246,9 @@ def full_data_reference(spec, args, seed: int, truth, say) -> dict[str, Any] | N
     """Train on every trainval image (init_project's split of it into train and val) with the same
     recipe, from scratch for full_steps(args) steps; test-set metrics and trainval's counts. With
     `truth` None only reads what is there (None when not trained yet)."""
-    from boxloop.history import round_history
-    from boxloop.loop import run_round
-    from boxloop.round_model import labelled_counts
+    from boxloop.loop.history import round_history
+    from boxloop.loop.round import run_round
+    from boxloop.loop.model import labelled_counts
     from boxloop.project import init_project
     from boxloop.store import DB_NAME, Project
 
@@ -294,7 +294,7 @@ def collect_unit(args, spec, unit: str, seeds: Sequence[int], full: Mapping[int,
                  ) -> dict[str, Any]:
     """Every run of the unit on disk, naming the dataset's rare classes, its rows gaining the shares of
     trainval and of its seed's full-data mAP50."""
-    from boxloop.simulate import collect_results
+    from boxloop.loop.simulate import collect_results
 
     cfg = loop_config(args, unit=unit, strategy=strategies_of(args, unit)[0])
     results = collect_results(args.workdir / unit, strategies_of(args, unit), seeds, cfg)
@@ -316,7 +316,7 @@ def report(args, spec, say) -> dict[str, Any]:
     """Everything on disk, every seed: tables, statistics, forecasts, target checks, plots, the JSON."""
     from boxloop.report import (curve_statistics, forecast_summary, format_auc_table, format_forecast_table,
                                 format_per_class_table, per_class_statistics, write_report)
-    from boxloop.simulate import write_results
+    from boxloop.loop.simulate import write_results
 
     seeds = seeds_on_disk(args.workdir)
     full = {s: f for s in seeds if (f := full_data_reference(spec, args, s, None, say)) is not None}
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         say(describe_estimate(est, args))
         say(json.dumps({k: v for k, v in est.items() if k != "per_job"}, indent=1))
         return 0
-    from boxloop.simulate import load_truth
+    from boxloop.loop.simulate import load_truth
 
     t_start = time.perf_counter()
     est = estimate(args, sizes)

@@ -53,7 +53,7 @@ def round_budget(args, unit: str, r: int) -> int:
 
 def loop_config(args, **over: Any):
     """The loop's config of one job: the benchmark's settings, then the job's own (seed, unit, ...)."""
-    from boxloop.loop_config import LoopConfig
+    from boxloop.loop.config import LoopConfig
 
     options = json.loads(args.detector_options) if isinstance(args.detector_options, str) else args.detector_options
     kw = dict(model=args.model, backbone=args.backbone, pretrained_backbone=not args.no_pretrained,
@@ -173,7 +173,7 @@ def assign(jobs: Sequence[Job], costs: Mapping[Job, float], shards: int) -> list
 def dataset_sizes(spec) -> Sizes:
     from boxloop.images import list_images
     from boxloop.project import resolve_test_list
-    from boxloop.simulate import load_truth
+    from boxloop.loop.simulate import load_truth
 
     truth = load_truth(spec.images, spec.annotations, spec.fmt)
     test = set(resolve_test_list(spec.test_list, list_images(spec.images)))
@@ -186,10 +186,10 @@ def measure(spec, args, n: int = 4) -> tuple[float, float]:
     """(seconds a training step, seconds an image predicted) here, now, with the configured threads."""
     import tempfile
 
-    from boxloop.data import Sample
-    from boxloop.inference import predict_paths
-    from boxloop.simulate import load_truth
-    from boxloop.train import fit
+    from boxloop.train.data import Sample
+    from boxloop.predict.inference import predict_paths
+    from boxloop.loop.simulate import load_truth
+    from boxloop.train.fit import fit
 
     truth = load_truth(spec.images, spec.annotations, spec.fmt)
     keys = sorted(k for k, a in truth.items() if a is not None and len(a))[:32]

@@ -18,7 +18,7 @@ the path under the dataset root, and test.txt); the images are read where they a
 
 Rare classes: those present in the fewest pool images (BCCD keeps the WBC and Platelets of the
 earlier runs). A class that has no box in the test set is reported in a warning: its AP is left out
-of mAP50 (boxloop.evaluate gives it None), never counted as 0.
+of mAP50 (boxloop.metrics.evaluate gives it None), never counted as 0.
 
 Written by hand: the presets, the split discovery and merge, the warnings, shard balancing, the
 step cache, the Markdown table and the strict JSON. boxloop.formats reads and writes the labels.
@@ -408,7 +408,7 @@ def timings(workdir: Path) -> dict[str, Any]:
 def test_sensitivity(project_dir: Path, image_size: int, device: str) -> dict[str, Any]:
     """How far one test image moves the project's current model's mAP50, as the demo reports it
     (compare.leave_one_out_map50), cached beside the project."""
-    from boxloop.demo import demo_test_sensitivity
+    from boxloop.cli.demo import demo_test_sensitivity
 
     return cached(project_dir / "test_sensitivity.json", lambda: demo_test_sensitivity(project_dir, image_size, device))
 

@@ -63,10 +63,10 @@ def stored_count(db: Path, round_id: int) -> tuple[int, int]:
 def tiny_project(root: Path, n: int, size: int):
     """A project over n generated pool images and an untrained tiny fcos as round 1's best.pt."""
     from boxloop.detectors import create_detector
-    from boxloop.round_model import model_dir
+    from boxloop.loop.model import model_dir
     from boxloop.project import init_project
     from boxloop.synthetic import make_dataset
-    from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 
     make_dataset(root / "data", n_images=n, image_size=size, seed=3)
     project = init_project(root / "project", root / "data" / "images", None, classes=CLASSES, progress=False)
@@ -90,11 +90,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from boxloop.inference import predict_paths
-    from boxloop.loop import pool_paths
-    from boxloop.round_model import model_dir
-    from boxloop.ray_scoring import RayScoring, predict_pool
-    from boxloop.train import load_detector
+    from boxloop.predict.inference import predict_paths
+    from boxloop.loop.round import pool_paths
+    from boxloop.loop.model import model_dir
+    from boxloop.scale.ray_scoring import RayScoring, predict_pool
+    from boxloop.train.checkpoints import load_detector
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="boxloop_raykill_"))
     t0 = time.time()

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from boxloop import loop
-from boxloop.loop import pool_paths, step_select
-from boxloop.loop_config import LoopConfig
+from boxloop.loop import fallback
+from boxloop.loop.round import pool_paths, step_select
+from boxloop.loop.config import LoopConfig
 from boxloop.store import DB_NAME, ImageRecord, Project
 from boxloop.strategies import DetectionTable, select
 from boxloop.structures import Boxes, Detections
@@ -184,7 +184,7 @@ def _children_cpu() -> float:
 def cli_status(project_dir: Path, repeats: int) -> dict:
     """`boxloop status PROJECT --json` as a user runs it, and the same split into import + command."""
     exe = Path(sys.executable).with_name("boxloop")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "boxloop.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "boxloop.cli.main"]
     cmd += ["status", str(project_dir), "--json"]
     walls, cpus = [], []
     for _ in range(repeats):
@@ -198,7 +198,7 @@ def cli_status(project_dir: Path, repeats: int) -> dict:
     probe = (
         "import sys, time, io, contextlib\n"
         "t0 = time.perf_counter()\n"
-        "from boxloop.cli import app\n"
+        "from boxloop.cli.main import app\n"
         "t1 = time.perf_counter()\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
@@ -217,7 +217,7 @@ def cli_status(project_dir: Path, repeats: int) -> dict:
 
 
 def labelled_centres(n: int, feature_dim: int, seed: int) -> np.ndarray:
-    """Stand-in for what `_labelled_features` computes with the detector: one mean feature per
+    """Stand-in for what `labelled_image_features` computes with the detector: one mean feature per
     labelled training image (n of them)."""
     return np.random.default_rng(seed + 1).standard_normal((n, feature_dim)).astype(np.float32)
 
@@ -225,8 +225,8 @@ def labelled_centres(n: int, feature_dim: int, seed: int) -> np.ndarray:
 def run_selection(project_dir: Path, unit: str, strategy: str, budget: int, repeats: int,
                   centres: np.ndarray) -> dict:
     config = LoopConfig.make(strategy=strategy, unit=unit, budget=budget, pretrained_backbone=False)
-    original = loop._labelled_features
-    loop._labelled_features = lambda *_: centres  # the detector pass over labelled images (see doc)
+    original = fallback.labelled_image_features
+    fallback.labelled_image_features = lambda *_: centres  # the detector pass over labelled images (see doc)
     try:
         with Project.open(project_dir) as proj:
             def once():
@@ -235,7 +235,7 @@ def run_selection(project_dir: Path, unit: str, strategy: str, budget: int, repe
             best, cpu, walls, _ = timed(once, repeats)
             opened = proj.queries(round=ROUND, state="open")
     finally:
-        loop._labelled_features = original
+        fallback.labelled_image_features = original
     return {"unit": unit, "strategy": strategy, "wall_s_best": best, "cpu_s": cpu, "wall_s_all": walls,
             "queries_written": len(opened)}
 

@@ -119,10 +119,10 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
     """The project of one (seed, fraction): all trainval imported, `fraction` of it kept labelled."""
-    from boxloop.loop_config import LoopConfig
-    from boxloop.round_model import labelled_counts
+    from boxloop.loop.config import LoopConfig
+    from boxloop.loop.model import labelled_counts
     from boxloop.project import init_project
-    from boxloop.simulate import withhold
+    from boxloop.loop.simulate import withhold
     from boxloop.store import DB_NAME, Project
 
     if (pdir / DB_NAME).exists():
@@ -148,8 +148,8 @@ def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> 
     continued, and every ablation hands back the shared teacher continued)."""
     import hashlib
 
-    from boxloop.round_model import test_metrics
-    from boxloop.train import load_detector
+    from boxloop.loop.model import test_metrics
+    from boxloop.train.checkpoints import load_detector
 
     key = (str(project.dir), hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest())
     if key in _TESTED:
@@ -166,15 +166,16 @@ def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> 
 
 def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -> dict[str, Any]:
     """Every method on one (seed, fraction)."""
-    from boxloop.autolabel import AutolabelConfig, autolabel
-    from boxloop.autolabel import model_dir as tsoda_dir
+    from boxloop.semi.autolabel import AutolabelConfig, autolabel
+    from boxloop.semi.autolabel import model_dir as tsoda_dir
     from boxloop.detectors import create_detector
-    from boxloop.round_model import training_samples
-    from boxloop.semi import fit_semi
-    from boxloop.weak_view import weak_predict
-    from boxloop.simulate import copy_project
+    from boxloop.loop.model import training_samples
+    from boxloop.semi.certainty import fit_semi
+    from boxloop.semi.weak_view import weak_predict
+    from boxloop.loop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
-    from boxloop.train import fit, load_detector
+    from boxloop.train.checkpoints import load_detector
+    from boxloop.train.fit import fit
 
     t_cell = time.perf_counter()
     cell = args.workdir / f"seed{seed}" / f"frac{fraction:g}"
@@ -229,8 +230,8 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
     print(f"  {ca['result']['message']}", flush=True)
 
     def oracle_run() -> dict[str, Any]:
-        from boxloop.data import Sample
-        from boxloop.semi import student_samples, student_train_config
+        from boxloop.train.data import Sample
+        from boxloop.semi.certainty import student_samples, student_train_config
 
         root = project.image_root
         truthful = [Sample(root / k, withheld[k], key=k) for k in unlabelled if withheld[k] is not None]
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{est['two_shards_minutes']} min; {est['total_wall_minutes_at_this_load']} CPU-minutes at this "
               "machine's load now")
         return 0
-    from boxloop.simulate import load_truth
+    from boxloop.loop.simulate import load_truth
 
     truth = load_truth(spec.images, spec.annotations, spec.fmt)
     t_start = time.perf_counter()

@@ -16,7 +16,7 @@ TARGET_GAIN_AT_10, GOAL_GAIN_AT_10, TARGET_PSEUDO_PRECISION = 0.03, 0.05, 0.85
 
 
 def quality(accepted: Mapping[str, Any], withheld: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    from boxloop.semi import pseudo_label_quality
+    from boxloop.semi.certainty import pseudo_label_quality
 
     q = pseudo_label_quality(accepted, withheld, classes)
     return {"precision": q["precision"], "recall": q["recall"], "tp": q["tp"], "fp": q["fp"], "fn": q["fn"],
@@ -31,7 +31,7 @@ def fixed_vs_dynamic(pool: Mapping[str, Any], withheld: Mapping[str, Any], class
     """Per class: (precision, recall) of the dynamic thresholds (DT, on p*v with CA) and of one fixed
     threshold on the same score at the same overall recall (see the module notes); also the fixed tau
     point [0.7], i.e. CertaintySSOD without DT."""
-    from boxloop.pseudo import accept_certainty, certainty_scores
+    from boxloop.semi.pseudo import accept_certainty, certainty_scores
 
     semi = semi_config(args)
     th = semi.thresholds(len(classes), certainty)

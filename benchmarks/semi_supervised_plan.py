@@ -17,7 +17,7 @@ from protocol import balance, csv
 
 def train_config(args, seed: int):
     from boxloop.defaults import training_recipe
-    from boxloop.train import TrainConfig
+    from boxloop.train.fit import TrainConfig
 
     optimizer, lr = training_recipe(args.model)
     return TrainConfig(steps=args.teacher_steps, batch_size=args.batch_size, image_size=args.image_size,
@@ -31,7 +31,7 @@ def detector_kwargs(args) -> dict[str, Any]:
 
 
 def semi_config(args, **off: Any):
-    from boxloop.semi import SemiConfig
+    from boxloop.semi.certainty import SemiConfig
 
     return SemiConfig(tau=args.tau, gamma1=args.gamma1, gamma2=args.gamma2, clip=(args.clip_low, 0.9),
                       student_steps=args.student_steps, **off)
@@ -70,12 +70,12 @@ def estimate(spec, args) -> dict[str, Any]:
     load on this machine now."""
     import tempfile
 
-    from boxloop.data import Sample
+    from boxloop.train.data import Sample
     from boxloop.detectors import create_detector
-    from boxloop.inference import predict_paths
-    from boxloop.weak_view import weak_predict
-    from boxloop.simulate import load_truth
-    from boxloop.train import fit
+    from boxloop.predict.inference import predict_paths
+    from boxloop.semi.weak_view import weak_predict
+    from boxloop.loop.simulate import load_truth
+    from boxloop.train.fit import fit
 
     truth = load_truth(spec.images, spec.annotations, spec.fmt)
     keys = sorted(k for k, a in truth.items() if a is not None and len(a))[:48]
@@ -91,7 +91,7 @@ def estimate(spec, args) -> dict[str, Any]:
             c0, t0 = time.process_time(), time.perf_counter()
             fit(det, samples, [], classes, cfg, Path(tmp) / f"w{strong}", progress=False)  # resumes at step 2
             out["strong" if strong else "train"] = ((time.process_time() - c0) / n, (time.perf_counter() - t0) / n)
-        from boxloop.train import load_checkpoint, save_checkpoint
+        from boxloop.train.fit import load_checkpoint, save_checkpoint
 
         ckpt = load_checkpoint(Path(tmp) / "wTrue" / "last.pt")
         c0, t0 = time.process_time(), time.perf_counter()

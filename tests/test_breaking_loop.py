@@ -176,7 +176,7 @@ def test_14_simulate_without_seeds_or_strategies_is_a_usage_error(tmp_path: Path
 
 def test_14_odd_class_names_in_the_report(tmp_path: Path) -> None:
     """'$\\foo$' crashed matplotlib's mathtext; '_Platelets' vanished from the legends."""
-    from boxloop.report.plots import _figures
+    from boxloop.report.plots import report_figures
 
     per = lambda v: {"$\\foo$": {"ap50": v}, "_Platelets": {"ap50": v / 2}}  # noqa: E731
     rounds = [{"round": r, "images_labelled": 4 + 2 * r, "boxes_labelled": 10 + 5 * r, "cost_seconds": 100.0 * (r + 1),
@@ -185,7 +185,7 @@ def test_14_odd_class_names_in_the_report(tmp_path: Path) -> None:
     results = {"runs": [{"strategy": "_random", "seed": 0, "unit": "images", "semi": None, "rounds": rounds}]}
     (tmp_path / "results.json").write_text(json.dumps(results))
     cli("report", tmp_path / "results.json", "--out", tmp_path / "r.html", code=0)
-    legends = {t.get_text() for _, _, fig in _figures(results)
+    legends = {t.get_text() for _, _, fig in report_figures(results)
                for legend in [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
                for t in legend.get_texts()}
     assert any("_Platelets" in t for t in legends) and any(t.strip("\u200b").startswith("_random") for t in legends), legends

@@ -10,7 +10,7 @@ warning naming it; an image that does not decode at all is left out and recorded
 also removes what the old project trained (models/, autolabel.json), so nothing of it can pass for
 the new project's. The formats package reads and writes the label files, `boxloop.images`
 measures, verifies and hashes the images, `boxloop.outputs` writes an export beside a user's files
-without overwriting them, boxloop.progress the progress (a bar, or lines in a log) and `boxloop.store.Project` holds the result.
+without overwriting them, boxloop.outputs.progress_bar the progress (a bar, or lines in a log) and `boxloop.store.Project` holds the result.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _check_images(root: Path, rels: Sequence[str], progress: bool) -> _Checked:
     """Decode-check, measure, stat and hash every image. Strict decoding runs in threads; the few
     that fail it get the lenient second try one at a time afterwards (Pillow's switch for it is
     process-wide, and a strict check running beside it would miss a truncation)."""
-    from boxloop.progress import progress_bar
+    from boxloop.outputs import progress_bar
 
     def one(rel: str) -> tuple[str, tuple[int, int, str, int, int] | ImageError]:
         p = root / rel
@@ -454,8 +454,8 @@ def _replace_database(project_dir: Path, tmp: Path) -> None:
     os.replace(tmp, final)
 
 
-def export_project(project: Project, fmt: str, out: str | Path, subset: str = "labelled",
-                   overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
+def export_project(project: Project, fmt: str, out: str | Path, subset: str = "labelled", overwrite: bool = False,
+                   log: Callable[[str], None] | None = None, add: Callable[[Path], None] | None = None) -> Path:
     """Write a subset's labels in `fmt` under `out`; returns `out`.
 
     Negatives stay negatives (VOC file without <object>, COCO image without annotations, empty YOLO
@@ -464,8 +464,8 @@ def export_project(project: Project, fmt: str, out: str | Path, subset: str = "l
     split. COCO and Label Studio write one file when `out` ends in .json (CVAT: .xml), else a file in
     the folder `out`. Nothing is overwritten unless `overwrite` (see `boxloop.outputs`). Images are
     not copied: they stay in the project's image root; one whose file changed since it was labelled
-    is named through `log`. The pseudo subset written to a folder is a review batch (boxloop.review):
-    `boxloop import` takes the reviewed images back as human labels.
+    is named through `log`. `add(folder)` writes more files beside the labels, under the same rule
+    (a folder target only: loop.review's batch.json).
     """
     from boxloop.integrity import check_images
     from boxloop.outputs import staged_output
@@ -484,10 +484,8 @@ def export_project(project: Project, fmt: str, out: str | Path, subset: str = "l
             f"{formats.listing([str(c) for c in changed], 10)}")
     with staged_output(out, overwrite, file_target) as stage:
         formats.dump(fmt, list(anns.values()), project.classes, stage, images_root=project.image_root)
-        if subset == "pseudo" and not file_target and anns:  # a review batch: `boxloop import` takes it back
-            from boxloop.review import write_review_manifest
-
-            write_review_manifest(project, stage, fmt, anns)
+        if add is not None and not file_target:
+            add(stage)
         if fmt == "voc":
             sets: dict[str, list[str]] = {"train": [], "val": [], "test": []}
             for rec in project.images():

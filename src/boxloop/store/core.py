@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from boxloop.store.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
                                   remove_database, retire_database)
-from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, _MIGRATIONS, now, split_sql
+from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, MIGRATIONS, now, split_sql
 
 
 class ProjectBusy(RuntimeError):
@@ -105,7 +105,7 @@ class Core:
             return  # a read-only project of an older schema is read as it is
         with self.transaction():
             for i in range(version, SCHEMA_VERSION):
-                for stmt in split_sql(_MIGRATIONS[i]):
+                for stmt in split_sql(MIGRATIONS[i]):
                     self._conn.execute(stmt)
             # PRAGMA user_version takes a literal; it is transactional inside BEGIN..COMMIT.
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
