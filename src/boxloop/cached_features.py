@@ -1,0 +1,188 @@
+"""Training and pool scoring on a frozen body's cached maps (boxloop.feature_cache).
+
+Training (`CachedTrainSet`, used by fit() when it is given a cache and the detector's body is
+frozen): each item is the body's maps of the resized image or of its horizontal flip (the flip drawn
+per (seed, epoch, index) as data.py draws it), so the flip survives as a second cached view. Scale
+jitter and colour jitter change the pixels the body sees and are dropped: measured on BCCD (see
+benchmarks/README and the report of issue 27) their loss to test mAP50 is what this path costs.
+`strong` augmentation, FitHooks that rewrite batches and torchrun keep the pixel path. A miss decodes
+and resizes exactly as the pixel path does (DetectionDataset, eval recipe), runs the body in float32
+and stores the maps; the targets are the labelled boxes scaled to the resized image, flipped with it,
+clamped, and boxes under 1 px dropped (SanitizeBoundingBoxes' rule).
+
+Scoring (`predict_cached`, what predict_paths does when given a cache): a hit reads the maps, a miss
+decodes, runs the body under the predict context (bfloat16 on a CPU that has it, as today, so the
+stored maps are those of today's path bit for bit) and stores them; then neck, head and postprocess
+run on the batch.
+
+Written here: the views, the keys and the target bookkeeping. The detector's FeatureMixin does the
+split forward; boxloop.feature_cache the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from boxloop.data import DetectionDataset, Sample, eval_transform, item_seed
+from boxloop.detectors.common import predict_context, prepare_images, use_cpu_bf16
+from boxloop.detectors.features import BodyFeatures
+from boxloop.feature_cache import FeatureCache, storable
+from boxloop.structures import Detections
+
+__all__ = ["BoundCache", "CachedTrainSet", "bind", "predict_cached"]
+
+log = logging.getLogger("boxloop")
+
+
+class BoundCache:
+    """A FeatureCache tied to one detector's body and precision: maps per (image file, size, view)."""
+
+    def __init__(self, cache: FeatureCache, detector: Any, precision: str) -> None:
+        self.cache = cache
+        self.detector = detector
+        self.precision = precision
+        self.identity = detector.body_identity()
+
+    def key(self, path: Path, image_size: int, view: str) -> str:
+        return self.cache.key(self.cache.image_hash(path), self.identity, image_size, view, self.precision)
+
+    def get(self, key: str) -> tuple[BodyFeatures, dict[str, Any]] | None:
+        got = self.cache.get(key)
+        if got is None:
+            return None
+        maps, meta = got
+        sizes = {k: tuple(meta[k]) for k in ("image_size", "input_size", "padded_size")}
+        return BodyFeatures(maps, **sizes), meta  # type: ignore[arg-type]
+
+    def put(self, key: str | None, feats: BodyFeatures, original: tuple[int, int]) -> BodyFeatures:
+        """Store the maps (`key` None: a file that cannot be hashed, not stored); returns them rounded as
+        stored, so a run's results do not depend on whether an image was a hit or a miss."""
+        rounded = BodyFeatures({k: storable(v) for k, v in feats.maps.items()}, feats.image_size,
+                               feats.input_size, feats.padded_size)
+        meta = {"image_size": list(feats.image_size), "input_size": list(feats.input_size),
+                "padded_size": list(feats.padded_size), "original": list(original)}
+        if key is not None:
+            self.cache.put(key, rounded.maps, meta)
+        return rounded
+
+
+def bind(cache: FeatureCache | None, detector: Any, precision: str) -> BoundCache | None:
+    """The cache bound to `detector`, or None when there is no cache or the body can change."""
+    frozen = getattr(detector, "frozen_body", None)
+    if cache is None or frozen is None or frozen() is None:
+        return None
+    return BoundCache(cache, detector, precision)
+
+
+def predict_precision(detector: Any, device: torch.device) -> str:
+    """The precision predict_context runs the body in (part of the key: maps differ between them)."""
+    if device.type == "cuda" and getattr(detector, "amp", False):
+        return "fp16"
+    if device.type == "cpu" and use_cpu_bf16(getattr(detector, "cpu_bf16", False)):
+        return "bf16"
+    return "fp32"
+
+
+# -- training ---------------------------------------------------------------------------------------
+class CachedTrainSet(Dataset):
+    """(BodyFeatures, target) per labelled sample; the view drawn per (seed, epoch, index). Items are
+    made in the main process (a miss runs the body), so the loader must use num_workers=0."""
+
+    def __init__(self, samples: Sequence[Sample], class_names: Sequence[str], image_size: int, flip: bool,
+                 bound: BoundCache, seed: int = 0) -> None:
+        self.pixels = DetectionDataset(samples, class_names, eval_transform(image_size), seed=seed)
+        self.image_size = image_size
+        self.flip = flip
+        self.bound = bound
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def _flipped(self, index: int) -> bool:
+        return self.flip and np.random.default_rng(item_seed(self.seed, self.epoch, index)).random() < 0.5
+
+    def __getitem__(self, index: int) -> tuple[BodyFeatures, dict[str, Any]]:
+        view = "hflip" if self._flipped(index) else "plain"
+        sample = self.pixels.samples[index]
+        key = self.bound.key(sample.path, self.image_size, view)
+        got = self.bound.get(key)
+        if got is not None:
+            feats, meta = got
+            original = (int(meta["original"][0]), int(meta["original"][1]))
+        else:
+            image, target = self.pixels[index]
+            if view == "hflip":
+                image = image.flip(-1)
+            with torch.autocast("cpu", enabled=False):
+                feats = self.bound.detector.body_features([image.to(self.bound.detector.device)])[0]
+            original = target["orig_size"]
+            feats = self.bound.put(key, feats, original)
+        return feats, self._target(index, feats.input_size, original, view == "hflip")
+
+    def _target(self, index: int, input_size: tuple[int, int], original: tuple[int, int],
+                flipped: bool) -> dict[str, Any]:
+        h, w = input_size
+        t = self.pixels.raw_target(index, w, h, scale=(w / original[0], h / original[1]))
+        boxes = t["boxes"].as_subclass(Tensor).float().reshape(-1, 4)
+        if flipped:
+            boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+        boxes = torch.stack([boxes[:, 0].clamp(0, w), boxes[:, 1].clamp(0, h), boxes[:, 2].clamp(0, w),
+                             boxes[:, 3].clamp(0, h)], dim=1)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+        return {"boxes": boxes[keep], "labels": t["labels"][keep], "weights": t["weights"][keep],
+                "image_id": self.pixels.samples[index].name, "orig_size": original}
+
+
+# -- scoring ----------------------------------------------------------------------------------------
+def predict_cached(detector: Any, bound: BoundCache, paths: Sequence[Path], names: Sequence[Any], image_size: int,
+                   batch_size: int, score_threshold: float, skip: Callable[[Path, str], None],
+                   to_original: Callable[[Detections, tuple[int, int]], Detections],
+                   load: Callable[[int], tuple[Tensor | None, Any, int]]) -> Iterator[tuple[Any, Detections]]:
+    """Yield (name, Detections in original pixels) in the order of `paths`, the body run only on misses.
+    `load(i)`: predict_paths' decode of image i ((uint8 CHW, (w, h), i) or (None, problem, i))."""
+    device = detector.device
+    for start in range(0, len(paths), batch_size):
+        idx = list(range(start, min(start + batch_size, len(paths))))
+        feats: dict[int, BodyFeatures] = {}
+        original: dict[int, tuple[int, int]] = {}
+        keys: dict[int, str] = {}
+        for i in idx:
+            try:
+                keys[i] = bound.key(paths[i], image_size, "plain")
+            except OSError:
+                continue  # missing or unreadable: the decode below says why
+            got = bound.get(keys[i])
+            if got is not None:
+                feats[i], meta = got
+                original[i] = (int(meta["original"][0]), int(meta["original"][1]))
+        pixels: dict[int, Tensor] = {}
+        for i in idx:
+            if i in feats:
+                continue
+            image, orig, _ = load(i)
+            if image is None:
+                skip(paths[i], orig)
+                continue
+            pixels[i], original[i] = image, orig
+        if pixels:
+            images = prepare_images([im.to(device).float().div_(255.0) for im in pixels.values()])
+            with predict_context(detector, amp=detector.amp, cpu_bf16=detector.cpu_bf16):
+                computed = detector.body_features(images)
+            for i, f in zip(pixels, computed):
+                feats[i] = bound.put(keys.get(i), f, original[i])
+        ready = [i for i in idx if i in feats]
+        dets = detector.predict_features([feats[i] for i in ready], score_threshold)
+        for i, d in zip(ready, dets):
+            yield names[i], to_original(d, original[i])
