@@ -21,7 +21,7 @@ from boxloop.cached_features import CachedTrainSet, bind
 from boxloop.data import Sample
 from boxloop.detectors import create_detector
 from boxloop.detectors.common import predict_context
-from boxloop.feature_cache import FP16_ATOL, FP16_RTOL, FeatureCache, cache_status, clear_cache
+from boxloop.feature_cache import FP16_ATOL, FP16_RTOL, FeatureCache, cache_dir, cache_status, clear_cache
 from boxloop.inference import predict_paths
 from boxloop.structures import Annotation, Boxes
 
@@ -89,10 +89,10 @@ def test_scoring_from_cache_equals_pixels_and_a_changed_image_misses(tmp_path: P
     det = _detector(cpu_bf16=False)
     paths = _images(tmp_path / "im")
     plain = _predict(det, paths)
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache(cache_dir(tmp_path))
     first = _predict(det, paths, cache)
     again = _predict(det, paths, cache)
-    assert cache_status(cache.root)["hits"] == 3 and cache_status(cache.root)["misses"] == 3
+    assert cache_status(tmp_path)["hits"] == 3 and cache_status(tmp_path)["misses"] == 3
     for p in paths:
         assert len(plain[p]) == len(again[p]) > 0
         np.testing.assert_allclose(again[p].scores, first[p].scores, rtol=0, atol=0)  # a hit = the maps stored
@@ -101,15 +101,15 @@ def test_scoring_from_cache_equals_pixels_and_a_changed_image_misses(tmp_path: P
     _image(paths[1], 99)
     os.utime(paths[1], ns=(old.st_atime_ns, old.st_mtime_ns))  # same size and mtime, new bytes
     _predict(det, paths, cache)
-    st = cache_status(cache.root)
+    st = cache_status(tmp_path)
     assert (st["hits"], st["misses"], st["entries"]) == (5, 4, 4)
-    assert clear_cache(cache.root) > 0 and cache_status(cache.root)["entries"] == 0
+    assert clear_cache(cache_dir(tmp_path)) > 0 and cache_status(tmp_path)["entries"] == 0
 
 
 def test_damaged_entries_are_recomputed_with_one_warning_each(tmp_path: Path, caplog) -> None:
     det = _detector(cpu_bf16=False)
     paths = _images(tmp_path / "im")
-    cache = FeatureCache(tmp_path / "cache")
+    cache = FeatureCache(cache_dir(tmp_path))
     _predict(det, paths, cache)
     files = sorted(cache.root.glob("*/*.bxf"))
     assert len(files) == 3
@@ -131,8 +131,8 @@ def test_damaged_entries_are_recomputed_with_one_warning_each(tmp_path: Path, ca
 def test_a_folder_that_cannot_be_written_runs_uncached_with_one_warning(tmp_path: Path, caplog, monkeypatch) -> None:
     det = _detector(cpu_bf16=False)
     paths = _images(tmp_path / "im")
-    root = tmp_path / "cache"
-    root.mkdir()
+    root = cache_dir(tmp_path)
+    root.mkdir(parents=True)
     if os.geteuid() != 0:
         root.chmod(0o555)
     else:  # root writes anywhere: make every write fail as on a read-only file system
@@ -151,10 +151,11 @@ def test_a_folder_that_cannot_be_written_runs_uncached_with_one_warning(tmp_path
 
 def test_lru_bound_keeps_the_recently_used(tmp_path: Path) -> None:
     maps = {"0": torch.rand(8, 16, 16)}
-    cache = FeatureCache(tmp_path, max_bytes=10**9)
+    root = cache_dir(tmp_path)
+    cache = FeatureCache(root, max_bytes=10**9)
     cache.put("00" * 20, maps, {})
     size = cache._path("00" * 20).stat().st_size
-    cache = FeatureCache(tmp_path, max_bytes=5 * size)
+    cache = FeatureCache(root, max_bytes=5 * size)
     keys = [f"{i:02d}" * 20 for i in range(12)]
     for i, k in enumerate(keys):
         cache.put(k, maps, {})
@@ -163,7 +164,7 @@ def test_lru_bound_keeps_the_recently_used(tmp_path: Path) -> None:
             assert cache.get(keys[0]) is not None  # used again: now the most recent
             os.utime(cache._path(keys[0]), (1002.5, 1002.5))
         assert cache_status(tmp_path)["bytes"] <= 5 * size
-    left = {p.stem for p in tmp_path.glob("*/*.bxf")}
+    left = {p.stem for p in root.glob("*/*.bxf")}
     assert keys[-1] in left and keys[1] not in left
 
 
@@ -192,7 +193,7 @@ def test_training_items_come_from_the_cache_in_two_views(tmp_path: Path) -> None
     paths = _images(tmp_path / "im", 2)
     ann = Annotation(image="x", boxes=Boxes(np.array([[8.0, 6.0, 40.0, 30.0]]), (80, 60)), labels=("a",))
     samples = [Sample(p, ann) for p in paths]
-    bound = bind(FeatureCache(tmp_path / "cache"), det, "fp32")
+    bound = bind(FeatureCache(cache_dir(tmp_path)), det, "fp32")
     ds = CachedTrainSet(samples, ["a", "b", "c"], 64, True, bound, seed=0)
     seen = set()
     for epoch in range(8):
@@ -205,6 +206,6 @@ def test_training_items_come_from_the_cache_in_two_views(tmp_path: Path) -> None
             seen.add((i, round(x0, 3)))
     assert {x0 for _, x0 in seen} == {6.4, 32.0}
     bound.cache.flush()
-    st = cache_status(bound.cache.root)
+    st = cache_status(tmp_path)
     assert st["entries"] == len(seen) and st["misses"] == len(seen) and st["hits"] == 16 - len(seen)
     assert bind(FeatureCache(tmp_path / "c2"), _detector(trainable_layers=1), "fp32") is None  # pixels, as today

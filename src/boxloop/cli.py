@@ -76,12 +76,14 @@ def init(
 def status(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the init warnings).")] = False,
+    clear_cache: Annotated[bool, typer.Option("--clear-cache", help="Delete the cached backbone features.")] = False,
 ) -> None:
-    """Counts of images, labels, boxes per class and source, and rounds."""
+    """Counts of images, labels, boxes per class and source, and rounds; the feature cache's size and hit rate."""
+    from boxloop.feature_cache import cache_status
     from boxloop.store import Project
 
     with Project.open(project) as proj:
-        s = proj.status()
+        s = {**proj.status(), "feature_cache": cache_status(proj.dir, clear=clear_cache)}
         if as_json:
             s["warning_messages"] = proj.warnings
             typer.echo(json.dumps(s, indent=2))

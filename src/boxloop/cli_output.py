@@ -53,6 +53,13 @@ def print_status(status: dict[str, Any]) -> None:
     if status.get("last_round"):
         r = status["last_round"]
         out.print(f"last round: {r['id']} ({r['status']}, step {r['step']})")
+    fc = status.get("feature_cache")
+    if fc and fc.get("freed"):
+        out.print(f"feature cache cleared: {fc['freed'] / 1e6:.1f} MB freed")
+    if fc and (fc["entries"] or fc["hits"] or fc["misses"]):
+        rate = "-" if fc["hit_rate"] is None else f"{100 * fc['hit_rate']:.0f}%"
+        out.print(f"feature cache: {fc['entries']} entries, {fc['bytes'] / 1e6:.1f} MB, hit rate {rate} "
+                  f"({fc['hits']} hits, {fc['misses']} misses; `boxloop status --clear-cache` empties it)")
     if status.get("warnings"):
         out.print(f"[yellow]{status['warnings']} warning(s) at init[/yellow] (see `boxloop status --json`)")
     if status.get("skipped_images"):

@@ -89,13 +89,16 @@ def _entries(root: Path) -> list[tuple[Path, int, float]]:
     return out
 
 
-def cache_status(root: Path) -> dict[str, Any]:
-    """Entries, bytes and the hit rate recorded so far (what `boxloop status` shows)."""
-    entries = _entries(Path(root))
-    stats = _read_json(Path(root) / "stats.json")
+def cache_status(project_dir: Path, clear: bool = False) -> dict[str, Any]:
+    """A project's feature cache for `boxloop status`: entries, bytes, the hit rate recorded so far and,
+    after `clear` (which deletes it first), the bytes freed."""
+    root = cache_dir(project_dir)
+    freed = clear_cache(root) if clear else 0
+    entries = _entries(root)
+    stats = _read_json(root / "stats.json")
     hits, misses = int(stats.get("hits", 0)), int(stats.get("misses", 0))
     return {"entries": len(entries), "bytes": sum(s for _, s, _ in entries), "hits": hits, "misses": misses,
-            "hit_rate": hits / (hits + misses) if hits + misses else None}
+            "hit_rate": hits / (hits + misses) if hits + misses else None, "freed": freed, "folder": str(root)}
 
 
 def clear_cache(root: Path) -> int:

@@ -78,6 +78,7 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
     recorded; `strict` makes it an error. With `scoring`, on Ray actors (boxloop.ray_scoring), to the
     same results."""
     from boxloop.images import ImageError
+    from boxloop.feature_cache import FeatureCache, cache_dir
     from boxloop.inference import predict_paths
     from boxloop.integrity import SkippedImage, record_skipped, usable_images
 
@@ -105,11 +106,13 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
         record_skipped(project, bad)  # a kill before this: the rerun scores these again and records them
         return
     det = _load_round_detector(project, round_id, config)
+    cache = FeatureCache(cache_dir(project.dir))  # the frozen body's maps: a pool scored again runs the head only
 
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         out = dict(predict_paths(det, [root / k for k in part], size, batch_size=batch, device=device,
-                                 score_threshold=threshold, progress=progress, on_skip=skip, keys=part))
+                                 score_threshold=threshold, progress=progress, on_skip=skip, keys=part,
+                                 feature_cache=cache))
         with project.transaction():
             project.save_predictions(round_id, out)
             record_skipped(project, bad)

@@ -183,6 +183,7 @@ def test_metrics(project: Project, detector, image_size: int, device: str = "aut
     """evaluate() of a detector on the project's fixed test set ({} when the project has none). A test
     image that is missing or changed since it was labelled is an error: the test set stays fixed."""
     from boxloop.evaluate import evaluate
+    from boxloop.feature_cache import FeatureCache, cache_dir
     from boxloop.inference import predict_paths
     from boxloop.integrity import check_images, refuse_problems
 
@@ -197,7 +198,7 @@ def test_metrics(project: Project, detector, image_size: int, device: str = "aut
     preds = {key: d.to_annotation(key, project.classes)
              for key, d in predict_paths(detector, [root / k for k in keys], image_size, batch_size=batch_size,
                                          device=device, score_threshold=score_threshold, progress=progress,
-                                         keys=keys)}
+                                         keys=keys, feature_cache=FeatureCache(cache_dir(project.dir)))}
     return evaluate(truth, preds, project.classes)
 
 
