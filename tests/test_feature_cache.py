@@ -209,3 +209,23 @@ def test_training_items_come_from_the_cache_in_two_views(tmp_path: Path) -> None
     st = cache_status(tmp_path)
     assert st["entries"] == len(seen) and st["misses"] == len(seen) and st["hits"] == 16 - len(seen)
     assert bind(FeatureCache(tmp_path / "c2"), _detector(trainable_layers=1), "fp32") is None  # pixels, as today
+
+
+def test_status_shows_the_cache_and_clear_cache_empties_it(synthetic_project) -> None:
+    from typer.testing import CliRunner
+
+    from boxloop.cli import app
+
+    det = _detector()
+    root = synthetic_project.image_root
+    keys = sorted(synthetic_project.annotations("test"))[:3]
+    cache = FeatureCache(cache_dir(synthetic_project.dir))
+    for _ in range(2):
+        _predict(det, [root / k for k in keys], cache)
+    synthetic_project.close()
+    res = CliRunner().invoke(app, ["status", str(synthetic_project.dir)])
+    assert res.exit_code == 0, res.output
+    assert "feature cache: 3 entries" in res.output and "hit rate 50%" in res.output
+    res = CliRunner().invoke(app, ["status", str(synthetic_project.dir), "--clear-cache", "--json"])
+    assert res.exit_code == 0, res.output
+    assert cache_status(synthetic_project.dir)["entries"] == 0
