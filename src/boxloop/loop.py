@@ -33,7 +33,7 @@ import numpy as np
 from boxloop.loop_config import LoopConfig
 from boxloop.oracle import BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
 # run_round calls the steps by their names in this module (a test may replace loop.step_train)
-from boxloop.round_model import _load_round_detector, model_dir, step_evaluate, step_train
+from boxloop.round_model import _load_round_detector, model_dir, project_feature_cache, step_evaluate, step_train
 from boxloop.store import Project, Query
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
@@ -78,7 +78,6 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
     recorded; `strict` makes it an error. With `scoring`, on Ray actors (boxloop.ray_scoring), to the
     same results."""
     from boxloop.images import ImageError
-    from boxloop.feature_cache import FeatureCache, cache_dir
     from boxloop.inference import predict_paths
     from boxloop.integrity import SkippedImage, record_skipped, usable_images
 
@@ -106,7 +105,7 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
         record_skipped(project, bad)  # a kill before this: the rerun scores these again and records them
         return
     det = _load_round_detector(project, round_id, config)
-    cache = FeatureCache(cache_dir(project.dir))  # the frozen body's maps: a pool scored again runs the head only
+    cache = project_feature_cache(project)  # the frozen body's maps: a pool scored again runs the head only
 
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]

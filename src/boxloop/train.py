@@ -338,6 +338,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         bound = bind(feature_cache, detector, "fp32")
     dataset: Any
     if bound is not None:
+        log.info("training the neck and head on the frozen body's cached maps: flip kept, scale and colour "
+                 "jitter (which need pixels) off")
         dataset = CachedTrainSet(train, class_names, config.image_size, config.flip, bound, seed=config.seed)
         opt.loss_fn = detector.loss_from_features  # type: ignore[attr-defined]
     else:
