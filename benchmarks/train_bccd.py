@@ -30,15 +30,16 @@ import numpy as np
 import torch
 import yaml
 
-from boxloop.calibration import quality_calibration
-from boxloop.data import Sample
+from boxloop.metrics.calibration import quality_calibration
+from boxloop.train.data import Sample
 from boxloop.detectors import create_detector
-from boxloop.evaluate import evaluate
 from boxloop.feature_cache import FeatureCache
+from boxloop.metrics.evaluate import evaluate
 from boxloop.formats import load
-from boxloop.inference import predict_paths, resolve_device
+from boxloop.predict.inference import predict_paths, resolve_device
 from boxloop.structures import Annotation
-from boxloop.train import TrainConfig, fit
+from boxloop.train.config import TrainConfig
+from boxloop.train.fit import fit
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "datasets" / "bccd"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from boxloop.calibration import average_ranks, quality_calibration, spearman
+from boxloop.metrics.calibration import average_ranks, quality_calibration, spearman
 from boxloop.structures import Annotation, Boxes, Detections
 
 

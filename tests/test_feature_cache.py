@@ -18,11 +18,11 @@ from PIL import Image
 
 from boxloop import feature_cache as fc
 from boxloop.cached_features import CachedTrainSet, bind
-from boxloop.data import Sample
+from boxloop.train.data import Sample
 from boxloop.detectors import create_detector
 from boxloop.detectors.common import predict_context
 from boxloop.feature_cache import FP16_ATOL, FP16_RTOL, FeatureCache, cache_dir, cache_status, clear_cache
-from boxloop.inference import predict_paths
+from boxloop.predict.inference import predict_paths
 from boxloop.structures import Annotation, Boxes
 
 

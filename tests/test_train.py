@@ -11,11 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from boxloop.data import Sample
+from boxloop.train.data import Sample
 from boxloop.detectors import create_detector
 from boxloop.structures import Annotation, Boxes
-from boxloop.train import (CHECKPOINT_FORMAT, CheckpointError, TrainConfig, fit, load_checkpoint, load_detector,
-                           resolve_device)
+from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from boxloop.train.config import TrainConfig
+from boxloop.train.fit import fit
+from boxloop.train.checkpoints import load_detector
+from boxloop.predict.inference import resolve_device
 
 CLASSES = ["red", "green"]
 COLOURS = {"red": (230, 30, 30), "green": (30, 230, 30)}

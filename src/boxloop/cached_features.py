@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from boxloop.data import DetectionDataset, Sample, eval_transform, item_seed
+from boxloop.train.data import DetectionDataset, Sample, eval_transform, item_seed
 from boxloop.detectors.common import predict_context, prepare_images, use_cpu_bf16
 from boxloop.detectors.features import BodyFeatures
 from boxloop.feature_cache import FeatureCache, storable
