@@ -229,3 +229,15 @@ def test_status_shows_the_cache_and_clear_cache_empties_it(synthetic_project) ->
     res = CliRunner().invoke(app, ["status", str(synthetic_project.dir), "--clear-cache", "--json"])
     assert res.exit_code == 0, res.output
     assert cache_status(synthetic_project.dir)["entries"] == 0
+
+
+def test_maps_beyond_float16_are_used_as_computed_and_not_stored(tmp_path: Path, caplog) -> None:
+    from boxloop.cached_features import BoundCache
+    from boxloop.detectors.features import BodyFeatures
+
+    bound = BoundCache(FeatureCache(cache_dir(tmp_path)), _detector(), "fp32")
+    big = BodyFeatures({"0": torch.full((2, 4, 4), 1e6)}, (32, 32), (32, 32), (32, 32))
+    with caplog.at_level(logging.WARNING, logger="boxloop"):
+        got = bound.put("ff" * 20, big, (32, 32))
+    assert torch.equal(got.maps["0"], big.maps["0"]) and bound.cache.get("ff" * 20) is None
+    assert len([r for r in caplog.records if "float16's range" in r.getMessage()]) == 1

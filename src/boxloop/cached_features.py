@@ -66,8 +66,10 @@ class BoundCache:
     def put(self, key: str | None, feats: BodyFeatures, original: tuple[int, int]) -> BodyFeatures:
         """Store the maps (`key` None: a file that cannot be hashed, not stored); returns them rounded as
         stored, so a run's results do not depend on whether an image was a hit or a miss."""
-        rounded = BodyFeatures({k: storable(v) for k, v in feats.maps.items()}, feats.image_size,
-                               feats.input_size, feats.padded_size)
+        maps = {k: storable(v) for k, v in feats.maps.items()}
+        if not all(bool(torch.isfinite(v).all()) for v in maps.values()):
+            maps = feats.maps  # beyond float16's range: used as computed; put() refuses it with a warning
+        rounded = BodyFeatures(maps, feats.image_size, feats.input_size, feats.padded_size)
         meta = {"image_size": list(feats.image_size), "input_size": list(feats.input_size),
                 "padded_size": list(feats.padded_size), "original": list(original)}
         if key is not None:
