@@ -241,3 +241,19 @@ def test_maps_beyond_float16_are_used_as_computed_and_not_stored(tmp_path: Path,
         got = bound.put("ff" * 20, big, (32, 32))
     assert torch.equal(got.maps["0"], big.maps["0"]) and bound.cache.get("ff" * 20) is None
     assert len([r for r in caplog.records if "float16's range" in r.getMessage()]) == 1
+
+
+def test_other_body_weights_or_size_miss_the_cache(tmp_path: Path) -> None:
+    det = _detector(cpu_bf16=False)
+    paths = _images(tmp_path / "im", 2)
+    cache = FeatureCache(cache_dir(tmp_path))
+    _predict(det, paths, cache)
+    before = det.body_identity()
+    state = det.state_dict()
+    name = next(k for k in state if k.startswith("model.backbone.body") and state[k].is_floating_point())
+    state[name] = state[name] + 0.01
+    det.load_state_dict(state)  # in place: the memoised identity must notice
+    assert det.body_identity() != before
+    _predict(det, paths, cache)
+    list(predict_paths(det, paths, 48, progress=False, feature_cache=cache))  # another size
+    assert (cache_status(tmp_path)["hits"], cache_status(tmp_path)["entries"]) == (0, 6)

@@ -68,13 +68,13 @@ class BoundCache:
         stored, so a run's results do not depend on whether an image was a hit or a miss."""
         maps = {k: storable(v) for k, v in feats.maps.items()}
         if not all(bool(torch.isfinite(v).all()) for v in maps.values()):
-            maps = feats.maps  # beyond float16's range: used as computed; put() refuses it with a warning
-        rounded = BodyFeatures(maps, feats.image_size, feats.input_size, feats.padded_size)
+            self.cache.refuse_range()
+            return feats  # beyond float16's range: used as computed, not stored
         meta = {"image_size": list(feats.image_size), "input_size": list(feats.input_size),
                 "padded_size": list(feats.padded_size), "original": list(original)}
         if key is not None:
-            self.cache.put(key, rounded.maps, meta)
-        return rounded
+            self.cache.put(key, maps, meta, checked=True)
+        return BodyFeatures(maps, feats.image_size, feats.input_size, feats.padded_size)
 
 
 def bind(cache: FeatureCache | None, detector: Any, precision: str) -> BoundCache | None:

@@ -186,17 +186,21 @@ class FeatureCache:
             pass
 
     # -- write -----------------------------------------------------------------------------------
-    def put(self, key: str, maps: dict[str, Tensor], meta: dict[str, Any]) -> bool:
-        """Store the maps (float32 -> float16, bfloat16 kept); False when not stored."""
+    def refuse_range(self) -> None:
+        if not self._warned_range:
+            log.warning("feature cache: maps beyond float16's range (or not finite): not cached")
+            self._warned_range = True
+
+    def put(self, key: str, maps: dict[str, Tensor], meta: dict[str, Any], checked: bool = False) -> bool:
+        """Store the maps (float32 -> float16, bfloat16 kept); False when not stored. `checked`: the
+        caller has seen every map finite after `storable` (one pass over them, not two)."""
         if not self.writable:
             return False
         arrays, levels, offset = [], [], 0
         for name, t in maps.items():
             stored = storable(t)
-            if not torch.isfinite(stored).all():
-                if not self._warned_range:
-                    log.warning("feature cache: maps beyond float16's range (or not finite): not cached")
-                    self._warned_range = True
+            if not checked and not torch.isfinite(stored).all():
+                self.refuse_range()
                 return False
             raw = stored.contiguous().view(torch.uint8).numpy().tobytes()
             levels.append({"name": name, "dtype": str(stored.dtype).removeprefix("torch."),
