@@ -1,11 +1,13 @@
-"""Writing outputs (an export, a folder of predictions) where a user may already keep files.
+"""Writing outputs (an export, a folder of predictions, a report, a query batch) where a user may
+already keep files: every command that writes a file the user names goes through `staged_output`.
 
 Everything is first written into a hidden staging folder beside the target. Only then is each
 staged file compared with what the target holds: a file already there is a conflict, and unless
 `overwrite` is given the command stops, naming the files, with the target exactly as it was (the
 staging folder is removed). Otherwise each file is fsynced and renamed into place: no file is ever
 half-written, and nothing but the staged names is touched. A folder never replaces a file nor a
-file a folder, `overwrite` or not.
+file a folder, and an output never replaces a database (a project's boxloop.db, its WAL or any
+SQLite file), `overwrite` or not.
 
 Written by hand: the staging and the conflict check; `os` and `shutil` do the moving.
 """
@@ -42,21 +44,53 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _is_database(path: Path) -> bool:
+    """A SQLite file, or the WAL or shared-memory file beside a project's database."""
+    if path.name.endswith(("-wal", "-shm", "-journal")) and (path.parent / path.name.rsplit("-", 1)[0]).is_file():
+        return _is_database(path.parent / path.name.rsplit("-", 1)[0])
+    if not path.is_file():  # a FIFO would block the read
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
 def _check_target(target: Path, file_target: bool) -> None:
     if file_target and target.is_dir():
-        raise ValueError(f"{target} is a folder; pass a file name ending in {target.suffix or '.json'} to write one "
-                         "file, or a folder path without that ending")
+        raise ValueError(f"{target} is a folder, not a file; pass the path of the file to write"
+                         + (f" (or, to write into a folder, a folder path not ending in {target.suffix})"
+                            if target.suffix else ""))
     if not file_target and target.exists() and not target.is_dir():
         raise ValueError(f"{target} is a file, not a folder; pass a folder to write into (it is created if missing)")
+
+
+def _refuse_existing(exists: list[Path], base: Path, overwrite: bool) -> None:
+    """Stop before replacing a database (always) or any file (unless `overwrite`)."""
+    databases = [t for t in exists if _is_database(t)]
+    if databases:
+        raise ValueError(f"{listing([str(t) for t in databases], 5)}: a database (a boxloop project's?); an output "
+                         "never replaces one, --overwrite or not; nothing was written. Choose another --out")
+    if exists and not overwrite:
+        raise OutputExists(f"{len(exists)} file(s) already in {base} would be overwritten: "
+                           f"{listing([str(t) for t in exists], 10)}; nothing was written. Pass --overwrite to "
+                           "replace them, or choose another --out")
 
 
 @contextmanager
 def staged_output(target: str | Path, overwrite: bool = False, file_target: bool = False) -> Iterator[Path]:
     """Yield where to write instead of `target`: a staging folder standing for the target folder, or
     for `file_target` a path named like the target file inside one. On a clean exit the staged files
-    move into place (OutputExists if one would replace an existing file and not `overwrite`)."""
+    move into place (OutputExists if one would replace an existing file and not `overwrite`). A
+    single file that is there already is refused before anything is written into the stage."""
     target = Path(target)
     _check_target(target, file_target)
+    if file_target and (target.exists() or target.is_symlink()):
+        _refuse_existing([target], target.parent, overwrite)  # before the caller's work, not after
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=parent))
@@ -70,11 +104,7 @@ def staged_output(target: str | Path, overwrite: bool = False, file_target: bool
         if clash:
             raise ValueError(f"cannot write {listing([str(t) for t in clash], 5)}: a folder stands where a file goes "
                              "(or a file where a folder goes); choose another --out")
-        exists = [t for _, t in pairs if t.exists() or t.is_symlink()]
-        if exists and not overwrite:
-            raise OutputExists(f"{len(exists)} file(s) already in {base} would be overwritten: "
-                               f"{listing([str(t) for t in exists], 10)}; nothing was written. Pass --overwrite to "
-                               "replace them, or choose another --out")
+        _refuse_existing([t for _, t in pairs if t.exists() or t.is_symlink()], base, overwrite)
         for src, dst in pairs:
             dst.parent.mkdir(parents=True, exist_ok=True)
             _fsync(src)

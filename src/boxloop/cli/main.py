@@ -269,7 +269,7 @@ def query(
     strategy: Annotated[str, typer.Option(help="random, least_confidence, entropy, localization_aware, coreset, typical, budget_aware, class_difficulty, ppal, class_diverse (boxes: random, least_confidence, coreset).")] = "localization_aware",
     budget: Annotated[int, typer.Option(help="Images (or boxes) to ask about.")] = 20,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the batch (images + pre-annotations).")] = Path("query"),
+    out_dir: Annotated[Path, typer.Option("--out", help="A new or empty folder for the batch (images + pre-annotations).")] = Path("query"),
     fmt: Annotated[str, typer.Option("--format", help="voc (LabelImg, CVAT), coco, yolo, labelstudio or cvat.")] = "voc",
     checkpoint: Annotated[Optional[Path], typer.Option(help="Use this model instead of training one for the round.")] = None,
     model: ModelOpt = None,
@@ -331,13 +331,15 @@ def import_(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
     annotations: Annotated[Path, typer.Option(help="The answered batch folder or file.")],
     fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco, yolo, labelstudio or cvat (detected when omitted).")] = None,
+    unchanged: Annotated[Optional[str], typer.Option(help="Images whose labels are still exactly the pre-annotations where import cannot tell whether a person checked them (a COCO or CVAT file; a label file with boxloop's bytes under a new time): 'answered' (they were checked) or 'open' (leave them for later); without it import stops and names them. A file never saved stays open either way.")] = None,
 ) -> None:
-    """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong."""
+    """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong.
+    What boxloop wrote and nobody changed is no answer; where that cannot be told, --unchanged decides."""
     from boxloop.loop.human import import_answers
     from boxloop.store import Project
 
     with Project.open(project) as proj:
-        res = import_answers(proj, annotations, fmt)
+        res = import_answers(proj, annotations, fmt, unchanged=unchanged)
     for w in res["warnings"]:
         warn(w)
     c = res["cost"]
@@ -453,14 +455,16 @@ def autolabel(
 def report(
     source: Annotated[Path, typer.Argument(help="A simulate --out folder (or its results.json), or a project folder.")],
     out_html: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """One self-contained HTML page: learning curves, per-class AP, labels per class, thresholds,
-    pseudo-labels, annotation cost and a gallery of the last query."""
+    pseudo-labels, annotation cost and a gallery of the last query. A file already at --out is not
+    replaced unless --overwrite."""
     from boxloop.report import write_report
     from boxloop.report import report_source
 
     data, gallery, title = report_source(source)
-    path = write_report(data, out_html, title=title, gallery=gallery)
+    path = write_report(data, out_html, title=title, gallery=gallery, overwrite=overwrite)
     out.print(f"[green]report[/green] {escape(str(path))}")
 
 

@@ -46,14 +46,14 @@ def check_detector_options(model: str, options: dict[str, Any]) -> None:
 
 def detector_options(pairs: list[str] | None) -> dict[str, Any]:
     """--detector-option KEY=VALUE pairs -> builder keyword arguments (values read as YAML scalars)."""
-    import yaml
+    from boxloop.formats import load_yaml
 
     out: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--detector-option")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value, f"--detector-option {key.strip()}")
     return out
 
 

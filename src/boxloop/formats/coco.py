@@ -4,7 +4,8 @@ results list ([{"image_id", "category_id", "bbox", "score"}]) that COCO evaluati
 The standard `json` module parses; the files are checked by loading them in pycocotools in the
 tests. Written by hand: validation with messages that name the file and entry, the xywh <-> xyxy
 conversion, the boxloop extras (`difficult`, `truncated`, `score` and a `provenance` dict on each
-annotation: extra keys pycocotools ignores) and image-id bookkeeping for results files.
+annotation: extra keys pycocotools ignores; a `score` without `provenance` is a model's guess, as
+YOLO's 6th number) and image-id bookkeeping for results files.
 
 An image listed in `images` with no annotation is a negative. `iscrowd` boxes load as difficult
 (both mean: do not count a miss); dumped files write `iscrowd: 0` and keep `difficult` as its own key.
@@ -149,15 +150,16 @@ def _provenance(a: Mapping[str, Any]) -> Provenance:
         return Provenance(source=source, round=int(p.get("round", 0) or 0), model=p.get("model"),
                           score=score if score is not None else p.get("score"),
                           loc_quality=None if lq is None else float(lq))
-    if score is not None:
-        return Provenance(source=Source.PSEUDO, score=score)
+    if score is not None:  # a confidence from an unknown model: its guess, not a label (as YOLO's 6th number)
+        return Provenance(source=Source.PREDICTED, score=score)
     return Provenance()
 
 
 def load_coco(json_path: str | Path, images_root: str | Path | None = None,
               classes: Sequence[str] | None = None, sizes: Sizes | None = None) -> LoadResult:
     """Read a COCO dataset file. Keys are `file_name`s; listed images without annotations are
-    negatives. A `score` on an annotation makes it a pseudo box with that score."""
+    negatives. A `score` on an annotation without boxloop's `provenance` makes it a model's predicted
+    box with that score, not a label (its image stays unlabelled), and the loader says so once."""
     path = Path(json_path)
     data = _read_json(path)
     info = _read_images(data, path)
@@ -184,6 +186,12 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
         per_image[iid].append(a)
     check_classes(used, classes, path)
 
+    guessed = sorted({info.keys[a["image_id"]] for a in anns
+                      if "score" in a and not isinstance(a.get("provenance"), Mapping)})
+    if guessed:
+        warnings.append(f"{path}: annotations of {len(guessed)} image(s) carry a 'score' and no boxloop provenance: "
+                        f"{listing(guessed, 10)}. Those boxes are read as a model's predictions, not labels, so their "
+                        "images stay unlabelled; remove 'score' from them if a person drew them")
     out: dict[str, Annotation] = {}
     for iid, key in info.keys.items():
         if iid in unusable:
