@@ -21,6 +21,23 @@ def warn(msg: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
 
 
+def show_status(proj: Any, as_json: bool, clear_cache: bool) -> None:
+    """`boxloop status`: the project's counts and its feature cache (emptied first with `clear_cache`),
+    as JSON (with the init warnings) or as tables."""
+    import json
+
+    import typer
+
+    from boxloop.feature_cache import cache_status
+
+    s = {**proj.status(), "feature_cache": cache_status(proj.dir, clear=clear_cache)}
+    if as_json:
+        s["warning_messages"] = proj.warnings
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        print_status(s)
+
+
 def print_status(status: dict[str, Any]) -> None:
     """The human-readable form of `Project.status()`."""
     t = Table(title=f"boxloop project {status['project']}", show_header=False, title_justify="left")
