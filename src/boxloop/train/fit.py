@@ -6,7 +6,7 @@ from it, so resuming at any step is exact), the seeded per-epoch order and per-i
 with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
 checks. One optimiser step (micro-batches, the batch halved on CUDA out-of-memory) is
 boxloop.train.step; torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler,
-clip_grad_norm_), tqdm the progress bar, boxloop.metrics.evaluate the mAP, boxloop.predict.inference the
+clip_grad_norm_), boxloop.outputs.progress_bar the progress bar (or lines in a log), boxloop.metrics.evaluate the mAP, boxloop.predict.inference the
 validation predictions. With `dist`
 (boxloop.train.ddp, under torchrun) the same loop runs on every rank: each takes its share of every batch
 (DistributedSampler over the same seeded order), DDP averages the gradients, rank 0 validates and
@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from boxloop.detectors.base import Detector
+from boxloop.predict.feature_cache import FeatureCache
 from boxloop.metrics.evaluate import evaluate
 from boxloop.predict.inference import predict_paths, resolve_device
 from boxloop.structures import Annotation
@@ -84,7 +85,8 @@ def _labelled(samples: Sequence[Sample]) -> list[Sample]:
 
 
 def validation_predictions(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
-                           config: TrainConfig, device: torch.device | None = None) -> dict[str, Annotation]:
+                           config: TrainConfig, device: torch.device | None = None,
+                           feature_cache: FeatureCache | None = None) -> dict[str, Annotation]:
     """Predictions of `detector` on `samples`, made as fit() validates (config's image size, batch and
     score threshold): what validation_map50 scores and the never-worse guards compare."""
     if device is not None:
@@ -92,14 +94,15 @@ def validation_predictions(detector: Detector, samples: Sequence[Sample], class_
     return {name: det.to_annotation(name, list(class_names)) for name, det in predict_paths(
         detector, [s.path for s in samples], config.image_size, batch_size=config.batch_size, device=None,
         num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False,
-        keys=[s.name for s in samples])}
+        keys=[s.name for s in samples], feature_cache=feature_cache)}
 
 
 def validation_map50(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
-                     config: TrainConfig, device: torch.device) -> float:
+                     config: TrainConfig, device: torch.device, feature_cache: FeatureCache | None = None) -> float:
     """mAP50 of `detector` on labelled `samples` (validation_predictions); 0.0 when they hold no box."""
     truth = {s.name: s.annotation for s in samples}
-    map50 = evaluate(truth, validation_predictions(detector, samples, class_names, config), class_names)["map50"]
+    preds = validation_predictions(detector, samples, class_names, config, feature_cache=feature_cache)
+    map50 = evaluate(truth, preds, class_names)["map50"]
     return 0.0 if map50 is None else float(map50)  # None: no ground-truth box in the validation images
 
 
@@ -154,7 +157,7 @@ def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_n
 def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
         class_names: Sequence[str], config: TrainConfig, out_dir: str | Path, progress: bool = True,
         resume: bool = True, stop_after: int | None = None, dist: DistContext | None = None,
-        hooks: Hook | Sequence[Hook] = ()) -> FitResult:
+        hooks: Hook | Sequence[Hook] = (), feature_cache: FeatureCache | None = None) -> FitResult:
     """Train `detector` in place; write out_dir/last.pt and out_dir/best.pt; return what happened.
 
     Samples without an annotation are skipped (unlabelled); negatives train as negatives. With
@@ -164,8 +167,11 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     after that many steps (last.pt saved), for time-sliced training and for tests of resuming.
     `dist`: this process is one rank of a torchrun job (see boxloop.train.ddp.fit_distributed). `hooks`:
     what a training method adds to the loop (train/hooks.py); their state is in every checkpoint.
+    `feature_cache`: with a frozen body, train the neck and head on the body's cached maps
+    (boxloop.train.cached: flip kept, scale and colour jitter dropped), and validate from them; strong
+    augmentation, hooks that change the batch and torchrun keep pixels.
     """
-    from tqdm.auto import tqdm
+    from boxloop.outputs import progress_bar
 
     hooks = [hooks] if isinstance(hooks, Hook) else list(hooks)
     out_dir = Path(out_dir)
@@ -202,13 +208,26 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         run = _Progress()
         torch.manual_seed(config.seed)
 
-    dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
-                                                                   scale_jitter=config.scale_jitter,
-                                                                   color=config.color, strong=config.strong),
-                               seed=config.seed)
+    bound = None
+    if feature_cache is not None and dist is None and not any(hook.changes_batch for hook in hooks) and not config.strong:
+        from boxloop.train.cached import CachedTrainSet
+        from boxloop.predict.cached import bind
 
+        bound = bind(feature_cache, detector, "fp32")
+    dataset: Any
+    if bound is not None:
+        log.info("training the neck and head on the frozen body's cached maps: flip kept, scale and colour "
+                 "jitter (which need pixels) off")
+        dataset = CachedTrainSet(train, class_names, config.image_size, config.flip, bound, seed=config.seed)
+        opt.loss_fn = detector.loss_from_features  # type: ignore[attr-defined]
+    else:
+        dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
+                                                                       scale_jitter=config.scale_jitter,
+                                                                       color=config.color, strong=config.strong),
+                                   seed=config.seed)
+        opt.loss_fn = dist.wrap(detector) if dist is not None else detector.loss
+    workers = 0 if bound is not None else config.num_workers  # a miss runs the body in this process
     main = dist is None or dist.is_main
-    opt.loss_fn = dist.wrap(detector) if dist is not None else detector.loss
 
     def checkpoint(path: Path, complete: bool) -> None:
         if not main:
@@ -226,7 +245,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
             "hooks": [hook.state_dict() for hook in hooks],
         }, path)
 
-    bar = tqdm(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
+    bar = progress_bar(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
     steps_this_call = 0
     for hook in hooks:
         hook.before_train(run.step)
@@ -241,7 +260,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 batches = dist.local_batches(len(train), config.seed, epoch, config.batch_size)
             # Its own generator: creating a loader must not draw from the global RNG (resume = same run).
             loader = DataLoader(dataset, batch_sampler=batches[pos:], collate_fn=collate,
-                                num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                                num_workers=workers, pin_memory=device.type == "cuda" and bound is None,
                                 generator=torch.Generator().manual_seed(config.seed + epoch))
             for images, targets in loader:
                 if dist is not None:
@@ -266,7 +285,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 else:
                     due = run.step % config.val_every == 0
                 if val and (due or done):
-                    map50 = validation_map50(detector, val, class_names, config, device) if main else None
+                    map50 = (validation_map50(detector, val, class_names, config, device, feature_cache)
+                             if main else None)
                     if dist is not None:
                         map50 = dist.broadcast(map50)
                     detector.train()
@@ -298,6 +318,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 break
     finally:
         bar.close()
+        if feature_cache is not None:
+            feature_cache.flush()
     for hook in hooks:
         hook.after_train(run.step)
     if dist is not None:

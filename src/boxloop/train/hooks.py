@@ -25,6 +25,11 @@ __all__ = ["Hook", "FitHooks"]
 class Hook:
     """A hook that does nothing: subclass it and override what the method needs."""
 
+    @property
+    def changes_batch(self) -> bool:
+        """Whether before_step may change the batch (fit then trains on pixels, not on cached features)."""
+        return type(self).before_step is not Hook.before_step
+
     def before_train(self, step: int) -> None:
         pass
 
@@ -51,6 +56,10 @@ class FitHooks(Hook):
     def __init__(self, batch: Callable[[int, Images, Targets], tuple[Images, Targets]] | None = None,
                  after_step: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         self._batch, self._after_step = batch, after_step
+
+    @property
+    def changes_batch(self) -> bool:
+        return self._batch is not None
 
     def before_step(self, step: int, images: Images, targets: Targets) -> tuple[Images, Targets]:
         return self._batch(step, images, targets) if self._batch is not None else (images, targets)
