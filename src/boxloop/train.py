@@ -3,7 +3,7 @@
 Written by hand: the step loop (one global step counter; epoch and position in the epoch derive
 from it, so resuming at any step is exact), the seeded per-epoch order and per-item augmentation
 (see data.py), the warm-up + cosine/step learning-rate factor, validation mAP every `val_every`
-with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
+with early stopping, the quality map fitted on validation at the end (boxloop.calibration), atomic checkpoints holding everything a resume needs, `load_detector` with its
 checks. One optimiser step (micro-batches, the batch halved on CUDA out-of-memory) is
 boxloop.train_step; torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler,
 clip_grad_norm_), tqdm the progress bar, boxloop.evaluate the mAP, boxloop.inference the
@@ -321,7 +321,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         run, complete = _restore(detector, opt, config, class_names, last_path)
         if complete:
             return _finish(detector, device, FitResult(best_path, last_path, run.best_map50, run.history, run.step,
-                                                       total_steps, True, run.stopped_early))
+                                                       total_steps, True, run.stopped_early), val, class_names,
+                           config, dist is None or dist.is_main)
         log.info("resuming %s at step %d of %d", last_path, run.step, total_steps)
     else:
         run = _Progress()
@@ -425,7 +426,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     completed = run.step >= total_steps or run.stopped_early
     result = FitResult(best_path, last_path, run.best_map50, run.history, run.step, total_steps, completed,
                        run.stopped_early if completed else False)
-    return _finish(detector, device, result) if completed else result
+    return _finish(detector, device, result, val, class_names, config, main) if completed else result
 
 
 def train_detector(spec: DetectorSpec, class_names: Sequence[str], train: Sequence[Sample], val: Sequence[Sample],
@@ -451,9 +452,26 @@ def train_detector(spec: DetectorSpec, class_names: Sequence[str], train: Sequen
     return detector, result
 
 
-def _finish(detector: Detector, device: torch.device, result: FitResult) -> FitResult:
-    """Load the best weights into the detector; return `result`."""
-    if result.best_checkpoint.exists():
-        detector.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+def _finish(detector: Detector, device: torch.device, result: FitResult, val: Sequence[Sample] = (),
+            class_names: Sequence[str] = (), config: TrainConfig | None = None, main: bool = True) -> FitResult:
+    """Load the best weights into the detector, with the quality map best.pt holds; where it holds
+    none yet, fit one on the validation samples (boxloop.calibration) and store it in best.pt, so
+    that every later load predicts the calibrated IoU. Returns `result`."""
+    from boxloop.calibration import QualityMap, fit_quality_map
+
+    path = result.best_checkpoint
+    if not path.exists():
+        detector.eval()
+        return result
+    ckpt = load_checkpoint(path, map_location=device)
+    detector.load_state_dict(ckpt["model"])
     detector.eval()
+    if "quality_map" in ckpt:
+        detector.quality_map = QualityMap.from_dict(ckpt["quality_map"]) if ckpt["quality_map"] else None
+    elif main and val and config is not None and getattr(detector, "has_loc_quality", False):
+        qmap = fit_quality_map(detector, val, class_names, config.image_size, config.batch_size, config.num_workers)
+        detector.quality_map = qmap
+        ckpt["quality_map"] = None if qmap is None else qmap.to_dict()
+        save_checkpoint(ckpt, path)
+        log.info("quality map fitted on %d validation detections", 0 if qmap is None else qmap.pairs)
     return result
