@@ -81,3 +81,26 @@ def test_project_records_the_choice_and_revisits_it_when_the_labels_double(synth
     proj.set_meta("input_size", {**first.to_dict(), "image_size": 999})
     assert project_input_size(proj, "cpu").image_size == 999  # same labels: the recorded choice holds
     assert project_input_size(proj, "cuda", record=False).device == "cuda"
+
+
+def test_init_status_and_train_show_the_size_and_an_explicit_size_wins(make_synthetic, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from boxloop.cli import app
+
+    run = lambda *a: CliRunner().invoke(app, [str(x) for x in a])  # noqa: E731
+    syn = make_synthetic(n_images=10, image_size=64, seed=0)
+    res = run("init", tmp_path / "p", "--images", syn.images, "--annotations", syn.annotations_dir)
+    assert res.exit_code == 0, res.output
+    assert "input size 320 px" in res.stdout and "default 320 px" in res.stdout
+    assert "recorded input size 320 px" in run("status", tmp_path / "p").stdout
+    tiny = ("--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", "1",
+            "--device", "cpu", "--detector-option", "fpn_channels=32", "--detector-option", "head_convs=1")
+    res = run("train", tmp_path / "p", *tiny, "--image-size", "64")
+    assert res.exit_code == 0, res.output
+    assert "input size" not in res.stdout  # --image-size wins, and nothing is said of a choice
+    res = run("train", tmp_path / "p", *tiny)
+    assert res.exit_code == 0 and "input size 320 px" in res.stdout, res.output
+    res = run("init", tmp_path / "empty", "--images", syn.images)
+    assert res.exit_code == 0 and "no labelled box yet: the" in res.stdout, res.output
+    assert "not chosen yet" not in run("status", tmp_path / "empty").stdout

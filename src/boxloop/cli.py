@@ -22,7 +22,7 @@ from boxloop.cli_options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, 
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
                                  check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
                                  unit_float)
-from boxloop.cli_output import out, print_autolabel_rows, print_metrics, print_status, warn
+from boxloop.cli_output import out, print_autolabel_rows, print_input_size, print_metrics, print_status, warn
 
 app = typer.Typer(
     name="boxloop",
@@ -52,6 +52,7 @@ def init(
 ) -> None:
     """Create a project from a folder of images and (optionally) their labels. A truncated image is
     loaded as far as it goes, with a warning; one that cannot be decoded is left out and listed."""
+    from boxloop.input_size import project_input_size
     from boxloop.project import init_project
 
     if test_list is not None and test_fraction is not None:
@@ -62,6 +63,7 @@ def init(
                         progress=True, log=warn, strict=strict)
     with proj:
         s = proj.status()
+        choice = project_input_size(proj)
     out.print(f"[green]created[/green] {escape(str(project))}: {s['images']} images, {s['labelled_images']} labelled "
               f"({s['negative_images']} negative), {s['test_images']} test, {s['boxes']} boxes, "
               f"{len(s['classes'])} classes" + (f", {s['warnings']} warning(s)" if s["warnings"] else ""))
@@ -69,6 +71,7 @@ def init(
         out.print(f"[yellow]skipped {len(s['skipped_images'])} image(s) that cannot be decoded:[/yellow] "
                   + escape(", ".join(f"{x['path']} ({x['reason']})" for x in s["skipped_images"][:10]))
                   + (" ..." if len(s["skipped_images"]) > 10 else "") + " (all in `boxloop status --json`)")
+    print_input_size(choice.to_dict())
 
 
 @app.command()
@@ -82,6 +85,7 @@ def status(
 
     with Project.open(project) as proj:
         s = proj.status()
+        s["input_size"] = proj.get_meta("input_size")
         if as_json:
             s["warning_messages"] = proj.warnings
             typer.echo(json.dumps(s, indent=2))
@@ -145,17 +149,22 @@ def train(
     the labels alone; the student is kept only when it beats teacher continued on validation by more
     than the images' noise (a paired bootstrap interval above 0), else teacher continued is kept.
     Re-running the same command after an interruption resumes from the last checkpoint."""
+    from boxloop.input_size import project_input_size
     from boxloop.round_model import set_current_checkpoint, test_metrics, train_project
     from boxloop.store import Project
     from boxloop.train import load_detector
 
-    cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
-                      batch_size=batch_size, device=device, seed=seed, no_pretrained=no_pretrained,
-                      detector_option=detector_option, lr=lr, optimizer=optimizer,
-                      semi="certainty" if semi else None)
     if nproc is not None and semi:
         raise ValueError("--nproc trains supervised only; drop --semi or --nproc")
     with Project.open(project) as proj, proj.writer_lock():
+        if image_size is None:  # an explicit --image-size always wins
+            choice = project_input_size(proj, device)
+            print_input_size(choice.to_dict())
+            image_size = choice.image_size
+        cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
+                          batch_size=batch_size, device=device, seed=seed, no_pretrained=no_pretrained,
+                          detector_option=detector_option, lr=lr, optimizer=optimizer,
+                          semi="certainty" if semi else None)
         if semi:
             from boxloop.semi import SemiConfig, fit_semi
 

@@ -26,7 +26,7 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (def
 BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
 StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
-SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
+SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU; `train` chooses it from the labelled boxes, up to 512 on a CPU, 800 on a GPU).")]
 BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
