@@ -1,5 +1,5 @@
 """Benchmark (issue 16): a typical seed set against a random one, and the budget_aware hybrid against random
-and the best single strategy, paired per seed, via `boxloop.simulate`.
+and the best single strategy, paired per seed, via `boxloop.loop.simulate`.
 
     .venv/bin/python benchmarks/cold_start.py --preset cpu --threads 1     # BCCD, 3 seeds (hours on 2 cores)
     .venv/bin/python benchmarks/cold_start.py --preset gpu                 # BCCD, bigger rounds
@@ -52,7 +52,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import DEFAULT_BCCD, HERE, csv, dataset_or_skip, finite, machine, resolve  # noqa: E402
+from protocol import (  # noqa: E402
+    HERE, add_dataset_args, choose_preset, csv, dataset_or_skip, machine, resolve, settings, write_json,
+)
 
 HYBRID = "budget_aware"
 # Every value is a default of a flag of the same name (underscores as dashes).
@@ -171,9 +173,9 @@ def report(cmp: Mapping[str, Any], seeds: Sequence[int]) -> str:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default=str(DEFAULT_BCCD), help="VOC root with ImageSets/Main/test.txt, or 'synthetic'")
-    ap.add_argument("--preset", choices=tuple(PRESETS), default=None, help="cpu (default), gpu; synthetic is implied "
-                    "by --dataset synthetic")
+    add_dataset_args(ap, synthetic_images=40, synthetic_size=64)
+    ap.add_argument("--preset", choices=(*PRESETS, "bccd"), default=None, help="cpu (= bccd, the default), gpu; "
+                    "synthetic is implied by --dataset synthetic")
     ap.add_argument("--strategies-random", default=None, help="strategies of the random-seed-set arm")
     ap.add_argument("--strategies-typical", default=None, help="strategies of the typical-seed-set arm")
     ap.add_argument("--initial", type=int, default=None)
@@ -190,8 +192,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--val-every", type=int, default=None)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (shared CPU: 1-2)")
-    ap.add_argument("--synthetic-images", type=int, default=40)
-    ap.add_argument("--synthetic-size", type=int, default=64)
     ap.add_argument("--workdir", type=Path, default=None, help="default: benchmarks/results/cold_start_<dataset>")
     ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/cold_start[_synthetic].json")
     ap.add_argument("--progress", action="store_true")
@@ -199,12 +199,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     metavar="WORKDIR", help="pair label_efficiency.py's random-seed-set runs in WORKDIR/images with "
                     "its --initial-strategy typical runs in WORKDIR_typical/images; train nothing")
     args = ap.parse_args(argv)
-    synthetic = args.dataset == "synthetic"
-    args.preset = args.preset or ("synthetic" if synthetic else "cpu")
+    args.preset = choose_preset(args, PRESETS)
     resolve(args, PRESETS[args.preset])
-    tag = "synthetic" if synthetic else Path(args.dataset).name
+    tag = Path(args.dataset).name
     args.workdir = args.workdir or HERE / "results" / f"cold_start_{tag}"
-    args.json = args.json or HERE / "results" / ("cold_start_synthetic.json" if synthetic else "cold_start.json")
+    args.json = args.json or HERE / "results" / ("cold_start.json" if tag == "bccd" else f"cold_start_{tag}.json")
     return args
 
 
@@ -229,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = dataset_or_skip(args)
     if spec is None:
         return 0
-    from boxloop.loop_config import LoopConfig
-    from boxloop.simulate import simulate
+    from boxloop.loop.config import LoopConfig
+    from boxloop.loop.simulate import simulate
 
     seeds = [int(s) for s in csv(args.seeds)]
     cfg = LoopConfig.make(model=args.model, detector_options=json.loads(args.detector_options), epochs=args.epochs,
@@ -243,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                              ("typical_init", "typical", csv(args.strategies_typical))):
         print(f"== {arm}: {', '.join(names)}", flush=True)
         arms[arm] = simulate(spec.images, args.workdir / arm, names, args.initial, args.budget, args.rounds, seeds, cfg,
-                             annotations=spec.annotations, test_list=spec.test_list, progress=args.progress,
+                             annotations=spec.annotations, fmt=spec.fmt, test_list=spec.test_list,
+                             progress=args.progress,
                              echo=lambda m: print(m, flush=True), initial_strategy=init)
     singles = [n for n in csv(args.strategies_random) if n not in ("random", HYBRID)]
     return finish(args, argv, arms, seeds, singles, time.perf_counter() - t0, spec.name)
@@ -268,13 +268,10 @@ def finish(args: argparse.Namespace, argv: list[str] | None, arms: Mapping[str, 
     out = {"command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None
                                                                                    else sys.argv[1:])]),
            "machine": machine(args.device), "dataset": dataset, "preset": args.preset,
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+           "settings": settings(args),
            "seconds_this_call": round(seconds, 1), "comparisons": cmp, "targets": checks,
            "table": text, "runs": {arm: res["runs"] for arm, res in arms.items()}}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(finite(out), indent=1, default=str))
-    tmp.replace(args.json)
+    write_json(args.json, out)
     print(f"wrote {args.json} ({seconds / 60:.1f} min)")
     return 0
 

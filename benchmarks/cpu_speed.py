@@ -42,10 +42,10 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import CLASSES, make_images, preload  # noqa: E402
 
-from boxloop.data import DetectionDataset, collate, train_transform  # noqa: E402
+from boxloop.train.data import DetectionDataset, collate, train_transform  # noqa: E402
 from boxloop.detectors import create_detector  # noqa: E402
 from boxloop.detectors.common import cpu_bf16_supported  # noqa: E402
-from boxloop.inference import predict_paths  # noqa: E402
+from boxloop.predict.inference import predict_paths  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,7 +8,7 @@ Data: a generated shapes dataset (--images of --size px; every 5th image is the 
 of the rest validation). Model: fcos on the offline Lite0 backbone (the demo's settings: 64 FPN
 channels, 2 head convolutions), batch --batch-size in total, --steps steps, one torch thread per
 process. For every seed: one process (`train.fit`), then 2 processes (`ddp.fit_distributed`), each
-from the same seeded initial weights; test mAP50 of each final model (boxloop.evaluate).
+from the same seeded initial weights; test mAP50 of each final model (boxloop.metrics.evaluate).
 
 "Within tolerance" means: the 1-vs-2-process difference in test mAP50 is of the size of the
 difference between two seeds of one process. Prints a table and writes
@@ -43,13 +43,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from boxloop.data import Sample
-    from boxloop.ddp import fit_distributed
+    from boxloop.train.data import Sample
+    from boxloop.train.ddp import fit_distributed
     from boxloop.detectors import create_detector
-    from boxloop.evaluate import evaluate
-    from boxloop.inference import predict_paths
+    from boxloop.metrics.evaluate import evaluate
+    from boxloop.predict.inference import predict_paths
     from boxloop.synthetic import CLASSES, make_dataset
-    from boxloop.train import TrainConfig, fit
+    from boxloop.train.config import TrainConfig
+    from boxloop.train.fit import fit
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="boxloop_ddp_"))
     anns = make_dataset(work / "data", n_images=args.images, image_size=args.size, seed=0)

@@ -53,20 +53,20 @@ def scorer_pids() -> list[int]:
 
 
 def stored_count(db: Path, round_id: int) -> tuple[int, int]:
-    import sqlite3
+    """(rows, images) stored so far, on a connection of its own (the watcher runs beside the scoring)."""
+    from boxloop.store import Project
 
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-        return c.execute("SELECT COUNT(*), COUNT(DISTINCT image_id) FROM predictions WHERE round = ?",
-                         (round_id,)).fetchone()
+    with Project.open(db.parent) as p:
+        return p.prediction_counts(round_id)
 
 
 def tiny_project(root: Path, n: int, size: int):
     """A project over n generated pool images and an untrained tiny fcos as round 1's best.pt."""
     from boxloop.detectors import create_detector
-    from boxloop.round_model import model_dir
+    from boxloop.loop.model import model_dir
     from boxloop.project import init_project
     from boxloop.synthetic import make_dataset
-    from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 
     make_dataset(root / "data", n_images=n, image_size=size, seed=3)
     project = init_project(root / "project", root / "data" / "images", None, classes=CLASSES, progress=False)
@@ -90,11 +90,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from boxloop.inference import predict_paths
-    from boxloop.loop import pool_paths
-    from boxloop.round_model import model_dir
-    from boxloop.ray_scoring import RayScoring, predict_pool
-    from boxloop.train import load_detector
+    from boxloop.predict.inference import predict_paths
+    from boxloop.loop.round import pool_paths
+    from boxloop.loop.model import model_dir
+    from boxloop.scale.ray_scoring import RayScoring, predict_pool
+    from boxloop.train.checkpoints import load_detector
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="boxloop_raykill_"))
     t0 = time.time()
@@ -123,8 +123,7 @@ def main() -> None:
     score_s = time.time() - t0
     killed["done"] = True
     rows, distinct = stored_count(db, 1)
-    stored = {r[0] for r in project.connection.execute(
-        "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = 1")}
+    stored = project.predicted_paths(1)
     missing = len([k for k in keys if k not in stored])
     boxes = sum(len(d) for d in project.load_predictions(1).values())
 

@@ -71,8 +71,7 @@ def make_jpegs(folder: Path, n: int, width: int = 640, height: int = 480, seed: 
 
 
 def blobs(project, round_id: int) -> dict[str, bytes]:
-    return {p: bytes(b) for p, b in project.connection.execute(
-        "SELECT i.path, p.blob FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (round_id,))}
+    return project.prediction_blobs(round_id)
 
 
 def main() -> None:
@@ -92,12 +91,13 @@ def main() -> None:
     from boxloop.defaults import DETECTOR
     from boxloop.detectors import create_detector
     from boxloop.images import load_rgb
-    from boxloop.inference import predict_paths
-    from boxloop.loop import pool_paths
-    from boxloop.round_model import model_dir
+    from boxloop.predict.inference import predict_paths
+    from boxloop.loop.round import pool_paths
+    from boxloop.loop.model import model_dir
     from boxloop.project import init_project
-    from boxloop.ray_scoring import RayScoring, predict_pool
-    from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_detector, save_checkpoint
+    from boxloop.scale.ray_scoring import RayScoring, predict_pool
+    from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from boxloop.train.checkpoints import load_detector
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="boxloop_rayscore_"))
     make_jpegs(work / "images", args.images)

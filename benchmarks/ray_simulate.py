@@ -14,7 +14,7 @@ first, else the script exits 1.
 
 Prints a table (median, min-max over repetitions; the speed-up of the medians and the spread of
 per-pair ratios) and writes benchmarks/results/ray_simulate.json. Written here: the set-up, the
-interleaving and the statistics; boxloop.simulate and Ray do the work.
+interleaving and the statistics; boxloop.loop.simulate and Ray do the work.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from boxloop.loop_config import LoopConfig
-    from boxloop.simulate import simulate
+    from boxloop.loop.config import LoopConfig
+    from boxloop.loop.simulate import simulate
     from boxloop.synthetic import make_dataset
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="boxloop_raysim_"))

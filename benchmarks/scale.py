@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from boxloop import loop
-from boxloop.loop import pool_paths, step_select
-from boxloop.loop_config import LoopConfig
+from boxloop.loop import fallback
+from boxloop.loop.round import pool_paths, step_select
+from boxloop.loop.config import LoopConfig
 from boxloop.store import DB_NAME, ImageRecord, Project
 from boxloop.strategies import DetectionTable, select
 from boxloop.structures import Boxes, Detections
@@ -107,13 +107,8 @@ def build_store(project_dir: Path, n_images: int, n_boxes: int, n_pool: int, det
                 wh = rng.uniform(8, 40, (m, 2))
                 score = rng.uniform(0.8, 1.0, m) if source == "pseudo" else np.full(m, np.nan)
                 model = "loop_round_000" if source == "pseudo" else None
-                proj.connection.executemany(
-                    "INSERT INTO boxes(image_id, class_id, x1, y1, x2, y2, source, round, model, score, weight) "
-                    "VALUES (?,?,?,?,?,?,?,0,?,?,?)",
-                    ((int(i), int(c), float(a), float(b), float(a + w), float(b + h), source, model,
-                      None if np.isnan(sc) else float(sc), 1.0 if source == "human" else float(sc))
-                     for i, c, (a, b), (w, h), sc in zip(img, cls, xy, wh, score)),
-                )
+                proj.add_box_arrays(img, cls, np.hstack([xy, xy + wh]), source, round=0, model=model, scores=score,
+                                    weights=np.ones(m) if source == "human" else score)
     boxes_s = time.perf_counter() - t0
 
     # the round, and its predictions on every pool image, stored as the loop's predict step does
@@ -157,8 +152,9 @@ def db_sizes(project_dir: Path) -> dict:
     out = {"db_mb": round(size["db"], 1), "wal_mb": round(size["-wal"], 1), "shm_mb": round(size["-shm"], 2)}
     try:  # per-table share, where SQLite was built with the dbstat table
         with Project.open(project_dir) as p:
-            rows = p.connection.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
-        out["by_table_mb"] = {n: round(s / 2**20, 1) for n, s in rows}
+            sizes = p.table_sizes()
+        if sizes is not None:
+            out["by_table_mb"] = {n: round(b / 2**20, 1) for n, b in sizes.items()}
     except Exception:  # noqa: BLE001 - optional detail
         pass
     return out
@@ -188,7 +184,7 @@ def _children_cpu() -> float:
 def cli_status(project_dir: Path, repeats: int) -> dict:
     """`boxloop status PROJECT --json` as a user runs it, and the same split into import + command."""
     exe = Path(sys.executable).with_name("boxloop")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "boxloop.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "boxloop.cli.main"]
     cmd += ["status", str(project_dir), "--json"]
     walls, cpus = [], []
     for _ in range(repeats):
@@ -202,7 +198,7 @@ def cli_status(project_dir: Path, repeats: int) -> dict:
     probe = (
         "import sys, time, io, contextlib\n"
         "t0 = time.perf_counter()\n"
-        "from boxloop.cli import app\n"
+        "from boxloop.cli.main import app\n"
         "t1 = time.perf_counter()\n"
         "buf = io.StringIO()\n"
         "with contextlib.redirect_stdout(buf):\n"
@@ -221,7 +217,7 @@ def cli_status(project_dir: Path, repeats: int) -> dict:
 
 
 def labelled_centres(n: int, feature_dim: int, seed: int) -> np.ndarray:
-    """Stand-in for what `_labelled_features` computes with the detector: one mean feature per
+    """Stand-in for what `labelled_image_features` computes with the detector: one mean feature per
     labelled training image (n of them)."""
     return np.random.default_rng(seed + 1).standard_normal((n, feature_dim)).astype(np.float32)
 
@@ -229,8 +225,8 @@ def labelled_centres(n: int, feature_dim: int, seed: int) -> np.ndarray:
 def run_selection(project_dir: Path, unit: str, strategy: str, budget: int, repeats: int,
                   centres: np.ndarray) -> dict:
     config = LoopConfig.make(strategy=strategy, unit=unit, budget=budget, pretrained_backbone=False)
-    original = loop._labelled_features
-    loop._labelled_features = lambda *_: centres  # the detector pass over labelled images (see doc)
+    original = fallback.labelled_image_features
+    fallback.labelled_image_features = lambda *_: centres  # the detector pass over labelled images (see doc)
     try:
         with Project.open(project_dir) as proj:
             def once():
@@ -239,7 +235,7 @@ def run_selection(project_dir: Path, unit: str, strategy: str, budget: int, repe
             best, cpu, walls, _ = timed(once, repeats)
             opened = proj.queries(round=ROUND, state="open")
     finally:
-        loop._labelled_features = original
+        fallback.labelled_image_features = original
     return {"unit": unit, "strategy": strategy, "wall_s_best": best, "cpu_s": cpu, "wall_s_all": walls,
             "queries_written": len(opened)}
 
@@ -260,7 +256,7 @@ def selection_parts(project_dir: Path, budget: int, per_image_path: bool) -> dic
         parts["strategy localization_aware"] = time.perf_counter() - t
         t = time.perf_counter()
         with proj.transaction():
-            proj.connection.execute("UPDATE queries SET state = 'stale' WHERE state = 'open'")
+            proj.mark_stale()
             proj.add_queries(ROUND, [(k, None, s) for k, s in zip(sel.items, sel.scores)], strategy="parts",
                              batch=ROUND)
         parts["write queries"] = time.perf_counter() - t

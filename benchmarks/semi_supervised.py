@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/semi_supervised.py --preset cpu --threads 1 --shard 1/2     # one core each
     .venv/bin/python benchmarks/semi_supervised.py --preset cpu --estimate    # time a few steps, predict the run
     .venv/bin/python benchmarks/semi_supervised.py --dataset synthetic        # smoke run, about 2 minutes
+    .venv/bin/python benchmarks/semi_supervised.py --dataset aquarium --estimate   # issue 26: 10% and 25%
 
 For each seed and labelled fraction (10%, 25%, 50% of trainval): one project whose labelled subset
 is `simulate.withhold`'s random choice for that seed (20% of it validates), the rest of trainval
@@ -56,18 +57,26 @@ pseudo_label_quality, weak_view.weak_predict, autolabel.autolabel, pseudo, round
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from label_efficiency import DEFAULT_BCCD, HERE, csv, dataset_or_skip, finite, machine, resolve  # noqa: E402
+from protocol import (  # noqa: E402
+    HERE, add_dataset_args, cached, choose_preset, command, csv, dataset_or_skip, machine, parse_shard, resolve,
+    settings, write_json,
+)
+from semi_supervised_analysis import (  # noqa: E402,F401  (the tables are this benchmark's API)
+    check_targets, describe, fixed_vs_dynamic, format_fixed_vs_dynamic, format_method_rows, format_paired,
+    method_rows, paired, paired_figure, quality,
+)
+from semi_supervised_plan import (  # noqa: E402,F401
+    cells_of, detector_kwargs, estimate, has_ablations, has_oracle, my_cells, semi_config, train_config,
+)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 9 cells x (T + 3 S) + 3 x (3 ablations + the oracle) S = 48 x 350 steps: 76 min of wall time from
@@ -93,6 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                       ablation_fractions="0.25", tsoda_threshold="auto", tau=0.15, clip_low=0.05,
                       oracle_fractions="0.25"),
 }
+# --dataset aquarium (issue 26): the cpu schedule at 10% and 25% labelled
+PRESETS["aquarium"] = dict(PRESETS["cpu"], fractions="0.1,0.25")
 for _p in PRESETS.values():
     _p.setdefault("tau", 0.7)
     _p.setdefault("clip_low", 0.4)
@@ -102,77 +113,16 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "IG": {"ignore_threshold": None},  # no ignore regions: every unaccepted object trains as background
     "LS": {"labelled_share": 0.0},  # the plain union: labelled images ~10% of the student's batches at 10%
     "none": {"certainty": False, "reweight": False, "dynamic_threshold": False}}
-TARGET_GAIN_AT_10, GOAL_GAIN_AT_10, TARGET_PSEUDO_PRECISION = 0.03, 0.05, 0.85
-
-
-# -- settings ------------------------------------------------------------------------------------------
-
-def train_config(args, seed: int):
-    from boxloop.defaults import training_recipe
-    from boxloop.train import TrainConfig
-
-    optimizer, lr = training_recipe(args.model)
-    return TrainConfig(steps=args.teacher_steps, batch_size=args.batch_size, image_size=args.image_size,
-                       lr=args.lr or lr, optimizer=optimizer, device=args.device, seed=seed, val_every=args.val_every,
-                       warmup_steps=min(100, 5 * max(1, args.teacher_steps // 20)))
-
-
-def detector_kwargs(args) -> dict[str, Any]:
-    return {"backbone": "efficientnet_lite0", "pretrained_backbone": not args.no_pretrained,
-            "min_size": args.image_size, "max_size": args.image_size, **json.loads(args.detector_options)}
-
-
-def semi_config(args, **off: Any):
-    from boxloop.semi import SemiConfig
-
-    return SemiConfig(tau=args.tau, gamma1=args.gamma1, gamma2=args.gamma2, clip=(args.clip_low, 0.9),
-                      student_steps=args.student_steps, **off)
-
-
-def cells_of(args) -> list[tuple[float, int]]:
-    return [(float(f), int(s)) for f in csv(args.fractions) for s in csv(args.seeds)]
-
-
-def has_ablations(args, fraction: float) -> bool:
-    return bool(csv(args.ablations)) and any(abs(fraction - float(f)) < 1e-9 for f in csv(args.ablation_fractions))
-
-
-def has_oracle(args, fraction: float) -> bool:
-    return any(abs(fraction - float(f)) < 1e-9 for f in csv(args.oracle_fractions))
-
-
-def planned_steps(args, fraction: float) -> int:
-    """Training steps of one cell: teacher, teacher continued, student, tsoda's iteration 2, ablations,
-    the oracle."""
-    methods = 2 + (args.tsoda_threshold != "off") + has_oracle(args, fraction)
-    return args.teacher_steps + methods * args.student_steps + (
-        len(csv(args.ablations)) * args.student_steps if has_ablations(args, fraction) else 0)
-
-
-def my_cells(args) -> list[tuple[float, int]]:
-    """This shard's cells: longest-first greedy over the planned steps (balanced shards)."""
-    cells = cells_of(args)
-    if args.shard is None:
-        return cells
-    i, n = args.shard
-    load = [0] * n
-    mine = []
-    for cell in sorted(cells, key=lambda c: -planned_steps(args, c[0])):
-        k = int(np.argmin(load))
-        load[k] += planned_steps(args, cell[0])
-        if k == i:
-            mine.append(cell)
-    return [c for c in cells if c in mine]
 
 
 # -- one (seed, fraction) ---------------------------------------------------------------------------
 
 def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
     """The project of one (seed, fraction): all trainval imported, `fraction` of it kept labelled."""
-    from boxloop.loop_config import LoopConfig
-    from boxloop.round_model import labelled_counts
+    from boxloop.loop.config import LoopConfig
+    from boxloop.loop.model import labelled_counts
     from boxloop.project import init_project
-    from boxloop.simulate import withhold
+    from boxloop.loop.simulate import withhold
     from boxloop.store import DB_NAME, Project
 
     if (pdir / DB_NAME).exists():
@@ -180,8 +130,8 @@ def base_project(spec, pdir: Path, fraction: float, seed: int, progress: bool):
         if project.get_meta("withheld_for_simulation") is not None:
             return project, project.get_meta("trainval_images")
         project.close()
-    project = init_project(pdir, spec.images, spec.annotations, test_list=spec.test_list, seed=seed, force=True,
-                           progress=progress)
+    project = init_project(pdir, spec.images, spec.annotations, spec.fmt, test_list=spec.test_list, seed=seed,
+                           force=True, progress=progress)
     n_trainval = labelled_counts(project)["images_labelled"]
     n = max(2, int(round(fraction * n_trainval)))
     project.set_meta("trainval_images", n_trainval)
@@ -198,8 +148,8 @@ def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> 
     continued, and every ablation hands back the shared teacher continued)."""
     import hashlib
 
-    from boxloop.round_model import test_metrics
-    from boxloop.train import load_detector
+    from boxloop.loop.model import test_metrics
+    from boxloop.train.checkpoints import load_detector
 
     key = (str(project.dir), hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest())
     if key in _TESTED:
@@ -214,84 +164,18 @@ def test_summary(project, checkpoint: Path | str, args, rare: Sequence[str]) -> 
     return {**_TESTED[key], "checkpoint": str(checkpoint)}
 
 
-def quality(accepted: Mapping[str, Any], withheld: Mapping[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    from boxloop.semi import pseudo_label_quality
-
-    q = pseudo_label_quality(accepted, withheld, classes)
-    return {"precision": q["precision"], "recall": q["recall"], "tp": q["tp"], "fp": q["fp"], "fn": q["fn"],
-            "mean_iou": q["mean_iou"], "images": len(accepted),
-            "boxes": int(sum(len(a[0] if isinstance(a, tuple) else a) for a in accepted.values())),
-            "per_class": {c: {k: v[k] for k in ("precision", "recall", "tp", "fp", "fn")}
-                          for c, v in q["per_class"].items()}}
-
-
-def cached(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A finished step's JSON: re-running the benchmark skips it."""
-    if path.exists():
-        return json.loads(path.read_text())
-    t0 = time.perf_counter()
-    value = finite(make())
-    value.setdefault("seconds", round(time.perf_counter() - t0, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    tmp.replace(path)
-    return value
-
-
-def fixed_vs_dynamic(pool: Mapping[str, Any], withheld: Mapping[str, Any], classes: Sequence[str], args,
-                     certainty: bool, grid_step: float = 0.005) -> dict[str, Any]:
-    """Per class: (precision, recall) of the dynamic thresholds (DT, on p*v with CA) and of one fixed
-    threshold on the same score at the same overall recall (see the module notes); also the fixed tau
-    point [0.7], i.e. CertaintySSOD without DT."""
-    from boxloop.pseudo import accept_certainty, certainty_scores
-
-    semi = semi_config(args)
-    th = semi.thresholds(len(classes), certainty)
-    th.update(pool.values())
-    dynamic = quality(accept_certainty(pool, th), withheld, classes)
-    score = {k: certainty_scores(d, certainty) for k, d in pool.items()}
-
-    def above(t: float) -> dict:
-        return {k: d[score[k] > np.float32(t)] for k, d in pool.items() if (score[k] > np.float32(t)).any()}
-
-    fixed_tau = quality(above(semi.tau), withheld, classes)
-    sweep = []
-    for t in np.round(np.arange(grid_step, 1.0, grid_step), 4):
-        q = quality(above(float(t)), withheld, classes)
-        sweep.append((float(t), q))
-        if q["boxes"] == 0:
-            break
-    rd = dynamic["recall"] if dynamic["boxes"] else None  # nothing accepted: nothing to compare
-    reach = [(t, q) for t, q in sweep if rd is not None and q["recall"] is not None and q["recall"] >= rd - 1e-9]
-    t_eq, fixed = max(reach, key=lambda x: x[0]) if reach else (None, None)
-    per_class = {}
-    for c in classes:
-        d = dynamic["per_class"][c]
-        if d["recall"] is None:  # no withheld object of this class
-            continue
-        f = fixed["per_class"][c] if fixed else {"precision": None, "recall": None}
-        better = None if d["precision"] is None or f["precision"] is None else bool(d["precision"] > f["precision"])
-        per_class[c] = {"tau_m": float(th.thresholds[list(classes).index(c)]), "dynamic_precision": d["precision"],
-                        "dynamic_recall": d["recall"], "fixed_precision": f["precision"], "fixed_recall": f["recall"],
-                        "fixed_tau_precision": fixed_tau["per_class"][c]["precision"],
-                        "fixed_tau_recall": fixed_tau["per_class"][c]["recall"], "dynamic_more_precise": better}
-    return {"certainty_used": certainty, "tau": semi.tau, "fixed_threshold_at_equal_recall": t_eq,
-            "dynamic": dynamic, "fixed_at_equal_recall": fixed, "fixed_tau": fixed_tau, "per_class": per_class,
-            "sweep": [(t, q["precision"], q["recall"], q["boxes"]) for t, q in sweep]}
-
-
 def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -> dict[str, Any]:
     """Every method on one (seed, fraction)."""
-    from boxloop.autolabel import AutolabelConfig, autolabel
-    from boxloop.autolabel import model_dir as tsoda_dir
+    from boxloop.semi.autolabel import AutolabelConfig, autolabel
+    from boxloop.semi.autolabel import model_dir as tsoda_dir
     from boxloop.detectors import create_detector
-    from boxloop.round_model import training_samples
-    from boxloop.semi import fit_semi
-    from boxloop.weak_view import weak_predict
-    from boxloop.simulate import copy_project
+    from boxloop.loop.model import training_samples
+    from boxloop.semi.certainty import fit_semi
+    from boxloop.semi.weak_view import weak_predict
+    from boxloop.loop.simulate import copy_project
     from boxloop.store import DB_NAME, Project
-    from boxloop.train import fit, load_detector
+    from boxloop.train.checkpoints import load_detector
+    from boxloop.train.fit import fit
 
     t_cell = time.perf_counter()
     cell = args.workdir / f"seed{seed}" / f"frac{fraction:g}"
@@ -346,8 +230,8 @@ def run_cell(spec, args, seed: int, fraction: float, truth: Mapping[str, Any]) -
     print(f"  {ca['result']['message']}", flush=True)
 
     def oracle_run() -> dict[str, Any]:
-        from boxloop.data import Sample
-        from boxloop.semi import student_samples, student_train_config
+        from boxloop.train.data import Sample
+        from boxloop.semi.certainty import student_samples, student_train_config
 
         root = project.image_root
         truthful = [Sample(root / k, withheld[k], key=k) for k in unlabelled if withheld[k] is not None]
@@ -436,311 +320,13 @@ def cached_cell(args, seed: int, fraction: float) -> dict[str, Any] | None:
     return out
 
 
-# -- tables and targets ---------------------------------------------------------------------------
-
-METHODS: list[tuple[str, Callable[[Mapping[str, Any]], Any]]] = [
-    ("teacher", lambda c: (c["teacher"]["test"], None)),
-    ("teacher continued", lambda c: (c["continued"], None)),
-    ("tsoda", lambda c: (c["tsoda"]["test"], c["tsoda"]["pseudo"]) if "tsoda" in c else (None, None)),
-    ("certainty CA+RE+DT (student)", lambda c: (c["certainty"]["student"], c["certainty"]["pseudo"])),
-    ("certainty CA+RE+DT (kept by the guard)", lambda c: (c["certainty"]["kept"], c["certainty"]["pseudo"])),
-    ("oracle: the student's recipe with the withheld labels (ceiling)",
-     lambda c: (c["oracle"]["test"], None) if "oracle" in c else (None, None)),
-]
-METRICS = [("mAP50", "map50"), ("AP", "coco_ap"), ("AP75", "ap75"), ("rare AP50", "rare_ap50")]
-
-
-def _ms(vals: Sequence[Any], pct: bool = True) -> str:
-    v = [float(x) for x in vals if x is not None and np.isfinite(float(x))]
-    if not v:
-        return "-"
-    k = 100 if pct else 1
-    return f"{k * np.mean(v):.1f} ± {k * np.std(v, ddof=1) if len(v) > 1 else 0.0:.1f}"
-
-
-def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
-
-
-def method_rows(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """(fraction, method) -> lists over seeds of the metrics (ablation rows: their student)."""
-    rows = []
-    for frac in sorted({c["fraction"] for c in cells}):
-        group = [c for c in cells if c["fraction"] == frac]
-        methods = list(METHODS)
-        for n in dict.fromkeys(n for c in group for n in c.get("ablations", {})):
-            methods.append((f"certainty without {n} (student)",
-                            lambda c, n=n: (c["ablations"][n]["student"], c["ablations"][n]["pseudo"])
-                            if n in c.get("ablations", {}) else (None, None)))
-        for name, get in methods:
-            vals = [v for v in (get(c) for c in group) if v[0] is not None]
-            if not vals:
-                continue
-            row: dict[str, Any] = {"fraction": frac, "method": name, "seeds": len(vals)}
-            for _, key in METRICS:
-                row[key] = [v[0][key] for v in vals]
-            for k in ("precision", "recall", "boxes"):
-                row[f"pseudo_{k}"] = [v[1][k] for v in vals if v[1] is not None]
-            rows.append(row)
-    return rows
-
-
-def format_method_rows(rows: Sequence[Mapping[str, Any]]) -> str:
-    head = ["labelled", "method", *(m for m, _ in METRICS), "pseudo P", "pseudo R", "pseudo boxes", "seeds"]
-    return _markdown(head, [[f"{100 * r['fraction']:g}%", r["method"], *(_ms(r[k]) for _, k in METRICS),
-                             _ms(r["pseudo_precision"]), _ms(r["pseudo_recall"]), _ms(r["pseudo_boxes"], pct=False),
-                             str(r["seeds"])] for r in rows])
-
-
-def paired(cells: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Per fraction, per seed (test mAP50): student, kept, oracle and TSODA minus teacher continued."""
-    out = []
-    for frac in sorted({c["fraction"] for c in cells}):
-        group = sorted((c for c in cells if c["fraction"] == frac), key=lambda c: c["seed"])
-        cont = [c["continued"]["map50"] for c in group]
-        stud = [(c["certainty"]["student"] or c["continued"])["map50"] for c in group]  # no student = continued
-        kept = [c["certainty"]["kept"]["map50"] for c in group]
-        out.append({"fraction": frac, "seeds": [c["seed"] for c in group],
-                    "student_minus_continued": [s - b for s, b in zip(stud, cont)],
-                    "kept_minus_continued": [k - b for k, b in zip(kept, cont)],
-                    "continued_minus_teacher": [b - c["teacher"]["test"]["map50"] for b, c in zip(cont, group)],
-                    "oracle_minus_continued": [c["oracle"]["test"]["map50"] - b for b, c in zip(cont, group)
-                                               if "oracle" in c],
-                    "tsoda_minus_continued": [c["tsoda"]["test"]["map50"] - b for b, c in zip(cont, group)
-                                              if "tsoda" in c],
-                    # the same at the last step (best.pt is chosen on a few validation images: noisy)
-                    "last_student_minus_continued": [
-                        c["last_step"]["student"]["map50"] - c["last_step"]["continued"]["map50"] for c in group
-                        if "student" in c.get("last_step", {}) and "continued" in c.get("last_step", {})],
-                    "last_oracle_minus_continued": [
-                        c["last_step"]["oracle"]["map50"] - c["last_step"]["continued"]["map50"] for c in group
-                        if "oracle" in c.get("last_step", {}) and "continued" in c.get("last_step", {})],
-                    "chosen": ["student" if c["certainty"]["result"]["chosen"] == "semi" else "continued"
-                               for c in group]})
-    return out
-
-
-def format_paired(rows: Sequence[Mapping[str, Any]]) -> str:
-    pts = lambda v: ", ".join(f"{100 * x:+.1f}" for x in v)  # noqa: E731
-    return _markdown(["labelled", "student - continued (per seed)", "mean ± std", "kept - continued", "guard kept",
-                      "continued - teacher", "oracle - continued (the ceiling)", "at the last step: student - continued",
-                      "oracle - continued"],
-                     [[f"{100 * r['fraction']:g}%", pts(r["student_minus_continued"]),
-                       _ms(r["student_minus_continued"]), pts(r["kept_minus_continued"]), ", ".join(r["chosen"]),
-                       _ms(r["continued_minus_teacher"]),
-                       *(f"{pts(r[k])} ({_ms(r[k])})" if r[k] else "-" for k in (
-                           "oracle_minus_continued", "last_student_minus_continued", "last_oracle_minus_continued"))]
-                      for r in rows])
-
-
-def paired_figure(pairs: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """One panel per labelled fraction: every method minus teacher continued, one dot per seed and a
-    bar at the mean, with the 0 line and the issue's +3 target: the spread a mean +-std hides."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.2 * len(pairs), 3.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(pairs), sharey=True, squeeze=False)[0]
-    for ax, r in zip(axes, pairs):
-        series = {"student": r["student_minus_continued"], "kept": r["kept_minus_continued"],
-                  "TSODA": r["tsoda_minus_continued"],
-                  "oracle": r["oracle_minus_continued"], "student\n(last)": r["last_student_minus_continued"],
-                  "oracle\n(last)": r["last_oracle_minus_continued"]}
-        series = {k: v for k, v in series.items() if v}
-        for i, (name, vals) in enumerate(series.items()):
-            pts = 100 * np.asarray(vals, float)
-            ax.bar(i, pts.mean(), width=0.6, color="tab:gray" if "oracle" in name else "tab:blue", alpha=0.35)
-            ax.plot(np.full(len(pts), i) + np.linspace(-0.12, 0.12, len(pts)), pts, "o", color="black", ms=3.5)
-        ax.axhline(0, color="black", linewidth=0.8)
-        if abs(r["fraction"] - 0.1) < 1e-9:
-            ax.axhline(100 * TARGET_GAIN_AT_10, color="tab:red", linestyle="--", linewidth=0.8, label="+3 target")
-            ax.legend(fontsize=8, loc="lower left")
-        ax.set_xticks(range(len(series)), list(series), fontsize=8)
-        ax.set_title(f"{100 * r['fraction']:g}% labelled")
-    axes[0].set_ylabel("test mAP50 minus teacher continued (points)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
-def compare_rare(v: Mapping[str, Any]) -> tuple[str, str]:
-    """(precision verdict, trade) of one class's dynamic against fixed row: "yes" / "tie" / "NO" for
-    more precise; "dominates" when the dynamic threshold has no less precision and more recall (or no
-    less recall and more precision), "trades" when one is higher and the other lower."""
-    dp, dr, fp, fr = v["dynamic_precision"], v["dynamic_recall"], v["fixed_precision"], v["fixed_recall"]
-    if dp is None or fp is None:
-        return "-", "-"
-    precise = "tie" if abs(dp - fp) < 1e-9 else ("yes" if dp > fp else "NO")
-    p, r = np.sign(round(dp - fp, 9)), np.sign(round((dr or 0) - (fr or 0), 9))
-    trade = ("equal" if p == r == 0 else "dominates" if min(p, r) >= 0 else "dominated" if max(p, r) <= 0
-             else "trades")
-    return precise, trade
-
-
-def format_fixed_vs_dynamic(cells: Sequence[Mapping[str, Any]], rare: Sequence[str]) -> str:
-    head = ["labelled", "seed", "class", "tau_m", "dynamic P", "dynamic R", "fixed t", "fixed P", "fixed R",
-            "dynamic more precise", "dynamic vs fixed"]
-    f = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    body = []
-    for c in cells:
-        fvd = c["fixed_vs_dynamic"]
-        for name, v in fvd["per_class"].items():
-            body.append([f"{100 * c['fraction']:g}%", str(c["seed"]), name + (" (rare)" if name in rare else ""),
-                         f(v["tau_m"]), f(v["dynamic_precision"]), f(v["dynamic_recall"]),
-                         f(fvd["fixed_threshold_at_equal_recall"]), f(v["fixed_precision"]), f(v["fixed_recall"]),
-                         *compare_rare(v)])
-    return _markdown(head, body)
-
-
-def check_targets(cells: Sequence[Mapping[str, Any]], seeds: int, rare: Sequence[str]) -> dict[str, Any]:
-    """Issue 14's targets on means over seeds."""
-    out: dict[str, Any] = {"seeds": seeds, "enough_seeds": seeds >= 3, "per_fraction": {}}
-    for frac in sorted({c["fraction"] for c in cells}):
-        group = [c for c in cells if c["fraction"] == frac]
-        mean = lambda xs: float(np.mean(xs))  # noqa: E731
-        cont = mean([c["continued"]["map50"] for c in group])
-        stud = mean([(c["certainty"]["student"] or c["continued"])["map50"] for c in group])
-        kept_each = [c["certainty"]["kept"]["map50"] - c["continued"]["map50"] for c in group]
-        prec = [p for p in (c["certainty"]["pseudo"]["precision"] for c in group) if p is not None]
-        out["per_fraction"][f"{frac:g}"] = {
-            "teacher_continued": cont, "student": stud, "gain_student": stud - cont,
-            "kept": mean([c["certainty"]["kept"]["map50"] for c in group]),
-            "kept_not_below_any_seed": all(d >= -1e-12 for d in kept_each),
-            "pseudo_boxes": int(sum(c["certainty"]["pseudo"]["boxes"] for c in group)),
-            "pseudo_precision": mean(prec) if prec else None}
-    pf = out["per_fraction"]
-    ten = next((v for k, v in pf.items() if abs(float(k) - 0.1) < 1e-9), None)
-    out["at_10"] = None if ten is None else {
-        "gain_met": ten["gain_student"] >= TARGET_GAIN_AT_10 - 1e-12,
-        "goal_met": ten["gain_student"] >= GOAL_GAIN_AT_10 - 1e-12,
-        "accepted": ten["pseudo_boxes"] > 0,
-        "precision_met": ten["pseudo_precision"] is not None and ten["pseudo_precision"] >= TARGET_PSEUDO_PRECISION}
-    others = {k: v for k, v in pf.items() if abs(float(k) - 0.1) > 1e-9}
-    out["never_below_met"] = all(v["kept_not_below_any_seed"] for v in others.values()) if others else None
-    verdicts = [v["dynamic_more_precise"] for c in cells for n, v in c["fixed_vs_dynamic"]["per_class"].items()
-                if n in rare and v["dynamic_more_precise"] is not None]
-    out["dynamic_rare_precision_met"] = bool(verdicts) and all(verdicts)
-    out["dynamic_rare_precision_cases"] = f"{sum(verdicts)}/{len(verdicts)} (seed, fraction, rare class) cases"
-    trades = [compare_rare(v) for c in cells for n, v in c["fixed_vs_dynamic"]["per_class"].items() if n in rare]
-    out["dynamic_rare_verdicts"] = {f"{k} {t}": sum(1 for x in trades if x == (k, t)) for k, t in sorted(set(trades))}
-    return out
-
-
-def describe(check: Mapping[str, Any]) -> str:
-    yes = lambda b: "MET" if b else "NOT met"  # noqa: E731
-    lines = ["targets (test mAP50, means over seeds):" + (
-        "" if check["enough_seeds"] else f" [only {check['seeds']} seed(s): the issue asks >= 3]")]
-    pf, ten = check["per_fraction"], check["at_10"]
-    if ten is not None:
-        v = next(v for k, v in pf.items() if abs(float(k) - 0.1) < 1e-9)
-        p = v["pseudo_precision"]
-        lines.append(f"  10%: certainty student {100 * v['student']:.1f} >= teacher continued "
-                     f"{100 * v['teacher_continued']:.1f} + 3 ({100 * v['gain_student']:+.1f}): {yes(ten['gain_met'])}"
-                     f" (goal +5: {yes(ten['goal_met'])}); accepted pseudo boxes {v['pseudo_boxes']}: "
-                     f"{yes(ten['accepted'])}; their precision {'-' if p is None else f'{p:.3f}'} >= 0.85: "
-                     f"{yes(ten['precision_met'])}")
-    else:
-        lines.append("  10%: not run (add 0.1 to --fractions)")
-    if check["never_below_met"] is not None:
-        lines.append("  25%/50%: kept model never below teacher continued, every seed: " + yes(check["never_below_met"])
-                     + " (" + ", ".join(f"{100 * float(k):g}%: kept {100 * (v['kept'] - v['teacher_continued']):+.1f}"
-                                        for k, v in pf.items() if abs(float(k) - 0.1) > 1e-9) + ")")
-    lines.append(f"  dynamic vs fixed threshold at equal recall, rare classes more precise: "
-                 f"{yes(check['dynamic_rare_precision_met'])} ({check['dynamic_rare_precision_cases']}; more "
-                 "precise / trade-off: " + ", ".join(f"{k}: {n}" for k, n in check["dynamic_rare_verdicts"].items()) + ")")
-    return "\n".join(lines)
-
-
-# -- the time estimate ---------------------------------------------------------------------------------
-
-def estimate(spec, args) -> dict[str, Any]:
-    """Time training steps and predictions here, then the whole plan from those per-step costs.
-    CPU seconds (process time) are what an otherwise idle core would take; wall seconds show the
-    load on this machine now."""
-    import tempfile
-
-    from boxloop.data import Sample
-    from boxloop.detectors import create_detector
-    from boxloop.inference import predict_paths
-    from boxloop.weak_view import weak_predict
-    from boxloop.simulate import load_truth
-    from boxloop.train import fit
-
-    truth = load_truth(spec.images, spec.annotations)
-    keys = sorted(k for k, a in truth.items() if a is not None and len(a))[:48]
-    samples = [Sample(spec.images / k, truth[k], key=k) for k in keys]
-    classes = sorted({c for k in keys for c in truth[k].labels})
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        det = create_detector(args.model, len(classes), seed=0, **detector_kwargs(args))
-        for strong in (False, True):
-            n = args.estimate_steps
-            cfg = dataclasses.replace(train_config(args, 0), steps=2 + n, strong=strong, val_every=10 ** 6)
-            fit(det, samples, [], classes, cfg, Path(tmp) / f"w{strong}", progress=False, stop_after=2)  # warm-up
-            c0, t0 = time.process_time(), time.perf_counter()
-            fit(det, samples, [], classes, cfg, Path(tmp) / f"w{strong}", progress=False)  # resumes at step 2
-            out["strong" if strong else "train"] = ((time.process_time() - c0) / n, (time.perf_counter() - t0) / n)
-        from boxloop.train import load_checkpoint, save_checkpoint
-
-        ckpt = load_checkpoint(Path(tmp) / "wTrue" / "last.pt")
-        c0, t0 = time.process_time(), time.perf_counter()
-        for _ in range(3):
-            save_checkpoint(ckpt, Path(tmp) / "save_test.pt")
-        out["checkpoint_save"] = ((time.process_time() - c0) / 3, (time.perf_counter() - t0) / 3)
-        paths = [s.path for s in samples[:24]]
-        c0, t0 = time.process_time(), time.perf_counter()
-        weak_predict(det, paths, args.image_size, batch_size=args.batch_size)
-        out["weak_predict"] = ((time.process_time() - c0) / len(paths), (time.perf_counter() - t0) / len(paths))
-        c0, t0 = time.process_time(), time.perf_counter()
-        list(predict_paths(det, paths, args.image_size, batch_size=args.batch_size, progress=False))
-        out["predict"] = ((time.process_time() - c0) / len(paths), (time.perf_counter() - t0) / len(paths))
-    n_all = len(truth)
-    n_test = len([s for s in spec.test_list.read_text().split() if s])
-    trainval = n_all - n_test
-    total = {"cpu": 0.0, "wall": 0.0}
-    per_cell = []
-    for frac, seed in cells_of(args):
-        lab = max(2, round(frac * trainval))
-        n_val, n_unl = max(1, round(0.2 * lab)), trainval - lab
-        runs = 4 + (len(csv(args.ablations)) if has_ablations(args, frac) else 0) + has_oracle(args, frac)  # trainings
-        cost = {}
-        for j, which in enumerate(("cpu", "wall")):
-            steps = (args.teacher_steps * out["train"][j]
-                     + args.student_steps * (2 + (runs - 4)) * out["strong"][j]  # continued, student, ablations, oracle
-                     + (args.tsoda_threshold != "off") * args.student_steps * out["train"][j])  # tsoda's 2nd
-            n_eval = runs * (max(args.teacher_steps, args.student_steps) // args.val_every + 1)
-            evals = n_eval * n_val * out["predict"][j]
-            # last.pt at every epoch end (an epoch of the labelled images only, at worst) and evaluation,
-            # best.pt at every better evaluation (at worst every one)
-            saves = (runs * max(args.teacher_steps, args.student_steps) / max(1, -(-(lab - n_val) // args.batch_size))
-                     + 2 * n_eval) * out["checkpoint_save"][j]
-            preds = (n_unl * out["weak_predict"][j] + 4 * n_unl * out["predict"][j]  # pool: semi; tsoda 2 x 2
-                     + (runs + 3) * n_test * out["predict"][j])  # test sets
-            cost[which] = steps + evals + preds + saves
-            total[which] += cost[which]
-        per_cell.append({"fraction": frac, "seed": seed, "seconds_cpu": round(cost["cpu"]),
-                         "seconds_wall_now": round(cost["wall"])})
-    shards = [0.0, 0.0]  # --shard 0/2 and 1/2, as my_cells assigns them
-    for cell in sorted(per_cell, key=lambda c: -planned_steps(args, c["fraction"])):
-        shards[int(np.argmin(shards))] += cell["seconds_cpu"]
-    return {"per_step_and_image_seconds": {k: {"cpu": round(v[0], 4), "wall": round(v[1], 4)} for k, v in out.items()},
-            "per_cell": per_cell, "total_cpu_minutes": round(total["cpu"] / 60, 1),
-            "two_shards_minutes": round(max(shards) / 60, 1),
-            "total_wall_minutes_at_this_load": round(total["wall"] / 60, 1), "threads": args.threads}
-
-
 # -- main ---------------------------------------------------------------------------------------------
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default=str(DEFAULT_BCCD), help="VOC root with ImageSets/Main/test.txt, or 'synthetic'")
-    ap.add_argument("--preset", choices=("cpu", "gpu"), default="cpu")
+    add_dataset_args(ap)
+    ap.add_argument("--preset", choices=("cpu", "gpu", "bccd", "aquarium"), default=None,
+                    help="cpu (= bccd, the default), gpu, aquarium (its dataset at 10%% and 25%%; = --dataset aquarium)")
     ap.add_argument("--fractions", default=None, help="labelled shares of trainval, e.g. 0.1,0.25,0.5")
     ap.add_argument("--seeds", default=None)
     ap.add_argument("--model", default=None, help="default fcos_lite (the default detector)")
@@ -765,24 +351,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--estimate-steps", type=int, default=4)
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--synthetic-images", type=int, default=60)
-    ap.add_argument("--synthetic-size", type=int, default=96)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--json", type=Path, default=HERE / "results" / "semi_supervised.json")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="default benchmarks/results/semi_supervised.json (another dataset: ..._<dataset>.json)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args(argv)
-    preset = "synthetic" if args.dataset == "synthetic" else args.preset
+    preset = choose_preset(args, PRESETS)
     args.preset_used = preset
     args = resolve(args, PRESETS[preset])
     if args.workdir is None:
         args.workdir = Path(f"/tmp/boxloop_semi_{Path(args.dataset).name}_{preset}")
-    if args.shard is not None:
-        try:
-            i, n = (int(x) for x in args.shard.split("/"))
-            assert 0 <= i < n
-        except (ValueError, AssertionError):
-            raise SystemExit(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}") from None
-        args.shard = (i, n)
+    if args.json is None:
+        tag = "" if args.dataset == "bccd" else f"_{Path(args.dataset).name}"
+        args.json = HERE / "results" / f"semi_supervised{tag}.json"
+    args.shard_index, args.shard_count = parse_shard(args.shard)
     return args
 
 
@@ -806,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{est['two_shards_minutes']} min; {est['total_wall_minutes_at_this_load']} CPU-minutes at this "
               "machine's load now")
         return 0
-    from boxloop.simulate import load_truth
+    from boxloop.loop.simulate import load_truth
 
-    truth = load_truth(spec.images, spec.annotations)
+    truth = load_truth(spec.images, spec.annotations, spec.fmt)
     t_start = time.perf_counter()
     for frac, seed in my_cells(args):
         run_cell(spec, args, seed, frac, truth)
@@ -829,18 +411,15 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(check))
     secs = sum(json.loads(p.read_text()).get("seconds", 0) for p in args.workdir.glob("seed*/frac*/*.json"))
     report: dict[str, Any] = {
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]), "machine": machine(args.device),
-        "dataset": {"name": spec.name, "images": str(spec.images), "test_list": str(spec.test_list),
-                    "rare_classes": list(spec.rare_classes)},
-        "preset": args.preset_used, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": command(), "machine": machine(args.device), "dataset": spec.summary(),
+        "preset": args.preset_used, "settings": settings(args),
         "table": rows, "table_markdown": table, "paired": pairs, "paired_markdown": ptable,
         "fixed_vs_dynamic_markdown": fvd, "target_check": check,
         "cells": [{**c, "fixed_vs_dynamic": {k: v for k, v in c["fixed_vs_dynamic"].items() if k != "sweep"}}
                   for c in cells],  # type: ignore[union-attr]
         "seconds_all_steps": round(secs, 1), "seconds_this_call": round(time.perf_counter() - t_start, 1),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(finite(report), indent=1, allow_nan=False, default=str))
+    write_json(args.json, report)
     png = paired_figure(pairs, args.json.with_suffix(".png"))
     print(f"\nsum of the steps' times {secs / 60:.1f} min; wrote {args.json} and {png}")
     return 0

@@ -39,13 +39,15 @@ import torch
 from PIL import Image, ImageDraw
 from torchvision.transforms.v2 import functional as F
 
-from boxloop.data import Sample, resized_size
+from boxloop.images import resized_size
+from boxloop.train.data import Sample
 from boxloop.detectors import DETECTORS, create_detector
 from boxloop.images import load_rgb
-from boxloop.inference import predict_paths
+from boxloop.predict.inference import predict_paths
 from boxloop.project import init_project
 from boxloop.structures import Annotation, Boxes
-from boxloop.train import TrainConfig, fit
+from boxloop.train.config import TrainConfig
+from boxloop.train.fit import fit
 
 HERE = Path(__file__).resolve().parent
 CLASSES = ["a", "b", "c"]

@@ -33,14 +33,15 @@ import numpy as np
 import torch
 import yaml
 
-from boxloop.data import Sample
 from boxloop.defaults import run_defaults
 from boxloop.detectors import create_detector
 from boxloop.formats import load
-from boxloop.inference import resolve_device
 from boxloop.input_size import choose_input_size, object_fractions, size_histogram
+from boxloop.predict.inference import resolve_device
+from boxloop.train.data import Sample
 from boxloop.structures import Annotation
-from boxloop.train import TrainConfig, fit
+from boxloop.train.config import TrainConfig
+from boxloop.train.fit import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_dataset import machine as cpu_machine, print_report, test_report  # noqa: E402

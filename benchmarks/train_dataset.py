@@ -33,16 +33,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from boxloop.calibration import quality_calibration
-from boxloop.data import Sample
+from boxloop.metrics.calibration import quality_calibration
 from boxloop.defaults import run_defaults
-from boxloop.evaluate import evaluate
+from boxloop.metrics.evaluate import evaluate
 from boxloop.formats import load
 from boxloop.formats.yolo import read_class_names
-from boxloop.inference import predict_paths
+from boxloop.predict.inference import predict_paths
 from boxloop.input_size import SizeChoice, choose_input_size, object_fractions, size_histogram
 from boxloop.project import stratified_sample
 from boxloop.structures import Annotation
+from boxloop.train.data import Sample
 
 HERE = Path(__file__).resolve().parent
 SPLIT_IMAGES = "images"
@@ -165,8 +165,8 @@ def print_report(choice: SizeChoice | None, image_size: int, histogram: Mapping[
 
 
 def main(argv: list[str] | None = None) -> int:
-    from boxloop.cli_options import loop_config
-    from boxloop.train import train_detector
+    from boxloop.cli.options import loop_config
+    from boxloop.train.run import train_detector
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", type=Path, required=True, help="dataset root (see the layouts above)")

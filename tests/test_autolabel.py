@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from boxloop import formats
-from boxloop.autolabel import (PSEUDO_TEST_META, RESULT_FILE, ROWS_KEY, STATE_KEY, AutolabelConfig, autolabel,
-                               autolabel_pool, default_steps, iteration_steps)
+from boxloop.semi.autolabel import (PSEUDO_TEST_META, RESULT_FILE, ROWS_KEY, STATE_KEY, autolabel, autolabel_pool,
+                                    iteration_steps)
+from boxloop.semi.autolabel_config import AutolabelConfig, default_steps
 from boxloop.project import export_project, init_project
 from boxloop.structures import Source
 
@@ -145,7 +146,7 @@ def test_pseudo_test_share_stays_out_of_the_fixed_test_set(full_run):
     train_pseudo = [k for k in project.annotations("pseudo") if k not in share]
     assert all(project.image(k).split == "train" for k in train_pseudo)
     # training takes the human train images and the pseudo train share, never the pseudo test share
-    from boxloop.round_model import training_samples
+    from boxloop.loop.model import training_samples
 
     train, val = training_samples(project)
     names = {s.name for s in train}
@@ -257,7 +258,7 @@ def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(
                                                                                monkeypatch):
     """Iteration 1 is an existing model (no training); its validation table is hand-made so that
     the lowest threshold with precision >= 0.9 is 0.04 (0.03 would let the false 0.04 in)."""
-    import boxloop.autolabel as al
+    import boxloop.semi.autolabel as al
 
     first = al.model_dir(full_run[0], 1) / "best.pt"
     real = al.validation_table(full_run[0], al._load(full_run[0], "cpu", 1), RUN)
@@ -288,7 +289,7 @@ def test_threshold_auto_uses_validation_precision_and_autolabel_json_records_it(
 
 
 def test_threshold_guidance_says_what_the_scores_look_like_and_suggests_one():
-    from boxloop.autolabel import threshold_guidance
+    from boxloop.semi.autolabel import threshold_guidance
 
     scores = {"boxes": 500, "p50": 0.1, "p90": 0.31, "p99": 0.457, "max": 0.486}  # issue 14: BCCD at 0.8
     table = np.array([(0.48, 1), (0.46, 1), (0.42, 1), (0.40, 0), (0.30, 1)], float)
@@ -339,7 +340,7 @@ def old_flat_state(config: dict[str, Any]) -> dict[str, Any]:
 def test_a_run_stored_flat_before_the_groups_resumes(full_run, few_labels, tmp_path):
     """An old flat state with a non-default train_ratio: another train_ratio is refused, the same one
     resumes (iteration 1 is the given model, no training) and the state is stored nested from then on."""
-    import boxloop.autolabel as al
+    import boxloop.semi.autolabel as al
     from boxloop.defaults import training_recipe
 
     first = (al.model_dir(full_run[0], 1) / "best.pt").resolve()
@@ -363,7 +364,7 @@ def test_a_run_stored_flat_before_the_groups_resumes(full_run, few_labels, tmp_p
 def test_an_old_flat_state_lacking_later_settings_compares_with_their_old_values(few_labels, tmp_path):
     """Stored before target_precision, initial_checkpoint and the optimizer: those read as 0.9, None and
     SGD; a changed setting is still named. (A stopped run: nothing trains.)"""
-    import boxloop.autolabel as al
+    import boxloop.semi.autolabel as al
 
     flat = {k: v for k, v in RUN.items()}
     flat.update(train_ratio=0.8, warm_start=True, lr=0.05)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 import hostile as H
 from boxloop.cli import app
-from boxloop.human import batch_names
+from boxloop.loop.human import batch_names
 from boxloop.store import DB_NAME, Project
 from boxloop.synthetic import CLASSES
 
@@ -79,7 +79,7 @@ def model(make_synthetic, tmp_path_factory) -> Path:
 
 def names(model: Path) -> str:
     """The checkpoint's class list, in its order, for --classes (a project must match it exactly)."""
-    from boxloop.train import load_checkpoint
+    from boxloop.train.checkpoints import load_checkpoint
 
     return ",".join(load_checkpoint(model)["class_names"])
 
@@ -340,9 +340,11 @@ def test_8_train_refuses_non_finite_learning_rates(tmp_path: Path) -> None:
 
 
 def test_8_diverged_weights_never_become_a_checkpoint(make_synthetic, tmp_path: Path) -> None:
-    from boxloop.data import Sample
+    from boxloop.train.data import Sample
     from boxloop.detectors import create_detector
-    from boxloop.train import TrainConfig, TrainingDiverged, fit
+    from boxloop.train.config import TrainConfig
+    from boxloop.train.checkpoints import TrainingDiverged
+    from boxloop.train.fit import fit
 
     syn = make_synthetic(n_images=12, image_size=64, seed=0)
     samples = [Sample(syn.images / k, a) for k, a in sorted(syn.annotations.items())[:4]]
@@ -448,7 +450,7 @@ def test_e_blank_line_in_classes_txt_names_the_file(tmp_path: Path) -> None:
 # -- g/h: importing answers ----------------------------------------------------------------------------------
 
 def open_batch(tmp_path: Path, fmt: str) -> tuple[Path, Path]:
-    from boxloop.human import write_batch
+    from boxloop.loop.human import write_batch
     from boxloop.structures import Detections
 
     project, _, _ = voc_project(tmp_path, n=5)

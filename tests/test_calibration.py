@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from boxloop.calibration import QualityMap, average_ranks, isotonic_fit, quality_calibration, spearman
+from boxloop.metrics.calibration import QualityMap, average_ranks, isotonic_fit, quality_calibration, spearman
 from boxloop.structures import Annotation, Boxes, Detections
 
 

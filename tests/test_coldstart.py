@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from boxloop.cli import app
-from boxloop.loop_config import LoopConfig
-from boxloop.simulate import simulate
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.simulate import simulate
 from boxloop.store import Project
 
 SIZE = 64
@@ -69,7 +69,7 @@ def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path)
     assert "switch_round" in run
     assert json.loads((tmp_path / "simulate_config.json").read_text())["initial_strategy"] == "typical"
     # the seed set is the typical pick of the non-test images, the same on every call
-    from boxloop.simulate import initial_set
+    from boxloop.loop.simulate import initial_set
 
     with Project.open(tmp_path / "seed0" / "base") as p:
         seeded = sorted(r.path for r in p.images(...) if r.split in ("train", "val"))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from test_evaluate import CLASSES, random_case
 
-from boxloop.compare import leave_one_out_map50, paired_bootstrap, resampled_map50
-from boxloop.evaluate import voc_map, voc_matches
+from boxloop.metrics.compare import leave_one_out_map50, paired_bootstrap, resampled_map50
+from boxloop.metrics.evaluate import voc_map, voc_matches
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 

@@ -59,7 +59,7 @@ def label_rows(project: Path) -> dict:
 def project(make_synthetic, tmp_path: Path) -> tuple[Path, list[str], Path]:
     """12 images, 8 labelled, and an open query batch of 2 pool images with its answers (the truth)
     in VOC: the state `boxloop query` leaves for an annotator, made here without training."""
-    from boxloop.loop_config import LoopConfig
+    from boxloop.loop.config import LoopConfig
 
     syn = make_synthetic(n_images=12, image_size=64, seed=0)
     ann = tmp_path / "annotations"
@@ -89,7 +89,7 @@ def labelled_paths(rows: dict) -> set[str]:
 # -- import and a second train while `boxloop train` runs ----------------------------------------------------
 
 def test_import_and_second_train_while_training(project, tmp_path: Path) -> None:
-    import boxloop.loop, boxloop.train  # noqa: E401,F401  (so that the timings below measure the lock, not imports)
+    import boxloop.loop.round, boxloop.train.fit  # noqa: E401,F401  (so that the timings below measure the lock, not imports)
 
     proj, keys, answers = project
     before = label_rows(proj)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from boxloop.data import (DetectionDataset, Sample, collate, eval_transform, resized_size, strong_transform,
-                          train_transform, weak_transform)
+from boxloop.images import resized_size
+from boxloop.train.data import (DetectionDataset, Sample, collate, eval_transform, strong_transform, train_transform,
+                                weak_transform)
 from boxloop.structures import Annotation, Boxes
 
 W, H = 96, 72

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from boxloop.ddp import EpochOrderSampler, fit_distributed
+from boxloop.train.ddp import EpochOrderSampler, fit_distributed
 from boxloop.detectors import create_detector
-from boxloop.train import TrainConfig, TrainingDiverged, _epoch_order, fit, load_checkpoint
+from boxloop.train.config import TrainConfig
+from boxloop.train.checkpoints import TrainingDiverged, load_checkpoint
+from boxloop.train.fit import epoch_order, fit
 from test_train import CLASSES, SIZE, make_samples
 
 STEPS = 24
@@ -33,7 +35,7 @@ def cfg(**kw) -> TrainConfig:
 
 @pytest.mark.parametrize("n,world,batch", [(17, 2, 4), (16, 2, 4), (10, 4, 8), (3, 2, 2)])
 def test_ranks_shares_make_up_the_one_process_batches(n, world, batch) -> None:
-    order = _epoch_order(n, 0, 3)
+    order = epoch_order(n, 0, 3)
     one = [order[i:i + batch] for i in range(0, n, batch)]
     shares = []
     for r in range(world):
@@ -107,7 +109,7 @@ def test_cli_train_nproc(synthetic_project) -> None:
     from typer.testing import CliRunner
 
     from boxloop.cli import app
-    from boxloop.round_model import current_checkpoint
+    from boxloop.loop.model import current_checkpoint
 
     d = synthetic_project.dir
     synthetic_project.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from boxloop.embedding import EMBED_SIZE, embed_paths
+from boxloop.predict.embedding import EMBED_SIZE, embed_paths
 
 
 def _image(path: Path, seed: int, size: int = 48) -> None:

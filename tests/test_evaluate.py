@@ -1,4 +1,4 @@
-"""Tests for boxloop.evaluate against independent references: the worked example of LocAwareAL
+"""Tests for boxloop.metrics.evaluate against independent references: the worked example of LocAwareAL
 Figure 3.3, hand-computed cases, pycocotools run on JSON files, and a plain-loop VOC devkit port."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boxloop.evaluate import coco_metrics, evaluate, precision_recall, voc_ap, voc_map
+from boxloop.metrics.evaluate import coco_metrics, evaluate, precision_recall, voc_ap, voc_map
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 SIZE = (100, 100)
@@ -235,7 +235,7 @@ def random_case(seed: int = 0, n_images: int = 14):
 
 
 def write_coco_json(gt, pred, tmp_path: Path) -> tuple[Path, Path]:
-    """COCO files written independently of boxloop.evaluate; difficult -> iscrowd (the module's
+    """COCO files written independently of boxloop.metrics.evaluate; difficult -> iscrowd (the module's
     documented convention)."""
     cat_id = {n: i + 1 for i, n in enumerate(CLASSES)}
     images, anns, results = [], [], []

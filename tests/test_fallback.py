@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boxloop.history import round_history
-from boxloop.loop import pool_paths, run_round
-from boxloop.simulate import copy_project
+from boxloop.loop.history import round_history
+from boxloop.loop.round import pool_paths, run_round
+from boxloop.loop.simulate import copy_project
 from boxloop.store import Project
 from boxloop.structures import Boxes, Detections
 

@@ -14,12 +14,8 @@ import pytest
 import torch
 
 from boxloop.detectors import create_detector
-from boxloop.detectors.faster_rcnn import (
-    FasterRCNNDetector,
-    bounded_num_negatives,
-    build_faster_rcnn,
-    select_negatives,
-)
+from boxloop.detectors.faster_rcnn import FasterRCNNDetector, build_faster_rcnn
+from boxloop.detectors.torchvision_parts import bounded_num_negatives, select_negatives
 from boxloop.structures import Detections, iou
 
 TINY = dict(pretrained_backbone=False, min_size=64, max_size=96, fpn_channels=64, representation_size=128,

@@ -23,9 +23,9 @@ import pytest
 from typer.testing import CliRunner
 
 from boxloop.cli import app
-from boxloop.loop_config import LoopConfig
+from boxloop.loop.config import LoopConfig
 from boxloop.store import Project
-from boxloop.train import load_checkpoint
+from boxloop.train.checkpoints import load_checkpoint
 
 runner = CliRunner()
 TRAIN = ("--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", "2",

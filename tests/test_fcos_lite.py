@@ -40,7 +40,7 @@ def test_it_is_the_default_everywhere():
     assert DETECTOR == "fcos_lite"
     assert run_defaults("cpu").detector == run_defaults("cuda").detector == "fcos_lite"
     assert run_defaults("cpu").image_size == 320 and run_defaults("cuda").image_size == 480
-    from boxloop.loop_config import LoopConfig
+    from boxloop.loop.config import LoopConfig
 
     assert LoopConfig().detector.model == "fcos_lite"
 
@@ -182,7 +182,8 @@ def test_trained_lite_finds_its_rectangles(trained_lite):
 
 def test_old_fcos_checkpoint_loads_and_predicts_as_before(tmp_path, one_thread):
     """A checkpoint written before fcos_lite existed: its detector_config has only the old keys."""
-    from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_detector, save_checkpoint
+    from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from boxloop.train.checkpoints import load_detector
 
     old_config = {"name": "fcos", "num_classes": 2, "backbone": "efficientnet_lite0", "pretrained_backbone": False,
                   "min_size": 96, "max_size": 96, "score_thresh": 0.05, "nms_thresh": 0.6,
@@ -205,7 +206,8 @@ def test_old_fcos_checkpoint_loads_and_predicts_as_before(tmp_path, one_thread):
 
 def test_fcos_lite_checkpoint_from_before_the_distribution_head_loads(tmp_path, one_thread):
     """A checkpoint whose config predates `box_bins` was built with plain distances: it loads as such."""
-    from boxloop.train import load_detector, save_checkpoint
+    from boxloop.train.checkpoints import load_detector
+    from boxloop.train.checkpoints import save_checkpoint
 
     old = create_detector("fcos_lite", num_classes=2, pretrained_backbone=False, box_bins=0).eval()
     config = {k: v for k, v in old.config.items() if k not in ("box_bins", "quality_weighting")}
@@ -229,9 +231,9 @@ def test_cli_train_without_options_uses_the_cpu_defaults(synthetic_dataset, tmp_
     from typer.testing import CliRunner
 
     from boxloop.cli import app
-    from boxloop.round_model import current_checkpoint
+    from boxloop.loop.model import current_checkpoint
     from boxloop.store import Project
-    from boxloop.train import load_checkpoint
+    from boxloop.train.checkpoints import load_checkpoint
 
     runner = CliRunner()
     proj = tmp_path / "proj"

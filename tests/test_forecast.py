@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boxloop.forecast import NOISE_FLOOR, backtest, fit_power_law, forecast, forecast_line
+from boxloop.loop.forecast import NOISE_FLOOR, backtest, fit_power_law, forecast, forecast_line
 
 A, B, C = 0.85, 2.0, 0.6
 N = np.array([20, 46, 72, 98, 124, 150], float)

@@ -440,7 +440,7 @@ def test_odd_images_load_as_rgb(tmp_path: Path) -> None:
 
 
 def test_odd_images_init_and_train_time_loading(tmp_path: Path) -> None:
-    from boxloop.data import DetectionDataset, Sample, collate, train_transform
+    from boxloop.train.data import DetectionDataset, Sample, collate, train_transform
 
     images = tmp_path / "images"
     sizes = _odd_images(images)
@@ -474,7 +474,7 @@ def test_odd_images_init_and_train_time_loading(tmp_path: Path) -> None:
 
 def _open_batch(tmp_path: Path) -> tuple[Path, Path]:
     """A project with an open round-1 query batch (written by `human.write_batch`, VOC layout)."""
-    from boxloop.human import write_batch
+    from boxloop.loop.human import write_batch
     from boxloop.structures import Detections
 
     images, ann = _dataset(tmp_path / "data", n=5)

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from boxloop.data import resized_size
+from boxloop.images import resized_size
 from boxloop.detectors import create_detector
 from boxloop.images import ImageError
-from boxloop.inference import _predict_batch, predict_paths, to_original
+from boxloop.predict.inference import predict_batch, predict_paths, to_original
 from boxloop.structures import Boxes, Detections
 
 # (width, height, rectangle x1 y1 x2 y2): landscape, portrait, larger and smaller than image_size
@@ -144,7 +144,7 @@ def test_out_of_memory_halves_the_batch(tmp_path: Path, caplog) -> None:
     assert len(results) == 4 and "batch halved to 1" in caplog.text
     state = {"chunk": 8}
     with pytest.raises(RuntimeError, match="single image"):
-        _predict_batch(OOMAbove(limit=0), [torch.zeros(3, 8, 8)], 0.05, state)
+        predict_batch(OOMAbove(limit=0), [torch.zeros(3, 8, 8)], 0.05, state)
 
 
 def test_to_original_scales_each_axis() -> None:

@@ -151,7 +151,7 @@ def small_project(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_image_hash_checked_cheaply_wherever_labels_are_used(tmp_path: Path, monkeypatch) -> None:
     """An image replaced after init (other content and size) is never used with the old boxes."""
-    from boxloop.round_model import test_metrics, training_samples
+    from boxloop.loop.model import test_metrics, training_samples
 
     project, images = small_project(tmp_path)
     hashed: list[Path] = []

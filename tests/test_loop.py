@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from boxloop.history import StopRule, round_history
-from boxloop.loop import pool_paths, run_round, step_select
-from boxloop.loop_config import LoopConfig
-from boxloop.round_model import training_samples
-from boxloop.oracle import DRAW_SECONDS, VERIFY_SECONDS
-from boxloop.simulate import copy_project, withhold
+from boxloop.loop.history import StopRule, round_history
+from boxloop.loop.round import pool_paths, run_round, step_select
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.model import training_samples
+from boxloop.loop.oracle import DRAW_SECONDS, VERIFY_SECONDS
+from boxloop.loop.simulate import copy_project, withhold
 from boxloop.store import Project
 from boxloop.structures import Boxes, Detections, Source, iou
 
@@ -190,11 +190,12 @@ def test_box_round_makes_partial_images_with_weights_and_background(run, data):
 def test_noisy_label_threshold_comes_from_validation_precision(run, monkeypatch):
     """Unchecked predicted boxes train from the lowest score whose validation precision is >= 0.5.
     By hand: rows above 0.3 are 2 right of 5 (0.4), above 0.4 are 2 of 4 (0.5): the threshold is 0.4."""
-    from boxloop import autolabel, loop
+    from boxloop.loop import round as loop
+    from boxloop.semi import autolabel
 
     table = np.array([(0.9, 1), (0.8, 0), (0.6, 0), (0.5, 1), (0.4, 0), (0.3, 0), (0.2, 0)], float)
     monkeypatch.setattr(autolabel, "validation_table", lambda project, det, cfg: table)
-    monkeypatch.setattr(loop, "_load_round_detector", lambda project, round_id, config: None)
+    monkeypatch.setattr(loop, "load_round_detector", lambda project, round_id, config: None)
     cfg = tiny_config(unit="boxes", strategy="least_confidence")
     assert loop.noisy_label_threshold(run, 0, cfg) == pytest.approx(0.4)
     m = run.metrics(0)[0]
@@ -261,7 +262,7 @@ def test_unknown_strategy_is_refused_by_name():
 def test_strategy_needing_loc_quality_with_retinanet_names_strategy_and_models(run):
     """RetinaNet predicts no localization quality: localization_aware must say so, not crash."""
     from boxloop.detectors import create_detector
-    from boxloop.inference import predict_paths
+    from boxloop.predict.inference import predict_paths
 
     torch.manual_seed(0)
     det = create_detector("retinanet", num_classes=run.num_classes, backbone="mobilenet_v3_large",

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import typer
 
-from boxloop.cli_options import loop_config
-from boxloop.loop_config import (DetectorSettings, LoopConfig, PredictionSettings, PseudoSettings, SelectionSettings,
+from boxloop.cli.options import loop_config
+from boxloop.loop.config import (DetectorSettings, LoopConfig, PredictionSettings, PseudoSettings, SelectionSettings,
                                  TrainingSettings)
 
 # A round's config as the flat LoopConfig saved it (dataclasses.asdict, 37 keys), written out by hand,
@@ -137,7 +137,7 @@ def test_a_projects_saved_round_config_drives_query_and_import(layout: str, make
 
     import numpy as np
 
-    from boxloop.human import import_answers, write_batch
+    from boxloop.loop.human import import_answers, write_batch
     from boxloop.project import init_project
     from boxloop.structures import Boxes, Detections
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from boxloop import loop
-from boxloop.loop import STEPS, TRANSITIONS, next_step, run_round
-from boxloop.loop_config import LoopConfig
+from boxloop.loop import round as loop
+from boxloop.loop.round import STEPS, TRANSITIONS, next_step, run_round
+from boxloop.loop.config import LoopConfig
 from boxloop.store import Project
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from boxloop.oracle import (
+from boxloop.loop.oracle import (
     DRAW_SECONDS,
     VERIFY_SECONDS,
     BoxOracle,

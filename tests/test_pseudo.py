@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from boxloop.pseudo import (
+from boxloop.semi.pseudo import (
     ClasswiseThresholds,
     accept_certainty,
     accept_fixed,

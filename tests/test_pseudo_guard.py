@@ -13,10 +13,10 @@ import filecmp
 import numpy as np
 import pytest
 
-from boxloop.history import round_history
-from boxloop.loop_config import LoopConfig
-from boxloop.round_model import guard_verdict, model_dir, step_train, training_samples
-from boxloop.simulate import withhold
+from boxloop.loop.history import round_history
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.model import guard_verdict, model_dir, step_train, training_samples
+from boxloop.loop.simulate import withhold
 from boxloop.structures import Annotation, Boxes, Detections, Source
 
 CLASSES = ["circle", "square"]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from boxloop.loop import pool_paths, step_predict
-from boxloop.loop_config import LoopConfig
-from boxloop.round_model import model_dir
-from boxloop.ray_scoring import RayScoring, batch_groups, predict_pool
+from boxloop.loop.round import pool_paths, step_predict
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.model import model_dir
+from boxloop.scale.ray_scoring import RayScoring, batch_groups, predict_pool
 
 SIZE = 48
 CLASSES = ["circle", "square", "triangle"]
@@ -32,7 +32,7 @@ def _project(root: Path, images: Path):
     boxes an image at this threshold)."""
     from boxloop.detectors import create_detector
     from boxloop.project import init_project
-    from boxloop.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 
     project = init_project(root, images, None, classes=CLASSES, progress=False)
     det = create_detector("fcos", len(CLASSES), seed=0, backbone="mobilenet_v3_large", pretrained_backbone=False,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from boxloop.loop_config import LoopConfig
-from boxloop.simulate import SimSpec, dataset_paths, simulate
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.simulate import SimSpec, dataset_paths, simulate
 
 SIZE = 64
 TINY = dict(model="fcos", backbone="mobilenet_v3_large", pretrained_backbone=False, epochs=None, steps=8,
@@ -27,7 +27,7 @@ STRATEGIES = ["random", "least_confidence"]
 
 
 def test_default_path_does_not_import_ray() -> None:
-    code = ("import sys, boxloop.cli, boxloop.loop, boxloop.simulate, boxloop.train, boxloop.predictions; "
+    code = ("import sys, boxloop.cli.main, boxloop.loop.round, boxloop.loop.simulate, boxloop.train.fit, boxloop.predict.files; "
             "bad = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')); "
             "assert not bad, bad")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -35,7 +35,7 @@ def test_default_path_does_not_import_ray() -> None:
 
 
 def test_without_ray_the_options_say_how_to_install_it(monkeypatch) -> None:
-    from boxloop.ray_session import RayNotInstalled, ray_session
+    from boxloop.scale.ray_session import RayNotInstalled, ray_session
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(RayNotInstalled, match=r"pip install 'boxloop\[ray\]'"):
@@ -70,7 +70,7 @@ def sequential(data, tmp_path_factory):
 
 
 def test_ray_results_equal_sequential_and_rerun_does_only_the_missing(data, sequential, ray_local, tmp_path):
-    from boxloop.ray_simulate import missing_jobs
+    from boxloop.loop.simulate import missing_jobs
 
     out = tmp_path / "sim_ray"
     res = simulate(out=out, workers=2, **_kw(data))

@@ -18,12 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from boxloop.data import Sample
-from boxloop.semi import (SemiConfig, fit_semi, pseudo_label_quality, pseudo_samples, student_samples,
+from boxloop.train.data import Sample
+from boxloop.semi.certainty import (SemiConfig, fit_semi, pseudo_label_quality, pseudo_samples, student_samples,
                           student_train_config)
-from boxloop.weak_view import merge_flip
+from boxloop.semi.weak_view import merge_flip
 from boxloop.structures import Annotation, Boxes, Detections
-from boxloop.train import CheckpointError, TrainConfig, load_checkpoint, load_detector
+from boxloop.train.checkpoints import CheckpointError, load_checkpoint
+from boxloop.train.config import TrainConfig
+from boxloop.train.checkpoints import load_detector
 
 SIZE = 64
 DET = dict(pretrained_backbone=False, min_size=SIZE, max_size=SIZE, channels=16, head_convs=1)  # fcos_lite

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from boxloop.loop_config import LoopConfig
-from boxloop.simulate import simulate
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.simulate import simulate
 from boxloop.store import DB_NAME
 
 SIZE = 64
@@ -102,8 +102,8 @@ SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
-from boxloop.loop_config import LoopConfig
-from boxloop.simulate import simulate
+from boxloop.loop.config import LoopConfig
+from boxloop.loop.simulate import simulate
 cfg = LoopConfig.make(**{tiny!r})
 simulate(dataset=Path({images!r}), annotations=Path({ann!r}), out=Path(sys.argv[1]),
          strategies={strategies!r}, initial=6, budget=3, rounds={rounds}, seeds=[0], test_fraction=0.2,

@@ -11,11 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from boxloop.data import Sample
+from boxloop.train.data import Sample
 from boxloop.detectors import create_detector
 from boxloop.structures import Annotation, Boxes
-from boxloop.train import (CHECKPOINT_FORMAT, CheckpointError, TrainConfig, fit, load_checkpoint, load_detector,
-                           resolve_device)
+from boxloop.train.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from boxloop.train.config import TrainConfig
+from boxloop.train.fit import fit
+from boxloop.train.checkpoints import load_detector
+from boxloop.predict.inference import resolve_device
 
 CLASSES = ["red", "green"]
 COLOURS = {"red": (230, 30, 30), "green": (30, 230, 30)}
@@ -205,8 +208,8 @@ def test_resolve_device() -> None:
 
 
 def test_quality_map_is_stored_with_the_checkpoint_and_reloaded(trained, tmp_path: Path) -> None:
-    from boxloop.calibration import QualityMap, fit_quality_map
-    from boxloop.train import save_checkpoint
+    from boxloop.metrics.calibration import QualityMap, fit_quality_map
+    from boxloop.train.checkpoints import save_checkpoint
 
     det, result, train, val, _ = trained
     ckpt = load_checkpoint(result.best_checkpoint)
@@ -228,7 +231,7 @@ def test_quality_map_is_stored_with_the_checkpoint_and_reloaded(trained, tmp_pat
 
 
 def test_checkpoint_from_before_the_quality_map_loads_unmapped_with_a_note(trained, tmp_path: Path, caplog) -> None:
-    from boxloop.train import save_checkpoint
+    from boxloop.train.checkpoints import save_checkpoint
 
     det, result, *_ = trained
     ckpt = load_checkpoint(result.best_checkpoint)

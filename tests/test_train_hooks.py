@@ -11,7 +11,11 @@ import torch
 from test_train import CLASSES, SIZE, config, make_samples, tiny_fcos
 
 from boxloop.detectors import LOC_QUALITY_OPTIONS, DetectorSpec
-from boxloop.train import FitHooks, TrainConfig, fit, load_checkpoint, short_warmup, train_detector
+from boxloop.train.fit import FitHooks, fit
+from boxloop.train.config import short_warmup
+from boxloop.train.run import train_detector
+from boxloop.train.config import TrainConfig
+from boxloop.train.checkpoints import load_checkpoint
 
 SPEC = DetectorSpec("fcos", {"backbone": "mobilenet_v3_large", "pretrained_backbone": False, "min_size": SIZE,
                              "max_size": SIZE, "fpn_channels": 32, "head_convs": 1})
@@ -90,8 +94,8 @@ def test_loc_quality_rule_and_warmup_rule() -> None:
 
 def test_semi_and_plain_training_share_fits_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Teacher, teacher continued and student all step through train._train_step: one loop."""
-    import boxloop.train as train_mod
-    from boxloop.semi import SemiConfig, fit_semi
+    import boxloop.train.fit as train_mod
+    from boxloop.semi.certainty import SemiConfig, fit_semi
 
     calls: list[int] = []
     real = train_mod._train_step

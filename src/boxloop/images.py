@@ -315,3 +315,9 @@ def check_truncated(path: str | Path) -> tuple[int, int]:
                 return size
     except _ALL_ERRORS as e:
         raise _image_error(path, e) from e
+
+
+def resized_size(width: int, height: int, image_size: int) -> tuple[int, int]:
+    """(height, width) with the longer side equal to `image_size`, aspect kept."""
+    scale = image_size / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))

@@ -2,6 +2,8 @@
 
 Builders are imported lazily so that `import boxloop.detectors` stays cheap and a broken optional
 model never stops the others from loading.
+
+Owns: the Detector protocol (base), the models and their parts. May import: the root modules.
 """
 
 from __future__ import annotations

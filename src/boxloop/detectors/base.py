@@ -31,7 +31,7 @@ from boxloop.detectors.common import predict_context, prepare_images
 from boxloop.structures import Detections
 
 if TYPE_CHECKING:
-    from boxloop.calibration import QualityMap
+    from boxloop.metrics.calibration import QualityMap
 
 
 @runtime_checkable
@@ -69,7 +69,7 @@ class TorchDetector(nn.Module):
     has_loc_quality: bool = False
     cpu_bf16: bool = False  # predict in bfloat16 on a CPU that supports it (fcos_lite)
     # predicted IoU -> IoU, fitted on validation at the end of training and kept in the checkpoint
-    # (boxloop.calibration); None: the quality branch's raw output
+    # (boxloop.metrics.calibration); None: the quality branch's raw output
     quality_map: QualityMap | None = None
 
     def __init__(self, model: nn.Module, num_classes: int, config: dict[str, Any], feature_dim: int,

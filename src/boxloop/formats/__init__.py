@@ -10,6 +10,8 @@ Written by hand here: the checks every loader shares (degenerate boxes dropped a
 image clipped, each with a warning; unknown class names listed with their files; image paths that
 escape the images folder refused; image stems matched once) and `load`/`dump`/`detect_format`, which
 dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
+
+Owns: voc, coco, yolo, labelstudio, cvat. May import: the root modules structures and images.
 """
 
 from __future__ import annotations

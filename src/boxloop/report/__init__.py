@@ -11,10 +11,13 @@ The package, by what each part does:
   sources.py     reading a simulate folder, a results.json, a dict or a project into that schema
   statistics.py  grouping runs, aligning rounds across seeds, the table and the summary (numpy)
   curves.py      area under the curve per seed, paired differences to random, shares of the full-data
-                 mAP50, the power-law forecast and its backtest (boxloop.forecast)
+                 mAP50, the power-law forecast and its backtest (boxloop.loop.forecast)
   plots.py       the plots (matplotlib, object-oriented API on the Agg canvas: no pyplot, no display)
   html.py        the gallery (Pillow) and the one self-contained page (every image a base64 PNG)
 No torch import (a project is read only when one is given) and no network.
+
+Owns: keys, sources, statistics, curves, plots, html. May import: store/ and loop.history,
+loop.config, loop.forecast (a project's rounds and the forecast).
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from boxloop.report.curves import (
     forecast_summary,
     format_auc_table,
     format_forecast_table,
+    format_per_class_table,
     normalised_auc,
     paired,
+    per_class_statistics,
 )
 from boxloop.report.html import PROVENANCE_COLOURS, render_gallery, write_report
 from boxloop.report.plots import plot_learning_curves
 from boxloop.report.sources import load_results, project_gallery, report_source
-from boxloop.report.statistics import format_table, learning_curve_table, summarize
+from boxloop.report.statistics import format_table, learning_curve_table, rare_ap50, rare_classes, summarize
 
 __all__ = [
     "PROVENANCE_COLOURS",
@@ -49,4 +54,8 @@ __all__ = [
     "format_forecast_table",
     "normalised_auc",
     "paired",
+    "per_class_statistics",
+    "format_per_class_table",
+    "rare_classes",
+    "rare_ap50",
 ]

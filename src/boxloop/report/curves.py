@@ -16,8 +16,8 @@ Paired difference: strategy AUC - baseline AUC on the same seed (same seed set a
 over the seeds both have; its mean, sample std (ddof=1) and on how many seeds it is positive. A mean
 gap smaller than its std is a tie. The baseline of "x+autolabel" is plain random of the same unit.
 
-Written by hand: the AUC over a common range, the pairing and the grouping (statistics._group);
-numpy does the arithmetic, boxloop.forecast the curve fits.
+Written by hand: the AUC over a common range, the pairing and the grouping (statistics.group_runs);
+numpy does the arithmetic, boxloop.loop.forecast the curve fits.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop.report.keys import (
-    BOXES_LABELLED, COST_SECONDS, DEFAULT_UNIT, FULL_DATA_MAP50, IMAGES_LABELLED, MAP50, ROUND, ROUNDS, SEED, SEMI,
-    STRATEGY, UNIT,
+    AP50, BOXES_LABELLED, COST_SECONDS, DEFAULT_UNIT, FULL_DATA_MAP50, IMAGES_LABELLED, MAP50, PER_CLASS, RARE_MEAN,
+    ROUND, ROUNDS, SEED, SEMI, STRATEGY, UNIT,
 )
 from boxloop.report.sources import load_results
-from boxloop.report.statistics import _group, _num
+from boxloop.report.statistics import group_runs, as_float, rare_ap50, rare_classes
 
-__all__ = ["normalised_auc", "paired", "mean_std", "curve_statistics", "forecast_summary", "format_auc_table",
-           "format_forecast_table", "labelled_key"]
+__all__ = ["normalised_auc", "paired", "mean_std", "curve_statistics", "per_class_statistics", "forecast_summary",
+           "format_auc_table", "format_per_class_table", "format_forecast_table", "labelled_key"]
 
 
 def labelled_key(unit: str) -> str:
@@ -43,9 +43,9 @@ def labelled_key(unit: str) -> str:
     return IMAGES_LABELLED if unit == "images" else BOXES_LABELLED
 
 
-def _points(rows: Sequence[Mapping[str, Any]], x_key: str) -> tuple[np.ndarray, np.ndarray]:
+def evaluated_points(rows: Sequence[Mapping[str, Any]], x_key: str) -> tuple[np.ndarray, np.ndarray]:
     """(x, mAP50) of the evaluated rounds, sorted by x."""
-    pts = [(_num(r.get(x_key)), _num(r.get(MAP50))) for r in rows]
+    pts = [(as_float(r.get(x_key)), as_float(r.get(MAP50))) for r in rows]
     pts = [p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])]
     if not pts:
         return np.zeros(0), np.zeros(0)
@@ -102,7 +102,7 @@ def _full_of(run: Mapping[str, Any], full_map50: float | Mapping[Any, float] | N
         return None if v is None else float(v)
     if full_map50 is not None:
         return float(full_map50)
-    vals = [_num(r.get(FULL_DATA_MAP50)) for r in run[ROUNDS]]
+    vals = [as_float(r.get(FULL_DATA_MAP50)) for r in run[ROUNDS]]
     vals = [v for v in vals if np.isfinite(v)]
     return float(np.mean(vals)) if vals else None
 
@@ -116,7 +116,7 @@ def _common_ranges(results: Mapping[str, Any]) -> dict[tuple[str, Any, str], tup
     spans: dict[tuple[str, Any, str], list[tuple[float, float]]] = {}
     for run in results["runs"]:
         for x_key in (labelled_key(_unit(run)), COST_SECONDS):
-            x, _ = _points(run[ROUNDS], x_key)
+            x, _ = evaluated_points(run[ROUNDS], x_key)
             if x.shape[0] >= 2:
                 spans.setdefault((_unit(run), run.get(SEED), x_key), []).append((float(x[0]), float(x[-1])))
     out = {}
@@ -126,6 +126,12 @@ def _common_ranges(results: Mapping[str, Any]) -> dict[tuple[str, Any, str], tup
     return out
 
 
+def _baseline_of(groups: Mapping[str, Sequence[Mapping[str, Any]]], baseline: str, unit: str) -> str | None:
+    """The group label of the baseline strategy at this unit (plain, without pseudo-labels)."""
+    return next((lab for lab, runs in groups.items() if runs[0][STRATEGY] == baseline and not runs[0].get(SEMI)
+                 and _unit(runs[0]) == unit), None)
+
+
 def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mapping[Any, float] | None = None,
                      baseline: str = "random") -> dict[str, Any]:
     """Per strategy (group) and seed: AUC against labels and against annotation seconds over the
@@ -133,7 +139,7 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
     and the share of the full-data mAP50 at each round (when a full-data mAP50 is known)."""
     results = load_results(results)
     ranges = _common_ranges(results)
-    groups = _group(results)
+    groups = group_runs(results)
     out: dict[str, Any] = {"baseline": baseline, "strategies": {},
                            "ranges": {f"{u}/seed{s}/{k}": list(r) if r else None for (u, s, k), r in ranges.items()}}
     aucs: dict[str, dict[str, dict[Any, float | None]]] = {}
@@ -149,19 +155,19 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
             seed = run.get(SEED)
             fb = [{"round": int(r[ROUND]), "strategy": r["fallback"].get("strategy")} for r in run[ROUNDS]
                   if isinstance(r.get("fallback"), Mapping)]
-            if fb:  # rounds whose model kept no box: their query was not the strategy's own (boxloop.fallback)
+            if fb:  # rounds whose model kept no box: their query was not the strategy's own (boxloop.loop.fallback)
                 fallbacks[seed] = fb
             for name, x_key in (("auc_labelled", labelled_key(unit)), ("auc_seconds", COST_SECONDS)):
                 rng = ranges.get((unit, seed, x_key))
-                x, y = _points(run[ROUNDS], x_key)
+                x, y = evaluated_points(run[ROUNDS], x_key)
                 per[name][seed] = normalised_auc(x, y, *rng) if rng else None
             full = _full_of(run, full_map50)
             if full:
                 for row in run[ROUNDS]:
-                    m = _num(row.get(MAP50))
+                    m = as_float(row.get(MAP50))
                     if np.isfinite(m):
                         shares.setdefault(int(row[ROUND]), {})[seed] = m / full
-                        xs.setdefault(int(row[ROUND]), []).append(_num(row.get(labelled_key(unit))))
+                        xs.setdefault(int(row[ROUND]), []).append(as_float(row.get(labelled_key(unit))))
         for name in per:
             entry[name] = {"per_seed": per[name], **mean_std(list(per[name].values()))}
         entry["fallback_rounds"] = fallbacks
@@ -171,8 +177,7 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
         aucs[label] = per
         out["strategies"][label] = entry
     for label, entry in out["strategies"].items():
-        base = next((lab for lab, runs in groups.items() if runs[0][STRATEGY] == baseline and not runs[0].get(SEMI)
-                     and _unit(runs[0]) == entry["unit"]), None)
+        base = _baseline_of(groups, baseline, entry["unit"])
         if base is None or base == label:
             continue
         entry["baseline"] = base
@@ -180,21 +185,85 @@ def curve_statistics(results: Mapping[str, Any] | Any, full_map50: float | Mappi
     return out
 
 
+def per_class_statistics(results: Mapping[str, Any] | Any, baseline: str = "random") -> dict[str, Any]:
+    """Per strategy and class, and for the rare classes' mean (RARE_MEAN, when the runs name rare
+    classes): AP50 per round (per seed, mean ± std), the AUC of each seed's per-class curve against
+    labels over the seed's common range (as curve_statistics), and its paired difference to
+    `baseline`. A round where a class has no AP (no test box) is left out of that class's curve."""
+    results = load_results(results)
+    rare = rare_classes(results)
+    ranges = _common_ranges(results)
+    groups = group_runs(results)
+    out: dict[str, Any] = {"baseline": baseline, "rare_classes": rare, "strategies": {}}
+    aucs: dict[str, dict[str, dict[Any, float | None]]] = {}
+    for label, runs in groups.items():
+        unit = _unit(runs[0])
+        x_key = labelled_key(unit)
+        names = sorted({c for run in runs for row in run[ROUNDS] for c in (row.get(PER_CLASS) or {})})
+        getters = {c: (lambda row, c=c: as_float(((row.get(PER_CLASS) or {}).get(c) or {}).get(AP50))) for c in names}
+        if rare:
+            getters[RARE_MEAN] = lambda row: rare_ap50(row, rare)
+        classes: dict[str, Any] = {}
+        for name, get in getters.items():
+            per_round: dict[int, dict[Any, float]] = {}
+            auc: dict[Any, float | None] = {}
+            for run in runs:
+                seed = run.get(SEED)
+                for row in run[ROUNDS]:
+                    per_round.setdefault(int(row[ROUND]), {})[seed] = get(row)
+                rng = ranges.get((unit, seed, x_key))
+                x = [as_float(row.get(x_key)) for row in run[ROUNDS]]
+                auc[seed] = normalised_auc(x, [get(row) for row in run[ROUNDS]], *rng) if rng else None
+            classes[name] = {"rounds": [{"round": r, "per_seed": v, **mean_std(list(v.values()))}
+                                        for r, v in sorted(per_round.items())],
+                             "auc_labelled": {"per_seed": auc, **mean_std(list(auc.values()))}}
+        aucs[label] = {n: c["auc_labelled"]["per_seed"] for n, c in classes.items()}
+        out["strategies"][label] = {"unit": unit, "classes": classes}
+    for label, entry in out["strategies"].items():
+        base = _baseline_of(groups, baseline, entry["unit"])
+        if base is None or base == label:
+            continue
+        entry["baseline"] = base
+        for name, c in entry["classes"].items():
+            if name in aucs[base]:
+                c["auc_minus_baseline"] = paired(aucs[label][name], aucs[base][name])
+    return out
+
+
+def format_per_class_table(stats: Mapping[str, Any]) -> str:
+    """Markdown: strategy x class (the rare classes' mean first), AUC of AP50 against labels mean ±
+    std, its paired difference to the baseline, and AP50 at the last round."""
+    head = ["strategy", "class", "AUC AP50 mean ± std", f"Δ {stats['baseline']} (per seed)", "mean Δ",
+            "last round AP50"]
+    body = []
+    for label, entry in stats["strategies"].items():
+        order = sorted(entry["classes"], key=lambda n: (n != RARE_MEAN, n))
+        for name in order:
+            c = entry["classes"][name]
+            d = c.get("auc_minus_baseline")
+            last = c["rounds"][-1] if c["rounds"] else {"mean": None, "std": None}
+            body.append([label, name + (f" ({', '.join(stats['rare_classes'])})" if name == RARE_MEAN else ""),
+                         _ms(c["auc_labelled"]), "-" if not d else
+                         ", ".join(f"{v:+.3f}" for v in d["per_seed"].values()),
+                         "-" if not d else _ms(d, signed=True), _ms(last)])
+    return _markdown(head, body)
+
+
 def forecast_summary(results: Mapping[str, Any] | Any, backtest_k: int | None = None, boots: int = 200
                      ) -> dict[str, Any]:
     """Per strategy: the power-law forecast of the next budget on the mean-over-seeds curve, and a
     backtest per seed (fit on the first `backtest_k` rounds, default max(3, ceil(rounds / 2)), predict
     the rest) with the mean absolute error, the mean error of the next round and the interval coverage."""
-    from boxloop.forecast import MIN_POINTS, backtest, forecast
+    from boxloop.loop.forecast import MIN_POINTS, backtest, forecast
 
     results = load_results(results)
     out: dict[str, Any] = {}
-    for label, runs in _group(results).items():
+    for label, runs in group_runs(results).items():
         x_key = labelled_key(_unit(runs[0]))
         by_round: dict[int, list[tuple[float, float]]] = {}
         for run in runs:
             for row in run[ROUNDS]:
-                x, m = _num(row.get(x_key)), _num(row.get(MAP50))
+                x, m = as_float(row.get(x_key)), as_float(row.get(MAP50))
                 if np.isfinite(x) and np.isfinite(m):
                     by_round.setdefault(int(row[ROUND]), []).append((x, m))
         pts = [tuple(np.mean(v, axis=0)) for _, v in sorted(by_round.items())]
@@ -204,7 +273,7 @@ def forecast_summary(results: Mapping[str, Any] | Any, backtest_k: int | None = 
             entry["forecast"] = forecast(n, y, boots=boots)
         tests = {}
         for run in runs:
-            x, y = _points(run[ROUNDS], x_key)
+            x, y = evaluated_points(run[ROUNDS], x_key)
             k = backtest_k or max(MIN_POINTS, math.ceil(x.shape[0] / 2))
             bt = backtest(x, y, k, boots=boots)
             if bt is not None:

@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from boxloop.report.curves import curve_statistics, forecast_summary, format_auc_table, format_forecast_table
 from boxloop.report.keys import BOXES, IMAGE, LABELS, SCORES, SOURCES
-from boxloop.report.plots import _figures, _png_bytes
-from boxloop.report.sources import _load_gallery, load_results
-from boxloop.report.statistics import _fmt, _mean_std, learning_curve_table, summarize
+from boxloop.report.plots import report_figures, png_bytes
+from boxloop.report.sources import load_gallery, load_results
+from boxloop.report.statistics import fmt_number, mean_std_text, learning_curve_table, summarize
 
 __all__ = ["PROVENANCE_COLOURS", "render_gallery", "write_report"]
 
@@ -196,14 +196,14 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
     lines = [
         f"Best strategy: <b>{e(best['strategy'])}</b> (mean of {best['seeds']} seed(s), by last-round mAP50)",
         f"Last mAP50: <b>{best['last_map50']:.3f}</b> at round {best['last_round']}",
-        f"Labels spent: {_fmt(best['images_labelled'], 1)} images, {_fmt(best['boxes_labelled'], 1)} boxes",
-        f"Annotation cost so far: {_fmt(best['cost_hours'], 2)} hours",
+        f"Labels spent: {fmt_number(best['images_labelled'], 1)} images, {fmt_number(best['boxes_labelled'], 1)} boxes",
+        f"Annotation cost so far: {fmt_number(best['cost_hours'], 2)} hours",
         f"Learning curve: {verdict}",
     ]
     rows = "".join(
         f"<tr><td>{e(s['strategy'])}</td><td class=num>{s['last_round']}</td>"
-        f"<td class=num>{s['last_map50']:.3f}</td><td class=num>{_fmt(s['images_labelled'], 1)}</td>"
-        f"<td class=num>{_fmt(s['boxes_labelled'], 1)}</td><td class=num>{_fmt(s['cost_hours'], 2)}</td>"
+        f"<td class=num>{s['last_map50']:.3f}</td><td class=num>{fmt_number(s['images_labelled'], 1)}</td>"
+        f"<td class=num>{fmt_number(s['boxes_labelled'], 1)}</td><td class=num>{fmt_number(s['cost_hours'], 2)}</td>"
         f"<td>{'-' if s['flattened'] is None else ('yes' if s['flattened'] else 'no')}</td></tr>"
         for s in summary["strategies"].values())
     return ("<div class=summary><ul>" + "".join(f"<li>{x}</li>" for x in lines) + "</ul></div>"
@@ -215,8 +215,8 @@ def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
     e = html.escape
     body = "".join(
         f"<tr><td>{e(str(r['strategy']))}</td><td class=num>{r['round']}</td>"
-        f"<td class=num>{_fmt(r['images_labelled'], 1)}</td><td class=num>{_fmt(r['boxes_labelled'], 1)}</td>"
-        f"<td class=num>{_fmt(r['cost_hours'], 2)}</td><td class=num>{_mean_std(r)}</td>"
+        f"<td class=num>{fmt_number(r['images_labelled'], 1)}</td><td class=num>{fmt_number(r['boxes_labelled'], 1)}</td>"
+        f"<td class=num>{fmt_number(r['cost_hours'], 2)}</td><td class=num>{mean_std_text(r)}</td>"
         f"<td class=num>{r['evaluated']}</td></tr>" for r in rows)
     return ("<table><tr><th>strategy</th><th>round</th><th>images</th><th>boxes</th><th>cost h</th>"
             f"<th>mAP50 mean ± std</th><th>seeds</th></tr>{body}</table>")
@@ -256,10 +256,10 @@ def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: 
         p = Path(source)
         src_dir = p if p.is_dir() else p.parent
     results = load_results(source)
-    items = _load_gallery(src_dir, gallery)
+    items = load_gallery(src_dir, gallery)
     e = html.escape
     summary = summarize(results, flat_rounds=flat_rounds, flat_gain=flat_gain)
-    figures = {stem: (caption, _png_bytes(fig)) for stem, caption, fig in _figures(results)}
+    figures = {stem: (caption, png_bytes(fig)) for stem, caption, fig in report_figures(results)}
 
     def plot_section(heading: str, stems: Sequence[str], absent: str) -> str:
         parts = [f"<h2 id={stems[0]}>{e(heading)}</h2>"]
@@ -278,7 +278,7 @@ def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: 
         "<h2 id=summary>Summary</h2>" + _summary_html(summary),
         plot_section("Learning curves", ["map50_vs_images", "map50_vs_boxes", "cost_hours"],
                      "No evaluated rounds yet."),
-        plot_section("Per-class AP50", ["per_class_ap50"], "No per-class AP recorded."),
+        plot_section("Per-class AP50", ["per_class_ap50", "rare_classes_ap50"], "No per-class AP recorded."),
         plot_section("Labelled objects per class", ["labelled_per_class"], "No per-class label counts recorded."),
         plot_section("Selection thresholds per class", ["thresholds"],
                      "No per-class thresholds recorded (only the localization_aware strategy sets them)."),

@@ -18,13 +18,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from boxloop.report.curves import _points, labelled_key
+from boxloop.report.curves import evaluated_points, labelled_key
 from boxloop.report.keys import (
     AP50, BOXES_LABELLED, COST_SECONDS, FULL_DATA_MAP50, IMAGES_LABELLED, LABELLED_PER_CLASS, PER_CLASS,
-    PSEUDO_BOXES, PSEUDO_IMAGES, ROUNDS, THRESHOLDS,
+    MAP50, PSEUDO_BOXES, PSEUDO_IMAGES, ROUNDS, THRESHOLDS,
 )
 from boxloop.report.sources import load_results
-from boxloop.report.statistics import _by_round, _curve, _group, _mean_of, _num, _per_round_dict
+from boxloop.report.statistics import (
+    rows_by_round, mean_curve, group_runs, mean_of, as_float, per_round_means, rare_ap50, rare_classes,
+)
 
 __all__ = ["plot_learning_curves"]
 
@@ -52,14 +54,14 @@ def _integer_x(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _png_bytes(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
     return buf.getvalue()
 
 
 def _full_data_line(ax: Any, groups: Groups) -> None:
-    vals = [_num(row.get(FULL_DATA_MAP50)) for runs in groups.values() for run in runs for row in run[ROUNDS]]
+    vals = [as_float(row.get(FULL_DATA_MAP50)) for runs in groups.values() for run in runs for row in run[ROUNDS]]
     vals = [v for v in vals if np.isfinite(v)]
     if vals:
         v = float(np.mean(vals))
@@ -69,14 +71,14 @@ def _full_data_line(ax: Any, groups: Groups) -> None:
 def _seed_lines(ax: Any, runs: Sequence[Mapping[str, Any]], x_key: str, colour: Any, x_scale: float = 1.0) -> None:
     """One thin line per seed: the spread the mean hides (issue 13: not only the mean)."""
     for run in runs:
-        x, y = _points(run[ROUNDS], x_key)
+        x, y = evaluated_points(run[ROUNDS], x_key)
         if len(x):
             ax.plot(x / x_scale, y, color=colour, linewidth=0.8, alpha=0.35)
 
 
-def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | None:
+def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str, what: str = "mAP50") -> Figure | None:
     colours = _colours(groups)
-    curves = {lab: _curve(runs, x_key) for lab, runs in groups.items()}
+    curves = {lab: mean_curve(runs, x_key) for lab, runs in groups.items()}
     if not any(len(c[0]) for c in curves.values()):
         return None
     fig = _new_figure(7.5, 4.5)
@@ -90,11 +92,19 @@ def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str) -> Figure | 
             _seed_lines(ax, groups[lab], x_key, colours[lab])
     _full_data_line(ax, groups)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("mAP50 (test set)")
-    ax.set_title(f"mAP50 against {xlabel}: mean over seeds (thick), one thin line per seed")
+    ax.set_ylabel(f"{what} (test set)")
+    ax.set_title(f"{what} against {xlabel}: mean over seeds (thick), one thin line per seed")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _rare_groups(groups: Groups, rare: Sequence[str]) -> Groups:
+    """The runs with mAP50 replaced by the rare classes' mean AP50: the learning-curve figure, drawn
+    again for the classes selection is meant to find (no full-data line: its rare AP is not in the rows)."""
+    return {lab: [{**run, ROUNDS: [{**{k: v for k, v in row.items() if k != FULL_DATA_MAP50},
+                                    MAP50: rare_ap50(row, rare)} for row in run[ROUNDS]]} for run in runs]
+            for lab, runs in groups.items()}
 
 
 def _cost_figure(groups: Groups) -> Figure | None:
@@ -102,11 +112,11 @@ def _cost_figure(groups: Groups) -> Figure | None:
     data = {}
     for lab, runs in groups.items():
         rounds, hours = [], []
-        for r, rows in _by_round(runs).items():
-            h = _mean_of(rows, COST_SECONDS, 3600.0)
+        for r, rows in rows_by_round(runs).items():
+            h = mean_of(rows, COST_SECONDS, 3600.0)
             if np.isfinite(h):
                 rounds.append(r), hours.append(h)
-        data[lab] = (rounds, hours, _curve(runs, COST_SECONDS))
+        data[lab] = (rounds, hours, mean_curve(runs, COST_SECONDS))
     if not any(d[0] for d in data.values()):
         return None
     fig = _new_figure(11, 4.2)
@@ -136,7 +146,7 @@ def _small_multiples(groups: Groups, key: str, inner: str | None, ylabel: str, t
     """One panel per strategy, one line (or stacked bar) per class, mean over seeds per round."""
     panels = {}
     for lab, runs in groups.items():
-        rounds, per_name = _per_round_dict(runs, key, inner)
+        rounds, per_name = per_round_means(runs, key, inner)
         if rounds and per_name:
             panels[lab] = (rounds, per_name)
     if not panels:
@@ -182,8 +192,8 @@ def _pseudo_figure(groups: Groups) -> Figure | None:
     for key in (PSEUDO_IMAGES, PSEUDO_BOXES):
         for lab, runs in groups.items():
             rounds, vals = [], []
-            for r, rows in _by_round(runs).items():
-                v = _mean_of(rows, key)
+            for r, rows in rows_by_round(runs).items():
+                v = mean_of(rows, key)
                 if np.isfinite(v):
                     rounds.append(r), vals.append(v)
             if rounds:
@@ -209,8 +219,8 @@ def _pseudo_figure(groups: Groups) -> Figure | None:
 
 def _forecast_figure(groups: Groups) -> Figure | None:
     """Mean curve per strategy, the power law fitted to it, extended half as far again with its 90%
-    band (boxloop.forecast): where the curve is heading and how sure that is."""
-    from boxloop.forecast import MIN_POINTS, forecast
+    band (boxloop.loop.forecast): where the curve is heading and how sure that is."""
+    from boxloop.loop.forecast import MIN_POINTS, forecast
 
     colours = _colours(groups)
     drawn = []
@@ -219,7 +229,7 @@ def _forecast_figure(groups: Groups) -> Figure | None:
     units = set()
     for lab, runs in groups.items():
         unit = str(runs[0].get("unit", "images"))
-        x, y, _, _ = _curve(runs, labelled_key(unit))
+        x, y, _, _ = mean_curve(runs, labelled_key(unit))
         if len(np.unique(x)) < MIN_POINTS:
             continue
         grid = np.linspace(x.min(), 1.5 * x.max(), 40)
@@ -246,9 +256,10 @@ def _forecast_figure(groups: Groups) -> Figure | None:
     return fig
 
 
-def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
+def report_figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every plot whose data is present, in report order."""
-    groups = _group(results)
+    groups = group_runs(results)
+    rare = rare_classes(results)
     specs: list[tuple[str, str, Callable[[], Figure | None]]] = [
         ("map50_vs_images", "mAP50 against images labelled",
          lambda: _learning_curve_figure(groups, IMAGES_LABELLED, "images labelled")),
@@ -256,8 +267,11 @@ def _figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figure]]:
          lambda: _learning_curve_figure(groups, BOXES_LABELLED, "boxes labelled")),
         ("cost_hours", "Annotation cost in hours (drawing 50.8 s, verifying 21.9 s per box: LocAwareAL §5.3)",
          lambda: _cost_figure(groups)),
-        ("forecast", "Learning-curve forecast: where more labels are heading (boxloop.forecast)",
+        ("forecast", "Learning-curve forecast: where more labels are heading (boxloop.loop.forecast)",
          lambda: _forecast_figure(groups)),
+        ("rare_classes_ap50", f"Rare classes ({', '.join(rare)}): their mean AP50 against images labelled",
+         lambda: _learning_curve_figure(_rare_groups(groups, rare), IMAGES_LABELLED, "images labelled",
+                                        "rare-class AP50") if rare else None),
         ("per_class_ap50", "Per-class AP50 per round (LocAwareAL Fig. 6.6)",
          lambda: _small_multiples(groups, PER_CLASS, AP50, "AP50", "Per-class AP50 per round")),
         ("labelled_per_class", "Labelled objects per class per round (LocAwareAL Fig. 6.7)",
@@ -280,7 +294,7 @@ def plot_learning_curves(results: Mapping[str, Any], out_dir: Path) -> dict[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for stem, _, fig in _figures(results):
+    for stem, _, fig in report_figures(results):
         path = out_dir / f"{stem}.png"
         fig.savefig(path, format="png", dpi=_DPI)
         paths[stem] = path

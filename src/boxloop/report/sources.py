@@ -47,7 +47,7 @@ def load_results(source: Path | str | Mapping[str, Any]) -> dict[str, Any]:
     return results
 
 
-def _load_gallery(source: Path | None, gallery: Sequence[Mapping[str, Any]] | Path | None
+def load_gallery(source: Path | None, gallery: Sequence[Mapping[str, Any]] | Path | None
                   ) -> list[Mapping[str, Any]] | None:
     """The gallery items given, or those of `gallery` / SOURCE/gallery.json; None when there are none."""
     if gallery is not None and not isinstance(gallery, (str, Path)):
@@ -98,8 +98,8 @@ def report_source(source: Path) -> tuple[Any, list[dict[str, Any]] | None, str]:
     if source.is_file() or (source / "results.json").exists():
         return source, None, f"boxloop report: {source}"
     if (source / "boxloop.db").exists():
-        from boxloop.history import round_history
-        from boxloop.loop_config import LoopConfig
+        from boxloop.loop.history import round_history
+        from boxloop.loop.config import LoopConfig
         from boxloop.store import Project
 
         with Project.open(source) as p:

@@ -15,15 +15,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from boxloop.report.keys import (
-    BOXES_LABELLED, COCO_AP, COST_SECONDS, DEFAULT_UNIT, IMAGES_LABELLED, MAP50, ROUND, ROUNDS, RUNS, SEMI,
-    STRATEGY, UNIT,
+    AP50, BOXES_LABELLED, COCO_AP, COST_SECONDS, DEFAULT_UNIT, IMAGES_LABELLED, MAP50, PER_CLASS, RARE_CLASSES,
+    ROUND, ROUNDS, RUNS, SEMI, STRATEGY, UNIT,
 )
 from boxloop.report.sources import load_results
 
-__all__ = ["learning_curve_table", "format_table", "summarize"]
+__all__ = ["learning_curve_table", "format_table", "summarize", "rare_classes", "rare_ap50"]
 
 
-def _num(x: Any) -> float:
+def as_float(x: Any) -> float:
     """A metric as float, None and missing as NaN (a round that was not evaluated)."""
     if x is None:
         return math.nan
@@ -42,7 +42,7 @@ def _run_label(run: Mapping[str, Any], units: set[str]) -> str:
     return label
 
 
-def _group(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def group_runs(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Runs grouped by strategy (+ semi variant, + unit when both units are present), in first-seen order."""
     units = {str(r.get(UNIT, DEFAULT_UNIT)) for r in results[RUNS]}
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -51,7 +51,21 @@ def _group(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
     return groups
 
 
-def _by_round(runs: Sequence[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+def rare_classes(results: Mapping[str, Any]) -> list[str]:
+    """The rare classes the runs name (a benchmark sets them per run from its pool), first seen first."""
+    return list(dict.fromkeys(c for run in results[RUNS] for c in run.get(RARE_CLASSES) or []))
+
+
+def rare_ap50(row: Mapping[str, Any], rare: Sequence[str]) -> float:
+    """One round's mean AP50 over the rare classes that have an AP (a class without test boxes has
+    none and is left out, not counted as 0); NaN when none has."""
+    per = row.get(PER_CLASS) or {}
+    vals = [as_float((per.get(c) or {}).get(AP50)) for c in rare]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
+
+
+def rows_by_round(runs: Sequence[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """Round number -> that round's row from every seed that reached it."""
     out: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
@@ -69,30 +83,30 @@ def _stats(values: Sequence[float]) -> tuple[float, float, float, float, int]:
     return float(a.mean()), std, float(a.min()), float(a.max()), int(a.size)
 
 
-def _mean_of(rows: Sequence[Mapping[str, Any]], key: str, divisor: float = 1.0) -> float:
+def mean_of(rows: Sequence[Mapping[str, Any]], key: str, divisor: float = 1.0) -> float:
     """Mean over seeds of row[key] / divisor; NaN when no seed has it."""
-    return _stats([_num(row.get(key)) / divisor for row in rows])[0]
+    return _stats([as_float(row.get(key)) / divisor for row in rows])[0]
 
 
-def _curve(runs: Sequence[Mapping[str, Any]], x_key: str, y_key: str = MAP50
+def mean_curve(runs: Sequence[Mapping[str, Any]], x_key: str, y_key: str = MAP50
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """x (mean over seeds), y mean, y min, y max per round; rounds with no finite y are dropped."""
     xs, ys, lo, hi = [], [], [], []
-    for _, rows in _by_round(runs).items():
-        mean, _, mn, mx, n = _stats([_num(r.get(y_key)) for r in rows])
-        x = _mean_of(rows, x_key)
+    for _, rows in rows_by_round(runs).items():
+        mean, _, mn, mx, n = _stats([as_float(r.get(y_key)) for r in rows])
+        x = mean_of(rows, x_key)
         if n == 0 or not np.isfinite(x):
             continue
         xs.append(x), ys.append(mean), lo.append(mn), hi.append(mx)
     return np.array(xs), np.array(ys), np.array(lo), np.array(hi)
 
 
-def _per_round_dict(runs: Sequence[Mapping[str, Any]], key: str, inner: str | None = None
+def per_round_means(runs: Sequence[Mapping[str, Any]], key: str, inner: str | None = None
                     ) -> tuple[list[int], dict[str, np.ndarray]]:
     """Rounds and, per name, the mean over seeds of row[key][name] (or row[key][name][inner])."""
     rounds = []
     values: dict[str, list[float]] = {}
-    for r, rows in _by_round(runs).items():
+    for r, rows in rows_by_round(runs).items():
         dicts = [row.get(key) for row in rows if isinstance(row.get(key), Mapping) and row.get(key)]
         if not dicts:
             continue
@@ -105,7 +119,7 @@ def _per_round_dict(runs: Sequence[Mapping[str, Any]], key: str, inner: str | No
                 v = d.get(name)
                 if inner is not None:
                     v = v.get(inner) if isinstance(v, Mapping) else None
-                vals.append(_num(v))
+                vals.append(as_float(v))
             values.setdefault(name, [math.nan] * idx)
             values[name].append(_stats(vals)[0])
         for name, col in values.items():
@@ -116,30 +130,33 @@ def _per_round_dict(runs: Sequence[Mapping[str, Any]], key: str, inner: str | No
 
 def _spent(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Labels spent and cost at one round, mean over seeds: the columns the table and summary share."""
-    return {"images_labelled": _mean_of(rows, IMAGES_LABELLED), "boxes_labelled": _mean_of(rows, BOXES_LABELLED),
-            "cost_hours": _mean_of(rows, COST_SECONDS, 3600.0)}
+    return {"images_labelled": mean_of(rows, IMAGES_LABELLED), "boxes_labelled": mean_of(rows, BOXES_LABELLED),
+            "cost_hours": mean_of(rows, COST_SECONDS, 3600.0)}
 
 
 def learning_curve_table(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Strategy x round: mean ± sample std (ddof=1) over seeds of mAP50, with labels spent and cost."""
+    """Strategy x round: mean ± sample std (ddof=1) over seeds of mAP50, with labels spent and cost, and
+    the rare classes' mean AP50 (mean ± std; NaN when the runs name no rare classes)."""
     results = load_results(results)
+    rare = rare_classes(results)
     rows = []
-    for lab, runs in _group(results).items():
-        for r, rs in _by_round(runs).items():
-            mean, std, mn, mx, n = _stats([_num(x.get(MAP50)) for x in rs])
+    for lab, runs in group_runs(results).items():
+        for r, rs in rows_by_round(runs).items():
+            mean, std, mn, mx, n = _stats([as_float(x.get(MAP50)) for x in rs])
+            rare_mean, rare_std, _, _, _ = _stats([rare_ap50(x, rare) for x in rs])
             rows.append({
                 "strategy": lab, "round": r, "seeds": len(rs), "evaluated": n, **_spent(rs),
                 "map50_mean": mean, "map50_std": std, "map50_min": mn, "map50_max": mx,
-                "coco_ap_mean": _mean_of(rs, COCO_AP),
+                "coco_ap_mean": mean_of(rs, COCO_AP), "rare_ap50_mean": rare_mean, "rare_ap50_std": rare_std,
             })
     return rows
 
 
-def _fmt(x: float, digits: int = 0) -> str:
+def fmt_number(x: float, digits: int = 0) -> str:
     return "-" if not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def _mean_std(row: Mapping[str, Any]) -> str:
+def mean_std_text(row: Mapping[str, Any]) -> str:
     if not np.isfinite(row["map50_mean"]):
         return "-"
     return f"{row['map50_mean']:.3f} ± {row['map50_std']:.3f}"
@@ -148,8 +165,8 @@ def _mean_std(row: Mapping[str, Any]) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The table as Markdown (reads as plain text in a terminal, pastes into a closing note)."""
     head = ["strategy", "round", "images", "boxes", "cost h", "mAP50 mean ± std", "seeds"]
-    body = [[str(r["strategy"]), str(r["round"]), _fmt(r["images_labelled"], 1), _fmt(r["boxes_labelled"], 1),
-             _fmt(r["cost_hours"], 2), _mean_std(r),
+    body = [[str(r["strategy"]), str(r["round"]), fmt_number(r["images_labelled"], 1), fmt_number(r["boxes_labelled"], 1),
+             fmt_number(r["cost_hours"], 2), mean_std_text(r),
              str(r["evaluated"])] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
@@ -166,8 +183,8 @@ def summarize(results: Mapping[str, Any], flat_rounds: int = 2, flat_gain: float
     """
     results = load_results(results)
     per = {}
-    for lab, runs in _group(results).items():
-        pts = [(r, _mean_of(rs, MAP50), rs) for r, rs in _by_round(runs).items()]
+    for lab, runs in group_runs(results).items():
+        pts = [(r, mean_of(rs, MAP50), rs) for r, rs in rows_by_round(runs).items()]
         pts = [p for p in pts if np.isfinite(p[1])]
         if not pts:
             continue

@@ -18,6 +18,9 @@ Modules by concern: schema (migrations, constants, subsets), dbfile (opening che
 access), core (connection, transactions, locks, meta), images (and the named image sets: the
 pool defined once), files (file records, skipped images), labels, rounds (with metrics and
 queries), predictions (with the blob format). `Project` joins them; only they touch SQL.
+
+Owns: the database and every SQL statement. May import: the root modules (structures) and
+strategies.table (stored predictions come back as a DetectionTable).
 """
 
 from __future__ import annotations
@@ -115,4 +118,5 @@ class Project(Labels, Predictions, Files, Rounds):
             "warnings": len(self.warnings),
             "skipped_images": [{"path": p, "reason": r, "stage": s} for p, r, s in self.skipped_rows()],
             "schema_version": self.schema_version,
+            "input_size": self.get_meta("input_size"),  # chosen from the labelled boxes (boxloop.input_size)
         }

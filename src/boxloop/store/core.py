@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from boxloop.store.dbfile import (NotAProject, ReadOnlyConnection, check_file, check_schema, connect_read_only,
                                   remove_database, retire_database)
-from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, _MIGRATIONS, now, split_sql
+from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, MIGRATIONS, now, split_sql
 
 
 class ProjectBusy(RuntimeError):
@@ -106,7 +106,7 @@ class Core:
             return  # a read-only project of an older schema is read as it is
         with self.transaction():
             for i in range(version, SCHEMA_VERSION):
-                for stmt in split_sql(_MIGRATIONS[i]):
+                for stmt in split_sql(MIGRATIONS[i]):
                     self._conn.execute(stmt)
             # PRAGMA user_version takes a literal; it is transactional inside BEGIN..COMMIT.
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -284,6 +284,15 @@ class Core:
                 self._conn.execute("COMMIT")
 
     # -- meta -----------------------------------------------------------------------------------
+    def table_sizes(self) -> dict[str, int] | None:
+        """Bytes per table and index (SQLite's dbstat), largest first; None where SQLite was built
+        without dbstat."""
+        try:
+            rows = self._conn.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC").fetchall()
+        except sqlite3.OperationalError:
+            return None
+        return {str(n): int(b) for n, b in rows}
+
     def set_meta(self, key: str, value: Any) -> None:
         """Store any JSON-serialisable value."""
         with self.transaction():

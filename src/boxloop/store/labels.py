@@ -64,6 +64,28 @@ class Labels(Images):
             ids.append(int(cur.lastrowid))
         return ids
 
+    def add_box_arrays(self, image_ids: np.ndarray, class_ids: np.ndarray, xyxy: np.ndarray,
+                       sources: str | np.ndarray, round: int = 0, model: str | None = None,
+                       scores: np.ndarray | None = None, weights: np.ndarray | None = None) -> int:
+        """Append many boxes given as arrays, in one executemany: the way to build a store of millions
+        of boxes (scale benchmarks) without an Annotation per image. class id -1 = background (no
+        class); a NaN score = none; weights default to 1. Returns how many were added."""
+        n = len(image_ids)
+        xyxy = np.asarray(xyxy, np.float64).reshape(n, 4)
+        if not np.isfinite(xyxy).all():
+            raise ValueError("box coordinates must be finite numbers")
+        src = np.broadcast_to(np.asarray(sources, dtype=object), (n,))
+        sc = np.full(n, np.nan) if scores is None else np.asarray(scores, np.float64)
+        w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+        rows = ((int(i), None if c < 0 else int(c), *map(float, b), str(s), int(round), model,
+                 None if np.isnan(v) else float(v), float(wt))
+                for i, c, b, s, v, wt in zip(image_ids, class_ids, xyxy, src, sc, w))
+        with self.transaction():
+            self._conn.executemany(
+                "INSERT INTO boxes(image_id, class_id, x1, y1, x2, y2, source, round, model, score, weight) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        return n
+
     def set_annotation(self, image: int | str, annotation: Annotation, round: int = 0) -> list[int]:
         """A human's complete answer for one image: it becomes 'labelled' with exactly these boxes.
 

@@ -42,6 +42,16 @@ class Predictions(Images):
         return {r[0] for r in self._conn.execute(
             "SELECT i.path FROM predictions p JOIN images i ON i.id = p.image_id WHERE p.round = ?", (int(round),))}
 
+    def prediction_blobs(self, round: int, model: str | None = None) -> dict[str, bytes]:
+        """Image path -> the stored blob of `round`, undecoded: two scorings compared byte for byte."""
+        return {path: bytes(blob) for path, _, blob in self._prediction_rows(round, model)}
+
+    def prediction_counts(self, round: int) -> tuple[int, int]:
+        """(stored prediction rows, distinct images) of `round`: how far a scoring has come."""
+        rows, images = self._conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT image_id) FROM predictions WHERE round = ?", (int(round),)).fetchone()
+        return int(rows), int(images)
+
     def load_predictions(self, round: int, model: str | None = None) -> dict[str, Detections]:
         """{relative path: Detections} of one round (one model, or all if there is only one)."""
         out: dict[str, Detections] = {}

@@ -15,7 +15,7 @@ SOURCES = tuple(s.value for s in Source)
 
 
 # Each migration takes the schema from version i to i+1. Append; never edit a released one.
-_MIGRATIONS: list[str] = [
+MIGRATIONS: list[str] = [
     # 0 -> 1: the initial schema.
     """
     CREATE TABLE meta (
@@ -104,7 +104,7 @@ _MIGRATIONS: list[str] = [
     );
     """,
 ]
-SCHEMA_VERSION = len(_MIGRATIONS)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 # Which boxes and images each `annotations(subset)` returns. Images: an SQL condition on `i`.
 SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {

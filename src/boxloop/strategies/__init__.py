@@ -11,10 +11,12 @@ CLI and users' scripts call:
     sel = select("least_confidence", table, budget=1000, unit="boxes", t_d=0.1)
 
 `typical` and `budget_aware` take an embedding of every image (`image_features`,
-`labelled_features`: boxloop.embedding), and `typical` needs no detection at all: it picks the cold
+`labelled_features`: boxloop.predict.embedding), and `typical` needs no detection at all: it picks the cold
 start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop.
 
 Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py.
+
+Owns: the registry and the strategies. May import: the root modules (structures).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from boxloop.strategies.common import (
     localization_scores,
 )
 from boxloop.strategies.coreset import k_center_greedy
-from boxloop.strategies.image import IMAGE_STRATEGIES, LOW_THRESHOLD, PER_CLASS, class_thresholds
+from boxloop.strategies.image import (LOW_THRESHOLD, PER_CLASS, class_thresholds, coreset, entropy, least_confidence,
+                                      localization_aware, random_images)
 from boxloop.strategies.table import DetectionTable
-from boxloop.strategies.typical import coverage, kmeans, typicality
+from boxloop.strategies.typical import budget_aware, coverage, kmeans, typical, typicality
 from boxloop.structures import Detections, Selection
 
 __all__ = [
@@ -57,6 +60,15 @@ __all__ = [
     "PER_CLASS",
 ]
 
+IMAGE_STRATEGIES = {
+    "random": random_images,
+    "least_confidence": least_confidence,
+    "entropy": entropy,
+    "localization_aware": localization_aware,
+    "coreset": coreset,
+    "typical": typical,  # needs no detections: pooled backbone features (strategies/typical.py)
+    "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
+}
 STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
 NEEDS_EMBEDDING = frozenset({"typical", "budget_aware"})  # take image_features / labelled_features
 DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any prediction (the cold start)

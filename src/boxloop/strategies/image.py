@@ -1,8 +1,8 @@
 """Image-level strategies: which whole images to send to the annotator (MISSION F6).
 
 Every strategy is `fn(table, budget, rng, **options) -> Selection(unit="images")`, registered in
-`IMAGE_STRATEGIES`. Selection.scores are "higher = more informative" (NaN for images taken through
-the empty share).
+boxloop.strategies' `IMAGE_STRATEGIES`. Selection.scores are "higher = more informative" (NaN for
+images taken through the empty share).
 
 - random: uniform over the pool (images with no detections included).
 - least_confidence: per box 1 - max P, aggregated per image by mean (FineGrainedAL) or max.
@@ -44,11 +44,9 @@ from boxloop.strategies.common import (
 )
 from boxloop.strategies.coreset import auto_device, k_center_greedy
 from boxloop.strategies.table import DetectionTable
-from boxloop.strategies.typical import budget_aware, typical
 from boxloop.structures import Selection
 
 __all__ = [
-    "IMAGE_STRATEGIES",
     "random_images",
     "least_confidence",
     "entropy",
@@ -253,14 +251,3 @@ def coreset(table: DetectionTable, budget: int, rng: np.random.Generator | int |
     info = {"empty_share": empty_share, "empty_images": int((~has).sum()), "empty_images_taken": n_empty,
             "labelled_centres": int(np.asarray(labelled_features).shape[0])}
     return _selection("coreset", table, idx, sc, info, budget)
-
-
-IMAGE_STRATEGIES = {
-    "random": random_images,
-    "least_confidence": least_confidence,
-    "entropy": entropy,
-    "localization_aware": localization_aware,
-    "coreset": coreset,
-    "typical": typical,  # needs no detections: pooled backbone features (strategies/typical.py)
-    "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
-}

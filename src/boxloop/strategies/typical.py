@@ -4,7 +4,7 @@ At small budgets, uncertainty-based selection often loses to random ("Active Lea
 Opposite Strategies Suit High and Low Budgets", Hacohen, Dekel, Weinshall, ICML 2022): a model
 trained on 10-20 images has uncertainties worth little, and the unusual images it is unsure about
 teach less than dense, representative ones. TypiClust needs no detector at all, only an embedding
-of every image (`boxloop.embedding`: the pretrained backbone's pooled features):
+of every image (`boxloop.predict.embedding`: the pretrained backbone's pooled features):
 
 1. Seeded k-means of labelled + pool embeddings into K = |labelled| + budget clusters (capped at
    MAX_CLUSTERS). At the cold start this is exactly the budget; with labelled images, K = L + B
@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from boxloop.strategies.common import as_rng, check_budget, shortfall
+from boxloop.strategies.image import localization_aware
 from boxloop.strategies.table import DetectionTable
 from boxloop.structures import Selection
 
@@ -178,7 +179,7 @@ def _features(table: DetectionTable, image_features, labelled_features, name: st
     if image_features is None:
         raise ValueError(
             f"{name} needs image_features=(M, D): an embedding of every pool image (the loop and `boxloop query` "
-            "compute them with boxloop.embedding.selection_features from the pretrained backbone)")
+            "compute them with boxloop.predict.embedding.selection_features from the pretrained backbone)")
     if isinstance(image_features, dict):
         missing = [k for k in table.keys if k not in image_features]
         if missing:
@@ -269,7 +270,7 @@ def budget_aware(table: DetectionTable, budget: int, rng: np.random.Generator | 
     a pool of near-duplicates is covered after a few images, a varied one stays typical longer; a
     fixed share of the pool would do neither.
 
-    The threshold: on BCCD's 292 non-test images (measured with boxloop.embedding, 3 seeds) 10 random
+    The threshold: on BCCD's 292 non-test images (measured with boxloop.predict.embedding, 3 seeds) 10 random
     images already cover 0.55, 20 cover 0.64, 60 cover 0.74; typical picks cover 0.72 / 0.79 / 0.82
     at 20 / 40 / 60. A switch at 0.8 therefore falls at ~40-60 labelled training images (13-20% of
     the pool), where AL_NOTES.md saw localization_aware pull ahead of random; at 0.5 the hybrid would
@@ -288,8 +289,6 @@ def budget_aware(table: DetectionTable, budget: int, rng: np.random.Generator | 
         sel = typical(table, budget, rng, image_features=feats, labelled_features=lab, knn=knn)
         phase = "typical"
     else:
-        from boxloop.strategies.image import localization_aware
-
         sel = localization_aware(table, budget, rng, empty_share=empty_share, **localization_options)
         phase = "localization_aware"
     return Selection(strategy="budget_aware", unit="images", items=sel.items, scores=sel.scores,
