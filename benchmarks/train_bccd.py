@@ -8,7 +8,7 @@ BCCD (/work/shared/datasets/bccd, a VOC root): trainval = ImageSets/Main/trainva
 image not in test.txt), test = ImageSets/Main/test.txt (72 images). A seeded `--val-fraction` of
 trainval is held out to pick the best checkpoint (validation mAP50 every `--val-every` epochs); the
 test set is touched once, by the best checkpoint. Without --image-size the input size is chosen from
-the training boxes (boxloop.input_size). Prints and writes benchmarks/results/train_bccd.json (or
+the training boxes (boxloop.loop.input_size). Prints and writes benchmarks/results/train_bccd.json (or
 --out): the exact command, the machine, the size chosen and why, the object-size histogram at that
 size, the training seconds, the metrics with per-class AP50, and the predicted IoU's calibration
 before and after the quality map fitted on validation (train_dataset.test_report).
@@ -36,7 +36,7 @@ import yaml
 from boxloop.defaults import run_defaults
 from boxloop.detectors import create_detector
 from boxloop.formats import load
-from boxloop.input_size import choose_input_size, object_fractions, size_histogram
+from boxloop.loop.input_size import choose_input_size, object_fractions, size_histogram
 from boxloop.predict.inference import resolve_device
 from boxloop.train.data import Sample
 from boxloop.structures import Annotation

@@ -39,7 +39,7 @@ from boxloop.metrics.evaluate import evaluate
 from boxloop.formats import load
 from boxloop.formats.yolo import read_class_names
 from boxloop.predict.inference import predict_paths
-from boxloop.input_size import SizeChoice, choose_input_size, object_fractions, size_histogram
+from boxloop.loop.input_size import SizeChoice, choose_input_size, object_fractions, size_histogram
 from boxloop.project import stratified_sample
 from boxloop.structures import Annotation
 from boxloop.train.data import Sample

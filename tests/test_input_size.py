@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from boxloop.defaults import CPU, GPU
-from boxloop.input_size import (RESOLVE_PX, TARGET_PX, TARGET_SHARE, SizeChoice, choose_input_size,
+from boxloop.loop.input_size import (RESOLVE_PX, TARGET_PX, TARGET_SHARE, SizeChoice, choose_input_size,
                                 object_fractions, project_input_size, size_histogram)
 from boxloop.structures import Annotation, Boxes
 

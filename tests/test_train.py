@@ -208,7 +208,7 @@ def test_resolve_device() -> None:
 
 
 def test_quality_map_is_stored_with_the_checkpoint_and_reloaded(trained, tmp_path: Path) -> None:
-    from boxloop.metrics.calibration import QualityMap, fit_quality_map
+    from boxloop.train.fit import fit_quality_map
     from boxloop.train.checkpoints import save_checkpoint
 
     det, result, train, val, _ = trained

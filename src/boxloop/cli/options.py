@@ -84,11 +84,11 @@ def loop_config(*, model: str | None = None, backbone: str = "efficientnet_lite0
 
 def project_image_size(project: Any, image_size: int | None, device: str = "auto", show: bool = True) -> int:
     """--image-size where given (it always wins), else the project's input size: chosen from its
-    labelled boxes and recorded (boxloop.input_size), printed with the reason where `show`."""
+    labelled boxes and recorded (boxloop.loop.input_size), printed with the reason where `show`."""
     if image_size is not None:
         return image_size
     from boxloop.cli.output import print_input_size
-    from boxloop.input_size import project_input_size
+    from boxloop.loop.input_size import project_input_size
 
     choice = project_input_size(project, device)
     if show:

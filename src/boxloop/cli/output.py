@@ -63,7 +63,7 @@ def print_status(status: dict[str, Any]) -> None:
 
 
 def print_input_size(choice: dict[str, Any] | None, what: str = "") -> None:
-    """The project's input size (boxloop.input_size) with its reason, and the warning of objects too small."""
+    """The project's input size (boxloop.loop.input_size) with its reason, and the warning of objects too small."""
     if not choice:
         out.print("input size: not chosen yet (`boxloop train` chooses it from the labelled boxes)")
         return

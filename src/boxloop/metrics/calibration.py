@@ -8,8 +8,8 @@ correlation between predicted and true IoU and their mean absolute error.
 
 `QualityMap` makes the predicted IoU track the IoU: a monotone (isotonic) map from predicted to
 true IoU, fitted at the end of training on the validation detections that sit on a labelled box
-(`fit_quality_map`), stored in the checkpoint and applied by the detector's `predict`. Monotone, so
-it keeps the ranking the quality branch learnt and fixes its scale (the branch's raw output
+(boxloop.train.fit.fit_quality_map), stored in the checkpoint and applied by the detector's
+`predict`. Monotone, so it keeps the ranking the quality branch learnt and fixes its scale (the branch's raw output
 averaged 0.54 against a true 0.77 on one dataset). Fitted on detections on a labelled box only: the
 class score, not the quality, says whether there is an object, and a box on an object nobody
 labelled (true IoU 0) must not pull every prediction down.
@@ -29,7 +29,7 @@ import numpy as np
 from boxloop.structures import Annotation, Detections, iou
 
 __all__ = ["average_ranks", "spearman", "quality_pairs", "quality_calibration", "isotonic_fit", "QualityMap",
-           "matched_pairs", "fit_quality_map", "MAP_MIN_SCORE", "MAP_MATCH_IOU", "MAP_MIN_PAIRS"]
+           "matched_pairs", "MAP_MIN_SCORE", "MAP_MATCH_IOU", "MAP_MIN_PAIRS"]
 
 # the validation detections the map is fitted on: those scoring >= MAP_MIN_SCORE on a labelled box
 # of their class (true IoU >= MAP_MATCH_IOU), the population the issue measures; with fewer than
@@ -176,24 +176,3 @@ def matched_pairs(truth: Mapping[str, Annotation], detections: Mapping[str, Dete
     hit = t >= match_iou
     return p[hit], t[hit]
 
-
-def fit_quality_map(detector: Any, samples: Sequence[Any], class_names: Sequence[str], image_size: int,
-                    batch_size: int = 8, num_workers: int = 0, min_score: float = MAP_MIN_SCORE,
-                    min_pairs: int = MAP_MIN_PAIRS) -> QualityMap | None:
-    """The QualityMap of `detector` on labelled `samples` (boxloop.train.data.Sample: validation, never the
-    test set), fitted on its detections scoring >= min_score on a labelled box; None with fewer than
-    `min_pairs` of them. Predicts with the
-    raw quality (any map the detector holds is set aside meanwhile)."""
-    from boxloop.predict.inference import predict_paths
-
-    labelled = [s for s in samples if s.annotation is not None]
-    truth = {s.name: s.annotation for s in labelled}
-    held, detector.quality_map = getattr(detector, "quality_map", None), None
-    try:
-        dets = dict(predict_paths(detector, [s.path for s in labelled], image_size, batch_size=batch_size,
-                                  score_threshold=min_score, progress=False, num_workers=num_workers,
-                                  keys=[s.name for s in labelled]))
-    finally:
-        detector.quality_map = held
-    p, t = matched_pairs(truth, dets, class_names, min_score)
-    return QualityMap.fit(p, t) if len(p) >= max(1, min_pairs) else None

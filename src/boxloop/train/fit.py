@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from boxloop.detectors.base import Detector
+from boxloop.metrics.calibration import MAP_MIN_PAIRS, MAP_MIN_SCORE, QualityMap, matched_pairs
 from boxloop.metrics.evaluate import evaluate
 from boxloop.predict.inference import predict_paths, resolve_device
 from boxloop.structures import Annotation
@@ -42,7 +43,8 @@ from boxloop.train.step import Images, Optimisation, Targets, build_optimisation
 if TYPE_CHECKING:
     from boxloop.train.ddp import DistContext
 
-__all__ = ["FitResult", "FitHooks", "fit", "epoch_order", "validation_map50", "validation_predictions"]
+__all__ = ["FitResult", "FitHooks", "fit", "epoch_order", "validation_map50", "validation_predictions",
+           "fit_quality_map"]
 
 log = logging.getLogger("boxloop")
 
@@ -318,8 +320,6 @@ def _finish(detector: Detector, device: torch.device, result: FitResult, val: Se
     """Load the best weights into the detector, with the quality map best.pt holds; where it holds
     none yet, fit one on the validation samples (boxloop.metrics.calibration) and store it in best.pt, so
     that every later load predicts the calibrated IoU. Returns `result`."""
-    from boxloop.metrics.calibration import QualityMap, fit_quality_map
-
     path = result.best_checkpoint
     if not path.exists():
         detector.eval()
@@ -336,3 +336,22 @@ def _finish(detector: Detector, device: torch.device, result: FitResult, val: Se
         save_checkpoint(ckpt, path)
         log.info("quality map fitted on %d validation detections", 0 if qmap is None else qmap.pairs)
     return result
+
+
+def fit_quality_map(detector: Any, samples: Sequence[Any], class_names: Sequence[str], image_size: int,
+                    batch_size: int = 8, num_workers: int = 0, min_score: float = MAP_MIN_SCORE,
+                    min_pairs: int = MAP_MIN_PAIRS) -> QualityMap | None:
+    """The QualityMap (boxloop.metrics.calibration) of `detector` on labelled `samples` (validation,
+    never the test set), fitted on its detections scoring >= min_score on a labelled box; None with
+    fewer than `min_pairs` of them. Predicts with the raw quality (any map it holds is set aside)."""
+    labelled = [s for s in samples if s.annotation is not None]
+    truth = {s.name: s.annotation for s in labelled}
+    held, detector.quality_map = getattr(detector, "quality_map", None), None
+    try:
+        dets = dict(predict_paths(detector, [s.path for s in labelled], image_size, batch_size=batch_size,
+                                  score_threshold=min_score, progress=False, num_workers=num_workers,
+                                  keys=[s.name for s in labelled]))
+    finally:
+        detector.quality_map = held
+    p, t = matched_pairs(truth, dets, class_names, min_score)
+    return QualityMap.fit(p, t) if len(p) >= max(1, min_pairs) else None
