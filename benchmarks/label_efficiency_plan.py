@@ -116,6 +116,8 @@ def job_cost(job: Job, args, sizes: Sizes, step_s: float, pred_s: float, save_s:
              ) -> dict[str, float]:
     """Estimated steps, images predicted, checkpoint saves and seconds of one job (the arithmetic of
     the module docstring, round by round)."""
+    from boxloop.strategies import NEEDS_CLASS_SKILL
+
     b = args.batch_size
 
     def training(steps: int, n_labelled: float) -> tuple[float, float, float]:
@@ -146,8 +148,11 @@ def job_cost(job: Job, args, sizes: Sizes, step_s: float, pred_s: float, save_s:
             if r < n_rounds:
                 # the pool (at box level partially labelled images stay in it), coreset's labelled images
                 preds += sizes.trainval - (n if job.unit == "images" else args.initial)
+                labelled = n if job.unit == "images" else args.initial
                 if job.strategy == "coreset":
-                    preds += 0.8 * (n if job.unit == "images" else args.initial)
+                    preds += 0.8 * labelled
+                if job.unit == "images" and job.strategy in NEEDS_CLASS_SKILL:  # skill on train + val images
+                    preds += labelled
             rounds += 1
     seconds = steps * step_s + preds * pred_s + saves * save_s + rounds * ROUND_OVERHEAD_SECONDS
     return {"steps": steps, "predictions": preds, "saves": saves, "seconds": seconds,

@@ -77,7 +77,7 @@ def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path)
         assert initial_set(p, candidates, 4, 0, "typical", "cpu") == seeded
         assert p.get_meta("initial_strategy") == "typical"
     # the same OUT refuses the other kind of seed set instead of mixing them
-    with pytest.raises(ValueError, match="seed set was chosen by 'typical'"):
+    with pytest.raises(ValueError, match=r"--initial-strategy typical \(now random\)"):
         simulate(out=tmp_path, config=LoopConfig.make(**TINY), initial_strategy="random", **kw)
 
 
@@ -91,7 +91,8 @@ def test_an_empty_label_file_nobody_saved_is_no_answer(data, tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     manifest = json.loads((batch / "batch.json").read_text())
     names = sorted(manifest["images"])
-    assert sorted(manifest["empty_files"]) == names  # every cold file is empty, each fingerprinted
+    xmls = sorted(Path(n).stem + ".xml" for n in names)
+    assert sorted(manifest["label_files"]) == xmls  # every label file boxloop wrote, each fingerprinted
     # nothing saved yet: a clear error, nothing imported
     res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
     assert res.exit_code != 0 and "never saved" in " ".join(res.output.split())
@@ -107,11 +108,14 @@ def test_an_empty_label_file_nobody_saved_is_no_answer(data, tmp_path: Path) -> 
     with Project.open(proj) as p:
         assert {r.path for r in p.images(status="labelled")} == {manifest["images"][n] for n in names[:2]}
         assert p.image(manifest["images"][names[2]]).status == "unlabelled"
-    # saved again with no box (the tool rewrote it: a new modification time): now it is a negative
+    # the same bytes under a new modification time: saved unchanged, or only copied; import asks (issue 31)
     third = batch / (Path(names[2]).stem + ".xml")
     st = third.stat()
     os.utime(third, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch)])
+    assert res.exit_code == 1 and "saved unchanged, or copied" in " ".join(res.output.split()), res.output
+    # the annotator says it holds nothing: now it is a negative
+    res = runner.invoke(app, ["import", str(proj), "--annotations", str(batch), "--unchanged", "answered"])
     assert res.exit_code == 0, res.output
     assert "imported 1 images" in " ".join(res.output.split())
     with Project.open(proj) as p:

@@ -26,19 +26,20 @@ def _xml(path: Path, images: str, labels: tuple[str, ...] = ("cat", "dog")) -> P
 
 
 def test_documented_example_loads() -> None:
-    """docs.cvat.ai XML annotation format, 'CVAT for images' example: one plate box, other shapes
-    ignored with a warning, the tag kept as a flag, classes from <meta>."""
+    """docs.cvat.ai XML annotation format, 'CVAT for images' example: one plate box, the car polygon
+    as its bounding box (issue 31: one rule for outlines in every format), other shapes ignored with
+    a warning, the tag kept as a flag, classes from <meta>."""
     res = load_cvat(FIXTURES / "xml_format_example.xml")
     assert isinstance(res, FlaggedLoadResult)
     ann = res.annotations["filename000.jpg"]
     assert ann.image_size == (1600, 1200)
-    assert ann.labels == ("plate",)
-    np.testing.assert_allclose(ann.boxes.xyxy, [[797.33, 870.92, 965.52, 928.94]])
-    assert ann.provenance[0].source == Source.HUMAN  # no source attribute: a person's box
+    assert ann.labels == ("plate", "car")
+    np.testing.assert_allclose(ann.boxes.xyxy, [[797.33, 870.92, 965.52, 928.94], [528.40, 506.14, 582.13, 916.23]])
+    assert all(p.source == Source.HUMAN for p in ann.provenance)  # no source attribute: a person's box
     assert res.classes == ["car", "traffic_line", "wheel", "plate"]
     assert res.flags == {"filename000.jpg": ("good_frame",)}
     text = " ".join(res.warnings)
-    assert "1 <polygon>" in text and "2 <polyline>" in text and "1 <points>" in text
+    assert "1 polygon(s) read as their bounding boxes" in text and "2 <polyline>" in text and "1 <points>" in text
 
 
 def _annotations() -> list[Annotation]:

@@ -78,7 +78,7 @@ def test_box_level_with_zero_detections_asks_whole_images(run, data, strategy):
     assert round_history(run)[0]["fallback"]["strategy"] == "random_images"
 
 
-def _confident_pool(run: Project, dim: int = 6) -> None:
+def _confident_pool(run: Project, dim: int = 6, with_features: bool = True) -> None:
     """Hand-made pool predictions: two sure boxes an image, with features, none on labelled images."""
     rng = np.random.default_rng(0)
     c = run.num_classes
@@ -88,7 +88,8 @@ def _confident_pool(run: Project, dim: int = 6) -> None:
         probs[:, 0] = 0.995
         preds[k] = Detections(boxes=Boxes(np.array([[1, 1, 20, 20], [30, 30, 50, 50]], float), run.image(k).size),
                               labels=[0, 0], scores=[0.995, 0.995], class_probs=probs,
-                              loc_quality=np.full(2, 0.9, np.float32), features=rng.standard_normal((2, dim)))
+                              loc_quality=np.full(2, 0.9, np.float32),
+                              features=rng.standard_normal((2, dim)) if with_features else None)
     run.save_predictions(0, preds)
     run.update_round(0, step="select")
 
@@ -125,3 +126,13 @@ def test_warm_start_continues_from_the_previous_round(run, data):
     assert rows[1]["warm_start_from"] == 0 and rows[1]["train_steps"] == 3
     # from scratch: the configured steps, no warm start
     assert c.train_config(1, warm=False).steps == 8 and c.train_config(1, warm=True).steps == 3
+
+
+def test_ppal_without_box_features_records_its_uncertainty_fallback(run, data):
+    """Pool predictions with no features (a detector that gives none): ppal ranks by its uncertainty
+    alone and the round says so; its class weights come from the labelled images."""
+    _confident_pool(run, with_features=False)
+    run_round(run, cfg(strategy="ppal", budget=3), data.annotations, 0, progress=False)
+    sel = run.metrics(0)[0]["selection"]
+    assert sel["fallback"]["strategy"] == "ppal_uncertainty" and sel["count"] == 3
+    assert sel["quality_from"] == "class_skill"

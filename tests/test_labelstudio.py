@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boxloop.formats import FormatError
+from boxloop.formats import FormatError, rotated_envelope
 from boxloop.formats.labelstudio import (
     LOCAL_FILES_PREFIX,
     FlaggedLoadResult,
     dump_labelstudio_tasks,
     labeling_config,
     load_labelstudio,
-    rotated_envelope,
 )
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
@@ -253,7 +252,7 @@ def test_other_project_lists_every_mismatch(tmp_path: Path) -> None:
 def test_malformed_json_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('[{"data": {"image": "a.jpg"}, ', encoding="utf-8")
-    with pytest.raises(FormatError, match="broken.json.*malformed JSON"):
+    with pytest.raises(FormatError, match="broken.json.*malformed or truncated JSON"):
         load_labelstudio(path)
     mini = _write(tmp_path / "min.json", [{"image": "a.jpg", "label": []}])
     with pytest.raises(FormatError, match="JSON-MIN"):
@@ -281,12 +280,18 @@ def test_rotated_box_becomes_envelope_with_warning(tmp_path: Path) -> None:
     np.testing.assert_allclose(rotated_envelope(10, 10, 20, 10, 0, about_centre=False), (10, 10, 30, 20))
 
 
-def test_non_rectangle_results_are_ignored_with_warning(tmp_path: Path) -> None:
+def test_outlines_are_boxes_and_other_regions_leave_the_image_unlabelled(tmp_path: Path) -> None:
+    """Issue 31: a polygon is its bounding box; an image with only keypoints is unlabelled, not a negative."""
     poly = {"id": "p", "type": "polygonlabels", "from_name": "poly", "to_name": "image",
-            "value": {"points": [[1, 1], [5, 5], [1, 5]], "polygonlabels": ["cat"]}}
-    res = load_labelstudio(_write(tmp_path / "e.json", [_task("a.jpg", [poly])]), known_images={"a.jpg": (10, 10)})
-    assert res.annotations["a.jpg"].is_negative
-    assert any("polygonlabels" in w for w in res.warnings)
+            "value": {"points": [[10, 10], [50, 50], [10, 50]], "polygonlabels": ["cat"]}}
+    point = {"id": "k", "type": "keypointlabels", "from_name": "kp", "to_name": "image",
+             "value": {"x": 10, "y": 10, "width": 1, "keypointlabels": ["cat"]}}
+    res = load_labelstudio(_write(tmp_path / "e.json", [_task("a.jpg", [poly]), _task("b.jpg", [point])]),
+                           known_images={"a.jpg": (10, 10), "b.jpg": (10, 10)})
+    np.testing.assert_allclose(res.annotations["a.jpg"].boxes.xyxy, [[1, 1, 5, 5]])
+    assert "b.jpg" not in res.annotations
+    text = " ".join(res.warnings)
+    assert "1 polygon(s) read as their bounding boxes" in text and "b.jpg holds only shapes that are not boxes" in text
 
 
 def test_non_numeric_coordinate_is_refused(tmp_path: Path) -> None:

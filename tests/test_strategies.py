@@ -303,7 +303,7 @@ def test_box_pool_empty_error():
 
 def test_registries_have_the_issue_names():
     assert list(IMAGE_STRATEGIES) == ["random", "least_confidence", "entropy", "localization_aware", "coreset",
-                                      "typical", "budget_aware"]
+                                      "typical", "budget_aware", "class_difficulty", "ppal", "class_diverse"]
     assert list(BOX_STRATEGIES) == ["random", "least_confidence", "coreset"]
 
 

@@ -358,12 +358,19 @@ class Selection:
         return len(self.items)
 
 
+MAX_CLASS_NAME = 200  # characters: longer is no name but a file read wrongly (or a YAML alias bomb)
+
+
 def check_class_name(name: object, where: str = "") -> None:
-    """A class name must be one line of visible text: label files and classes.txt hold one name a line,
-    so a line break in a name would shift every later class id."""
+    """A class name must be one line of visible text, at most MAX_CLASS_NAME characters: label files
+    and classes.txt hold one name a line, so a line break in a name would shift every later class id,
+    and every table, plot and database row repeats the name."""
     at = f"{where}: " if where else ""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{at}class names must be non-empty text, got {name!r}")
+    if len(name) > MAX_CLASS_NAME:
+        raise ValueError(f"{at}a class name of {len(name)} characters ({name[:40]!r}...) is longer than "
+                         f"{MAX_CLASS_NAME}; is the right file given? Shorten the name")
     bad = [c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
     if bad:
         raise ValueError(f"{at}class name {name!r} holds a line break or control character "

@@ -115,6 +115,6 @@ def run_demo(out_dir: Path, n_images: int, image_size: int, rounds: int, steps: 
         out.print(f"   test set: {loo['images']} images; leaving any one out moves the last model's mAP50 by at most "
                   f"{100 * loo['max_change']:.1f} points (mean {100 * loo['mean_change']:.1f})")
     (sim / "test_sensitivity.json").write_text(json.dumps(loo, indent=1))
-    report_path = write_report(sim, out_dir / "report.html", title="boxloop demo")
+    report_path = write_report(sim, out_dir / "report.html", title="boxloop demo", overwrite=True)  # the demo's own
     out.print(f"[bold]4.[/bold] [green]report:[/green] {escape(str(report_path.resolve()))}")
     return report_path

@@ -16,9 +16,11 @@ Owns: voc, coco, yolo, labelstudio, cvat. May import: the root modules structure
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PureWindowsPath
-from typing import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -35,6 +37,25 @@ class FormatError(ValueError):
         self.problem = problem
         self.hint = hint
         super().__init__(f"{path}: {problem}" + (f" ({hint})" if hint else ""))
+
+
+def read_json(path: str | Path, hint: str = "fix or re-export the file") -> Any:
+    """A user's JSON file (labels, a batch's batch.json), or FormatError naming it: missing, unreadable,
+    malformed, or nested deeper than Python's parser goes (RecursionError); NaN and 1e999 parse as
+    floats, whose use is each reader's to check. A UTF-8 byte-order mark is allowed."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as e:
+        raise FormatError(path, "file does not exist", hint) from e
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"malformed or truncated JSON at line {e.lineno} column {e.colno}: {e.msg}", hint) from e
+    except RecursionError:
+        raise FormatError(path, "JSON nested too deeply to read", hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"cannot read the file: {e}", hint) from e
 
 
 @dataclass
@@ -114,6 +135,60 @@ def clean_boxes(ann: Annotation, where: str, warnings: list[str], quiet: bool = 
     return ann
 
 
+# -- shapes that are not boxes: one rule for every format --------------------------------------------
+# An outline says where an object is: a polygon (YOLO segmentation lines, Label Studio, CVAT) or an
+# ellipse loads as its bounding box, counted in one warning per file (a rotated rectangle as its
+# axis-aligned envelope, with a warning each). Other shapes (points and
+# keypoints, lines, masks, cuboids, skeletons) give no box and are ignored with a warning; an image
+# whose only shapes were ignored is left unlabelled and named, never called a negative (its objects
+# were marked, only not as boxes).
+
+
+def polygon_box(points: Sequence[Sequence[float]]) -> tuple[float, float, float, float]:
+    """xyxy of the bounding box of a polygon's (x, y) points."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
+def ellipse_box(cx: float, cy: float, rx: float, ry: float, degrees: float = 0.0) -> tuple[float, float, float, float]:
+    """xyxy of the bounding box of an ellipse with centre (cx, cy) and radii rx, ry, rotated about its centre."""
+    t = math.radians(degrees)
+    ex = math.hypot(rx * math.cos(t), ry * math.sin(t))
+    ey = math.hypot(rx * math.sin(t), ry * math.cos(t))
+    return cx - ex, cy - ey, cx + ex, cy + ey
+
+
+def rotated_envelope(x: float, y: float, w: float, h: float, degrees: float,
+                     about_centre: bool) -> tuple[float, float, float, float]:
+    """xyxy of the axis-aligned box around a rectangle rotated clockwise on screen (y down).
+
+    Label Studio rotates about the top-left corner (x, y), CVAT about the centre. boxloop's boxes
+    are axis-aligned, so a rotated box becomes its envelope and the loader says so.
+    """
+    t = math.radians(degrees)
+    c, s = math.cos(t), math.sin(t)
+    ox, oy = (x + w / 2, y + h / 2) if about_centre else (x, y)
+    xs, ys = [], []
+    for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
+        dx, dy = px - ox, py - oy
+        xs.append(ox + dx * c - dy * s)
+        ys.append(oy + dx * s + dy * c)
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def outlines_note(where: str | Path, counts: Mapping[str, int]) -> str | None:
+    """The one warning per file for the outlines read as boxes, or None."""
+    said = [f"{n} {kind}(s)" for kind, n in sorted(counts.items()) if n]
+    return f"{where}: {' and '.join(said)} read as their bounding boxes" if said else None
+
+
+def only_other_shapes(where: str | Path, key: str, kinds: Iterable[str]) -> str:
+    """The warning for an image whose only shapes give no box: unlabelled, not a negative."""
+    return (f"{where}: {key} holds only shapes that are not boxes ({', '.join(sorted(set(kinds)))}); it is left "
+            "unlabelled, not called a negative")
+
+
 def check_classes(used: Mapping[str, list[str]], classes: Sequence[str] | None, source: str | Path) -> None:
     """Raise FormatError listing every unknown class name and the files that use it."""
     if classes is None:
@@ -129,6 +204,47 @@ def check_classes(used: Mapping[str, list[str]], classes: Sequence[str] | None, 
         )
 
 
+MAX_YAML_BYTES = 1 << 20  # a data.yaml names classes: a megabyte is far more than any needs
+
+
+def load_yaml(text: str, where: str | Path) -> object:
+    """YAML as `yaml.safe_load` reads it, but without aliases: an anchor (&a) and nested aliases (*a)
+    let a few hundred bytes expand to gigabytes (each level multiplies), and no label file needs one."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise FormatError(where, f"holds a YAML alias (*name) at line {mark.line + 1}, "
+                                  f"column {mark.column + 1}",
+                                  "write the values out; aliases are not read (nested ones can expand to gigabytes)")
+            return super().compose_node(parent, index)
+
+    if len(text) > MAX_YAML_BYTES:
+        raise FormatError(where, f"is {len(text)} characters of YAML, more than {MAX_YAML_BYTES}",
+                          "a file naming classes is far smaller; is it the right file?")
+    try:
+        return yaml.load(text, Loader=NoAliases)  # noqa: S506 - a SafeLoader
+    except yaml.YAMLError as e:
+        raise FormatError(where, f"cannot read YAML: {e}", "fix the file") from e
+
+
+def unique_names(names: Mapping[int, str], where: str | Path) -> None:
+    """Refuse a class list naming one class under two ids: its labels would merge into one class."""
+    first: dict[str, int] = {}
+    for i, name in sorted(names.items()):
+        if name in first:
+            raise FormatError(where, f"class {name!r} is named twice, as ids {first[name]} and {i}",
+                              "give each class one id; relabel the boxes of the second id with the first")
+        first[name] = i
+
+
+# A Windows path with a drive and a root ('C:/x', 'C:\\x' once '\\' is '/'): 'c:9.jpg' (no root) is a
+# legal file name on Linux and macOS, not an absolute path.
+_WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:/")
+
+
 def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     """A '/'-separated relative path that stays inside its folder, or FormatError.
 
@@ -138,7 +254,7 @@ def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     text = value.strip().replace("\\", "/")
     if not text:
         raise FormatError(where, f"empty {field_name}", "name the image file relative to the images folder")
-    if text.startswith("/") or PureWindowsPath(value.strip()).drive:
+    if text.startswith("/") or _WINDOWS_ABSOLUTE.match(text):
         raise FormatError(where, f"{field_name} {value!r} is an absolute path",
                           "image paths in annotations must be relative to the images folder")
     parts: list[str] = []
@@ -278,9 +394,19 @@ def load(fmt: str | None, source: str | Path, images_root: str | Path | None = N
     raise FormatError(source, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
 
 
-def label_file(fmt: str, out: str | Path, image: str) -> Path | None:
-    """The file `dump` writes the boxes of `image` to, for formats with one file per image (VOC,
-    YOLO); None for the formats that hold every image in one file."""
+# How an annotator's answer for one image is told from what boxloop wrote into a query batch (see
+# boxloop.loop.human): "file": each image has its own label file, which the tool saves again when a
+# person answers; "submitted": the tool keeps a person's submissions apart from the pre-annotations
+# (Label Studio: annotations beside boxloop's predictions); "none": one file holds every image, so its
+# saving says nothing of any one image, and an image whose labels are still exactly boxloop's cannot
+# be told from one nobody looked at.
+ANSWER_EVIDENCE = {"voc": "file", "yolo": "file", "labelstudio": "submitted", "coco": "none", "cvat": "none"}
+_ONE_FILE = {"coco": "annotations.json", "cvat": "annotations.xml", "labelstudio": "tasks.json"}
+
+
+def label_file(fmt: str, out: str | Path, image: str) -> Path:
+    """The file `dump` writes the boxes of `image` to in the folder `out`: its own file for the
+    formats with one file per image (VOC, YOLO), else the one file that holds every image."""
     fmt, out = fmt.lower(), Path(out)
     if fmt == "voc":
         from boxloop.formats.voc import voc_label_file
@@ -290,7 +416,9 @@ def label_file(fmt: str, out: str | Path, image: str) -> Path | None:
         from boxloop.formats.yolo import yolo_label_file
 
         return yolo_label_file(out, image)
-    return None
+    if fmt not in _ONE_FILE:
+        raise FormatError(out, f"unknown format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    return out / _ONE_FILE[fmt]
 
 
 def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], out: str | Path,
@@ -325,11 +453,9 @@ def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], ou
 
 def _looks_like_labelstudio(path: Path) -> bool:
     """A Label Studio export is a list of tasks with a 'data' dict; COCO is one object."""
-    import json
-
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path)
+    except FormatError:
         return False
     return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "data" in data[0]
 

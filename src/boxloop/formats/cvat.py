@@ -14,9 +14,12 @@ image-level flags, rotated boxes (their axis-aligned envelope, with a warning), 
 to boxloop's keys and the bad-input checks: a file for another project (unknown images or classes)
 is refused as a whole, listing what did not match.
 
-Every `<image>` in the file counts as answered: zero boxes make it a negative (CVAT lists every
+Every `<image>` in the file counts as labelled: zero shapes make it a negative (CVAT lists every
 image of a task, so export only the images that were labelled, as boxloop's query batches are),
-except an image carrying the tag "skip", which is left unanswered. No torch import here.
+except an image carrying the tag "skip", which is left unanswered, and an image whose only shapes
+give no box (points, lines, masks ...), which is left unlabelled. `boxloop import` also tells an
+image whose boxes are still exactly boxloop's pre-annotations (see `boxloop.loop.human`). No torch
+import here.
 """
 
 from __future__ import annotations
@@ -30,14 +33,14 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 import numpy as np
 
-from boxloop.formats import FormatError, check_classes, clean_boxes, safe_relative
+from boxloop.formats import (FormatError, check_classes, clean_boxes, ellipse_box, only_other_shapes, outlines_note,
+                             polygon_box, rotated_envelope, safe_relative)
 from boxloop.formats.labelstudio import (
     NEGATIVE_FLAG,
     SKIP_FLAG,
     FlaggedLoadResult,
     check_project,
     match_image_key,
-    rotated_envelope,
 )
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
@@ -45,7 +48,8 @@ __all__ = ["dump_cvat", "load_cvat", "BOXLOOP_ATTRIBUTES"]
 
 # Attributes boxloop writes on boxes a model made (source="auto"); declared as text in the meta.
 BOXLOOP_ATTRIBUTES = ("score", "loc_quality", "provenance", "round", "model")
-_SHAPES = ("polygon", "polyline", "points", "ellipse", "cuboid", "skeleton", "mask")
+_OUTLINES = ("polygon", "ellipse")  # read as their bounding boxes (formats: one rule for shapes)
+_SHAPES = ("polyline", "points", "cuboid", "skeleton", "mask")  # no box: ignored
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -204,6 +208,21 @@ def _int(text: str | None) -> int:
         return 0
 
 
+def _outline_box(shape: StdET.Element, where: str) -> tuple[float, float, float, float]:
+    """xyxy of a <polygon points="x,y;x,y;..."> or an <ellipse cx cy rx ry rotation>."""
+    if shape.tag == "ellipse":
+        cx, cy, rx, ry = (_float_attr(shape, k, where) for k in ("cx", "cy", "rx", "ry"))
+        return ellipse_box(cx, cy, rx, ry, _opt_float(shape.get("rotation")) or 0.0)
+    try:
+        pairs = (shape.get("points") or "").split(";")
+        pts = [tuple(float(v) for v in pair.split(",")) for pair in pairs if pair.strip()]
+    except ValueError:
+        pts = []
+    if not pts or any(len(p) != 2 or not all(math.isfinite(v) for v in p) for p in pts):
+        raise FormatError(where, f"points {shape.get('points')!r} are not 'x,y;x,y;...'", "export the task again")
+    return polygon_box(pts)
+
+
 def _provenance(box: StdET.Element, reviewed: bool) -> Provenance:
     """source="auto" is a model's box (boxloop's attributes give the details); anything else
     (manual, semi-auto, file, consensus, none) is a person's. With `reviewed`, every box is a
@@ -231,9 +250,11 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
     path, else a unique path suffix) and boxes are scaled to the known size when CVAT's differs;
     with `classes` every box label must be one of them. A mismatch raises one FormatError listing
     every unknown image and class; nothing is returned. Boxes leaving the image are clipped with a
-    warning; rotated boxes become their envelope with a warning; other shapes are ignored with a
-    warning; `<tag>` labels become `flags`. `reviewed=True` marks every box as a person's answer
-    (Source.HUMAN) whatever CVAT's source says, which is what importing an annotator's answers wants.
+    warning; rotated boxes become their envelope with a warning; polygons and ellipses their
+    bounding boxes (one warning per file); other shapes are ignored with a warning, and an image with
+    only such shapes is left unlabelled and named (see `boxloop.formats`), never called a negative;
+    `<tag>` labels become `flags`. `reviewed=True` marks every box as a person's answer (Source.HUMAN)
+    whatever CVAT's source says, which is what importing an annotator's answers wants.
     """
     path = Path(xml_path)
     root = _parse(path)
@@ -254,6 +275,7 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
     unmatched: list[str] = []
     claimed: dict[str, str] = {}
     ignored: dict[str, int] = {}
+    outlines: dict[str, int] = {}
     unusable: list[str] = []
     for n, image in enumerate(root.findall("image")):
         name = image.get("name")
@@ -302,9 +324,21 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
             labels.append(label)
             prov.append(_provenance(box, reviewed))
             used.setdefault(label, []).append(key)
+        unread: list[str] = []
+        for j, shape in enumerate(el for el in image if el.tag in _OUTLINES):
+            swhere = f"{where} <{shape.tag}> {j + 1}"
+            label = (shape.get("label") or "").strip()
+            if not label:
+                raise FormatError(swhere, "has no label", "give every shape a label")
+            xyxy.append(tuple(np.array(_outline_box(shape, swhere)) * scale))
+            labels.append(label)
+            prov.append(_provenance(shape, reviewed))
+            used.setdefault(label, []).append(key)
+            outlines[shape.tag] = outlines.get(shape.tag, 0) + 1
         for child in image:
             if child.tag in _SHAPES:
                 ignored[child.tag] = ignored.get(child.tag, 0) + 1
+                unread.append(child.tag)
         image_flags = tuple(dict.fromkeys((t.get("label") or "").strip() for t in image.findall("tag")))
         image_flags = tuple(f for f in image_flags if f)
         tag_names.update(image_flags)
@@ -312,6 +346,9 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
             flags[key] = image_flags
         if any(f.lower() == SKIP_FLAG for f in image_flags):
             warnings.append(f"{where}: tagged {SKIP_FLAG!r}; {key} left unanswered")
+            continue
+        if unread and not xyxy:
+            warnings.append(only_other_shapes(where, key, unread))
             continue
         if xyxy and any(f.lower() == NEGATIVE_FLAG for f in image_flags):
             warnings.append(f"{where}: tagged {NEGATIVE_FLAG!r} but has {len(xyxy)} box(es); boxes kept")
@@ -324,6 +361,9 @@ def load_cvat(xml_path: str | Path, known_images: Mapping[str, tuple[int, int]] 
             continue
         out[key] = cleaned
     check_project(path, unmatched, used, classes, "<image> element(s)")
+    note = outlines_note(path, outlines)
+    if note:
+        warnings.append(note)
     for tag, count in sorted(ignored.items()):
         warnings.append(f"{path}: {count} <{tag}> shape(s) ignored (boxloop reads boxes)")
     if classes is not None:

@@ -15,9 +15,10 @@ boxloop's image keys (`data.boxloop_key` first, then the image URL), rotated rec
 axis-aligned envelope, with a warning) and the bad-input checks: a file for another project (unknown
 images or classes) is refused as a whole with the list of what did not match.
 
-Tasks and images: a task whose chosen annotation has zero boxes is a negative image; a task with no
+Tasks and images: a task whose chosen annotation marks no region is a negative image; a task with no
 annotation, or only cancelled (skipped) ones, is unanswered and absent from the result; a task whose
-annotation carries the flag "skip" is also left unanswered. No torch import here.
+annotation carries the flag "skip", or marks only regions that give no box (keypoints, brushes), is
+also left unanswered. No torch import here.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
 
-from boxloop.formats import FormatError, LoadResult, check_classes, clean_boxes, listing, safe_relative
+from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, listing,
+                             only_other_shapes, outlines_note, polygon_box, read_json, rotated_envelope, safe_relative)
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 __all__ = [
@@ -44,7 +46,6 @@ __all__ = [
     "load_labelstudio",
     "check_project",
     "match_image_key",
-    "rotated_envelope",
 ]
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files storage URL
@@ -91,24 +92,6 @@ def match_image_key(name: str, known: Mapping[str, object] | None, where: str | 
         raise FormatError(where, f"image name {name!r} matches several images: {listing(sorted(found), 5)}",
                           "give each image a unique path, or export with the full relative paths")
     return found[0] if found else None
-
-
-def rotated_envelope(x: float, y: float, w: float, h: float, degrees: float,
-                     about_centre: bool) -> tuple[float, float, float, float]:
-    """xyxy of the axis-aligned box around a rectangle rotated clockwise on screen (y down).
-
-    Label Studio rotates about the top-left corner (x, y), CVAT about the centre. boxloop's boxes
-    are axis-aligned, so a rotated box becomes its envelope and the loader says so.
-    """
-    t = math.radians(degrees)
-    c, s = math.cos(t), math.sin(t)
-    ox, oy = (x + w / 2, y + h / 2) if about_centre else (x, y)
-    xs, ys = [], []
-    for px, py in ((x, y), (x + w, y), (x, y + h), (x + w, y + h)):
-        dx, dy = px - ox, py - oy
-        xs.append(ox + dx * c - dy * s)
-        ys.append(oy + dx * s + dy * c)
-    return min(xs), min(ys), max(xs), max(ys)
 
 
 def check_project(source: str | Path, unmatched: Sequence[str], used: Mapping[str, list[str]],
@@ -278,15 +261,7 @@ def dump_labelstudio_tasks(
 # -- reading ------------------------------------------------------------------------------------
 
 def _read_tasks(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(path, f"cannot read the file: {e}", "pass Label Studio's JSON export") from e
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FormatError(path, f"malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}",
-                          "export again from Label Studio with Export > JSON") from e
+    doc = read_json(path, "export again from Label Studio with Export > JSON")
     if isinstance(doc, dict):
         doc = [doc]
     if not isinstance(doc, list) or not all(isinstance(t, dict) for t in doc):
@@ -341,6 +316,38 @@ def _pick_annotation(task: dict) -> dict | None:
     return valid[-1][1]
 
 
+# result types read as boxes -> the outline they are (None: a rectangle)
+_SHAPES = {"rectanglelabels": None, "polygonlabels": "polygon", "ellipselabels": "ellipse"}
+# results that mark no region of the image (a comment, a rating, a relation between two regions)
+_NOT_REGIONS = {"textarea", "rating", "taxonomy", "relation", "number", "datetime", "pairwise", "ranker"}
+
+
+def _result_box(value: dict, rtype: str, size: tuple[float, float], where: str, what: str, name: str,
+                warnings: list[str]) -> tuple[float, float, float, float]:
+    """xyxy in pixels of a rectangle (its envelope when rotated, with a warning), a polygon or an
+    ellipse result, from Label Studio's percent of the image."""
+    W, H = size
+    if rtype == "polygonlabels":
+        pts = value.get("points")
+        if not isinstance(pts, list) or not pts or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pts):
+            raise FormatError(where, f"{what} is a polygon without points [[x, y], ...]",
+                              "export again with Export > JSON")
+        return polygon_box([(_number(x, where, f"{what} point") * W / 100.0,
+                             _number(y, where, f"{what} point") * H / 100.0) for x, y in pts])
+    if rtype == "ellipselabels":
+        cx, cy, rx, ry = (_number(value.get(k), where, f"{what} {k}") for k in ("x", "y", "radiusX", "radiusY"))
+        rotation = _number(value.get("rotation", 0) or 0, where, f"{what} rotation")
+        return ellipse_box(cx * W / 100.0, cy * H / 100.0, rx * W / 100.0, ry * H / 100.0, rotation)
+    px, py, pw, ph = (_number(value.get(k), where, f"{what} {k}") for k in ("x", "y", "width", "height"))
+    x, y, w, h = px * W / 100.0, py * H / 100.0, pw * W / 100.0, ph * H / 100.0
+    rotation = _number(value.get("rotation", 0) or 0, where, f"{what} rotation")
+    if rotation % 360 != 0:
+        warnings.append(f"{where}: {what} ({name!r}) is rotated by {rotation:g} degrees; replaced by its axis-aligned "
+                        "envelope")
+        return rotated_envelope(x, y, w, h, rotation, about_centre=False)
+    return x, y, x + w, y + h
+
+
 def _result_size(r: dict) -> tuple[float, float] | None:
     w, h = r.get("original_width"), r.get("original_height")
     if isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0:
@@ -360,9 +367,11 @@ def load_labelstudio(
     `original_height` (or `data.width` / `data.height`). With `classes`, every box label must be one
     of them. Either mismatch raises FormatError listing everything that did not match, and nothing
     is returned. Boxes leaving the image (outside 0-100 %) are clipped with a warning; rotated boxes
-    become their axis-aligned envelope with a warning; results that are not rectangles are ignored
-    with a warning. Image-level `choices` go to `flags`. Boxes are Source.HUMAN (the annotator
-    submitted them); a score a box carried over from a prediction is kept in its provenance.
+    become their axis-aligned envelope with a warning; polygons and ellipses their bounding boxes (one
+    warning per file); other regions (keypoints, brushes ...) are ignored with a warning, and a task
+    with only such regions is left unanswered and named, never called a negative. Image-level
+    `choices` go to `flags`. Boxes are Source.HUMAN (the annotator submitted them); a score a box
+    carried over from a prediction is kept in its provenance.
     """
     path = Path(json_path)
     tasks = _read_tasks(path)
@@ -375,6 +384,7 @@ def load_labelstudio(
     claimed: dict[str, str] = {}
     unusable: list[str] = []
     ignored_types: dict[str, int] = {}
+    outlines: dict[str, int] = {}
     for i, task in enumerate(tasks):
         tname = _task_name(task, i)
         where = f"{path} {tname}"
@@ -404,6 +414,7 @@ def load_labelstudio(
         labels: list[str] = []
         prov: list[Provenance] = []
         task_flags: list[str] = []
+        unread: list[str] = []
         for j, r in enumerate(results):
             if not isinstance(r, dict):
                 raise FormatError(where, f"result {j + 1} is not an object", "export again with Export > JSON")
@@ -412,10 +423,12 @@ def load_labelstudio(
             if rtype == "choices":
                 task_flags.extend(str(c) for c in value.get("choices", []))
                 continue
-            if rtype != "rectanglelabels":
+            if rtype not in _SHAPES:
                 ignored_types[str(rtype)] = ignored_types.get(str(rtype), 0) + 1
+                if rtype not in _NOT_REGIONS:
+                    unread.append(str(rtype))
                 continue
-            names = value.get("rectanglelabels")
+            names = value.get(rtype)
             if not isinstance(names, list) or not names:
                 warnings.append(f"{where}: box {j + 1} has no label; dropped")
                 continue
@@ -428,19 +441,12 @@ def load_labelstudio(
             elif rsize is not None and (abs(rsize[0] - size[0]) > 0.5 or abs(rsize[1] - size[1]) > 0.5):
                 warnings.append(f"{where}: box {j + 1} says the image is {rsize[0]:g}x{rsize[1]:g} but {key} "
                                 f"is {size[0]:g}x{size[1]:g}; percentages applied to the real size")
-            px, py, pw, ph = (_number(value.get(k), where, f"box {j + 1} {k}") for k in ("x", "y", "width", "height"))
             if size is None:
                 raise FormatError(where, f"box {j + 1} has no original_width/original_height",
                                   "pass the project's images so boxes can be converted from percent")
-            W, H = size
-            x, y, w, h = px * W / 100.0, py * H / 100.0, pw * W / 100.0, ph * H / 100.0
-            rotation = _number(value.get("rotation", 0) or 0, where, f"box {j + 1} rotation")
-            if rotation % 360 != 0:
-                box = rotated_envelope(x, y, w, h, rotation, about_centre=False)
-                warnings.append(f"{where}: box {j + 1} ({name!r}) is rotated by {rotation:g} degrees; "
-                                "replaced by its axis-aligned envelope")
-            else:
-                box = (x, y, x + w, y + h)
+            box = _result_box(value, rtype, size, where, f"box {j + 1}", name, warnings)
+            if _SHAPES[rtype]:
+                outlines[_SHAPES[rtype]] = outlines.get(_SHAPES[rtype], 0) + 1
             xyxy.append(box)
             labels.append(name)
             score = r.get("score")
@@ -453,6 +459,9 @@ def load_labelstudio(
             flags[key] = tuple(dict.fromkeys(task_flags))
         if any(f.lower() == SKIP_FLAG for f in task_flags):
             warnings.append(f"{where}: flagged {SKIP_FLAG!r}; {key} left unanswered")
+            continue
+        if unread and not xyxy:
+            warnings.append(only_other_shapes(where, key, unread))
             continue
         if size is None:
             if isinstance(data.get("width"), (int, float)) and isinstance(data.get("height"), (int, float)):
@@ -470,8 +479,11 @@ def load_labelstudio(
             continue
         out[key] = cleaned
     check_project(path, unmatched, used, classes, "task(s)")
+    note = outlines_note(path, outlines)
+    if note:
+        warnings.append(note)
     for rtype, count in sorted(ignored_types.items()):
-        warnings.append(f"{path}: {count} result(s) of type {rtype!r} ignored (boxloop reads rectanglelabels "
-                        "and choices)")
+        warnings.append(f"{path}: {count} result(s) of type {rtype!r} ignored (boxloop reads rectanglelabels, "
+                        "polygonlabels and ellipselabels as boxes, and choices)")
     return FlaggedLoadResult(annotations=out, classes=list(classes) if classes is not None else order,
                              warnings=warnings, flags=flags, ignored=unusable)

@@ -8,7 +8,9 @@ as a predicted box with that score, which must lie in [0, 1], and the loader say
 folder: such an image is a model's guess, not a label, and stays unlabelled. A longer line is a
 segmentation polygon and loads as its bounding box. An empty .txt is a negative; an image without
 .txt is unlabelled. Text files are read as UTF-8 with or without a byte-order mark (Windows editors
-write one), and a blank line inside classes.txt is an error: ids count lines.
+write one), and a blank line inside classes.txt is an error: ids count lines. A class named under two
+ids is an error too (their boxes would merge), and data.yaml is read without YAML aliases
+(`formats.load_yaml`: nested ones expand to gigabytes).
 No torch import here.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 import yaml
 
 from boxloop.formats import (
+    MAX_YAML_BYTES,
     FormatError,
     LoadResult,
     MissingImages,
@@ -29,9 +32,12 @@ from boxloop.formats import (
     check_classes,
     clean_boxes,
     listing,
+    load_yaml,
+    outlines_note,
     safe_relative,
     stem_index,
     unique_image,
+    unique_names,
 )
 from boxloop.images import image_size, list_images
 from boxloop.structures import Annotation, Boxes, Provenance, Source, check_class_name
@@ -41,9 +47,11 @@ NAME_FILES = ("classes.txt", "data.yaml", "data.yml", "dataset.yaml", "obj.names
 
 def _names_from_yaml(path: Path) -> dict[int, str]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read(MAX_YAML_BYTES + 1)
+    except (OSError, UnicodeDecodeError) as e:
         raise FormatError(path, f"cannot read YAML: {e}", "fix the file") from e
+    data = load_yaml(text, path)
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
         return {i: str(n) for i, n in enumerate(names)}
@@ -64,7 +72,9 @@ def read_class_names(labels_dir: str | Path) -> tuple[dict[int, str], Path] | No
             if not p.is_file():
                 continue
             if p.suffix in (".yaml", ".yml"):
-                return _names_from_yaml(p), p
+                names = _names_from_yaml(p)
+                unique_names(names, p)
+                return names, p
             try:
                 lines = [line.strip() for line in p.read_text(encoding="utf-8-sig").split("\n")]
             except (OSError, UnicodeDecodeError) as e:
@@ -76,7 +86,9 @@ def read_class_names(labels_dir: str | Path) -> tuple[dict[int, str], Path] | No
                 raise FormatError(f"{p}:{blank[0]}", f"line {blank[0]} is blank, but class ids count lines "
                                   f"(class {blank[0] - 1} would have no name and every later id would shift)",
                                   "remove the blank line, or write the class name on it")
-            return {i: n for i, n in enumerate(lines)}, p
+            names = {i: n for i, n in enumerate(lines)}
+            unique_names(names, p)
+            return names, p
     return None
 
 
@@ -124,8 +136,9 @@ def _parse_lines(path: Path, names: dict[int, str], used: dict[str, list[str]], 
         name = names[int(cls_f)]
         labels.append(name)
         used.setdefault(name, []).append(path.name)
-    if polygons:
-        warnings.append(f"{path}: {polygons} polygon line(s) read as their bounding boxes")
+    note = outlines_note(path, {"polygon": polygons})  # the rule every format shares (boxloop.formats)
+    if note:
+        warnings.append(note)
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4), labels, prov
 
 

@@ -16,6 +16,11 @@ The fallbacks, by case:
   backbone's pooled image embedding (boxloop.predict.embedding, the space `typical` uses), from the
   labelled images' embeddings; fallback strategy "coreset_embedding". If that embedding cannot be
   computed, "random".
+- image level, a strategy that weighs classes by the model's skill (class_difficulty, ppal,
+  class_diverse) when no labelled image holds a box to measure it on: the skill is calibrated on the
+  pool's predictions; fallback strategy "<name>_self_calibrated". ppal / class_diverse without box
+  features (and no embedding given) take their first candidates without the diversity step and say
+  so in their Selection.info: fallback strategy "<name>_uncertainty".
 - box level, when no predicted box scores >= t_d on any pool image (the box pool is empty): whole
   random pool images are asked instead, as many as the budget's boxes at the labelled set's boxes
   per image (at least one); the image oracle answers and costs them; fallback "random_images".
@@ -42,7 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("boxloop.loop")
 
-__all__ = ["coreset_inputs", "labelled_image_features", "box_coreset_centres", "box_pool_is_empty", "whole_images_instead",
+__all__ = ["coreset_inputs", "labelled_image_features", "class_skill_inputs", "box_coreset_centres",
+           "box_pool_is_empty", "whole_images_instead",
            "ranked_nothing", "note"]
 
 
@@ -86,6 +92,33 @@ def labelled_image_features(project: Project, round_id: int, config: LoopConfig)
         if d.features is not None and len(d):
             feats.append(d.features.mean(axis=0))
     return np.stack(feats) if feats else None
+
+
+def class_skill_inputs(project: Project, round_id: int, config: LoopConfig, strategy: str
+                       ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """({"class_skill": (C,)} or {}, fallback record or None) for a strategy that weighs classes by the
+    model's skill on them: the round model's per-class quality on the labelled train and val images
+    (strategies.labelled_class_quality, PPAL's p^xi x IoU^(1-xi) per object). With no labelled box
+    the strategy calibrates on its pool predictions instead, and the round says so."""
+    from boxloop.loop.model import load_round_detector
+    from boxloop.predict.inference import predict_paths
+    from boxloop.strategies import labelled_class_quality
+
+    truth = {**project.annotations("train"), **project.annotations("val")}
+    if not any(len(a.labels) for a in truth.values()):
+        return {}, note(f"{strategy}_self_calibrated", "no labelled box to measure the model's per-class skill on: "
+                                                       "calibrated on its pool predictions instead")
+    keys = list(truth)
+    index = {name: i for i, name in enumerate(project.classes)}
+    det = load_round_detector(project, round_id, config)
+    preds, gts = [], []
+    for key, d in predict_paths(det, [project.image_root / k for k in keys], config.training.image_size,
+                                batch_size=config.prediction.predict_batch_size, device=config.training.device,
+                                score_threshold=config.prediction.score_threshold, progress=False, keys=keys):
+        ann = truth[key]
+        preds.append(d)
+        gts.append((ann.boxes.xyxy, np.array([index[n] for n in ann.labels], np.int64)))
+    return {"class_skill": labelled_class_quality(preds, gts, project.num_classes)}, None
 
 
 def box_pool_is_empty(pool: DetectionTable, t_d: float, exclude: Sequence[tuple[Hashable, int]]) -> bool:

@@ -136,25 +136,31 @@ def _checked_exclusions(project: Project, pool: DetectionTable) -> list[tuple[st
 def step_select(project: Project, round_id: int, config: LoopConfig, last: bool = False) -> None:
     """Choose what to ask; record it as open queries (and the per-class thresholds for reports)."""
     from boxloop.loop import fallback as fb
-    from boxloop.strategies import NEEDS_EMBEDDING, DetectionTable, select
+    from boxloop.strategies import (EMPTY_SHARE, NEEDS_CLASS_SKILL, NEEDS_EMBEDDING, NEEDS_FEATURES, DetectionTable,
+                                     select)
 
     settings = config.selection
     if settings.strategy == "typical":  # needs no prediction: the cold start has no model to make them
         pool = DetectionTable.empty(keys=pool_paths(project), num_classes=project.num_classes)
     else:
         # decoded in bulk: 100,000 images x 10 boxes in ~1-2 s (a Detections per image: ~5 s; benchmarks/scale.py)
-        pool = project.prediction_table(round_id, keys=pool_paths(project), features=settings.strategy == "coreset")
+        pool = project.prediction_table(round_id, keys=pool_paths(project),
+                                        features=settings.strategy in NEEDS_FEATURES)
     if not pool.num_images:
         raise ValueError("the pool is empty: every image is labelled; nothing left to ask")
     rng = np.random.default_rng([config.training.seed, round_id])
     options: dict[str, Any] = {}
     name, fallback = settings.strategy, None  # fallback: what chose instead when the model kept no box (fallback.py)
     if settings.unit == "images":
-        if settings.strategy in ("localization_aware", "least_confidence", "entropy", "coreset", "budget_aware"):
+        if settings.strategy in EMPTY_SHARE:
             options["empty_share"] = settings.empty_share
         if settings.strategy == "coreset":
             name, extra, fallback = fb.coreset_inputs(project, round_id, config, pool)
             options = {**options, **extra} if name == "coreset" else {}
+        if settings.strategy in NEEDS_CLASS_SKILL:  # the round model's per-class quality on the labelled images
+            extra, skill_fallback = fb.class_skill_inputs(project, round_id, config, settings.strategy)
+            options.update(extra)
+            fallback = fallback or skill_fallback
         if settings.strategy in NEEDS_EMBEDDING:  # pooled backbone features, cached in PROJECT/cache
             from boxloop.predict.embedding import selection_features
 
@@ -174,15 +180,17 @@ def step_select(project: Project, round_id: int, config: LoopConfig, last: bool 
                                                                                 options["exclude"])
             sel = select(settings.strategy, pool, settings.budget, unit="boxes", rng=rng, **options)
             items = [(k, None, s, int(b)) for (k, b), s in zip(sel.items, sel.scores or [None] * len(sel))]
-    fallback = fallback or fb.ranked_nothing(sel, pool, settings.strategy)
+    fallback = fallback or sel.info.get("fallback") or fb.ranked_nothing(sel, pool, settings.strategy)
     with project.transaction():
         project.mark_stale()
         project.add_queries(round_id, items, strategy=settings.strategy, batch=round_id)
         # "budget"/"short_by": the strategy took fewer than asked (the pool ran out); say so in the metrics
         info = {k: v for k, v in sel.info.items() if k in ("thresholds", "budget", "short_by", "extended", "phase",
-                                                            "coverage", "switch_coverage", "clusters")}
-        if "thresholds" in info and info["thresholds"] is not None:
-            info["thresholds"] = {project.classes[i]: t for i, t in enumerate(info["thresholds"])}
+                                                            "coverage", "switch_coverage", "clusters", "class_shares",
+                                                            "quality_from", "distance")}
+        for key in ("thresholds", "class_shares"):  # per class id -> per class name
+            if info.get(key) is not None:
+                info[key] = {project.classes[i]: t for i, t in enumerate(info[key])}
         # images where the model kept no box; a strategy left with nothing to rank took a fallback: record it
         info["images_without_detections"] = int(pool.num_images - np.unique(pool.image_index).shape[0])
         if fallback is not None:

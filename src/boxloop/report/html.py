@@ -245,12 +245,23 @@ def _forecast_html(fc: Mapping[str, Any]) -> str:
 
 def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: str = "boxloop report",
                  gallery: Sequence[Mapping[str, Any]] | Path | None = None, flat_rounds: int = 2,
-                 flat_gain: float = 0.01, max_gallery: int = 12) -> Path:
+                 flat_gain: float = 0.01, max_gallery: int = 12, overwrite: bool = False) -> Path:
     """One self-contained HTML page (every plot and gallery image inlined as a PNG data URI).
 
     `source` is a simulate OUT directory (results.json, optional gallery.json), a results.json file,
-    or the results dict itself. `gallery` overrides the gallery.json found beside the results.
+    or the results dict itself. `gallery` overrides the gallery.json found beside the results. A file
+    already at `out_html` is replaced only with `overwrite` (boxloop.outputs: checked before any work).
     """
+    from boxloop.outputs import staged_output
+
+    with staged_output(out_html, overwrite, file_target=True) as staged:
+        staged.write_text(_page(source, title, gallery, flat_rounds, flat_gain, max_gallery), encoding="utf-8")
+    return Path(out_html)
+
+
+def _page(source: Path | str | Mapping[str, Any], title: str, gallery: Sequence[Mapping[str, Any]] | Path | None,
+          flat_rounds: int, flat_gain: float, max_gallery: int) -> str:
+    """The report's HTML text."""
     src_dir = None
     if not isinstance(source, Mapping):
         p = Path(source)
@@ -308,14 +319,8 @@ def write_report(source: Path | str | Mapping[str, Any], out_html: Path, title: 
                        "</figure>")
         gal.append("</div>")
     sections.append("\n".join(gal))
-    page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(sections) + "\n</body></html>\n")
-    out_html = Path(out_html)
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_html.with_name(out_html.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out_html)
-    return out_html
 
 

@@ -2,7 +2,7 @@
 
 Two plain registries, one per query unit (DESIGN.md: one dict per extension point):
 `IMAGE_STRATEGIES` (random, least_confidence, entropy, localization_aware, coreset, typical,
-budget_aware) and
+budget_aware, class_difficulty, ppal, class_diverse) and
 `BOX_STRATEGIES` (random, least_confidence, coreset). Each entry is
 `fn(table, budget, rng, **options) -> Selection`. `select()` is the one entry point the loop, the
 CLI and users' scripts call:
@@ -12,9 +12,14 @@ CLI and users' scripts call:
 
 `typical` and `budget_aware` take an embedding of every image (`image_features`,
 `labelled_features`: boxloop.predict.embedding), and `typical` needs no detection at all: it picks the cold
-start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop.
+start's first batch. NEEDS_EMBEDDING / DETECTOR_FREE name them for the loop; NEEDS_FEATURES the
+strategies that read the detector's per-box features (coreset, ppal, class_diverse), EMPTY_SHARE those
+that take `empty_share`, NEEDS_CLASS_SKILL those that take `class_skill` (the round model's per-class
+quality on the labelled images, classaware.labelled_class_quality). A strategy that falls back by
+itself says so in Selection.info["fallback"].
 
-Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py.
+Written by hand: registries and dispatch. See table.py / image.py / box.py / coreset.py / typical.py /
+classaware.py / ppal.py.
 
 Owns: the registry and the strategies. May import: the root modules (structures).
 """
@@ -26,6 +31,7 @@ from typing import Hashable, Mapping
 import numpy as np
 
 from boxloop.strategies.box import BOX_STRATEGIES, T_D, box_pool
+from boxloop.strategies.classaware import class_difficulty, labelled_class_quality
 from boxloop.strategies.common import (
     entropy_scores,
     least_confidence_scores,
@@ -34,6 +40,7 @@ from boxloop.strategies.common import (
 from boxloop.strategies.coreset import k_center_greedy
 from boxloop.strategies.image import (LOW_THRESHOLD, PER_CLASS, class_thresholds, coreset, entropy, least_confidence,
                                       localization_aware, random_images)
+from boxloop.strategies.ppal import class_diverse, ppal
 from boxloop.strategies.table import DetectionTable
 from boxloop.strategies.typical import budget_aware, coverage, kmeans, typical, typicality
 from boxloop.structures import Detections, Selection
@@ -52,6 +59,10 @@ __all__ = [
     "coverage",
     "NEEDS_EMBEDDING",
     "DETECTOR_FREE",
+    "NEEDS_FEATURES",
+    "EMPTY_SHARE",
+    "NEEDS_CLASS_SKILL",
+    "labelled_class_quality",
     "least_confidence_scores",
     "entropy_scores",
     "localization_scores",
@@ -68,10 +79,19 @@ IMAGE_STRATEGIES = {
     "coreset": coreset,
     "typical": typical,  # needs no detections: pooled backbone features (strategies/typical.py)
     "budget_aware": budget_aware,  # typical, then localization_aware once the pool is covered
+    "class_difficulty": class_difficulty,  # shares toward the hardest classes (classaware.py)
+    "ppal": ppal,  # difficulty-calibrated uncertainty, then k-means++ diversity (ppal.py)
+    "class_diverse": class_diverse,  # class_difficulty's candidates, then ppal's diversity (ppal.py)
 }
 STRATEGIES = {"images": IMAGE_STRATEGIES, "boxes": BOX_STRATEGIES}
 NEEDS_EMBEDDING = frozenset({"typical", "budget_aware"})  # take image_features / labelled_features
 DETECTOR_FREE = frozenset({"random", "typical"})  # choose without any prediction (the cold start)
+# read Detections.features (the stored predictions load them)
+NEEDS_FEATURES = frozenset({"coreset", "ppal", "class_diverse"})
+EMPTY_SHARE = frozenset({"localization_aware", "least_confidence", "entropy", "coreset", "budget_aware",
+                         "class_difficulty", "ppal", "class_diverse"})  # take empty_share
+# take class_skill (C,): the round model's per-class quality on the labelled images
+NEEDS_CLASS_SKILL = frozenset({"class_difficulty", "ppal", "class_diverse"})
 
 
 def select(

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 
 from boxloop.strategies.table import DetectionTable
+from boxloop.structures import Selection
 
 __all__ = [
     "least_confidence_scores",
@@ -24,6 +25,8 @@ __all__ = [
     "check_budget",
     "require_field",
     "fill_batch",
+    "image_selection",
+    "binary_entropy",
     "LOC_QUALITY_MODELS",
     "FEATURE_MODELS",
 ]
@@ -66,8 +69,7 @@ def entropy_scores(table: DetectionTable, mode: str = "categorical") -> np.ndarr
         total = np.clip(sp + bg, 1e-12, None)
         return np.clip(np.log(total) - (plogp + blogb) / total, 0.0, None)
     if mode == "binary":
-        pc = np.clip(p, 1e-7, 1.0 - 1e-7)
-        return -(pc * np.log(pc) + (1.0 - pc) * np.log1p(-pc)).sum(axis=1, dtype=np.float64)
+        return binary_entropy(p).sum(axis=1)
     raise ValueError(f"entropy: mode must be 'categorical' or 'binary', got {mode!r}")
 
 
@@ -139,3 +141,18 @@ def fill_batch(
     idx = np.concatenate([ranked[:n_main], chosen_empty]).astype(np.int64)
     sc = np.concatenate([ranked_scores[:n_main], np.full(n_empty, np.nan)])
     return idx, sc, n_empty
+
+
+def image_selection(name: str, table: DetectionTable, idx: np.ndarray, scores: np.ndarray, info: dict,
+                    budget: int | None) -> Selection:
+    """An image-level Selection of table rows `idx` (a shortfall against `budget` is warned and recorded)."""
+    if budget is not None:
+        shortfall(name, "images", budget, idx.shape[0], info)
+    return Selection(strategy=name, unit="images", items=tuple(table.keys[i] for i in idx),
+                     scores=tuple(float(s) for s in scores), info=info)
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """H(p) = -p log p - (1 - p) log(1 - p) in nats, elementwise: the uncertainty of one yes/no score."""
+    pc = np.clip(np.asarray(p, np.float64), 1e-7, 1.0 - 1e-7)
+    return -(pc * np.log(pc) + (1.0 - pc) * np.log1p(-pc))

@@ -16,6 +16,10 @@ images taken through the empty share).
   embedding; needs no trained detector (the cold start). budget_aware: typical while the labelled
   set covers less than 80% of the pool (embedding look-alikes), then localization_aware. Both in
   typical.py.
+- class_difficulty: class-balanced like localization_aware, with shares toward the classes the model
+  does worst on and candidates from the whole class-probability vector (classaware.py).
+- ppal: PPAL's difficulty-calibrated uncertainty, then category-conditioned k-means++ medoids inside
+  the batch (ppal.py). class_diverse: the same diversity step over class_difficulty's candidates.
 
 "Empty" images - no box reaches the strategy's low threshold (`min_score`, or [0.2] on the
 combined score for localization_aware) - have no uncertainty score. They may hide objects the
@@ -37,10 +41,10 @@ from boxloop.strategies.common import (
     check_budget,
     entropy_scores,
     fill_batch,
+    image_selection,
     least_confidence_scores,
     localization_scores,
     require_field,
-    shortfall,
 )
 from boxloop.strategies.coreset import auto_device, k_center_greedy
 from boxloop.strategies.table import DetectionTable
@@ -59,25 +63,12 @@ LOW_THRESHOLD = 0.2  # LocAwareAL Algorithm 1: keep detections with S_total > 0.
 PER_CLASS = 100  # LocAwareAL Algorithm 2: the 100 lowest-scoring detections per class
 
 
-def _selection(name: str, table: DetectionTable, idx: np.ndarray, scores: np.ndarray, info: dict,
-               budget: int | None) -> Selection:
-    if budget is not None:
-        shortfall(name, "images", budget, idx.shape[0], info)
-    return Selection(
-        strategy=name,
-        unit="images",
-        items=tuple(table.keys[i] for i in idx),
-        scores=tuple(float(s) for s in scores),
-        info=info,
-    )
-
-
 def random_images(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None) -> Selection:
     """Uniform sample without replacement over every image of the pool."""
     budget = check_budget(budget, "random")
     rng = as_rng(rng)
     idx = rng.permutation(table.num_images)[:budget]
-    return _selection("random", table, idx, np.zeros(idx.shape[0]), {}, budget)
+    return image_selection("random", table, idx, np.zeros(idx.shape[0]), {}, budget)
 
 
 def _rank_by_image_score(name: str, table: DetectionTable, box_scores: np.ndarray, budget: int,
@@ -92,7 +83,7 @@ def _rank_by_image_score(name: str, table: DetectionTable, box_scores: np.ndarra
     idx, sc, n_empty = fill_batch(order, per_image[order], np.flatnonzero(~has), budget, empty_share, rng)
     info.update(aggregate=aggregate, min_score=min_score, empty_share=empty_share,
                 empty_images=int((~has).sum()), empty_images_taken=n_empty)
-    return _selection(name, table, idx, sc, info, budget)
+    return image_selection(name, table, idx, sc, info, budget)
 
 
 def least_confidence(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
@@ -205,7 +196,7 @@ def localization_aware(table: DetectionTable, budget: int | None = None,
         "empty_images": int(empty.shape[0]),
         "empty_images_taken": n_empty,
     }
-    return _selection("localization_aware", table, idx, sc, info, budget)
+    return image_selection("localization_aware", table, idx, sc, info, budget)
 
 
 def coreset(table: DetectionTable, budget: int, rng: np.random.Generator | int | None = None, *,
@@ -250,4 +241,4 @@ def coreset(table: DetectionTable, budget: int, rng: np.random.Generator | int |
     idx, sc, n_empty = fill_batch(cand[picks], dists, np.flatnonzero(~has), budget, empty_share, rng)
     info = {"empty_share": empty_share, "empty_images": int((~has).sum()), "empty_images_taken": n_empty,
             "labelled_centres": int(np.asarray(labelled_features).shape[0])}
-    return _selection("coreset", table, idx, sc, info, budget)
+    return image_selection("coreset", table, idx, sc, info, budget)
