@@ -119,4 +119,5 @@ class Project(Labels, Predictions, Files, Rounds):
             "warnings": len(self.warnings),
             "skipped_images": [{"path": p, "reason": r, "stage": s} for p, r, s in self.skipped_rows()],
             "schema_version": self.schema_version,
+            "input_size": self.get_meta("input_size"),  # chosen from the labelled boxes (boxloop.loop.input_size)
         }
