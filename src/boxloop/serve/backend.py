@@ -1,0 +1,320 @@
+"""What `boxloop serve` does, without HTTP: predictions with the strategy's priorities, webhooks into
+the store, and retraining in the background.
+
+Priorities: the project's current model predicts the whole pool once (at start and after each kept
+retraining), the strategy (`strategies.select`, the registry the loop uses) ranks the pool, and an
+image's task-level score is 1 - rank / pool size, so Label Studio's "sort by prediction score" is the
+loop's order; labelled images score 0. Pool images answer from that pass; others are predicted live.
+
+Webhooks: the task and its annotation go through `formats.labelstudio.load_tasks` (the export's
+reading) and `Project.apply_tool_annotation` (one transaction, idempotent), with the new image's
+train/val split from `loop.round.assign_splits` in the same transaction. Retraining: after every
+`retrain_every` changes, or on request, one at a time, in a thread with its own store connection;
+`loop.model.train_project` trains (resuming its folder after a kill) and the new model is kept only
+if its validation mAP50 is not below the current one's (the rule `boxloop train` keeps by); the
+version bumps only then. Predictions use the model in memory and are never blocked by training.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boxloop.formats import FormatError
+from boxloop.formats.labelstudio import box_results, config_labels, load_tasks, task_key
+from boxloop.loop.config import LoopConfig
+from boxloop.serve.images import ImageAccess, ImageRefused
+from boxloop.store import Project
+from boxloop.structures import Detections
+
+log = logging.getLogger("boxloop.serve")
+TOOL = "label-studio"
+VERSION_META, PROJECTS_META, TRAINED_META = "serve_model", "serve_label_studio_projects", "serve_trained_seq"
+
+
+class ServeError(ValueError):
+    """A request the backend refuses: `status` is the HTTP code (4xx), the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServeSettings:
+    """The backend's knobs; `config` is the loop's (model, training, strategy)."""
+
+    config: LoopConfig
+    retrain_every: int = 10
+    display_threshold: float = 0.3
+    access: ImageAccess = field(default_factory=ImageAccess)
+
+
+def unsupported_strategies() -> frozenset[str]:
+    """Strategies that need inputs a live backend does not build (embeddings, class skill, features)."""
+    from boxloop.strategies import NEEDS_CLASS_SKILL, NEEDS_EMBEDDING, NEEDS_FEATURES
+
+    return NEEDS_EMBEDDING | NEEDS_CLASS_SKILL | NEEDS_FEATURES
+
+
+class Backend:
+    """One project served to Label Studio; thread-safe (each thread has its own store connection)."""
+
+    def __init__(self, project_dir: str | Path, settings: ServeSettings) -> None:
+        from boxloop.strategies import IMAGE_STRATEGIES
+
+        self.dir, self.settings = Path(project_dir), settings
+        strategy = settings.config.selection.strategy
+        if strategy not in IMAGE_STRATEGIES or strategy in unsupported_strategies():
+            ok = sorted(set(IMAGE_STRATEGIES) - unsupported_strategies())
+            raise ValueError(f"serve ranks with image strategies {', '.join(ok)}; got {strategy!r}")
+        self._local = threading.local()
+        self._write_lock = threading.Lock()  # webhooks apply one at a time (SQLite has one writer anyway)
+        self._predict_lock = threading.Lock()  # one forward pass at a time: 2 cores, no oversubscription
+        self._train_lock = threading.Lock()
+        self._train_thread: threading.Thread | None = None
+        self.trainings = 0  # finished trainings, kept or not (tests and /health read it)
+        project = self.project
+        self.classes = project.classes
+        self.sizes = {r.path: r.size for r in project.images()}
+        self.root = project.image_root
+        self.state = project.get_meta(VERSION_META) or {"version": 1, "map50": None}
+        self.model, self.detections, self.priority = self._load_model(project)
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def project(self) -> Project:
+        """This thread's connection to the store."""
+        if getattr(self._local, "project", None) is None:
+            self._local.project = Project.open(self.dir, timeout=30.0)
+        return self._local.project
+
+    @property
+    def model_version(self) -> str:
+        return f"boxloop-v{self.state['version']}"
+
+    def _load_model(self, project: Project) -> tuple[Any, dict[str, Detections], dict[str, float]]:
+        """The current model, its predictions on the pool and the strategy's priority of each pool image."""
+        from boxloop.loop.model import current_checkpoint
+        from boxloop.loop.round import pool_paths
+        from boxloop.predict.inference import predict_paths
+        from boxloop.strategies import EMPTY_SHARE, select
+        from boxloop.train.checkpoints import load_detector
+
+        cfg = self.settings.config
+        model, _, _ = load_detector(current_checkpoint(project), expect_classes=self.classes, device="cpu")
+        pool = [k for k in pool_paths(project) if (self.root / k).is_file()]
+        with self._predict_lock:
+            dets = dict(predict_paths(model, [self.root / k for k in pool], cfg.training.image_size, device="cpu",
+                                      score_threshold=min(cfg.prediction.score_threshold, cfg.selection.t_d),
+                                      progress=False, on_skip=lambda p, why: log.warning("%s: %s", p, why), keys=pool))
+        priority: dict[str, float] = {}
+        if dets:
+            options = {"empty_share": cfg.selection.empty_share} if cfg.selection.strategy in EMPTY_SHARE else {}
+            sel = select(cfg.selection.strategy, dets, len(dets), rng=cfg.training.seed, **options)
+            priority = {k: 1.0 - i / len(dets) for i, k in enumerate(sel.items)}
+        return model, dets, priority
+
+    # -- setup and predict ----------------------------------------------------------------------
+    def check_config(self, label_config: str) -> tuple[str, str]:
+        """(from_name, to_name) of a Label Studio labeling config whose labels the project knows."""
+        try:
+            from_name, to_name, _, labels = config_labels(label_config)
+        except FormatError as e:
+            raise ServeError(400, str(e)) from None
+        unknown = [n for n in labels if n not in self.classes]
+        if unknown:
+            raise ServeError(400, f"label(s) {', '.join(map(repr, unknown))} in the labeling config are not "
+                                  f"in the project's classes {self.classes}; nothing was written")
+        return from_name, to_name
+
+    def setup(self, payload: dict) -> dict:
+        """Check the project's labeling config; remember the Label Studio project as a known sender."""
+        schema = payload.get("schema") or payload.get("label_config")
+        if not isinstance(schema, str):
+            raise ServeError(400, "setup needs 'schema', the project's labeling config")
+        self.check_config(schema)
+        ls_project = str(payload.get("project", "")).split(".")[0]
+        if ls_project:
+            with self._write_lock:
+                known = set(self.project.get_meta(PROJECTS_META, []))
+                if ls_project not in known:
+                    self.project.set_meta(PROJECTS_META, sorted(known | {ls_project}))
+        return {"model_version": self.model_version}
+
+    def _image_key(self, task: dict, i: int) -> str | None:
+        try:
+            key, _ = task_key(task, i, "task", self.sizes)
+        except FormatError as e:
+            raise ImageRefused(str(e)) from None
+        return key
+
+    def _detect(self, task: dict, i: int) -> tuple[Detections, float | None]:
+        key = self._image_key(task, i)
+        model, dets, priority = self.model, self.detections, self.priority  # one consistent generation
+        if key is not None and key in dets:
+            return dets[key], priority.get(key, 0.0)
+        from boxloop.images import ImageError
+        from boxloop.predict.inference import predict_paths
+
+        cfg = self.settings.config
+        with tempfile.TemporaryDirectory() as tmp:
+            if key is not None:
+                path = self.root / key
+            else:
+                url = (task.get("data") or {}).get("image")
+                if not isinstance(url, str):
+                    raise ImageRefused("task has no data.image URL")
+                path = Path(tmp) / "image"
+                path.write_bytes(self.settings.access.read(url))
+            try:
+                with self._predict_lock:
+                    (_, det), = predict_paths(model, [path], cfg.training.image_size, device="cpu",
+                                              score_threshold=cfg.prediction.score_threshold, progress=False)
+            except (ImageError, OSError, ValueError) as e:
+                raise ImageRefused(f"cannot decode the image: {e}") from None
+        return det, (0.0 if key is not None else None)  # labelled images: nothing left to ask
+
+    def predict(self, payload: dict) -> dict:
+        """One entry per task, in order: boxes with scores and the task's priority, or why not."""
+        tasks = payload.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise ServeError(400, "predict needs 'tasks', a list of task objects")
+        names = self.check_config(payload["label_config"]) if isinstance(payload.get("label_config"), str) else None
+        results = []
+        for i, task in enumerate(tasks):
+            try:
+                det, score = self._detect(task, i)
+            except ImageRefused as e:
+                results.append({"task": task.get("id"), "error": str(e), "model_version": self.model_version})
+                continue
+            keep = det.scores >= self.settings.display_threshold
+            ann = det[keep].to_annotation(str(task.get("id", i)), self.classes)
+            result = box_results(ann, f"p{task.get('id', i)}_", with_scores=True)
+            if names is not None:
+                for r in result:
+                    r["from_name"], r["to_name"] = names
+            entry: dict[str, Any] = {"result": result, "model_version": self.model_version}
+            if score is not None:
+                entry["score"] = score
+            else:
+                entry["note"] = "image not in the boxloop project: no priority"
+            results.append(entry)
+        return {"results": results, "model_version": self.model_version}
+
+    # -- webhooks -------------------------------------------------------------------------------
+    def webhook(self, payload: dict) -> dict:
+        """Apply one Label Studio webhook; 4xx for an unknown project or task, nothing written then."""
+        action = payload.get("action")
+        if action == "START_TRAINING":
+            return {"training": self.train()}
+        if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATION_DELETED", "ANNOTATIONS_DELETED"):
+            return {"ignored": action}
+        project = payload.get("project")
+        pid = str(project.get("id") if isinstance(project, dict) else project)
+        if pid not in set(self.project.get_meta(PROJECTS_META, [])):
+            raise ServeError(404, f"Label Studio project {pid} is unknown here; connect it (setup) first")
+        if action == "ANNOTATIONS_DELETED":  # bulk: {"annotations": [{"id", "task"}]}
+            items = payload.get("annotations") or []
+            return {"changed": sum(self._retract(a.get("task"), a.get("id")) for a in items if isinstance(a, dict))}
+        task, annotation = payload.get("task"), payload.get("annotation")
+        if not isinstance(task, dict) or not isinstance(annotation, dict) or "id" not in annotation:
+            raise ServeError(400, f"{action} needs 'task' and 'annotation' objects (with ids)")
+        task_id = task.get("id", annotation.get("task"))
+        if action == "ANNOTATION_DELETED":
+            return {"changed": self._retract(task_id, annotation["id"])}
+        return {"changed": self._apply(task, task_id, annotation)}
+
+    def _retract(self, task_id: Any, annotation_id: Any) -> bool:
+        with self._write_lock:
+            changed = self.project.retract_tool_annotation(TOOL, str(task_id), str(annotation_id))
+        return changed
+
+    def _apply(self, task: dict, task_id: Any, annotation: dict) -> bool:
+        from boxloop.loop.round import assign_splits
+
+        try:
+            key, _ = task_key(task, 0, f"task {task_id}", self.sizes)
+        except FormatError as e:
+            raise ServeError(400, str(e)) from None
+        if key is None:
+            raise ServeError(404, f"task {task_id}: its image is not in the boxloop project; nothing written")
+        try:
+            res = load_tasks([{**task, "annotations": [annotation]}], f"task {task_id}", self.sizes, self.classes)
+        except FormatError as e:
+            raise ServeError(400, str(e)) from None
+        who = annotation.get("completed_by")
+        who = str(who.get("email", who.get("id")) if isinstance(who, dict) else who)
+        at = annotation.get("updated_at") or annotation.get("created_at")
+        with self._write_lock:
+            project = self.project
+            if key not in res.annotations:  # cancelled or skipped: no answer any more
+                return project.retract_tool_annotation(TOOL, str(task_id), str(annotation["id"]))
+            with project.transaction():
+                changed = project.apply_tool_annotation(TOOL, str(task_id), str(annotation["id"]),
+                                                        res.annotations[key], who, at)
+                if changed:
+                    assign_splits(project, [key], self.settings.config, project.tool_seq())
+            pending = project.tool_seq() - int(project.get_meta(TRAINED_META, 0))
+        if changed and pending >= self.settings.retrain_every:
+            self.train()
+        return changed
+
+    # -- training -------------------------------------------------------------------------------
+    def pending(self) -> int:
+        """Changes from Label Studio since the last training finished."""
+        return self.project.tool_seq() - int(self.project.get_meta(TRAINED_META, 0))
+
+    def resume(self) -> None:
+        """After a restart: a training that was due (or killed) starts again (its folder resumes)."""
+        if self.pending() >= self.settings.retrain_every:
+            self.train()
+
+    def train(self) -> str:
+        """Start a training in the background unless one runs: 'started' or 'running'."""
+        with self._train_lock:
+            if self._train_thread is not None and self._train_thread.is_alive():
+                return "running"
+            self._train_thread = threading.Thread(target=self._train, name="boxloop-serve-train", daemon=True)
+            self._train_thread.start()
+        return "started"
+
+    def wait_training(self, timeout: float | None = None) -> None:
+        thread = self._train_thread
+        if thread is not None:
+            thread.join(timeout)
+
+    @property
+    def training(self) -> bool:
+        return self._train_thread is not None and self._train_thread.is_alive()
+
+    def _train(self) -> None:
+        from boxloop.loop.model import current_checkpoint, set_current_checkpoint, train_project
+
+        project = Project.open(self.dir, timeout=30.0)  # this thread's own connection, closed at the end
+        try:
+            with project.writer_lock():
+                seq = project.tool_seq()
+                before = current_checkpoint(project)
+                result, _, _ = train_project(project, self.settings.config, progress=False)
+                old, new = self.state.get("map50"), result.best_map50
+                kept = old is None or (new is not None and new >= old)
+                state = {"version": self.state["version"] + 1, "map50": new} if kept else self.state
+                with project.transaction():
+                    if not kept:
+                        set_current_checkpoint(project, before)
+                    project.set_meta(VERSION_META, state)
+                    project.set_meta(TRAINED_META, seq)
+                if kept:
+                    model, dets, priority = self._load_model(project)
+                    self.model, self.detections, self.priority, self.state = model, dets, priority, state
+                log.info("training done: validation mAP50 %s (before %s); %s", new, old, "kept" if kept else "not kept")
+        except Exception:  # a failed training must not take the server down; the log says why
+            log.exception("training failed")
+        finally:
+            self.trainings += 1
+            project.close()

@@ -1,0 +1,246 @@
+"""`boxloop serve` speaks Label Studio's ML backend protocol: a real server on 127.0.0.1 over a real
+tiny trained project (12 images of 64 px, 6 labelled), no Label Studio. Shapes of health, setup and
+predict; priorities present and in the strategy's order; bad labels, URLs and paths refused with a
+message; webhooks idempotent, with provenance, DELETE retiring the boxes, a threaded burst neither
+losing nor doubling an answer; predict answered while a retraining runs; basic auth."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from boxloop.cli import app
+from boxloop.cli.options import loop_config
+from boxloop.formats.labelstudio import labeling_config
+from boxloop.serve import Backend, ServeSettings, make_server
+from boxloop.serve.images import ImageAccess
+from boxloop.store import Project
+
+TRAIN = ("--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", "2",
+         "--image-size", "64", "--batch-size", "4", "--device", "cpu")
+LABELLED = 6
+
+
+@pytest.fixture(scope="module")
+def trained(make_synthetic, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A trained project (6 of 12 images labelled) to copy per test, and the synthetic data."""
+    syn = make_synthetic(n_images=12, image_size=64, seed=3)
+    base = tmp_path_factory.mktemp("serve_project")
+    ann = base / "annotations"
+    ann.mkdir()
+    for xml in sorted(syn.annotations_dir.glob("*.xml"))[:LABELLED]:
+        shutil.copy(xml, ann / xml.name)
+    project = base / "proj"
+    for args in (("init", project, "--images", syn.images, "--annotations", ann, "--test-fraction", "0.2"),
+                 ("train", project, *TRAIN)):
+        res = CliRunner().invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, res.output + repr(res.exception)
+    return project, syn
+
+
+class Client:
+    def __init__(self, url: str, backend: Backend, project: Path, auth: str | None = None) -> None:
+        self.url, self.backend, self.project, self.auth = url, backend, project, auth
+
+    def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        headers = {"Content-Type": "application/json"}
+        if self.auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(self.auth.encode()).decode()
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.fixture()
+def client(trained, tmp_path: Path) -> Iterator[Client]:
+    src, _ = trained
+    project = tmp_path / "proj"
+    shutil.copytree(src, project)
+    cfg = loop_config(model="fcos", backbone="mobilenet_v3_large", no_pretrained=True, steps=2, image_size=64,
+                      batch_size=4, device="cpu", strategy="least_confidence")
+    with Project.open(project) as p:
+        root = p.image_root
+    backend = Backend(project, ServeSettings(cfg, retrain_every=1000, display_threshold=0.0,
+                                             access=ImageAccess(roots=(root.resolve(),))))
+    server = make_server(backend, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    c = Client(f"http://127.0.0.1:{server.server_address[1]}", backend, project)
+    assert c.call("POST", "/setup", {"project": "7.1700000000", "schema": labeling_config(backend.classes)})[0] == 200
+    yield c
+    backend.wait_training(300)
+    server.shutdown()
+    server.server_close()
+
+
+def _task(key: str, tid: int = 1) -> dict:
+    return {"id": tid, "data": {"image": f"/data/local-files/?d={key}", "boxloop_key": key}}
+
+
+def _annotation(aid: int, tid: int, labels: list[str], who: int = 3) -> dict:
+    result = [{"id": f"r{i}", "type": "rectanglelabels", "from_name": "label", "to_name": "image",
+               "original_width": 64, "original_height": 64, "image_rotation": 0,
+               "value": {"x": 10.0 + i, "y": 10.0, "width": 30.0, "height": 40.0, "rotation": 0,
+                         "rectanglelabels": [lab]}} for i, lab in enumerate(labels)]
+    return {"id": aid, "task": tid, "result": result, "was_cancelled": False, "completed_by": who,
+            "created_at": "2026-12-08T01:00:00Z", "updated_at": "2026-12-08T01:00:00Z"}
+
+
+def _hook(c: Client, action: str, key: str, tid: int, aid: int, labels: list[str]) -> tuple[int, Any]:
+    return c.call("POST", "/webhook", {"action": action, "project": {"id": 7}, "task": _task(key, tid),
+                                       "annotation": _annotation(aid, tid, labels)})
+
+
+def _pool(c: Client) -> list[str]:
+    return sorted(c.backend.priority)
+
+
+def _human(c: Client, key: str) -> int:
+    with Project.open(c.project) as p:
+        ann = p.annotations("labelled").get(key)
+        return -1 if ann is None else len(ann)
+
+
+def test_health_setup_predict_shapes_and_scores(client: Client) -> None:
+    status, health = client.call("GET", "/health")
+    assert status == 200 and health["status"] == "UP" and health["model_version"] == "boxloop-v1"
+    pool = _pool(client)
+    assert len(pool) >= 4
+    status, out = client.call("POST", "/predict", {"tasks": [_task(k, i) for i, k in enumerate(pool)],
+                                                   "label_config": labeling_config(client.backend.classes),
+                                                   "project": "7.1700000000"})
+    assert status == 200 and out["model_version"] == "boxloop-v1"
+    assert len(out["results"]) == len(pool)
+    scores = [r["score"] for r in out["results"]]
+    assert all(0 < s <= 1 for s in scores) and len(set(scores)) == len(scores)  # the strategy's order
+    for r in out["results"]:
+        for box in r["result"]:
+            assert box["type"] == "rectanglelabels" and box["from_name"] == "label" and box["to_name"] == "image"
+            assert 0 <= box["score"] <= 1 and box["value"]["rectanglelabels"][0] in client.backend.classes
+
+
+def test_unknown_label_is_refused_by_name(client: Client) -> None:
+    with Project.open(client.project) as p:
+        before = p.get_meta("serve_label_studio_projects")
+    status, out = client.call("POST", "/setup", {"project": "8.1", "schema": labeling_config(["circle", "unicorn"])})
+    assert status == 400 and "unicorn" in out["error"]
+    with Project.open(client.project) as p:
+        assert p.get_meta("serve_label_studio_projects") == before  # nothing written
+
+
+def test_bad_url_and_traversal_are_per_task_errors(client: Client) -> None:
+    good = _pool(client)[0]
+    tasks = [{"id": 1, "data": {"image": "http://127.0.0.1:9/nothing.jpg"}},
+             {"id": 2, "data": {"image": "/data/local-files/?d=../../../etc/passwd"}},
+             {"id": 3, "data": {"image": "file:///etc/passwd"}},
+             {"id": 4, "data": {"image": "ftp://example.com/a.jpg"}},
+             _task(good, 5)]
+    status, out = client.call("POST", "/predict", {"tasks": tasks})
+    assert status == 200
+    r = out["results"]
+    assert "result" not in r[0] and "fetch" in r[0]["error"]
+    assert "result" not in r[1] and ".." in r[1]["error"]
+    assert "result" not in r[2] and "outside the allowed roots" in r[2]["error"]
+    assert "result" not in r[3] and "scheme" in r[3]["error"]
+    assert "result" in r[4] and "score" in r[4]
+
+
+def test_malformed_and_unknown_are_4xx(client: Client) -> None:
+    assert client.call("POST", "/predict", raw=b"{not json")[0] == 400
+    assert client.call("POST", "/nope", {})[0] == 404
+    key = _pool(client)[0]
+    status, out = client.call("POST", "/webhook", {"action": "ANNOTATION_CREATED", "project": {"id": 99},
+                                                   "task": _task(key), "annotation": _annotation(1, 1, ["circle"])})
+    assert status == 404 and "99" in out["error"]
+    status, out = _hook(client, "ANNOTATION_CREATED", "no/such.png", 1, 1, ["circle"])
+    assert status in (400, 404)
+    status, out = _hook(client, "ANNOTATION_CREATED", key, 1, 1, ["unicorn"])
+    assert status == 400 and "unicorn" in out["error"]
+    assert _human(client, key) == -1  # nothing written
+
+
+def test_webhook_idempotent_with_provenance_and_delete(client: Client) -> None:
+    key = _pool(client)[0]
+    assert _hook(client, "ANNOTATION_CREATED", key, 11, 21, ["circle", "square"]) == (201, {"changed": True})
+    with Project.open(client.project) as p:
+        before = (p.table_sizes(), p.tool_seq())
+    assert _hook(client, "ANNOTATION_CREATED", key, 11, 21, ["circle", "square"]) == (201, {"changed": False})
+    with Project.open(client.project) as p:
+        assert p.tool_seq() == before[1]
+        (rec,) = p.tool_annotations()
+        assert (rec["task_id"], rec["annotation_id"], rec["image"], rec["who"]) == ("11", "21", key, "3")
+        assert rec["at"] == "2026-12-08T01:00:00Z" and len(rec["box_ids"]) == 2
+        assert p.image(key).split in ("train", "val")
+    assert _human(client, key) == 2
+    assert _hook(client, "ANNOTATION_UPDATED", key, 11, 21, ["circle"])[1] == {"changed": True}
+    assert _human(client, key) == 1
+    assert _hook(client, "ANNOTATION_DELETED", key, 11, 21, [])[1] == {"changed": True}
+    assert _hook(client, "ANNOTATION_DELETED", key, 11, 21, [])[1] == {"changed": False}
+    assert _human(client, key) == -1
+    with Project.open(client.project) as p:
+        assert p.image(key).status == "unlabelled" and key in p.image_set("pool")
+
+
+def test_webhook_burst_from_threads(client: Client) -> None:
+    pool = _pool(client)
+    jobs = [(pool[i % len(pool)], 100 + i % len(pool), 500 + i) for i in range(40)]
+
+    def send(job: tuple[str, int, int]) -> int:
+        key, tid, aid = job
+        return _hook(client, "ANNOTATION_CREATED", key, tid, aid, ["circle"])[0]
+
+    with ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(send, jobs + jobs))  # every webhook twice
+    assert set(codes) == {201}
+    with Project.open(client.project) as p:
+        recs = p.tool_annotations()
+        assert sorted(r["annotation_id"] for r in recs) == sorted(str(a) for _, _, a in jobs)
+        assert p.tool_seq() == len(jobs)  # the duplicates changed nothing
+        for key in pool:  # one live answer's boxes per image, never two
+            assert len(p.annotations("labelled")[key]) == 1
+
+
+def test_predict_answers_while_training(client: Client) -> None:
+    assert client.call("POST", "/train", {})[1] == {"training": "started"}
+    t0 = time.monotonic()
+    status, out = client.call("POST", "/predict", {"tasks": [_task(_pool(client)[0])]})
+    assert status == 200 and "result" in out["results"][0]
+    if client.backend.training:  # answered while it trained
+        assert client.call("POST", "/train", {})[1] == {"training": "running"}
+    client.backend.wait_training(300)
+    assert client.backend.trainings == 1
+    assert time.monotonic() - t0 < 300
+    version = client.call("GET", "/health")[1]["model_version"]
+    assert version in ("boxloop-v1", "boxloop-v2")  # v2 only when the new model was kept
+
+
+def test_basic_auth(trained, tmp_path: Path) -> None:
+    src, _ = trained
+    cfg = loop_config(model="fcos", backbone="mobilenet_v3_large", no_pretrained=True, steps=2, image_size=64,
+                      batch_size=4, device="cpu", strategy="least_confidence")
+    backend = Backend(src, ServeSettings(cfg))
+    server = make_server(backend, "127.0.0.1", 0, auth=("ann", "secret"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert Client(url, backend, src).call("GET", "/health")[0] == 401
+        assert Client(url, backend, src, auth="ann:wrong").call("GET", "/health")[0] == 401
+        assert Client(url, backend, src, auth="ann:secret").call("GET", "/health")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
