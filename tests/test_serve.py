@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import pytest
@@ -215,18 +216,95 @@ def test_webhook_burst_from_threads(client: Client) -> None:
             assert len(p.annotations("labelled")[key]) == 1
 
 
-def test_predict_answers_while_training(client: Client) -> None:
+def _gated_training(monkeypatch: pytest.MonkeyPatch, map50: float | None = None) -> threading.Event:
+    """train_project waits for the returned event, then trains for real (map50 None) or returns a
+    result with that validation mAP50 and a copy of the current model as its checkpoint."""
+    import boxloop.loop.model as model_mod
+
+    real, gate = model_mod.train_project, threading.Event()
+
+    def gated(project, config, *args, **kw):
+        assert gate.wait(120)
+        if map50 is None:
+            return real(project, config, *args, **kw)
+        ckpt = project.dir / "models" / f"fake_{map50}.pt"
+        shutil.copy(model_mod.current_checkpoint(project), ckpt)
+        model_mod.set_current_checkpoint(project, ckpt)
+        return SimpleNamespace(best_map50=map50, best_checkpoint=ckpt), 0, 0
+
+    monkeypatch.setattr(model_mod, "train_project", gated)
+    return gate
+
+
+def test_predict_answers_while_training(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = _gated_training(monkeypatch)
     assert client.call("POST", "/train", {})[1] == {"training": "started"}
-    t0 = time.monotonic()
-    status, out = client.call("POST", "/predict", {"tasks": [_task(_pool(client)[0])]})
-    assert status == 200 and "result" in out["results"][0]
-    if client.backend.training:  # answered while it trained
-        assert client.call("POST", "/train", {})[1] == {"training": "running"}
+    assert client.backend.training
+    status, out = client.call("POST", "/predict", {"tasks": [_task(k, i) for i, k in enumerate(_pool(client))]})
+    assert status == 200 and all("result" in r and "score" in r for r in out["results"])
+    assert client.call("GET", "/health")[1]["training"] is True
+    assert client.call("POST", "/train", {})[1] == {"training": "running"}  # one at a time
+    gate.set()
     client.backend.wait_training(300)
-    assert client.backend.trainings == 1
-    assert time.monotonic() - t0 < 300
+    assert client.backend.trainings == 1 and not client.backend.training
     version = client.call("GET", "/health")[1]["model_version"]
     assert version in ("boxloop-v1", "boxloop-v2")  # v2 only when the new model was kept
+
+
+@pytest.mark.parametrize("map50, version", [(-1.0, "boxloop-v1"), (2.0, "boxloop-v2")])
+def test_retrain_after_n_answers_bumps_only_a_kept_model(client: Client, monkeypatch: pytest.MonkeyPatch,
+                                                         map50: float, version: str) -> None:
+    gate = _gated_training(monkeypatch, map50)
+    gate.set()
+    client.backend.settings.retrain_every = 2
+    with Project.open(client.project) as p:
+        before = p.get_meta("current_checkpoint")
+    pool = _pool(client)
+    _hook(client, "ANNOTATION_CREATED", pool[0], 1, 1, ["circle"])
+    assert not client.backend.training and client.backend.trainings == 0
+    _hook(client, "ANNOTATION_CREATED", pool[1], 2, 2, ["circle"])  # the N-th answer starts a training
+    client.backend.wait_training(300)
+    assert client.backend.trainings == 1 and client.backend.pending() == 0
+    assert client.call("GET", "/health")[1]["model_version"] == version
+    with Project.open(client.project) as p:
+        assert (p.get_meta("current_checkpoint") == before) == (version == "boxloop-v1")
+    out = client.call("POST", "/predict", {"tasks": [_task(pool[0]), _task(pool[2], 2)]})[1]
+    assert out["model_version"] == version
+    assert out["results"][0]["score"] == 0.0 and out["results"][1]["score"] > 0  # answered: nothing left to ask
+
+
+def test_kill_during_webhook_write_leaves_nothing(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boxloop.loop.round as round_mod
+
+    key = _pool(client)[0]
+
+    def killed(*args, **kw):
+        raise RuntimeError("killed mid-write")
+
+    with monkeypatch.context() as m:
+        m.setattr(round_mod, "assign_splits", killed)
+        assert _hook(client, "ANNOTATION_CREATED", key, 5, 6, ["circle"])[0] == 500
+    assert _human(client, key) == -1
+    with Project.open(client.project) as p:
+        assert p.tool_seq() == 0 and p.tool_annotations(include_deleted=True) == []
+    # Label Studio sends it again (or the annotator saves again): applied once
+    assert _hook(client, "ANNOTATION_CREATED", key, 5, 6, ["circle"])[1] == {"changed": True}
+    assert _hook(client, "ANNOTATION_CREATED", key, 5, 6, ["circle"])[1] == {"changed": False}
+    assert _human(client, key) == 1
+
+
+def test_restart_resumes_a_due_training(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill during training leaves the answers counted as untrained: the next start trains."""
+    pool = _pool(client)
+    for i in range(3):
+        _hook(client, "ANNOTATION_CREATED", pool[i], i, i, ["square"])
+    assert client.backend.pending() == 3  # retrain_every is 1000 here: nothing trained yet
+    _gated_training(monkeypatch, 2.0).set()
+    settings = client.backend.settings
+    again = Backend(client.project, ServeSettings(settings.config, retrain_every=3, access=settings.access))
+    again.resume()
+    again.wait_training(300)
+    assert again.trainings == 1 and again.pending() == 0 and again.model_version == "boxloop-v2"
 
 
 def test_basic_auth(trained, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ with `import`/`export`).
 
 Modules: images (Label Studio image URLs -> bytes boxloop can read, confined to allowed roots),
 backend (predictions, priorities, webhooks -> store, background retraining), http (routes, basic
-auth, error codes). Owns: the server and its state. May import: store, formats, strategies, loop,
-predict, train and the root modules; nothing imports serve/ but cli/.
+auth, error codes). Owns: the server and its state. May import: the root modules, store/, formats/,
+strategies/, loop/, predict/, train/; nothing imports serve/ but cli/.
 """
 
 from boxloop.serve.backend import Backend, ServeError, ServeSettings

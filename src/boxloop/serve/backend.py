@@ -82,8 +82,9 @@ class Backend:
         self.classes = project.classes
         self.sizes = {r.path: r.size for r in project.images()}
         self.root = project.image_root
-        self.state = project.get_meta(VERSION_META) or {"version": 1, "map50": None}
-        self.model, self.detections, self.priority = self._load_model(project)
+        self.model, self.detections, self.priority, map50 = self._load_model(project)
+        # the first version's mAP is the one its training recorded (the bar the next model must reach)
+        self.state = project.get_meta(VERSION_META) or {"version": 1, "map50": map50}
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -97,8 +98,9 @@ class Backend:
     def model_version(self) -> str:
         return f"boxloop-v{self.state['version']}"
 
-    def _load_model(self, project: Project) -> tuple[Any, dict[str, Detections], dict[str, float]]:
-        """The current model, its predictions on the pool and the strategy's priority of each pool image."""
+    def _load_model(self, project: Project) -> tuple[Any, dict[str, Detections], dict[str, float], float | None]:
+        """The current model, its predictions on the pool, the strategy's priority of each pool image and
+        the validation mAP50 its training recorded."""
         from boxloop.loop.model import current_checkpoint
         from boxloop.loop.round import pool_paths
         from boxloop.predict.inference import predict_paths
@@ -106,18 +108,22 @@ class Backend:
         from boxloop.train.checkpoints import load_detector
 
         cfg = self.settings.config
-        model, _, _ = load_detector(current_checkpoint(project), expect_classes=self.classes, device="cpu")
+        model, _, meta = load_detector(current_checkpoint(project), expect_classes=self.classes, device="cpu")
         pool = [k for k in pool_paths(project) if (self.root / k).is_file()]
-        with self._predict_lock:
-            dets = dict(predict_paths(model, [self.root / k for k in pool], cfg.training.image_size, device="cpu",
-                                      score_threshold=min(cfg.prediction.score_threshold, cfg.selection.t_d),
-                                      progress=False, on_skip=lambda p, why: log.warning("%s: %s", p, why), keys=pool))
+        dets: dict[str, Detections] = {}
+        for start in range(0, len(pool), 8):  # the lock per chunk: a live predict waits one chunk at most
+            part = pool[start:start + 8]
+            with self._predict_lock:
+                dets.update(predict_paths(model, [self.root / k for k in part], cfg.training.image_size, device="cpu",
+                                          score_threshold=min(cfg.prediction.score_threshold, cfg.selection.t_d),
+                                          progress=False, on_skip=lambda p, why: log.warning("%s: %s", p, why),
+                                          keys=part))
         priority: dict[str, float] = {}
         if dets:
             options = {"empty_share": cfg.selection.empty_share} if cfg.selection.strategy in EMPTY_SHARE else {}
             sel = select(cfg.selection.strategy, dets, len(dets), rng=cfg.training.seed, **options)
             priority = {k: 1.0 - i / len(dets) for i, k in enumerate(sel.items)}
-        return model, dets, priority
+        return model, dets, priority, meta.get("best_map50")
 
     # -- setup and predict ----------------------------------------------------------------------
     def check_config(self, label_config: str) -> tuple[str, str]:
@@ -156,8 +162,8 @@ class Backend:
     def _detect(self, task: dict, i: int) -> tuple[Detections, float | None]:
         key = self._image_key(task, i)
         model, dets, priority = self.model, self.detections, self.priority  # one consistent generation
-        if key is not None and key in dets:
-            return dets[key], priority.get(key, 0.0)
+        if key is not None and key in dets:  # answered since the last ranking: nothing left to ask
+            return dets[key], 0.0 if self.project.image(key).status == "labelled" else priority.get(key, 0.0)
         from boxloop.images import ImageError
         from boxloop.predict.inference import predict_paths
 
@@ -293,28 +299,35 @@ class Backend:
         return self._train_thread is not None and self._train_thread.is_alive()
 
     def _train(self) -> None:
-        from boxloop.loop.model import current_checkpoint, set_current_checkpoint, train_project
-
+        """Train until no training is due (answers that came in meanwhile trigger the next one)."""
         project = Project.open(self.dir, timeout=30.0)  # this thread's own connection, closed at the end
         try:
-            with project.writer_lock():
-                seq = project.tool_seq()
-                before = current_checkpoint(project)
-                result, _, _ = train_project(project, self.settings.config, progress=False)
-                old, new = self.state.get("map50"), result.best_map50
-                kept = old is None or (new is not None and new >= old)
-                state = {"version": self.state["version"] + 1, "map50": new} if kept else self.state
-                with project.transaction():
-                    if not kept:
-                        set_current_checkpoint(project, before)
-                    project.set_meta(VERSION_META, state)
-                    project.set_meta(TRAINED_META, seq)
-                if kept:
-                    model, dets, priority = self._load_model(project)
-                    self.model, self.detections, self.priority, self.state = model, dets, priority, state
-                log.info("training done: validation mAP50 %s (before %s); %s", new, old, "kept" if kept else "not kept")
+            while True:
+                self._train_once(project)
+                if project.tool_seq() - int(project.get_meta(TRAINED_META, 0)) < self.settings.retrain_every:
+                    break
         except Exception:  # a failed training must not take the server down; the log says why
             log.exception("training failed")
         finally:
-            self.trainings += 1
             project.close()
+
+    def _train_once(self, project: Project) -> None:
+        from boxloop.loop.model import current_checkpoint, set_current_checkpoint, train_project
+
+        with project.writer_lock():
+            seq = project.tool_seq()
+            before = current_checkpoint(project)
+            result, _, _ = train_project(project, self.settings.config, progress=False)
+            old, new = self.state.get("map50"), result.best_map50
+            kept = old is None or (new is not None and new >= old)
+            state = {"version": self.state["version"] + 1, "map50": new} if kept else self.state
+            with project.transaction():
+                if not kept:
+                    set_current_checkpoint(project, before)
+                project.set_meta(VERSION_META, state)
+                project.set_meta(TRAINED_META, seq)
+            # the pool changed either way (answered images left it): rank it again, with the kept model
+            model, dets, priority, _ = self._load_model(project)
+            self.model, self.detections, self.priority, self.state = model, dets, priority, state
+        self.trainings += 1
+        log.info("training done: validation mAP50 %s (before %s); %s", new, old, "kept" if kept else "not kept")

@@ -17,7 +17,8 @@ hold PROJECT/.lock through `writer_lock()`, so a second loop on the same project
 Modules by concern: schema (migrations, constants, subsets), dbfile (opening checks, read-only
 access), core (connection, transactions, locks, meta), images (and the named image sets: the
 pool defined once), files (file records, skipped images), labels, rounds (with metrics and
-queries), predictions (with the blob format), tool (live answers from Label Studio, with provenance). `Project` joins them; only they touch SQL.
+queries), predictions (with the blob format), tool (live answers from Label Studio, with
+provenance). `Project` joins them; only they touch SQL.
 
 Owns: the database and every SQL statement. May import: the root modules (structures) and
 strategies.table (stored predictions come back as a DetectionTable).
