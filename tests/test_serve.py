@@ -27,6 +27,7 @@ from boxloop.formats.labelstudio import labeling_config
 from boxloop.serve import Backend, ServeSettings, make_server
 from boxloop.serve.images import ImageAccess
 from boxloop.store import Project
+from boxloop.strategies import select
 
 TRAIN = ("--model", "fcos", "--backbone", "mobilenet_v3_large", "--no-pretrained", "--steps", "2",
          "--image-size", "64", "--batch-size", "4", "--device", "cpu")
@@ -133,6 +134,16 @@ def test_health_setup_predict_shapes_and_scores(client: Client) -> None:
         for box in r["result"]:
             assert box["type"] == "rectanglelabels" and box["from_name"] == "label" and box["to_name"] == "image"
             assert 0 <= box["score"] <= 1 and box["value"]["rectanglelabels"][0] in client.backend.classes
+    # the tasks sorted by score are the strategy's order over the pool (the registry's select)
+    sel = select("least_confidence", {k: client.backend.detections[k] for k in pool}, len(pool), rng=0)
+    assert [k for _, k in sorted(zip(scores, pool), reverse=True)] == list(sel.items)
+    # a project's own names and a subset of the classes: boxes named so, and only of those labels
+    config = ('<View><Image name="img" value="$photo"/><RectangleLabels name="bbox" toName="img">'
+              '<Label value="circle"/></RectangleLabels></View>')
+    out = client.call("POST", "/predict", {"tasks": [_task(k, i) for i, k in enumerate(pool)], "label_config": config})[1]
+    boxes = [b for r in out["results"] for b in r["result"]]
+    assert all(b["from_name"] == "bbox" and b["to_name"] == "img" and b["value"]["rectanglelabels"] == ["circle"]
+               for b in boxes)
 
 
 def test_unknown_label_is_refused_by_name(client: Client) -> None:

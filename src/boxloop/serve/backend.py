@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from boxloop.formats import FormatError
 from boxloop.formats.labelstudio import box_results, config_labels, load_tasks, task_key
@@ -72,27 +73,29 @@ class Backend:
         if strategy not in IMAGE_STRATEGIES or strategy in unsupported_strategies():
             ok = sorted(set(IMAGE_STRATEGIES) - unsupported_strategies())
             raise ValueError(f"serve ranks with image strategies {', '.join(ok)}; got {strategy!r}")
-        self._local = threading.local()
         self._write_lock = threading.Lock()  # webhooks apply one at a time (SQLite has one writer anyway)
         self._predict_lock = threading.Lock()  # one forward pass at a time: 2 cores, no oversubscription
         self._train_lock = threading.Lock()
         self._train_thread: threading.Thread | None = None
         self.trainings = 0  # finished trainings, kept or not (tests and /health read it)
-        project = self.project
-        self.classes = project.classes
-        self.sizes = {r.path: r.size for r in project.images()}
-        self.root = project.image_root
-        self.model, self.detections, self.priority, map50 = self._load_model(project)
-        # the first version's mAP is the one its training recorded (the bar the next model must reach)
-        self.state = project.get_meta(VERSION_META) or {"version": 1, "map50": map50}
+        with self.store() as project:
+            self.classes = project.classes
+            self.sizes = {r.path: r.size for r in project.images()}
+            self.root = project.image_root
+            self.model, self.detections, self.priority, map50 = self._load_model(project)
+            # the first version's mAP is the one its training recorded (the bar the next model must reach)
+            self.state = project.get_meta(VERSION_META) or {"version": 1, "map50": map50}
 
     # -- state ----------------------------------------------------------------------------------
-    @property
-    def project(self) -> Project:
-        """This thread's connection to the store."""
-        if getattr(self._local, "project", None) is None:
-            self._local.project = Project.open(self.dir, timeout=30.0)
-        return self._local.project
+    @contextmanager
+    def store(self) -> Iterator[Project]:
+        """A store connection for one call: SQLite connections stay in their thread, and the server
+        runs each request in a thread of its own."""
+        project = Project.open(self.dir, timeout=30.0)
+        try:
+            yield project
+        finally:
+            project.close()
 
     @property
     def model_version(self) -> str:
@@ -126,8 +129,8 @@ class Backend:
         return model, dets, priority, meta.get("best_map50")
 
     # -- setup and predict ----------------------------------------------------------------------
-    def check_config(self, label_config: str) -> tuple[str, str]:
-        """(from_name, to_name) of a Label Studio labeling config whose labels the project knows."""
+    def check_config(self, label_config: str) -> tuple[str, str, set[str]]:
+        """(from_name, to_name, labels) of a Label Studio labeling config whose labels the project knows."""
         try:
             from_name, to_name, _, labels = config_labels(label_config)
         except FormatError as e:
@@ -136,7 +139,7 @@ class Backend:
         if unknown:
             raise ServeError(400, f"label(s) {', '.join(map(repr, unknown))} in the labeling config are not "
                                   f"in the project's classes {self.classes}; nothing was written")
-        return from_name, to_name
+        return from_name, to_name, set(labels)
 
     def setup(self, payload: dict) -> dict:
         """Check the project's labeling config; remember the Label Studio project as a known sender."""
@@ -146,10 +149,10 @@ class Backend:
         self.check_config(schema)
         ls_project = str(payload.get("project", "")).split(".")[0]
         if ls_project:
-            with self._write_lock:
-                known = set(self.project.get_meta(PROJECTS_META, []))
+            with self._write_lock, self.store() as project:
+                known = set(project.get_meta(PROJECTS_META, []))
                 if ls_project not in known:
-                    self.project.set_meta(PROJECTS_META, sorted(known | {ls_project}))
+                    project.set_meta(PROJECTS_META, sorted(known | {ls_project}))
         return {"model_version": self.model_version}
 
     def _image_key(self, task: dict, i: int) -> str | None:
@@ -159,11 +162,11 @@ class Backend:
             raise ImageRefused(str(e)) from None
         return key
 
-    def _detect(self, task: dict, i: int) -> tuple[Detections, float | None]:
+    def _detect(self, project: Project, task: dict, i: int) -> tuple[Detections, float | None]:
         key = self._image_key(task, i)
         model, dets, priority = self.model, self.detections, self.priority  # one consistent generation
         if key is not None and key in dets:  # answered since the last ranking: nothing left to ask
-            return dets[key], 0.0 if self.project.image(key).status == "labelled" else priority.get(key, 0.0)
+            return dets[key], 0.0 if project.image(key).status == "labelled" else priority.get(key, 0.0)
         from boxloop.images import ImageError
         from boxloop.predict.inference import predict_paths
 
@@ -185,25 +188,32 @@ class Backend:
                 raise ImageRefused(f"cannot decode the image: {e}") from None
         return det, (0.0 if key is not None else None)  # labelled images: nothing left to ask
 
+    def _answer(self, project: Project, task: dict, i: int) -> tuple[Detections, float | None] | ImageRefused:
+        try:
+            return self._detect(project, task, i)
+        except ImageRefused as e:
+            return e
+
     def predict(self, payload: dict) -> dict:
         """One entry per task, in order: boxes with scores and the task's priority, or why not."""
         tasks = payload.get("tasks")
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise ServeError(400, "predict needs 'tasks', a list of task objects")
-        names = self.check_config(payload["label_config"]) if isinstance(payload.get("label_config"), str) else None
-        results = []
-        for i, task in enumerate(tasks):
-            try:
-                det, score = self._detect(task, i)
-            except ImageRefused as e:
-                results.append({"task": task.get("id"), "error": str(e), "model_version": self.model_version})
+        config = payload.get("label_config")
+        from_name, to_name, labels = self.check_config(config) if isinstance(config, str) else (None, None, None)
+        with self.store() as project:
+            answers = [self._answer(project, task, i) for i, task in enumerate(tasks)]
+        results: list[dict[str, Any]] = []
+        for i, (task, answer) in enumerate(zip(tasks, answers)):
+            if isinstance(answer, ImageRefused):
+                results.append({"task": task.get("id"), "error": str(answer), "model_version": self.model_version})
                 continue
-            keep = det.scores >= self.settings.display_threshold
-            ann = det[keep].to_annotation(str(task.get("id", i)), self.classes)
-            result = box_results(ann, f"p{task.get('id', i)}_", with_scores=True)
-            if names is not None:
-                for r in result:
-                    r["from_name"], r["to_name"] = names
+            det, score = answer
+            ann = det[det.scores >= self.settings.display_threshold].to_annotation(str(task.get("id", i)), self.classes)
+            result = [r for r in box_results(ann, f"p{task.get('id', i)}_", with_scores=True)
+                      if labels is None or r["value"]["rectanglelabels"][0] in labels]  # only the config's labels
+            for r in result:
+                r["from_name"], r["to_name"] = from_name or r["from_name"], to_name or r["to_name"]
             entry: dict[str, Any] = {"result": result, "model_version": self.model_version}
             if score is not None:
                 entry["score"] = score
@@ -222,7 +232,9 @@ class Backend:
             return {"ignored": action}
         project = payload.get("project")
         pid = str(project.get("id") if isinstance(project, dict) else project)
-        if pid not in set(self.project.get_meta(PROJECTS_META, [])):
+        with self.store() as store:
+            known = set(store.get_meta(PROJECTS_META, []))
+        if pid not in known:
             raise ServeError(404, f"Label Studio project {pid} is unknown here; connect it (setup) first")
         if action == "ANNOTATIONS_DELETED":  # bulk: {"annotations": [{"id", "task"}]}
             items = payload.get("annotations") or []
@@ -236,9 +248,8 @@ class Backend:
         return {"changed": self._apply(task, task_id, annotation)}
 
     def _retract(self, task_id: Any, annotation_id: Any) -> bool:
-        with self._write_lock:
-            changed = self.project.retract_tool_annotation(TOOL, str(task_id), str(annotation_id))
-        return changed
+        with self._write_lock, self.store() as project:
+            return project.retract_tool_annotation(TOOL, str(task_id), str(annotation_id))
 
     def _apply(self, task: dict, task_id: Any, annotation: dict) -> bool:
         from boxloop.loop.round import assign_splits
@@ -256,8 +267,7 @@ class Backend:
         who = annotation.get("completed_by")
         who = str(who.get("email", who.get("id")) if isinstance(who, dict) else who)
         at = annotation.get("updated_at") or annotation.get("created_at")
-        with self._write_lock:
-            project = self.project
+        with self._write_lock, self.store() as project:
             if key not in res.annotations:  # cancelled or skipped: no answer any more
                 return project.retract_tool_annotation(TOOL, str(task_id), str(annotation["id"]))
             with project.transaction():
@@ -273,7 +283,8 @@ class Backend:
     # -- training -------------------------------------------------------------------------------
     def pending(self) -> int:
         """Changes from Label Studio since the last training finished."""
-        return self.project.tool_seq() - int(self.project.get_meta(TRAINED_META, 0))
+        with self.store() as project:
+            return project.tool_seq() - int(project.get_meta(TRAINED_META, 0))
 
     def resume(self) -> None:
         """After a restart: a training that was due (or killed) starts again (its folder resumes)."""
