@@ -140,7 +140,9 @@ def test_health_setup_predict_shapes_and_scores(client: Client) -> None:
     # a project's own names and a subset of the classes: boxes named so, and only of those labels
     config = ('<View><Image name="img" value="$photo"/><RectangleLabels name="bbox" toName="img">'
               '<Label value="circle"/></RectangleLabels></View>')
-    out = client.call("POST", "/predict", {"tasks": [_task(k, i) for i, k in enumerate(pool)], "label_config": config})[1]
+    tasks = [{"id": i, "data": {"photo": f"/data/local-files/?d=somewhere/{k}"}} for i, k in enumerate(pool)]
+    out = client.call("POST", "/predict", {"tasks": tasks, "label_config": config})[1]
+    assert [r["score"] for r in out["results"]] == scores  # mapped to the project's images by name
     boxes = [b for r in out["results"] for b in r["result"]]
     assert all(b["from_name"] == "bbox" and b["to_name"] == "img" and b["value"]["rectanglelabels"] == ["circle"]
                for b in boxes)
@@ -333,3 +335,18 @@ def test_basic_auth(trained, tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_webhook_maps_an_uploaded_image_by_name(client: Client) -> None:
+    """A task Label Studio made from an upload (hash-prefixed name, the config's own data field)."""
+    key = _pool(client)[1]
+    config = ('<View><Image name="img" value="$photo"/><RectangleLabels name="bbox" toName="img">'
+              '<Label value="circle"/></RectangleLabels></View>')
+    annotation = _annotation(31, 41, ["circle"])
+    for r in annotation["result"]:
+        r["from_name"], r["to_name"] = "bbox", "img"
+    payload = {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": config},
+               "task": {"id": 41, "data": {"photo": f"/data/upload/7/0a1b2c3d-{key.rsplit('/', 1)[-1]}"}},
+               "annotation": annotation}
+    assert client.call("POST", "/webhook", payload) == (201, {"changed": True})
+    assert _human(client, key) == 1

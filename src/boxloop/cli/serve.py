@@ -46,6 +46,7 @@ def serve(
     strategy (sort the Data Manager by prediction score), annotations into the store as they are
     submitted, and retraining in the background. Basic auth: set BOXLOOP_SERVE_AUTH=user:password;
     Label Studio's API token (for uploaded images): LABEL_STUDIO_API_KEY."""
+    from boxloop.formats.labelstudio import labeling_config
     from boxloop.serve import Backend, ServeSettings, make_server
     from boxloop.serve.images import ImageAccess
     from boxloop.store import Project
@@ -65,6 +66,8 @@ def serve(
     backend = Backend(project, ServeSettings(cfg, retrain_every, display_threshold, access))
     server = make_server(backend, host, port, tuple(auth.split(":", 1)) if auth else None)  # type: ignore[arg-type]
     backend.resume()
+    out.print("labeling config for the Label Studio project (Settings > Labeling Interface > Code):\n"
+              + escape(labeling_config(backend.classes, flags=())))
     out.print(f"serving {escape(str(project))} ({backend.model_version}, {len(backend.priority)} pool images scored) "
               f"at http://{host}:{server.server_address[1]}; add it in Label Studio: Settings > Model")
     try:

@@ -263,16 +263,17 @@ def _task_name(task: dict, i: int) -> str:
     return f"task {task.get('id', i + 1)}"
 
 
-def task_key(task: dict, i: int, path: str | Path, known: Mapping[str, object] | None) -> tuple[str | None, str]:
-    """(key or None, the name the task used): data.boxloop_key first, else the image URL."""
+def task_key(task: dict, i: int, path: str | Path, known: Mapping[str, object] | None,
+             field: str = TO_NAME) -> tuple[str | None, str]:
+    """(key or None, the name the task used): data.boxloop_key first, else the image URL in data[field]."""
     data = task["data"]
     where = f"{path} {_task_name(task, i)}"
     if isinstance(data.get(KEY_FIELD), str) and data[KEY_FIELD].strip():
         name = data[KEY_FIELD]
         return match_image_key(name, known, where), name
-    url = data.get(TO_NAME)
+    url = data.get(field)
     if not isinstance(url, str) or not url.strip():
-        raise FormatError(where, f"has no data.{TO_NAME} (image URL) and no data.{KEY_FIELD}",
+        raise FormatError(where, f"has no data.{field} (image URL) and no data.{KEY_FIELD}",
                           "the tasks must come from a project whose Image tag reads $image")
     parsed = urlparse(url)
     query = parse_qs(parsed.query)

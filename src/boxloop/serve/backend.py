@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from boxloop.formats import FormatError
-from boxloop.formats.labelstudio import box_results, config_labels, load_tasks, task_key
+from boxloop.formats.labelstudio import KEY_FIELD, TO_NAME, box_results, config_labels, load_tasks, task_key
 from boxloop.loop.config import LoopConfig
 from boxloop.serve.images import ImageAccess, ImageRefused
 from boxloop.store import Project
@@ -129,17 +129,17 @@ class Backend:
         return model, dets, priority, meta.get("best_map50")
 
     # -- setup and predict ----------------------------------------------------------------------
-    def check_config(self, label_config: str) -> tuple[str, str, set[str]]:
-        """(from_name, to_name, labels) of a Label Studio labeling config whose labels the project knows."""
+    def check_config(self, label_config: str) -> tuple[str, str, str, set[str]]:
+        """(from_name, to_name, image data field, labels) of a labeling config whose labels the project knows."""
         try:
-            from_name, to_name, _, labels = config_labels(label_config)
+            from_name, to_name, field, labels = config_labels(label_config)
         except FormatError as e:
             raise ServeError(400, str(e)) from None
         unknown = [n for n in labels if n not in self.classes]
         if unknown:
             raise ServeError(400, f"label(s) {', '.join(map(repr, unknown))} in the labeling config are not "
                                   f"in the project's classes {self.classes}; nothing was written")
-        return from_name, to_name, set(labels)
+        return from_name, to_name, field, set(labels)
 
     def setup(self, payload: dict) -> dict:
         """Check the project's labeling config; remember the Label Studio project as a known sender."""
@@ -155,15 +155,15 @@ class Backend:
                     project.set_meta(PROJECTS_META, sorted(known | {ls_project}))
         return {"model_version": self.model_version}
 
-    def _image_key(self, task: dict, i: int) -> str | None:
+    def _image_key(self, task: dict, i: int, field: str) -> str | None:
         try:
-            key, _ = task_key(task, i, "task", self.sizes)
+            key, _ = task_key(task, i, f"task {task.get('id', i + 1)}", self.sizes, field)
         except FormatError as e:
             raise ImageRefused(str(e)) from None
         return key
 
-    def _detect(self, project: Project, task: dict, i: int) -> tuple[Detections, float | None]:
-        key = self._image_key(task, i)
+    def _detect(self, project: Project, task: dict, i: int, field: str) -> tuple[Detections, float | None]:
+        key = self._image_key(task, i, field)
         model, dets, priority = self.model, self.detections, self.priority  # one consistent generation
         if key is not None and key in dets:  # answered since the last ranking: nothing left to ask
             return dets[key], 0.0 if project.image(key).status == "labelled" else priority.get(key, 0.0)
@@ -175,9 +175,9 @@ class Backend:
             if key is not None:
                 path = self.root / key
             else:
-                url = (task.get("data") or {}).get("image")
+                url = (task.get("data") or {}).get(field)
                 if not isinstance(url, str):
-                    raise ImageRefused("task has no data.image URL")
+                    raise ImageRefused(f"task has no data.{field} URL")
                 path = Path(tmp) / "image"
                 path.write_bytes(self.settings.access.read(url))
             try:
@@ -188,9 +188,10 @@ class Backend:
                 raise ImageRefused(f"cannot decode the image: {e}") from None
         return det, (0.0 if key is not None else None)  # labelled images: nothing left to ask
 
-    def _answer(self, project: Project, task: dict, i: int) -> tuple[Detections, float | None] | ImageRefused:
+    def _answer(self, project: Project, task: dict, i: int, field: str
+                ) -> tuple[Detections, float | None] | ImageRefused:
         try:
-            return self._detect(project, task, i)
+            return self._detect(project, task, i, field)
         except ImageRefused as e:
             return e
 
@@ -200,9 +201,10 @@ class Backend:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise ServeError(400, "predict needs 'tasks', a list of task objects")
         config = payload.get("label_config")
-        from_name, to_name, labels = self.check_config(config) if isinstance(config, str) else (None, None, None)
+        from_name, to_name, field, labels = (self.check_config(config) if isinstance(config, str)
+                                             else (None, None, TO_NAME, None))
         with self.store() as project:
-            answers = [self._answer(project, task, i) for i, task in enumerate(tasks)]
+            answers = [self._answer(project, task, i, field) for i, task in enumerate(tasks)]
         results: list[dict[str, Any]] = []
         for i, (task, answer) in enumerate(zip(tasks, answers)):
             if isinstance(answer, ImageRefused):
@@ -245,23 +247,26 @@ class Backend:
         task_id = task.get("id", annotation.get("task"))
         if action == "ANNOTATION_DELETED":
             return {"changed": self._retract(task_id, annotation["id"])}
-        return {"changed": self._apply(task, task_id, annotation)}
+        config = project.get("label_config") if isinstance(project, dict) else None
+        field = self.check_config(config)[2] if isinstance(config, str) else TO_NAME
+        return {"changed": self._apply(task, task_id, annotation, field)}
 
     def _retract(self, task_id: Any, annotation_id: Any) -> bool:
         with self._write_lock, self.store() as project:
             return project.retract_tool_annotation(TOOL, str(task_id), str(annotation_id))
 
-    def _apply(self, task: dict, task_id: Any, annotation: dict) -> bool:
+    def _apply(self, task: dict, task_id: Any, annotation: dict, field: str) -> bool:
         from boxloop.loop.round import assign_splits
 
         try:
-            key, _ = task_key(task, 0, f"task {task_id}", self.sizes)
+            key, _ = task_key(task, 0, f"task {task_id}", self.sizes, field)
         except FormatError as e:
             raise ServeError(400, str(e)) from None
         if key is None:
             raise ServeError(404, f"task {task_id}: its image is not in the boxloop project; nothing written")
         try:
-            res = load_tasks([{**task, "annotations": [annotation]}], f"task {task_id}", self.sizes, self.classes)
+            answered = {**task, "data": {**task.get("data", {}), KEY_FIELD: key}, "annotations": [annotation]}
+            res = load_tasks([answered], f"task {task_id}", self.sizes, self.classes)
         except FormatError as e:
             raise ServeError(400, str(e)) from None
         who = annotation.get("completed_by")
