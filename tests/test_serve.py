@@ -206,6 +206,12 @@ def test_webhook_idempotent_with_provenance_and_delete(client: Client) -> None:
     assert _hook(client, "ANNOTATION_DELETED", key, 11, 21, [])[1] == {"changed": True}
     assert _hook(client, "ANNOTATION_DELETED", key, 11, 21, [])[1] == {"changed": False}
     assert _human(client, key) == -1
+    # Label Studio's bulk form names the annotations only: the same boxes go
+    assert _hook(client, "ANNOTATION_CREATED", key, 11, 22, ["square"])[1] == {"changed": True}
+    bulk = {"action": "ANNOTATIONS_DELETED", "project": {"id": 7}, "annotations": [{"id": 22}]}
+    assert client.call("POST", "/webhook", bulk) == (201, {"changed": 1})
+    assert client.call("POST", "/webhook", bulk) == (201, {"changed": 0})
+    assert _human(client, key) == -1
     with Project.open(client.project) as p:
         assert p.image(key).status == "unlabelled" and key in p.image_set("pool")
 

@@ -21,7 +21,7 @@ import logging
 import tempfile
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -147,6 +147,11 @@ class Backend:
         if not isinstance(schema, str):
             raise ServeError(400, "setup needs 'schema', the project's labeling config")
         self.check_config(schema)
+        access = self.settings.access
+        if not access.label_studio_url and isinstance(payload.get("hostname"), str) and payload.get("access_token"):
+            # Label Studio >= 1.13 sends its address and a token with setup: uploads can be fetched with them
+            self.settings.access = replace(access, label_studio_url=payload["hostname"],
+                                           api_token=str(payload["access_token"]))
         ls_project = str(payload.get("project", "")).split(".")[0]
         if ls_project:
             with self._write_lock, self.store() as project:
@@ -240,7 +245,8 @@ class Backend:
             raise ServeError(404, f"Label Studio project {pid} is unknown here; connect it (setup) first")
         if action == "ANNOTATIONS_DELETED":  # bulk: {"annotations": [{"id", "task"}]}
             items = payload.get("annotations") or []
-            return {"changed": sum(self._retract(a.get("task"), a.get("id")) for a in items if isinstance(a, dict))}
+            return {"changed": sum(self._retract(a.get("task"), a["id"]) for a in items if isinstance(a, dict)
+                                   and "id" in a)}
         task, annotation = payload.get("task"), payload.get("annotation")
         if not isinstance(task, dict) or not isinstance(annotation, dict) or "id" not in annotation:
             raise ServeError(400, f"{action} needs 'task' and 'annotation' objects (with ids)")
@@ -253,7 +259,7 @@ class Backend:
 
     def _retract(self, task_id: Any, annotation_id: Any) -> bool:
         with self._write_lock, self.store() as project:
-            return project.retract_tool_annotation(TOOL, str(task_id), str(annotation_id))
+            return project.retract_tool_annotation(TOOL, None if task_id is None else str(task_id), str(annotation_id))
 
     def _apply(self, task: dict, task_id: Any, annotation: dict, field: str) -> bool:
         from boxloop.loop.round import assign_splits
@@ -270,7 +276,7 @@ class Backend:
         except FormatError as e:
             raise ServeError(400, str(e)) from None
         who = annotation.get("completed_by")
-        who = str(who.get("email", who.get("id")) if isinstance(who, dict) else who)
+        who = None if who is None else str(who.get("email", who.get("id")) if isinstance(who, dict) else who)
         at = annotation.get("updated_at") or annotation.get("created_at")
         with self._write_lock, self.store() as project:
             if key not in res.annotations:  # cancelled or skipped: no answer any more

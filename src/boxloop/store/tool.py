@@ -55,15 +55,20 @@ class ToolAnnotations(Labels):
                  self._next_seq()))
         return True
 
-    def retract_tool_annotation(self, tool: str, task_id: str | int, annotation_id: str | int) -> bool:
-        """Retire the boxes this tool annotation made. The image gets back the latest other live answer
-        from the tool, or goes back to the pool (its train/val split cleared). False: nothing to do."""
-        task_id, annotation_id = str(task_id), str(annotation_id)
+    def retract_tool_annotation(self, tool: str, task_id: str | int | None, annotation_id: str | int) -> bool:
+        """Retire the boxes this tool annotation made (task_id None: the tool's annotation ids are unique).
+        The image gets back the latest other live answer from the tool, or goes back to the pool (its
+        train/val split cleared). False: nothing to do."""
+        annotation_id = str(annotation_id)
         with self.transaction():
-            row = self._tool_row(tool, task_id, annotation_id)
+            row = self._conn.execute(
+                "SELECT task_id, deleted, image_id, box_ids_json FROM tool_annotations WHERE tool = ? AND "
+                "annotation_id = ? AND (? IS NULL OR task_id = ?)",
+                (tool, annotation_id, None if task_id is None else str(task_id),
+                 None if task_id is None else str(task_id))).fetchone()
             if row is None or row[1]:
                 return False
-            _, _, image_id, box_ids = row
+            task_id, _, image_id, box_ids = row
             self._conn.executemany("UPDATE boxes SET active = 0 WHERE id = ?", [(b,) for b in json.loads(box_ids)])
             self._conn.execute("UPDATE tool_annotations SET deleted = 1, seq = ? WHERE tool = ? AND task_id = ? "
                                "AND annotation_id = ?", (self._next_seq(), tool, task_id, annotation_id))
