@@ -74,7 +74,7 @@ def model(make_synthetic, tmp_path_factory) -> Path:
     cli("init", root / "trained", "--images", syn.images, "--annotations", syn.annotations_dir, code=0)
     cli("train", root / "trained", *TRAIN, "--steps", "2", code=0)
     with Project.open(root / "trained") as p:
-        return Path(p.get_meta("current_checkpoint"))
+        return p.get_path_meta("current_checkpoint")
 
 
 def names(model: Path) -> str:

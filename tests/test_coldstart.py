@@ -77,7 +77,7 @@ def test_simulate_with_a_typical_seed_set_and_budget_aware(data, tmp_path: Path)
         assert initial_set(p, candidates, 4, 0, "typical", "cpu") == seeded
         assert p.get_meta("initial_strategy") == "typical"
     # the same OUT refuses the other kind of seed set instead of mixing them
-    with pytest.raises(ValueError, match="seed set was chosen by 'typical'"):
+    with pytest.raises(ValueError, match=r"--initial-strategy typical \(now random\)"):
         simulate(out=tmp_path, config=LoopConfig.make(**TINY), initial_strategy="random", **kw)
 
 

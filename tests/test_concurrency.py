@@ -136,7 +136,7 @@ def test_import_and_second_train_while_training(project, tmp_path: Path) -> None
     assert len(after["boxes"]) > len(before["boxes"])
     assert {q[-1] for q in after["queries"]} == {"answered"}
     with Project.open(proj) as p:
-        assert Path(p.get_meta("current_checkpoint")).is_file()
+        assert p.get_path_meta("current_checkpoint").is_file()
         with p.writer_lock():  # released with the trainer: the next long-running writer may start
             pass
 

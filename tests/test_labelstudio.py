@@ -252,7 +252,7 @@ def test_other_project_lists_every_mismatch(tmp_path: Path) -> None:
 def test_malformed_json_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('[{"data": {"image": "a.jpg"}, ', encoding="utf-8")
-    with pytest.raises(FormatError, match="broken.json.*malformed JSON"):
+    with pytest.raises(FormatError, match="broken.json.*malformed or truncated JSON"):
         load_labelstudio(path)
     mini = _write(tmp_path / "min.json", [{"image": "a.jpg", "label": []}])
     with pytest.raises(FormatError, match="JSON-MIN"):

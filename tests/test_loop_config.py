@@ -31,7 +31,8 @@ OLD_FLAT = {
 def test_defaults_are_the_flat_configs_defaults() -> None:
     c = LoopConfig()
     assert c.detector == DetectorSettings() and c.training == TrainingSettings() and c.pseudo == PseudoSettings()
-    assert (c.training.epochs, c.training.image_size, c.training.batch_size, c.training.val_every) == (12, 320, 8, 2)
+    assert (c.training.epochs, c.training.image_size, c.training.batch_size, c.training.val_every) == (12, 320, 8, None)
+    assert c.train_config(0).val_every == 2 and c.with_(epochs=None, steps=200).train_config(0).val_every == 20
     assert (c.prediction.score_threshold, c.prediction.predict_batch_size) == (0.05, 8)
     s = c.selection
     assert (s.strategy, s.unit, s.budget, s.t_d, s.noisy_precision, s.display_threshold) == \

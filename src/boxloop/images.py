@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 import struct
 import threading
 import warnings
@@ -87,11 +88,20 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _regular_file(path: Path) -> bool:
+    """True for a regular file (through symlinks); a pipe, socket, device or loop is no image."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def list_images(root: str | Path) -> list[str]:
     """Every image under `root`, recursively, as sorted '/'-separated paths relative to `root`.
 
     Symlinks are followed only while they stay inside `root` (a link to /etc must not become part of
-    a project); links that leave it are skipped with a warning. Hidden files and folders (names
+    a project); links that leave it, broken links, link loops and anything but a regular file (a FIFO
+    named x.jpg would block the first read forever) are skipped with a warning. Hidden files and folders (names
     starting with '.', e.g. macOS '._x.jpg' resource forks) are skipped.
     """
     root = Path(root)
@@ -122,13 +132,17 @@ def list_images(root: str | Path) -> list[str]:
                 continue
             p = here / f
             if p.is_symlink():
-                real = p.resolve()
+                try:
+                    real = p.resolve(strict=True)
+                except (OSError, RuntimeError):  # ELOOP, or Python's own "Symlink loop" before 3.13
+                    warnings.warn(f"{p}: broken symlink or symlink loop; skipped", stacklevel=2)
+                    continue
                 if not real.is_relative_to(real_root):
                     warnings.warn(f"{p}: symlink leads outside {root} ({real}); skipped", stacklevel=2)
                     continue
-                if not real.is_file():
-                    warnings.warn(f"{p}: broken symlink; skipped", stacklevel=2)
-                    continue
+            if not _regular_file(p):  # a FIFO or a device named x.jpg: opening it would block or never end
+                warnings.warn(f"{p}: not a regular file (a pipe, socket or device); skipped", stacklevel=2)
+                continue
             out.append(p.relative_to(root).as_posix())
     return sorted(out)
 

@@ -1,5 +1,6 @@
 """Writing outputs (an export, a folder of predictions, a report, a query batch) where a user may
-already keep files: every command that writes a file the user names goes through `staged_output`.
+already keep files: every command that writes a file the user names goes through `staged_output`;
+and the progress of a long phase on the console or in a log (`progress_bar`).
 
 Everything is first written into a hidden staging folder beside the target. Only then is each
 staged file compared with what the target holds: a file already there is a conflict, and unless
@@ -10,20 +11,26 @@ file a folder, and an output never replaces a database (a project's boxloop.db, 
 SQLite file), `overwrite` or not.
 
 Written by hand: the staging and the conflict check; `os` and `shutil` do the moving.
+
+Progress (checking images, training, predicting, embedding) is a tqdm bar on a terminal, and in a log
+(stderr not a terminal) one plain line per tenth of the work and one at the end, instead of
+thousands of carriage-return updates: `progress_bar`, whose LineProgress offers the part of tqdm's
+interface boxloop uses (update, set_postfix, write, close, a context manager).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from boxloop.formats import listing
 
-__all__ = ["OutputExists", "staged_output"]
+__all__ = ["OutputExists", "staged_output", "progress_bar"]
 
 
 class OutputExists(ValueError):
@@ -113,3 +120,55 @@ def staged_output(target: str | Path, overwrite: bool = False, file_target: bool
             _fsync(folder, directory=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+PROGRESS_STEPS = 10  # lines per phase in a log: one per tenth of the work
+
+
+class LineProgress:
+    """tqdm's interface, printing `desc: n/total unit (p%)` when a new tenth is reached."""
+
+    def __init__(self, total: int, desc: str, unit: str, initial: int = 0) -> None:
+        self.total, self.desc, self.unit, self.n = int(total or 0), desc, unit, int(initial)
+        self.postfix = ""
+        self._shown = self._tenth()
+
+    def _tenth(self) -> int:
+        return PROGRESS_STEPS * self.n // self.total if self.total > 0 else 0
+
+    def _line(self) -> None:
+        pct = 100 * self.n // self.total if self.total > 0 else 100
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({pct}%){self.postfix}", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._tenth() > self._shown:
+            self._shown = self._tenth()
+            self._line()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", " + ", ".join(f"{k}={v}" for k, v in values.items()) if values else ""
+
+    @staticmethod
+    def write(text: str) -> None:
+        print(text, flush=True)  # where tqdm.write prints
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress_bar(total: int, desc: str, unit: str, disable: bool = False, initial: int = 0, leave: bool = True) -> Any:
+    """A tqdm bar when stderr is a terminal; else (a log file, a pipe) a LineProgress; `disable`: silent."""
+    from tqdm.auto import tqdm
+
+    if disable or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, unit=unit, disable=disable, initial=initial, leave=leave)
+    return LineProgress(total, desc, unit, initial)

@@ -10,7 +10,7 @@ warning naming it; an image that does not decode at all is left out and recorded
 also removes what the old project trained (models/, autolabel.json), so nothing of it can pass for
 the new project's. The formats package reads and writes the label files, `boxloop.images`
 measures, verifies and hashes the images, `boxloop.outputs` writes an export beside a user's files
-without overwriting them, tqdm draws the progress bar and `boxloop.store.Project` holds the result.
+without overwriting them, boxloop.outputs.progress_bar the progress (a bar, or lines in a log) and `boxloop.store.Project` holds the result.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _check_images(root: Path, rels: Sequence[str], progress: bool) -> _Checked:
     """Decode-check, measure, stat and hash every image. Strict decoding runs in threads; the few
     that fail it get the lenient second try one at a time afterwards (Pillow's switch for it is
     process-wide, and a strict check running beside it would miss a truncation)."""
-    from tqdm.auto import tqdm
+    from boxloop.outputs import progress_bar
 
     def one(rel: str) -> tuple[str, tuple[int, int, str, int, int] | ImageError]:
         p = root / rel
@@ -153,7 +153,7 @@ def _check_images(root: Path, rels: Sequence[str], progress: bool) -> _Checked:
     files: dict[str, tuple[int, int, str, int, int]] = {}
     failed: dict[str, ImageError] = {}
     workers = min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool, tqdm(
+    with ThreadPoolExecutor(workers) as pool, progress_bar(
         total=len(rels), desc="checking images", unit="img", disable=not progress or len(rels) < _PROGRESS_MIN,
         leave=False,
     ) as bar:
@@ -290,6 +290,8 @@ def init_project(
     # 2. labels
     anns: dict[str, Annotation] = {}
     class_names = list(classes) if classes is not None else []
+    if annotations is None and classes is None:
+        _refuse_unread_labels(root, rels)
     if annotations is not None:
         sizes = {**{rel: v[:2] for rel, v in checked.items()}, **{rel: None for rel in skipped}}
         res = formats.load(fmt, annotations, root, classes, sizes=sizes)
@@ -338,6 +340,8 @@ def init_project(
                  "results will be measured on the validation split only")
     rest = {k: v for k, v in labels_of.items() if k not in test}
     val = stratified_sample(rest, val_fraction, np.random.default_rng([seed, 2]))
+    if rest and len(val) >= len(rest):
+        warn(f"--val-fraction {val_fraction} puts all {len(rest)} labelled non-test image(s) in validation: none is left to train on")
     learnable = {c for v in rest.values() for c in v}
     only_test = Counter(c for k, v in labels_of.items() if k in test for c in v if c not in learnable)
     if only_test:
@@ -360,7 +364,8 @@ def init_project(
 
     # 4. build the database aside, in one transaction, then rename it into place
     project_dir.mkdir(parents=True, exist_ok=True)
-    tmp = project_dir / f".{DB_NAME}.building-{os.getpid()}"
+    _remove_dead_builds(project_dir)
+    tmp = project_dir / f"{_BUILDING}{os.getpid()}"
     try:
         proj = Project.create(project_dir, root, class_names, seed=seed, db_path=tmp)
         try:
@@ -396,6 +401,32 @@ _MODEL_DIRS = re.compile(r"(round|autolabel)_\d{3}|train_.+|semi")
 _RETIRED = ".retired-"
 
 
+_BUILDING = f".{DB_NAME}.building-"  # + the pid of the init building it
+
+
+def _remove_dead_builds(project_dir: Path) -> None:
+    """Databases an init killed mid-build left behind (their process is gone); a live one's stays."""
+    for pid in {p.name[len(_BUILDING):].split("-")[0] for p in project_dir.glob(_BUILDING + "*")}:
+        try:
+            os.kill(int(pid), 0)  # PermissionError: alive, another user's
+        except ProcessLookupError:
+            remove_database(project_dir / f"{_BUILDING}{pid}")
+        except (OSError, ValueError):
+            pass
+
+
+def _refuse_unread_labels(root: Path, rels: Sequence[str]) -> None:
+    """Labels beside the images (LabelImg saves a.xml next to a.jpg) with neither --annotations nor
+    --classes would make a project with no class, whose every import then fails: say so instead."""
+    stems = {PurePosixPath(r).with_suffix("").as_posix() for r in rels}
+    beside = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.xml")
+                    if p.relative_to(root).with_suffix("").as_posix() in stems)
+    if beside:
+        raise ValueError(f"{root} holds {len(beside)} label file(s) beside its images ({formats.listing(beside, 3)}) "
+                         f"but no --annotations was given: pass --annotations {root} to use them, or --classes "
+                         "NAME,... to start without labels")
+
+
 def _trained_files(project_dir: Path) -> list[Path]:
     """The old project's models and results (only names boxloop writes: a user's own files stay)."""
     models = project_dir / "models"
@@ -423,8 +454,8 @@ def _replace_database(project_dir: Path, tmp: Path) -> None:
     os.replace(tmp, final)
 
 
-def export_project(project: Project, fmt: str, out: str | Path, subset: str = "labelled",
-                   overwrite: bool = False, log: Callable[[str], None] | None = None) -> Path:
+def export_project(project: Project, fmt: str, out: str | Path, subset: str = "labelled", overwrite: bool = False,
+                   log: Callable[[str], None] | None = None, add: Callable[[Path], None] | None = None) -> Path:
     """Write a subset's labels in `fmt` under `out`; returns `out`.
 
     Negatives stay negatives (VOC file without <object>, COCO image without annotations, empty YOLO
@@ -433,7 +464,8 @@ def export_project(project: Project, fmt: str, out: str | Path, subset: str = "l
     split. COCO and Label Studio write one file when `out` ends in .json (CVAT: .xml), else a file in
     the folder `out`. Nothing is overwritten unless `overwrite` (see `boxloop.outputs`). Images are
     not copied: they stay in the project's image root; one whose file changed since it was labelled
-    is named through `log`.
+    is named through `log`. `add(folder)` writes more files beside the labels, under the same rule
+    (a folder target only: loop.review's batch.json).
     """
     from boxloop.integrity import check_images
     from boxloop.outputs import staged_output
@@ -452,6 +484,8 @@ def export_project(project: Project, fmt: str, out: str | Path, subset: str = "l
             f"{formats.listing([str(c) for c in changed], 10)}")
     with staged_output(out, overwrite, file_target) as stage:
         formats.dump(fmt, list(anns.values()), project.classes, stage, images_root=project.image_root)
+        if add is not None and not file_target:
+            add(stage)
         if fmt == "voc":
             sets: dict[str, list[str]] = {"train": [], "val": [], "test": []}
             for rec in project.images():

@@ -242,7 +242,7 @@ def _store_fingerprint(conn: sqlite3.Connection, project: Path) -> dict[str, Any
         if k in ("created", "image_root"):
             continue
         value = json.loads(v)
-        if k == "current_checkpoint" and value:
+        if k == "current_checkpoint" and value and os.path.isabs(value):  # stored relative since issue 31
             value = os.path.relpath(value, project)
         meta[k] = value
     fp["meta"] = meta

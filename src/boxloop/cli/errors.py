@@ -2,9 +2,10 @@
 code 1, not a traceback.
 
 Written by hand here: which exceptions are the user's (bad labels, broken images, a busy or missing
-project, invalid values), the reading of a full disk, a read-only file system or a denied write out
-of an exception chain (`storage_problem`), and the `user_errors` decorator every command wears, which
-also turns logged and Python warnings into yellow lines. Usage errors (exit code 2) are click's;
+project, invalid values), what Ctrl-C says (exit code 130: what is kept, and that a rerun resumes),
+the reading of a full disk, a read-only file system or a denied write out of an exception chain
+(`storage_problem`), and the `user_errors` decorator every command wears, which also turns logged
+and Python warnings into yellow lines. Usage errors (exit code 2) are click's;
 BOXLOOP_DEBUG=1 shows the traceback instead.
 """
 
@@ -33,6 +34,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (FormatError, ImageError, ProjectBusy, ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
+# What a rerun of an interrupted command does, by command function name (the others start over).
+_RESUMES = {name: "it resumes from the last checkpoint or step" for name in ("train", "query", "simulate", "autolabel")}
+
+
 class _EchoWarnings(logging.Handler):
     """boxloop's logged warnings (an image left out, a strategy with nothing to rank) as warning lines."""
 
@@ -52,6 +57,12 @@ def user_errors(fn: F) -> F:
             with warnings.catch_warnings():
                 warnings.showwarning = lambda message, *_a, **_k: warn(str(message))
                 return fn(*args, **kwargs)
+        except KeyboardInterrupt:  # Ctrl-C: say what is kept and how to go on, instead of click's "Aborted!"
+            if os.environ.get("BOXLOOP_DEBUG"):
+                raise
+            err.print(f"[bold red]interrupted:[/bold red] what was saved before is kept; run the same command "
+                      f"again to go on ({escape(_RESUMES.get(fn.__name__, 'it starts over'))})")
+            raise typer.Exit(130) from None
         except _user_errors() as e:
             if os.environ.get("BOXLOOP_DEBUG"):
                 raise  # the full traceback, for bug reports

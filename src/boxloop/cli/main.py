@@ -20,8 +20,8 @@ from rich.markup import escape
 from boxloop.cli.errors import user_errors
 from boxloop.cli.options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, EpochsOpt, ModelOpt, NoPretrainedOpt,
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
-                                 check_detector_options, detector_options, loop_config, open_detector, ray_scoring,
-                                 unit_float)
+                                 check_detector_options, detector_options, fill_defaults, loop_config, name_list,
+                                 open_detector, ray_scoring, unit_float)
 from boxloop.cli.output import out, print_autolabel_rows, print_metrics, print_status, warn
 
 app = typer.Typer(
@@ -100,13 +100,14 @@ def export(
 ) -> None:
     """Write the project's labels in VOC, COCO or YOLO (images stay where they are). COCO and Label
     Studio write one file when --out ends in .json, CVAT when it ends in .xml."""
-    from boxloop.project import export_project
+    from boxloop.loop.review import export_subset
     from boxloop.store import Project
 
     with Project.open(project) as proj:
         n = len(proj.annotations(subset))
-        path = export_project(proj, fmt, out_dir, subset=subset, overwrite=overwrite, log=warn)
-    out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}")
+        path = export_subset(proj, fmt, out_dir, subset=subset, overwrite=overwrite, log=warn)
+    out.print(f"[green]exported[/green] {n} images ({subset}) as {fmt} to {escape(str(path))}" + ("; correct them there, then "
+              "`boxloop import` that folder" if subset == "pseudo" and (path / "batch.json").is_file() else ""))
 
 
 # -- the detector: train, evaluate, predict ------------------------------------------------------
@@ -135,7 +136,7 @@ def train(
     no_reweight: Annotated[bool, typer.Option("--no-reweight", help="--semi: no class re-weighting.")] = False,
     no_certainty: Annotated[bool, typer.Option("--no-certainty", help="--semi: score p alone, without localization quality v.")] = False,
     strict: StrictOpt = False,
-    nproc: Annotated[Optional[int], typer.Option(help="Train on this many processes through torchrun (DDP: gloo on CPU, nccl on GPU); --batch-size is the total.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train on this many processes through torchrun (DDP: gloo on CPU, nccl on GPU); --batch-size is the total.")] = None,
     torchrun_args: Annotated[Optional[str], typer.Option(help="With --nproc: torchrun's own options for several machines, e.g. '--nnodes=2 --node-rank=0 --rdzv-endpoint=head:29500'.")] = None,
 ) -> None:
     """Train on the project's labels (human, partial and auto-labels); keep the best by validation mAP50.
@@ -331,13 +332,12 @@ def import_(
     fmt: Annotated[Optional[str], typer.Option("--format", help="voc, coco, yolo, labelstudio or cvat (detected when omitted).")] = None,
     unchanged: Annotated[Optional[str], typer.Option(help="Images whose labels are still exactly the pre-annotations where import cannot tell whether a person checked them (a COCO or CVAT file; a label file with boxloop's bytes under a new time): 'answered' (they were checked) or 'open' (leave them for later); without it import stops and names them. A file never saved stays open either way.")] = None,
 ) -> None:
-    """Take an annotator's answers for the open query batch; nothing is written if any answer is wrong.
-    What boxloop wrote and nobody changed is no answer; where that cannot be told, --unchanged decides."""
-    from boxloop.loop.human import import_answers
-    from boxloop.store import Project
+    """Take an annotator's answers for the open query batch or a review batch; nothing is written if any answer is wrong."""
+    from boxloop.loop.review import import_batch
+    from boxloop.store import IMPORT_LOCK, Project
 
-    with Project.open(project) as proj:
-        res = import_answers(proj, annotations, fmt, unchanged=unchanged)
+    with Project.open(project) as proj, proj.writer_lock(IMPORT_LOCK):  # beside training, not another import
+        res = import_batch(proj, annotations, fmt, unchanged=unchanged)
     for w in res["warnings"]:
         warn(w)
     c = res["cost"]
@@ -359,8 +359,8 @@ def simulate(
     initial: Annotated[int, typer.Option(help="Seed set: images labelled before round 0.")] = 20,
     initial_strategy: Annotated[str, typer.Option(help="How the seed set is chosen: random, or typical (TypiClust in the pretrained backbone's embedding).")] = "random",
     budget: Annotated[int, typer.Option(help="Images (or boxes) asked per round.")] = 20,
-    rounds: Annotated[int, typer.Option(help="Query rounds after the initial one.")] = 3,
-    seeds: Annotated[int, typer.Option(help="Random seeds (each: its own seed set and initial model).")] = 1,
+    rounds: Annotated[int, typer.Option(min=0, help="Query rounds after the initial one.")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Random seeds (each: its own seed set and initial model).")] = 1,
     unit: Annotated[str, typer.Option(help="images or boxes.")] = "images",
     model: ModelOpt = None,
     backbone: BackboneOpt = "efficientnet_lite0",
@@ -382,7 +382,7 @@ def simulate(
     from boxloop.report import format_table, learning_curve_table
     from boxloop.loop.simulate import simulate as run_sim
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    names = name_list(strategies, "--strategies")
     cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
                       batch_size=batch_size, device=device, no_pretrained=no_pretrained,
                       detector_option=detector_option, strategy=names[0], unit=unit, budget=budget, semi=semi,
@@ -395,7 +395,6 @@ def simulate(
                   ray_address=ray_address)
     typer.echo(format_table(learning_curve_table(res)))  # a wide table: never wrapped to the terminal
     out.print(f"results: {escape(str(out_dir / 'results.json'))}, plots: {escape(str(out_dir / 'plots'))}")
-
 
 
 @app.command()
@@ -428,7 +427,7 @@ def autolabel(
     from boxloop.defaults import run_defaults
 
     d = run_defaults(device)
-    model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    model, image_size, batch_size = fill_defaults(d, model, image_size, batch_size)
     options = detector_options(detector_option)
     check_detector_options(model, {"backbone": backbone, **options})
     config = AutolabelConfig.make(  # the command's options, in one place
@@ -444,8 +443,8 @@ def autolabel(
     print_autolabel_rows(rows)
     if rows and rows[-1].get("guidance"):
         out.print(f"[yellow]nothing auto-labelled in iteration {rows[-1]['iteration']}:[/yellow] {escape(rows[-1]['guidance'])}")
-    out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels with: boxloop export "
-              f"{escape(str(project))} --subset pseudo --format voc --out review/")
+    out.print(f"rows in {escape(str(project / 'autolabel.json'))}; review the auto-labels: boxloop export {escape(str(project))} "
+              f"--subset pseudo --format voc --out review/, then boxloop import {escape(str(project))} --annotations review/")
 
 
 @app.command()

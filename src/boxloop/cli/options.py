@@ -24,16 +24,28 @@ StrictOpt = Annotated[bool, typer.Option("--strict", help="An image that is trun
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace files already in --out (otherwise a clash stops before anything is written).")]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="fcos_lite (default: the CPU-first one), fcos (with IoU branch), faster_rcnn or retinanet.")]
 BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline ImageNet weights), resnet50, mobilenet_v3_large.")]
-EpochsOpt = Annotated[Optional[int], typer.Option(help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
-StepsOpt = Annotated[Optional[int], typer.Option(help="Training steps instead of epochs.")]
-SizeOpt = Annotated[Optional[int], typer.Option(help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
-BatchOpt = Annotated[Optional[int], typer.Option(help="Images per batch (default 8).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help="Training epochs (default 12, and at least 600 steps, unless --steps).")]
+StepsOpt = Annotated[Optional[int], typer.Option(min=1, help="Training steps instead of epochs.")]
+SizeOpt = Annotated[Optional[int], typer.Option(min=1, help="Longer image side for training and prediction, pixels (default: 320 on a CPU, 480 on a GPU).")]
+BatchOpt = Annotated[Optional[int], typer.Option(min=1, help="Images per batch (default 8).")]
+def _device(value: str) -> str:
+    """--device checked when parsed: 'cuda' on a machine without a GPU is one line, before any work."""
+    if value not in ("auto", "cpu"):
+        from boxloop.predict.inference import resolve_device
+
+        try:
+            resolve_device(value)
+        except (RuntimeError, ValueError) as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
+DeviceOpt = Annotated[str, typer.Option(callback=_device, help="auto, cpu or cuda.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed: training, selection and splits.")]
 NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Random backbone initialisation.")]
 DetectorOpt = Annotated[Optional[list[str]], typer.Option(
     "--detector-option", help="A detector builder option KEY=VALUE (repeatable), e.g. trainable_layers=2.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
+WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="Run on Ray with this many workers (a local Ray unless --ray-address); needs boxloop[ray].")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(help="Join this Ray cluster (auto, or HEAD:6379; run on one of its nodes) instead of starting a local Ray.")]
 
 
@@ -57,6 +69,14 @@ def detector_options(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def fill_defaults(d: Any, model: str | None, image_size: int | None, batch_size: int | None
+                  ) -> tuple[str, int, int]:
+    """(model, image size, batch size) with what the user left unset (None, never 0) from `d`
+    (defaults.run_defaults)."""
+    return (d.detector if model is None else model, d.image_size if image_size is None else image_size,
+            d.batch_size if batch_size is None else batch_size)
+
+
 def loop_config(*, model: str | None = None, backbone: str = "efficientnet_lite0", epochs: int | None = None,
                 steps: int | None = None, image_size: int | None = None, batch_size: int | None = None,
                 device: str = "auto", seed: int = 0, no_pretrained: bool = False,
@@ -69,7 +89,7 @@ def loop_config(*, model: str | None = None, backbone: str = "efficientnet_lite0
     from boxloop.loop.config import LoopConfig
 
     d = run_defaults(device)
-    model, image_size, batch_size = model or d.detector, image_size or d.image_size, batch_size or d.batch_size
+    model, image_size, batch_size = fill_defaults(d, model, image_size, batch_size)
     options = detector_options(detector_option)
     check_detector_options(model, {"backbone": backbone, **options})
     if epochs is not None and steps is not None:
@@ -114,6 +134,15 @@ def ray_scoring(workers: int | None, ray_address: str | None, device: str):  # -
     from boxloop.scale.ray_scoring import RayScoring
 
     return RayScoring.from_cli(workers, ray_address, device)
+
+
+def name_list(text: str, option: str) -> list[str]:
+    """A comma-separated list of names, at least one (--strategies "" is a usage error, not an IndexError)."""
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise typer.BadParameter("give at least one name, comma-separated (e.g. random,localization_aware)",
+                                 param_hint=option)
+    return names
 
 
 def unit_float(text: str, name: str) -> float:

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, emoji=False)  # a class named cat:x:dog is printed as written
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def warn(msg: str) -> None:

@@ -11,16 +11,17 @@ image clipped, each with a warning; unknown class names listed with their files;
 escape the images folder refused; image stems matched once) and `load`/`dump`/`detect_format`, which
 dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
 
-Owns: voc, coco, yolo, labelstudio, cvat, names (tool image names -> keys). May import: the root
-modules structures and images.
+Owns: voc, coco, yolo, labelstudio, cvat, names (tool image names -> keys).
+May import: the root modules structures and images.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PureWindowsPath
-from typing import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +38,25 @@ class FormatError(ValueError):
         self.problem = problem
         self.hint = hint
         super().__init__(f"{path}: {problem}" + (f" ({hint})" if hint else ""))
+
+
+def read_json(path: str | Path, hint: str = "fix or re-export the file") -> Any:
+    """A user's JSON file (labels, a batch's batch.json), or FormatError naming it: missing, unreadable,
+    malformed, or nested deeper than Python's parser goes (RecursionError); NaN and 1e999 parse as
+    floats, whose use is each reader's to check. A UTF-8 byte-order mark is allowed."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as e:
+        raise FormatError(path, "file does not exist", hint) from e
+    except json.JSONDecodeError as e:
+        raise FormatError(path, f"malformed or truncated JSON at line {e.lineno} column {e.colno}: {e.msg}", hint) from e
+    except RecursionError:
+        raise FormatError(path, "JSON nested too deeply to read", hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FormatError(path, f"cannot read the file: {e}", hint) from e
 
 
 @dataclass
@@ -221,6 +241,11 @@ def unique_names(names: Mapping[int, str], where: str | Path) -> None:
         first[name] = i
 
 
+# A Windows path with a drive and a root ('C:/x', 'C:\\x' once '\\' is '/'): 'c:9.jpg' (no root) is a
+# legal file name on Linux and macOS, not an absolute path.
+_WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:/")
+
+
 def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     """A '/'-separated relative path that stays inside its folder, or FormatError.
 
@@ -230,7 +255,7 @@ def safe_relative(value: str, where: str | Path, field_name: str) -> str:
     text = value.strip().replace("\\", "/")
     if not text:
         raise FormatError(where, f"empty {field_name}", "name the image file relative to the images folder")
-    if text.startswith("/") or PureWindowsPath(value.strip()).drive:
+    if text.startswith("/") or _WINDOWS_ABSOLUTE.match(text):
         raise FormatError(where, f"{field_name} {value!r} is an absolute path",
                           "image paths in annotations must be relative to the images folder")
     parts: list[str] = []
@@ -429,11 +454,9 @@ def dump(fmt: str, annotations: Iterable[Annotation], classes: Sequence[str], ou
 
 def _looks_like_labelstudio(path: Path) -> bool:
     """A Label Studio export is a list of tasks with a 'data' dict; COCO is one object."""
-    import json
-
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = read_json(path)
+    except FormatError:
         return False
     return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "data" in data[0]
 

@@ -32,29 +32,41 @@ from boxloop.formats import (
     clean_boxes,
     listing,
     missing_images_error,
+    read_json,
     safe_relative,
 )
 from boxloop.images import image_size
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise FormatError(path, "file does not exist", "pass the COCO .json file") from e
-    except json.JSONDecodeError as e:
-        raise FormatError(path, f"malformed or truncated JSON at line {e.lineno} column {e.colno}: {e.msg}",
-                          "fix or re-export the file") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(path, f"cannot read the file: {e}") from e
-
-
 def _number(value: Any, path: Path, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FormatError(path, f"{what} is not a number: {value!r}", "fix the entry")
     return float(value)
+
+
+def _id(value: Any, path: Path, what: str) -> int:
+    """A COCO id: an integer (or a string or float holding one); null, a list or 1.5 is an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise FormatError(path, f"{what} must be an integer, got {value!r}", "fix the entry")
+    try:
+        number = float(value)
+        if number.is_integer():
+            return int(number)
+    except (ValueError, OverflowError):
+        pass
+    raise FormatError(path, f"{what} must be an integer, got {value!r}", "fix the entry")
+
+
+def _size(value: Any) -> int | None:
+    """A positive, finite width or height ("width": 1e999 is no size), else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return int(value) if ok else None
+
+
+def _hashable(value: Any) -> bool:
+    """An id that can be looked up (a list as image_id is no id, not a TypeError)."""
+    return isinstance(value, (int, float, str, type(None)))
 
 
 def _bbox(value: Any, path: Path, what: str) -> list[float]:
@@ -83,7 +95,7 @@ def _read_images(data: Any, path: Path) -> _Images:
     for c in data.get("categories") or []:
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise FormatError(path, f"category entry {c!r} needs 'id' and 'name'", "fix the categories list")
-        cid, name = int(c["id"]), str(c["name"])
+        cid, name = _id(c["id"], path, f"category id of {c['name']!r}"), str(c["name"])
         if cid in categories:
             raise FormatError(path, f"category id {cid} appears twice", "give each category its own id")
         if name in categories.values():
@@ -95,7 +107,7 @@ def _read_images(data: Any, path: Path) -> _Images:
     for im in data["images"]:
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise FormatError(path, f"image entry {im!r} needs 'id' and 'file_name'", "fix the images list")
-        iid = int(im["id"])
+        iid = _id(im["id"], path, f"id of image {im['file_name']!r}")
         key = safe_relative(str(im["file_name"]), path, f"file_name of image {iid}")
         if iid in keys:
             raise FormatError(path, f"image id {iid} appears twice", "give each image its own id")
@@ -104,9 +116,8 @@ def _read_images(data: Any, path: Path) -> _Images:
                               "list each image once")
         seen[key] = iid
         keys[iid] = key
-        w, h = im.get("width"), im.get("height")
-        ok = isinstance(w, (int, float)) and isinstance(h, (int, float)) and w > 0 and h > 0
-        sizes[iid] = (int(w), int(h)) if ok else (0, 0)
+        w, h = _size(im.get("width")), _size(im.get("height"))
+        sizes[iid] = (w, h) if w is not None and h is not None else (0, 0)
     return _Images(keys, sizes, categories, [categories[k] for k in sorted(categories)])
 
 
@@ -161,7 +172,7 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
     negatives. A `score` on an annotation without boxloop's `provenance` makes it a model's predicted
     box with that score, not a label (its image stays unlabelled), and the loader says so once."""
     path = Path(json_path)
-    data = _read_json(path)
+    data = read_json(path)
     info = _read_images(data, path)
     warnings: list[str] = []
     unusable = _resolve_sizes(info, None if images_root is None else Path(images_root), path, warnings, sizes)
@@ -175,11 +186,11 @@ def load_coco(json_path: str | Path, images_root: str | Path | None = None,
             raise FormatError(path, f"annotation {n} is not an object: {a!r}", "fix the entry")
         what = f"annotation {a.get('id', n)}"
         iid = a.get("image_id")
-        if iid not in per_image:
+        if not _hashable(iid) or iid not in per_image:
             raise FormatError(path, f"{what} refers to image_id {iid!r}, which is not in 'images'",
                               "add the image entry or remove the annotation")
         cid = a.get("category_id")
-        if cid not in info.categories:
+        if not _hashable(cid) or cid not in info.categories:
             raise FormatError(path, f"{what} has category_id {cid!r}, which is not in 'categories'",
                               "add the category or fix the id")
         used.setdefault(info.categories[cid], []).append(f"{what} ({info.keys[iid]})")
@@ -282,7 +293,7 @@ def _results_context(coco_gt_path: str | Path | None, image_ids_to_keys: Mapping
     """(image id -> key, key -> size, category id -> name) from a COCO dataset file, or given."""
     if coco_gt_path is not None:
         gt_path = Path(coco_gt_path)
-        info = _read_images(_read_json(gt_path), gt_path)
+        info = _read_images(read_json(gt_path), gt_path)
         keys = dict(info.keys)
         sizes = {info.keys[i]: s for i, s in info.sizes.items()}
         cats = dict(info.categories)
@@ -316,7 +327,7 @@ def load_coco_results(json_path: str | Path, image_ids_to_keys: Mapping[int, str
     Boxes leaving the image are clipped and degenerate ones dropped, with one Python warning in all.
     """
     path = Path(json_path)
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, list):
         raise FormatError(path, "is not a list of detections",
                           "a results file is [{'image_id', 'category_id', 'bbox', 'score'}, ...]")
@@ -327,10 +338,10 @@ def load_coco_results(json_path: str | Path, image_ids_to_keys: Mapping[int, str
         if not isinstance(r, dict):
             raise FormatError(path, f"result {n} is not an object: {r!r}", "fix the entry")
         iid, cid = r.get("image_id"), r.get("category_id")
-        if iid not in keys:
+        if not _hashable(iid) or iid not in keys:
             raise FormatError(path, f"result {n} has image_id {iid!r}, unknown to the dataset",
                               "pass the dataset file the results were made on")
-        if cid not in cats:
+        if not _hashable(cid) or cid not in cats:
             raise FormatError(path, f"result {n} has category_id {cid!r}, unknown to the dataset",
                               "pass the dataset file or classes the results were made with")
         score = _number(r.get("score"), path, f"result {n} score")
@@ -370,7 +381,7 @@ def dump_coco_results(annotations: Iterable[Annotation], classes: Sequence[str],
     _check_labels(anns, cids, out)
     if coco_gt_path is not None:
         gt_path = Path(coco_gt_path)
-        info = _read_images(_read_json(gt_path), gt_path)
+        info = _read_images(read_json(gt_path), gt_path)
         ids = {key: iid for iid, key in info.keys.items()}
         if image_ids is not None:
             ids.update(image_ids)

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 import numpy as np
 
 from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, only_other_shapes,
-                             outlines_note, polygon_box, rotated_envelope, safe_relative)
+                             outlines_note, polygon_box, read_json, rotated_envelope, safe_relative)
 from boxloop.formats.names import check_project, match_image_key
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
@@ -238,15 +238,7 @@ def dump_labelstudio_tasks(
 # -- reading ------------------------------------------------------------------------------------
 
 def _read_tasks(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise FormatError(path, f"cannot read the file: {e}", "pass Label Studio's JSON export") from e
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise FormatError(path, f"malformed JSON: {e.msg} at line {e.lineno}, column {e.colno}",
-                          "export again from Label Studio with Export > JSON") from e
+    doc = read_json(path, "export again from Label Studio with Export > JSON")
     if isinstance(doc, dict):
         doc = [doc]
     if not isinstance(doc, list) or not all(isinstance(t, dict) for t in doc):

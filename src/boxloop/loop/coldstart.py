@@ -12,8 +12,6 @@ Written by hand: the rule and the round bookkeeping; the selection is loop.step_
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from boxloop.loop.config import LoopConfig
 from boxloop.loop.model import labelled_counts, model_dir
 from boxloop.store import Project
@@ -23,8 +21,8 @@ __all__ = ["needs_cold_start", "open_select_round"]
 
 def needs_cold_start(project: Project) -> bool:
     """No model to query with and no labelled image to train one on."""
-    ckpt = project.get_meta("current_checkpoint")
-    if ckpt and Path(ckpt).exists():
+    ckpt = project.get_path_meta("current_checkpoint")
+    if ckpt is not None and ckpt.exists():
         return False
     if any((model_dir(project, r.id) / "best.pt").exists() for r in project.rounds()):
         return False

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, ClassVar
 from boxloop.defaults import DETECTOR
 from boxloop.grouped_settings import GroupedSettings
 
+VAL_EVERY_EPOCHS = 2  # a round trained in epochs validates every this many
+
 if TYPE_CHECKING:
     from boxloop.detectors import DetectorSpec
     from boxloop.train.config import TrainConfig
@@ -51,11 +53,17 @@ class TrainingSettings:
     optimizer: str | None = None
     device: str = "auto"
     seed: int = 0
-    val_every: int = 2
+    # None: every VAL_EVERY_EPOCHS epochs, or ten times in a round counted in steps (train.step_val_every: every 2
+    # steps would be a validation per step or two on a handful of images); a number: TrainConfig's unit
+    val_every: int | None = None
 
     def __post_init__(self) -> None:
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"learning rate must be a finite number > 0, got {self.lr}")
+        for name in ("image_size", "batch_size", "epochs", "steps", "warm_steps", "val_every"):
+            v = getattr(self, name)
+            if v is not None and v < 1:  # 0 is no size and no schedule, never "the default"
+                raise ValueError(f"{name.replace('_', ' ')} must be >= 1, got {v}")
 
 
 @dataclass(frozen=True)
@@ -136,8 +144,7 @@ class LoopConfig(GroupedSettings):
 
     def train_config(self, round_id: int, warm: bool = False) -> TrainConfig:
         """The round's TrainConfig; `warm`: a round that starts from the previous round's model."""
-        from boxloop.train.config import TrainConfig
-        from boxloop.train.config import short_warmup
+        from boxloop.train.config import TrainConfig, short_warmup, step_val_every
 
         from boxloop.defaults import training_recipe
 
@@ -149,7 +156,8 @@ class LoopConfig(GroupedSettings):
         return TrainConfig(epochs=epochs, steps=steps, min_steps=min_steps,
                            batch_size=t.batch_size,
                            image_size=t.image_size, lr=lr, optimizer=optimizer,
-                           device=t.device, seed=t.seed + 1000 * round_id, val_every=t.val_every,
+                           device=t.device, seed=t.seed + 1000 * round_id,
+                           val_every=t.val_every or (VAL_EVERY_EPOCHS if steps is None else step_val_every(steps)),
                            warmup_steps=short_warmup(steps))
 
     def detector_spec(self) -> DetectorSpec:

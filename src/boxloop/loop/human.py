@@ -59,12 +59,29 @@ QUERY_FORMATS = ("voc", "coco", "yolo", "labelstudio", "cvat")
 UNCHANGED = ("open", "answered")  # import's choices for labels still exactly boxloop's where a format cannot tell
 
 
-def _fingerprint(path: Path) -> list:
+def fingerprint(path: Path) -> list:
     """[sha256, mtime_ns]: a file saved again by a tool changes at least its modification time."""
     return [hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns]
 
 
-def _same_labels(a: Annotation, b: Annotation, tol: float = 0.5) -> bool:
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The batch.json in `folder` (None when there is none), checked: a hand-edited or foreign one is
+    a FormatError naming what is wrong, never a KeyError or AttributeError."""
+    from boxloop.formats import read_json
+
+    path, hint = folder / BATCH_FILE, "it is boxloop's record of the batch: run `boxloop query` again for a new one"
+    data = read_json(path, hint) if path.exists() else None
+    if data is not None and not isinstance(data, dict):
+        raise FormatError(path, f"is not a batch record (a JSON {type(data).__name__}, not an object)", hint)
+    if data is not None and (not isinstance(data.get("images"), dict)
+                             or not all(isinstance(v, str) for v in data["images"].values())):
+        raise FormatError(path, "has no 'images' object mapping batch file names to image keys", hint)
+    if data is not None and (isinstance(data.get("round"), bool) or not isinstance(data.get("round"), int)):
+        raise FormatError(path, f"has no round number (round: {data.get('round')!r})", hint)
+    return data
+
+
+def same_labels(a: Annotation, b: Annotation, tol: float = 0.5) -> bool:
     """The same classes and boxes in any order, each coordinate within `tol` pixels: a file a tool
     exported again without a change (its coordinates rounded) is still what boxloop wrote."""
     if len(a) != len(b) or sorted(a.labels) != sorted(b.labels):
@@ -167,8 +184,8 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
     semi step finishes first. `checkpoint`: the round's model, instead of training one. A project
     with no model and no label gets its first batch by typicality (coldstart). Hold the writer lock."""
     from boxloop.loop.coldstart import needs_cold_start, open_select_round
-    from boxloop.loop.round import run_round
     from boxloop.loop.model import model_dir
+    from boxloop.loop.round import pool_paths, run_round
 
     pending = open_round(project)
     if pending is not None and not force:
@@ -178,6 +195,8 @@ def query_round(project: Project, config: LoopConfig, checkpoint: Path | None = 
     last = project.last_round()
     if last is not None and last.step == "semi":
         run_round(project, config, None, last.id)
+    if pending is None and not pool_paths(project):  # before a round, a model copy or any training starts
+        raise ValueError(f"{project.dir}: the pool is empty: every image is labelled; nothing left to ask")
     if pending is not None:
         with project.transaction():
             project.mark_stale()
@@ -232,7 +251,7 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
         else:
             formats.dump(fmt, items, names, stage, images_root=out)
         # what nobody saves again is no answer (see the module docstring): every file as written
-        label_files = {f.relative_to(stage).as_posix(): _fingerprint(f)
+        label_files = {f.relative_to(stage).as_posix(): fingerprint(f)
                        for f in sorted(stage.rglob("*")) if f.is_file()}
         if copy_images:
             root = project.image_root
@@ -251,7 +270,7 @@ def write_batch(project: Project, round_id: int, out: Path, fmt: str = "voc", di
     return out
 
 
-def _load_answers(project: Project, source: Path, fmt: str, known: dict[str, str]) -> tuple[dict, list[str], dict]:
+def load_answers(project: Project, source: Path, fmt: str, known: dict[str, str]) -> tuple[dict, list[str], dict]:
     """Answers keyed by the batch's image names or the project's keys, the loader's warnings and the
     image-level flags a person set (Label Studio choices, CVAT tags: {name: flags}).
 
@@ -339,7 +358,7 @@ def _unchanged(project: Project, round_id: int, fmt: str, source: Path, manifest
         rel = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
         if rel in written and path.is_file():
             if path not in prints:
-                prints[path] = _fingerprint(path)
+                prints[path] = fingerprint(path)
             digest, mtime = prints[path]
             if digest == written[rel][0] and mtime == written[rel][1]:
                 unsaved.append(key)
@@ -355,7 +374,7 @@ def _unchanged(project: Project, round_id: int, fmt: str, source: Path, manifest
             continue  # a file boxloop did not write (no batch of boxloop's around it, or one it made after)
         if pre is None:  # one file saved for every image, or a batch written before files were fingerprinted
             pre = pre_annotations(project, round_id)
-        if key in pre and _same_labels(mapped[key], pre[key]):
+        if key in pre and same_labels(mapped[key], pre[key]):
             unsure.append(key)
             why.add(f"{fmt} keeps every image in one file" if evidence != "file"
                     else f"the {BATCH_FILE} of this older batch does not record what boxloop wrote")
@@ -380,8 +399,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     source = Path(source)
     if source.is_dir() and source.name == "labels" and (source.parent / BATCH_FILE).exists():
         source = source.parent  # a YOLO batch's labels/ folder: the batch it belongs to, with its record
-    manifest_path = (source if source.is_dir() else source.parent) / BATCH_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    manifest = read_manifest(source if source.is_dir() else source.parent)
     if rnd is None:
         last = project.last_round()
         stale = manifest is not None and manifest.get("round") is not None
@@ -402,7 +420,7 @@ def import_answers(project: Project, source: Path, fmt: str | None = None, confi
     if fmt is None and manifest is not None and source.is_dir():
         fmt = manifest.get("format")
     fmt = formats.detect_format(source) if fmt is None else fmt.lower()
-    answers, warnings, flags = _load_answers(project, source, fmt, known)
+    answers, warnings, flags = load_answers(project, source, fmt, known)
     mapped: dict[str, Annotation] = {}
     unknown: list[str] = []
     before: list[str] = []

@@ -74,16 +74,16 @@ def load_round_detector(project: Project, round_id: int, config: LoopConfig):
 
 def current_checkpoint(project: Project) -> Path:
     """The model `query`, `evaluate` and `predict` use: the last one trained on this project."""
-    path = project.get_meta("current_checkpoint")
-    if path and Path(path).exists():
-        return Path(path)
+    path = project.get_path_meta("current_checkpoint")
+    if path is not None and path.exists():
+        return path
     raise ValueError(f"{project.dir}: no trained model yet; run `boxloop train {project.dir}` first "
                      "(or pass --checkpoint PATH)")
 
 
 def set_current_checkpoint(project: Project, path: str | Path) -> None:
-    """Make `path` the project's current model; stored absolute so that any working directory finds it."""
-    project.set_meta("current_checkpoint", str(Path(path).resolve()))
+    """Make `path` the project's current model (relative to the project when inside it: Project.set_path_meta)."""
+    project.set_path_meta("current_checkpoint", path)
 
 
 def train_project(project: Project, config: LoopConfig, out_dir: Path | None = None, progress: bool = True,

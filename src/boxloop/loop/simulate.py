@@ -159,18 +159,51 @@ class SimSpec:
         return self.out / f"seed{seed}" / run_name(strategy, self.config.pseudo.semi).replace("+", "_")
 
 
-def check_initial_strategy(spec: SimSpec, seed: int) -> None:
-    """Refuse an OUT whose base for `seed` chose its seed set by another initial strategy."""
-    base_dir = spec.base_dir(seed)
-    if not (base_dir / DB_NAME).exists():
+EXPERIMENT_FILE = "simulate_config.json"
+# What a rerun on the same OUT may change: the runs it adds (strategies, seeds, --semi) and where it runs.
+_PER_RUN = ("strategy", "semi", "device")
+
+
+def experiment(spec: SimSpec, dataset: Path) -> dict[str, Any]:
+    """What one OUT holds one of: the data, the test split, the seed set and every setting of the rounds.
+    Runs of another strategy, seed or --semi join the same OUT; anything else is another experiment."""
+    settings = {k: v for k, v in spec.config.flat().items() if k not in _PER_RUN}
+    return {"dataset": str(Path(dataset).resolve()), "images": str(spec.images.resolve()),
+            "annotations": None if spec.annotations is None else str(spec.annotations.resolve()), "format": spec.fmt,
+            "test_list": None if spec.test_list is None else str(Path(spec.test_list).resolve()),
+            "test_fraction": None if spec.test_list else spec.test_fraction, "initial": spec.initial,
+            "initial_strategy": spec.initial_strategy, "rounds": spec.rounds, **settings, "budget": spec.budget}
+
+
+def check_experiment(out: Path, current: dict[str, Any]) -> None:
+    """Refuse an OUT made by another experiment, naming what differs: its runs would be taken as this
+    one's (a rerun only resumes). OUTs written before the experiment was recorded compare what they kept."""
+    path = out / EXPERIMENT_FILE
+    if not path.exists():
         return
-    with Project.open(base_dir) as project:
-        if project.get_meta("withheld_for_simulation") is None:
-            return
-        made = project.get_meta("initial_strategy", "random")
-    if made != spec.initial_strategy:
-        raise ValueError(f"{spec.out} holds runs whose seed set was chosen by {made!r}, not {spec.initial_strategy!r}; "
-                         "use another --out for the other initial strategy")
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read ({e}), so {out} may hold another experiment's runs; "
+                         "use another --out") from None
+    old = saved.get("experiment")
+    if not isinstance(old, dict):  # before the experiment was recorded: the command's fields and config
+        old = {k: saved[k] for k in ("initial", "initial_strategy", "budget", "rounds") if k in saved}
+        if "dataset" in saved:
+            old["dataset"] = str(Path(saved["dataset"]).resolve())
+        if isinstance(saved.get("config"), dict):
+            from boxloop.loop.config import LoopConfig
+
+            old.update({k: v for k, v in LoopConfig.from_dict(saved["config"]).flat().items()
+                        if k not in _PER_RUN and k != "budget"})
+    differ = [f"--{k.replace('_', '-')} {old[k]} (now {current[k]})" for k in current
+              if k in old and json.dumps(old[k], sort_keys=True) != json.dumps(current[k], sort_keys=True, default=str)]
+    if differ:
+        raise ValueError(f"{out} holds the runs of another experiment: {'; '.join(differ)}. A rerun on the same "
+                         "--out only resumes the same experiment (other strategies, seeds or --semi may join it); "
+                         "use another --out for this one")
 
 
 def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: bool = True,
@@ -186,8 +219,7 @@ def seed_base(spec: SimSpec, seed: int, truth: dict[str, Annotation], progress: 
                                test_fraction=None if spec.test_list else spec.test_fraction, seed=seed, force=True,
                                progress=progress)
         withhold(project, spec.initial, seed, cfg0, spec.initial_strategy)
-    else:
-        check_initial_strategy(spec, seed)
+    else:  # the same experiment (simulate's check_experiment)
         project = Project.open(base_dir)
     with project:
         if spec.embed:  # embed once here; every run's copy takes the cache
@@ -239,6 +271,8 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
 
     With `workers` or `ray_address`, every run is a Ray task (boxloop.scale.ray_simulate); the results are
     the same as those of the sequential runs."""
+    if not strategies or not seeds:
+        raise ValueError("give at least one strategy and one seed")
     if initial_strategy not in INITIAL_STRATEGIES:
         raise ValueError(f"--initial-strategy must be one of {', '.join(INITIAL_STRATEGIES)}, got {initial_strategy!r}")
     out = Path(out)
@@ -248,11 +282,14 @@ def simulate(dataset: Path, out: Path, strategies: Sequence[str], initial: int, 
     spec = SimSpec(out=out, images=images, annotations=ann, fmt=fmt, test_list=test_list,
                    test_fraction=test_fraction, initial=initial, budget=budget, rounds=rounds, config=config,
                    initial_strategy=initial_strategy, embed=any(s in NEEDS_EMBEDDING for s in strategies))
-    for seed in seeds:  # before any work, also for seeds whose runs are all finished
-        check_initial_strategy(spec, seed)
-    (out / "simulate_config.json").write_text(json.dumps(
+    current = experiment(spec, dataset)
+    check_experiment(out, current)  # before any work, also when every run is finished
+    tmp = out / (EXPERIMENT_FILE + ".tmp")
+    tmp.write_text(json.dumps(
         {"dataset": str(dataset), "strategies": list(strategies), "initial": initial,
-         "initial_strategy": initial_strategy, "budget": budget, "rounds": rounds, "seeds": list(seeds), "config": config.to_dict()}, indent=2))
+         "initial_strategy": initial_strategy, "budget": budget, "rounds": rounds, "seeds": list(seeds),
+         "config": config.to_dict(), "experiment": current}, indent=2, default=str))
+    os.replace(tmp, out / EXPERIMENT_FILE)
     if workers is not None or ray_address is not None:
         simulate_on_ray(missing_jobs(spec, seeds, strategies), run_job, spec, truth, workers=workers,
                         address=ray_address, echo=echo)

@@ -141,19 +141,19 @@ def embed_paths(paths: Sequence[str | Path], cache: Path | None = None, device: 
                 pass  # a damaged entry: embed again
         todo.append((i, sha))
     if todo:
-        embedder = Embedder(device)
-        it = range(0, len(todo), batch_size)
-        if progress:
-            from tqdm import tqdm
+        from boxloop.outputs import progress_bar
 
-            it = tqdm(it, desc="embedding", unit="batch")
-        for s in it:
-            part = todo[s:s + batch_size]
-            vecs = embedder([load_rgb(paths[i], reduce_to=EMBED_SIZE) for i, _ in part])
-            for (i, sha), v in zip(part, vecs):
-                out[i] = v
-                if cache is not None:
-                    _save_vector(Path(cache) / sha[:2] / f"{sha}.npy", v)
+        embedder = Embedder(device)
+        starts = range(0, len(todo), batch_size)
+        with progress_bar(total=len(starts), desc="embedding", unit="batch", disable=not progress) as bar:
+            for s in starts:
+                part = todo[s:s + batch_size]
+                vecs = embedder([load_rgb(paths[i], reduce_to=EMBED_SIZE) for i, _ in part])
+                for (i, sha), v in zip(part, vecs):
+                    out[i] = v
+                    if cache is not None:
+                        _save_vector(Path(cache) / sha[:2] / f"{sha}.npy", v)
+                bar.update(1)
     if cache is not None and changed:
         _atomic_write_bytes(index_path, json.dumps(index).encode())
     if stats is not None:

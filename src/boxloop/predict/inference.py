@@ -150,7 +150,7 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
     `on_skip` they are left out and handed to it as (path, problem). Truncated images are decoded
     as far as their data goes, with a warning naming them (`boxloop.images.load_rgb`).
     """
-    from tqdm.auto import tqdm
+    from boxloop.outputs import progress_bar
 
     paths = [Path(p) for p in paths]
     names: list[Any] = paths if keys is None else list(keys)
@@ -171,7 +171,7 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
                         num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                         persistent_workers=False)
     state = {"chunk": batch_size}
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False)
     try:
         for batch in loader:
             good = [b for b in batch if b[0] is not None]

@@ -41,6 +41,12 @@ def _colours(labels: Iterable[str], cmap: str = "tab10") -> dict[str, Any]:
     return {lab: cm(i % cm.N) for i, lab in enumerate(labels)}
 
 
+def _legend(label: str) -> str:
+    """A legend label shown as written: matplotlib leaves out labels starting with '_' (a class named
+    '_Platelets'), so those get a zero-width space in front."""
+    return "\u200b" + label if label.startswith("_") else label
+
+
 def _new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -87,7 +93,7 @@ def _learning_curve_figure(groups: Groups, x_key: str, xlabel: str, what: str = 
         if not len(x):
             continue
         n = len(groups[lab])
-        ax.plot(x, y, marker="o", markersize=3, linewidth=2, color=colours[lab], label=f"{lab} (n={n})")
+        ax.plot(x, y, marker="o", markersize=3, linewidth=2, color=colours[lab], label=_legend(f"{lab} (n={n})"))
         if n > 1:
             _seed_lines(ax, groups[lab], x_key, colours[lab])
     _full_data_line(ax, groups)
@@ -123,9 +129,9 @@ def _cost_figure(groups: Groups) -> Figure | None:
     ax1, ax2 = fig.subplots(1, 2)
     for lab, (rounds, hours, (x, y, lo, hi)) in data.items():
         if rounds:
-            ax1.plot(rounds, hours, marker="o", markersize=3, color=colours[lab], label=lab)
+            ax1.plot(rounds, hours, marker="o", markersize=3, color=colours[lab], label=_legend(lab))
         if len(x):
-            ax2.plot(x / 3600.0, y, marker="o", markersize=3, linewidth=2, color=colours[lab], label=lab)
+            ax2.plot(x / 3600.0, y, marker="o", markersize=3, linewidth=2, color=colours[lab], label=_legend(lab))
             if len(groups[lab]) > 1:
                 _seed_lines(ax2, groups[lab], COST_SECONDS, colours[lab], 3600.0)
     ax1.set_xlabel("round")
@@ -163,12 +169,12 @@ def _small_multiples(groups: Groups, key: str, inner: str | None, ylabel: str, t
             for name in names:
                 if name in per:
                     v = np.nan_to_num(per[name])
-                    ax.bar(rounds, v, bottom=bottom, color=colours[name], label=name, width=0.8)
+                    ax.bar(rounds, v, bottom=bottom, color=colours[name], label=_legend(name), width=0.8)
                     bottom += v
         else:
             for name in names:
                 if name in per:
-                    ax.plot(rounds, per[name], marker="o", markersize=3, color=colours[name], label=name)
+                    ax.plot(rounds, per[name], marker="o", markersize=3, color=colours[name], label=_legend(name))
         ax.set_title(lab, fontsize=10)
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
@@ -204,7 +210,7 @@ def _pseudo_figure(groups: Groups) -> Figure | None:
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, (PSEUDO_IMAGES, PSEUDO_BOXES)):
         for lab, (rounds, vals) in series.get(key, {}).items():
-            ax.plot(rounds, vals, marker="o", markersize=3, color=colours[lab], label=lab)
+            ax.plot(rounds, vals, marker="o", markersize=3, color=colours[lab], label=_legend(lab))
         ax.set_xlabel("round")
         _integer_x(ax)
         ax.set_ylabel(key.replace("_", " ") + " accepted")
@@ -241,7 +247,7 @@ def _forecast_figure(groups: Groups) -> Figure | None:
         lo = np.array([p["interval"][0] for p in fc["next"]])
         hi = np.array([p["interval"][1] for p in fc["next"]])
         ax.plot(x, y, "o", markersize=4, color=colours[lab])
-        ax.plot(grid, pred, "--", color=colours[lab], label=f"{lab}: plateau {fc['plateau']:.3f}")
+        ax.plot(grid, pred, "--", color=colours[lab], label=_legend(f"{lab}: plateau {fc['plateau']:.3f}"))
         ax.fill_between(grid, lo, hi, color=colours[lab], alpha=0.12, linewidth=0)
         drawn.append(lab)
         units.add(unit)
@@ -282,8 +288,11 @@ def report_figures(results: Mapping[str, Any]) -> Iterable[tuple[str, str, Figur
                                   "Per-class selection thresholds per round")),
         ("pseudo_labels", "Pseudo-labels accepted per round", lambda: _pseudo_figure(groups)),
     ]
+    import matplotlib
+
     for stem, caption, make in specs:
-        fig = make()
+        with matplotlib.rc_context({"text.parse_math": False}):  # a class named '$\\foo$' is text, not TeX
+            fig = make()
         if fig is not None:
             yield stem, caption, fig
 

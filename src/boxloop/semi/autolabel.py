@@ -195,9 +195,8 @@ def model_dir(project: Project, iteration: int) -> Path:
 def _train(project: Project, cfg: AutolabelConfig, i: int, progress: bool) -> dict[str, Any]:
     from boxloop.detectors import DetectorSpec
     from boxloop.loop.model import training_samples
-    from boxloop.train.config import TrainConfig
     from boxloop.train.checkpoints import load_checkpoint
-    from boxloop.train.config import short_warmup
+    from boxloop.train.config import TrainConfig, short_warmup, step_val_every
     from boxloop.train.run import train_detector
 
     train, val = training_samples(project)
@@ -218,7 +217,7 @@ def _train(project: Project, cfg: AutolabelConfig, i: int, progress: bool) -> di
     # the seed makes the build's random layers independent of what ran before
     tc = TrainConfig(steps=steps, batch_size=t.batch_size, image_size=t.image_size, lr=t.lr,
                      optimizer=t.optimizer, device=t.device, seed=t.seed + 1000 * i,
-                     val_every=t.val_every or max(1, steps // 10), warmup_steps=short_warmup(steps))
+                     val_every=t.val_every or step_val_every(steps), warmup_steps=short_warmup(steps))
     _, result = train_detector(spec, project.classes, train, val, tc, model_dir(project, i),
                                init=previous if warm else None, progress=progress)
     return {"steps": steps, "train_images": len(train), "val_images": len(val),

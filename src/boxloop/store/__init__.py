@@ -35,11 +35,12 @@ from boxloop.store.images import ImageRecord
 from boxloop.store.predictions import (Predictions, detection_table_from_blobs, detections_from_bytes,
                                        detections_to_bytes)
 from boxloop.store.rounds import Query, QueryState, Round, Rounds
+from boxloop.store.schema import DB_NAME, IMPORT_LOCK, LOCK_NAME, SCHEMA_VERSION, SOURCES, SPLITS, STATUSES, SUBSETS
 from boxloop.store.tool import ToolAnnotations
-from boxloop.store.schema import DB_NAME, LOCK_NAME, SCHEMA_VERSION, SOURCES, SPLITS, STATUSES, SUBSETS
 
 __all__ = [
     "DB_NAME",
+    "IMPORT_LOCK",
     "LOCK_NAME",
     "SCHEMA_VERSION",
     "SPLITS",

@@ -56,8 +56,7 @@ class Core:
             )
         self._conn = self._connect(self.db_path, self.timeout, check=not create)
         self._tx_depth = 0
-        self._lock_fd: int | None = None
-        self._lock_depth = 0
+        self._locks: dict[str, list[int]] = {}  # writer lock file name -> [fd, depth]
         self._class_cache: list[str] | None = None
         try:
             self._migrate()
@@ -166,7 +165,7 @@ class Core:
         proj = cls(project_dir, timeout=timeout, db_path=target, create=True)
         try:
             with proj.transaction():
-                proj.set_meta("image_root", str(Path(image_root).resolve()))
+                proj.set_path_meta("image_root", image_root)
                 proj.set_meta("created", now())
                 proj.set_meta("seed", int(seed))
                 proj.add_classes(classes)
@@ -179,9 +178,9 @@ class Core:
         if self._conn is not None:
             self._conn.close()
             self._conn = None  # type: ignore[assignment]
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for fd, _ in self._locks.values():
+            os.close(fd)
+        self._locks = {}
 
     def __enter__(self) -> Any:
         return self
@@ -235,20 +234,22 @@ class Core:
                 raise
 
     @contextmanager
-    def writer_lock(self) -> Iterator[None]:
-        """Hold PROJECT/.lock (advisory, fcntl) for a long-running writer; re-entrant in-process.
+    def writer_lock(self, name: str = LOCK_NAME) -> Iterator[None]:
+        """Hold PROJECT/`name` (advisory, fcntl) for a writer; re-entrant in-process.
 
-        Raises ProjectBusy at once if another process holds it. The lock dies with its process,
-        so a killed loop never leaves a stale lock behind.
+        LOCK_NAME is the long-running writers' (train, query, autolabel: one at a time); IMPORT_LOCK
+        is import's (it may run beside training, its transaction is short, but two imports at once
+        would both take the same batch's answers). Raises ProjectBusy at once if another process
+        holds it. The lock dies with its process, so a killed command never leaves a stale lock.
         """
-        if self._lock_depth:
-            self._lock_depth += 1
+        if name in self._locks:
+            self._locks[name][1] += 1
             try:
                 yield
             finally:
-                self._lock_depth -= 1
+                self._locks[name][1] -= 1
             return
-        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -258,12 +259,11 @@ class Core:
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd, self._lock_depth = fd, 1
+        self._locks[name] = [fd, 1]
         try:
             yield
         finally:
-            self._lock_depth = 0
-            self._lock_fd = None
+            del self._locks[name]
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
@@ -306,9 +306,26 @@ class Core:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    def set_path_meta(self, key: str, path: str | Path) -> None:
+        """Store a path relative to the project folder when it lies inside (a moved project keeps its
+        model, a `cp -a` backup uses its own), else absolute (any working directory finds it)."""
+        path = Path(path).resolve()
+        try:
+            self.set_meta(key, path.relative_to(self.dir.resolve()).as_posix())
+        except ValueError:
+            self.set_meta(key, str(path))
+
+    def get_path_meta(self, key: str) -> Path | None:
+        """A path stored by `set_path_meta` (or an absolute one stored before), None if unset."""
+        value = self.get_meta(key)
+        if not value:
+            return None
+        path = Path(value)
+        return path if path.is_absolute() else self.dir / path
+
     @property
     def image_root(self) -> Path:
-        return Path(self.get_meta("image_root"))
+        return self.get_path_meta("image_root")  # type: ignore[return-value]  # set by create
 
     @property
     def seed(self) -> int:

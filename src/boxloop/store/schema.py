@@ -8,7 +8,8 @@ import datetime as _dt
 from boxloop.structures import Source
 
 DB_NAME = "boxloop.db"
-LOCK_NAME = ".lock"
+LOCK_NAME = ".lock"  # the long-running writers' lock (store.Core.writer_lock)
+IMPORT_LOCK = ".import.lock"  # import's own: imports one at a time, beside training
 SPLITS = ("test", "train", "val")  # NULL split = the unlabelled pool
 STATUSES = ("unlabelled", "labelled", "partial")
 SOURCES = tuple(s.value for s in Source)

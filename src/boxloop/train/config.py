@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "short_warmup", "RESUME_FIXED"]
+__all__ = ["TrainConfig", "short_warmup", "step_val_every", "RESUME_FIXED"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,13 @@ def short_warmup(steps: int | None) -> int:
     """Warm-up of the loop's and auto-labelling's short runs: 5 steps per 100 planned, at least 5
     (5 when the run counts epochs), at most 100; the default 100 would be most of such a run."""
     return min(100, 5 * max(1, (steps or 20) // 20))
+
+
+def step_val_every(steps: int) -> int:
+    """Validation interval of the loop's and auto-labelling's runs given in steps: ten validations
+    (and one at the end), whatever the data; an interval in epochs would mean one every step or two
+    on a handful of images (a run counted in steps knows no epoch before it sees the data)."""
+    return max(1, steps // 10)
 
 
 # Fields whose change makes a resumed run a different run.

@@ -6,7 +6,7 @@ from it, so resuming at any step is exact), the seeded per-epoch order and per-i
 with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
 checks. One optimiser step (micro-batches, the batch halved on CUDA out-of-memory) is
 boxloop.train.step; torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler,
-clip_grad_norm_), tqdm the progress bar, boxloop.metrics.evaluate the mAP, boxloop.predict.inference the
+clip_grad_norm_), boxloop.outputs.progress_bar the progress bar (or lines in a log), boxloop.metrics.evaluate the mAP, boxloop.predict.inference the
 validation predictions. With `dist`
 (boxloop.train.ddp, under torchrun) the same loop runs on every rank: each takes its share of every batch
 (DistributedSampler over the same seeded order), DDP averages the gradients, rank 0 validates and
@@ -174,7 +174,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     `dist`: this process is one rank of a torchrun job (see boxloop.train.ddp.fit_distributed). `hooks`:
     what a training method adds to each step (FitHooks).
     """
-    from tqdm.auto import tqdm
+    from boxloop.outputs import progress_bar
 
     hooks = hooks or FitHooks()
     out_dir = Path(out_dir)
@@ -234,7 +234,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
             "stopped_early": run.stopped_early, "rng": _rng_state(device),
         }, path)
 
-    bar = tqdm(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
+    bar = progress_bar(total=total_steps, initial=run.step, desc="train", unit="step", disable=not (progress and main))
     steps_this_call = 0
     detector.train()
     try:
