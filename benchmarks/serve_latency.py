@@ -9,10 +9,12 @@ the server runs in this process on a free port. Times:
   - the ranking pass (predict the pool + rank it with the strategy): what a kept retraining adds
     before scores are fresh;
   - 20 concurrent predict calls together with a burst of --webhooks annotations from 8 threads:
-    HTTP codes, lost or doubled annotations (the store's tool_annotations against what was sent).
+    HTTP codes, lost or doubled annotations (the store's tool_annotations against what was sent);
+  - with --retrain-every N: from the N-th new annotation to a finished retraining and re-ranked pool.
 Prints a table and writes benchmarks/results/serve_latency.json.
 
     .venv/bin/python benchmarks/serve_latency.py [--images 60] [--size 320] [--steps 10] [--webhooks 200]
+    .venv/bin/python benchmarks/serve_latency.py --images 560 --labelled 60 --retrain-every 10  # 500-image pool
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--webhooks", type=int, default=200)
     ap.add_argument("--concurrent", type=int, default=20)
+    ap.add_argument("--retrain-every", type=int, default=0,
+                    help="also time the N-th new annotation -> retrained, re-ranked pool (0: skip)")
     args = ap.parse_args()
 
     import torch
@@ -142,6 +146,18 @@ def main() -> None:
             recorded = [r["annotation_id"] for r in p.tool_annotations()]
         lost = len({str(a) for _, _, a in sent} - set(recorded))
         doubled = len(recorded) - len(set(recorded))
+        refresh_s = None
+        if args.retrain_every:  # N answers on images not answered yet; the N-th starts a training
+            backend.settings.retrain_every = args.retrain_every
+            fresh = [k for k in pool if k not in {key for key, _, _ in sent}][:args.retrain_every]
+            before = backend.trainings
+            for i, key in enumerate(fresh):
+                if i == len(fresh) - 1:
+                    t = time.perf_counter()
+                assert _call(url, "/webhook", _webhook(key, 90000 + i, 95000 + i, args.size))[0] == 201
+            while backend.trainings == before and (backend.training or time.perf_counter() - t < 5):
+                time.sleep(0.2)
+            refresh_s = time.perf_counter() - t
         server.shutdown()
         server.server_close()
     finally:
@@ -154,7 +170,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": _cpu(),
         "torch_threads": torch.get_num_threads(), "settings": vars(args),
         "predict_live": stats(live), "predict_pool": stats(cached), "ranking_pass_s": ranking_s,
-        "pool_images": len(pool),
+        "pool_images": len(pool), "nth_answer_to_fresh_scores_s": refresh_s,
         "burst": {"predict_calls": args.concurrent, "webhooks": args.webhooks, "seconds": burst_s,
                   "codes": {str(c): codes.count(c) for c in sorted(set(codes))}, "lost": lost, "doubled": doubled},
     }
@@ -166,6 +182,9 @@ def main() -> None:
     print(f"ranking pass (predict {len(pool)} pool images + rank): {ranking_s:.1f} s")
     print(f"burst: {args.concurrent} predicts + {args.webhooks} webhooks in {burst_s:.1f} s; codes "
           f"{result['burst']['codes']}; lost {lost}, doubled {doubled}")
+    if refresh_s is not None:
+        print(f"{args.retrain_every}-th new annotation -> retrained, pool re-ranked: {refresh_s:.1f} s "
+              f"({len(pool)} pool images, {args.steps} steps)")
     out = Path(__file__).parent / "results" / "serve_latency.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

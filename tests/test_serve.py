@@ -356,3 +356,90 @@ def test_webhook_maps_an_uploaded_image_by_name(client: Client) -> None:
                "annotation": annotation}
     assert client.call("POST", "/webhook", payload) == (201, {"changed": True})
     assert _human(client, key) == 1
+
+
+def _start_serve(project: Path, port: int, *extra: str) -> "subprocess.Popen":
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "boxloop.cli", "serve", str(project), "--port", str(port), "--strategy",
+           "least_confidence", "--display-threshold", "0", *TRAIN, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode(errors="replace") if proc.stdout else "serve exited")
+    proc.kill()
+    raise AssertionError("boxloop serve did not answer /health within 120 s")
+
+
+def test_kill_9_mid_burst_and_mid_training_then_restart(trained, tmp_path: Path) -> None:
+    """The real thing: `boxloop serve` killed (SIGKILL) while webhooks arrive and while it trains; after
+    a restart Label Studio's resent webhooks are applied once, and the due training runs again."""
+    import socket
+
+    src, _ = trained
+    project = tmp_path / "proj"
+    shutil.copytree(src, project)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = _start_serve(project, port, "--retrain-every", "4")
+    c = Client(url, None, project)  # type: ignore[arg-type]
+    with Project.open(project) as p:
+        classes, pool = p.classes, sorted(p.image_set("pool"))
+    assert c.call("POST", "/setup", {"project": "7.1", "schema": labeling_config(classes)})[0] == 200
+    jobs = [(pool[i % len(pool)], 300 + i % len(pool), 700 + i) for i in range(12)]
+    acked: list[int] = []
+
+    def send() -> None:
+        for key, tid, aid in jobs:
+            try:
+                if _hook(c, "ANNOTATION_CREATED", key, tid, aid, ["circle"])[0] == 201:
+                    acked.append(aid)
+            except OSError:
+                return
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    while len(acked) < 5:  # the 4th answer started a training: kill mid-burst, mid-training
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(30)
+    sender.join(60)
+    with Project.open(project) as p:
+        recorded = {int(r["annotation_id"]) for r in p.tool_annotations()}
+        at_kill = len(recorded)
+        assert set(acked) <= recorded and len(recorded) == p.tool_seq()  # acknowledged = stored, none half
+        assert p.get_meta("serve_trained_seq") is None  # the training died unfinished
+    proc = _start_serve(project, port, "--retrain-every", "4")
+    try:
+        for key, tid, aid in jobs:  # Label Studio resends what it did not get an answer for (here: all)
+            assert _hook(c, "ANNOTATION_CREATED", key, tid, aid, ["circle"])[0] == 201
+        deadline = time.monotonic() + 240
+        while c.call("GET", "/health")[1]["training"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        with Project.open(project) as p:
+            recs = p.tool_annotations()
+            assert sorted(int(r["annotation_id"]) for r in recs) == sorted(a for _, _, a in jobs)
+            assert p.tool_seq() == len(jobs)  # each applied once, whatever was resent
+            assert all(len(p.annotations("labelled")[k]) == 1 for k in {k for k, _, _ in jobs})
+            trained_seq = p.get_meta("serve_trained_seq")  # the due training ran after the restart
+            assert trained_seq >= at_kill and len(jobs) - trained_seq < 4
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def test_cli_refuses_a_strategy_it_cannot_rank_with(trained) -> None:
+    src, _ = trained
+    res = CliRunner().invoke(app, ["serve", str(src), "--strategy", "typical", "--port", "0"])
+    assert res.exit_code == 1 and "serve ranks with image strategies" in res.output

@@ -28,7 +28,7 @@ def serve(
     project: Annotated[Path, typer.Argument(help="Project folder (trained: `boxloop train` first).")],
     host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (Label Studio's ML backends default to 9090).")] = 9090,
-    strategy: Annotated[str, typer.Option(help="Image strategy whose order becomes the task score.")] = "localization_aware",
+    strategy: Annotated[Optional[str], typer.Option(help="Image strategy whose order becomes the task score (default: the project's last round's, else localization_aware).")] = None,
     retrain_every: Annotated[int, typer.Option(help="Retrain after this many new or changed annotations.")] = 10,
     label_studio_url: Annotated[Optional[str], typer.Option(help="Label Studio's address, for uploaded images (/data/upload/...).")] = None,
     local_files_root: Annotated[Optional[list[Path]], typer.Option(help="Folder /data/local-files/?d= paths are read under (LOCAL_FILES_DOCUMENT_ROOT); repeatable. The project's image folder is always allowed.")] = None,
@@ -47,19 +47,23 @@ def serve(
     submitted, and retraining in the background. Basic auth: set BOXLOOP_SERVE_AUTH=user:password;
     Label Studio's API token (for uploaded images): LABEL_STUDIO_API_KEY."""
     from boxloop.formats.labelstudio import labeling_config
+    from boxloop.loop.config import LoopConfig
     from boxloop.serve import Backend, ServeSettings, make_server
     from boxloop.serve.images import ImageAccess
     from boxloop.store import Project
 
     if retrain_every < 1:
         raise typer.BadParameter("must be >= 1", param_hint="--retrain-every")
-    cfg = loop_config(model=model, backbone=backbone, steps=steps, image_size=image_size, batch_size=batch_size,
-                      device=device, seed=seed, no_pretrained=no_pretrained, strategy=strategy)
     auth = os.environ.get(AUTH_ENV)
     if auth is not None and ":" not in auth:
         raise ValueError(f"${AUTH_ENV} must be USER:PASSWORD")
     with Project.open(project) as proj:
         roots = (proj.image_root, *(local_files_root or ()))
+        last = proj.last_round()
+        if strategy is None:  # the loop's: what the project's last round selected with
+            strategy = LoopConfig.from_dict(last.config).selection.strategy if last else "localization_aware"
+    cfg = loop_config(model=model, backbone=backbone, steps=steps, image_size=image_size, batch_size=batch_size,
+                      device=device, seed=seed, no_pretrained=no_pretrained, strategy=strategy)
     access = ImageAccess(roots=tuple(Path(r).resolve() for r in roots), label_studio_url=label_studio_url,
                          api_token=os.environ.get(TOKEN_ENV))
     out.print("scoring the pool with the current model ...")

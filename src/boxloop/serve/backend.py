@@ -63,7 +63,7 @@ def unsupported_strategies() -> frozenset[str]:
 
 
 class Backend:
-    """One project served to Label Studio; thread-safe (each thread has its own store connection)."""
+    """One project served to Label Studio; thread-safe (each call opens its own store connection)."""
 
     def __init__(self, project_dir: str | Path, settings: ServeSettings) -> None:
         from boxloop.strategies import IMAGE_STRATEGIES
