@@ -38,6 +38,9 @@ def _handler(backend: Backend, auth: tuple[str, str] | None) -> type[BaseHTTPReq
             self.send_header("Content-Length", str(len(data)))
             if status == 401:
                 self.send_header("WWW-Authenticate", 'Basic realm="boxloop"')
+            if status in (401, 413):  # the body was not read: end the connection rather than misread it
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
 
