@@ -443,3 +443,42 @@ def test_cli_refuses_a_strategy_it_cannot_rank_with(trained) -> None:
     src, _ = trained
     res = CliRunner().invoke(app, ["serve", str(src), "--strategy", "typical", "--port", "0"])
     assert res.exit_code == 1 and "serve ranks with image strategies" in res.output
+
+
+def test_upload_fetched_with_the_token_which_stays_home() -> None:
+    """An upload is fetched from Label Studio with its token; a redirect elsewhere gets no token."""
+    import http.server
+
+    seen: dict[str, str | None] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen[self.path] = self.headers.get("Authorization")
+            if self.path.startswith("/data/upload/"):
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{elsewhere.server_address[1]}/bucket/a.png")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"png")
+
+    home = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    for s in (home, elsewhere):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        access = ImageAccess(label_studio_url=f"http://127.0.0.1:{home.server_address[1]}", api_token="T0KEN")
+        assert access.read("/data/upload/3/0a1b2c3d-a.png") == b"png"
+        assert seen == {"/data/upload/3/0a1b2c3d-a.png": "Token T0KEN", "/bucket/a.png": None}
+        with pytest.raises(Exception, match="served by Label Studio"):
+            ImageAccess().read("/data/upload/3/0a1b2c3d-a.png")
+    finally:
+        for s in (home, elsewhere):
+            s.shutdown()
+            s.server_close()

@@ -19,6 +19,22 @@ from urllib.parse import parse_qs, unquote, urljoin, urlparse
 MAX_BYTES = 64 << 20
 
 
+class _TokenStaysHome(urllib.request.HTTPRedirectHandler):
+    """Redirects (Label Studio sends cloud-storage images to presigned URLs) keep http(s) only and
+    drop the API token when they leave its host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if urlparse(newurl).scheme not in ("http", "https"):
+            raise ImageRefused(f"{req.full_url} redirects to {newurl!r}; refused")
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urlparse(newurl).netloc != urlparse(req.full_url).netloc:
+            new.remove_header("Authorization")
+        return new
+
+
+_OPENER = urllib.request.build_opener(_TokenStaysHome)
+
+
 class ImageRefused(ValueError):
     """The URL points where the backend may not read, or nothing could be read there."""
 
@@ -74,7 +90,7 @@ class ImageAccess:
         if self.api_token and self.label_studio_url and urlparse(self.label_studio_url).netloc == host:
             headers["Authorization"] = f"Token {self.api_token}"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=self.timeout) as resp:
+            with _OPENER.open(urllib.request.Request(url, headers=headers), timeout=self.timeout) as resp:
                 data = resp.read(MAX_BYTES + 1)
         except urllib.error.HTTPError as e:
             raise ImageRefused(f"{url}: HTTP {e.code} {e.reason}") from None
