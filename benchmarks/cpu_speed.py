@@ -15,6 +15,13 @@ Reports the median and the spread (min..max) of each, and the ratio of medians t
 variant; FLOPs per 320x320 image from torch.utils.flop_counter (machine-independent). Writes
 benchmarks/results/cpu_speed.json.
 
+Cached rows (issue 27), fcos_lite's frozen body's maps in a boxloop.predict.feature_cache: "warm" times the
+same three things with every image's maps already cached (train: CachedTrainSet items -- cache read,
+targets -- then the neck and head's loss, backward, clipping and step; forward: cache read + neck,
+head and postprocess; end-to-end: predict_paths with the cache, which hashes each file (stat-memoised)
+instead of decoding it, + save_predictions); "cold" times them on an empty cache (each image's body
+run once and its maps written), what the first epoch and the first scoring of a pool cost.
+
 --extras adds variants that show what each CPU choice buys: fcos_lite without bf16 inference, with
 bf16 training autocast, without channels_last, and with more or fewer trainable backbone levels.
 
@@ -28,6 +35,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -76,6 +84,13 @@ def gflops(det, image_size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def body_gflops(det, image_size: int) -> float:
+    """The frozen body's share of gflops(): what a cache hit saves."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        det.body_features([torch.rand(3, image_size, image_size)])
+    return counter.get_total_flops() / 1e9
+
+
 def timed(fn: Callable[[], int]) -> float:
     t0 = time.perf_counter()
     n = fn()
@@ -105,6 +120,74 @@ def train_rate(det, samples, args, bf16: bool) -> float:
     return timed(lambda: sum(step() for _ in range(args.train_steps)))
 
 
+CACHED = {"fcos_lite, cached features (warm)": "warm", "fcos_lite, cached features (cold: filling)": "cold"}
+
+
+def cached_rates(det, samples, paths, args, work: Path, state: str, project, tag: int) -> dict[str, float]:
+    """Train, forward and end-to-end images/s of the default fcos_lite on its body's cached maps;
+    `state` "warm" (filled before timing) or "cold" (a new, empty cache each time)."""
+    from boxloop.predict.cached import bind, predict_precision
+    from boxloop.train.cached import CachedTrainSet
+    from boxloop.predict.feature_cache import FeatureCache
+
+    def fresh(name: str) -> FeatureCache:
+        folder = work / f"cache_{name}_{tag}"
+        shutil.rmtree(folder, ignore_errors=True)
+        return FeatureCache(folder)
+
+    train_cache = fresh("train")
+    det.train()
+    ds = CachedTrainSet(samples, CLASSES, args.image_size, True, bind(train_cache, det, "fp32"), seed=0)
+    if state == "warm":
+        for i in range(len(ds)):
+            ds[i]
+    params = [p for p in det.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.001, momentum=0.9, weight_decay=1e-4)
+    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=collate, num_workers=0)
+    it = iter(loader)
+
+    def step() -> int:
+        feats, targets = next(it)
+        losses = det.loss_from_features(feats, [{k: t[k] for k in ("boxes", "labels", "weights")} for t in targets])
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        return len(feats)
+
+    step()
+    out = {"train": timed(lambda: sum(step() for _ in range(args.train_steps)))}
+    det.eval()
+    cache = fresh("score")
+    bound = bind(cache, det, predict_precision(det, torch.device("cpu")))
+    if state == "warm":
+        list(predict_paths(det, paths, args.image_size, batch_size=args.batch_size, progress=False,
+                           feature_cache=cache))
+
+    def forward() -> int:
+        from boxloop.predict.cached import predict_cached
+        from boxloop.predict.inference import _FileDataset, to_original
+
+        files = _FileDataset(paths, args.image_size, False)
+        for _ in predict_cached(det, bound, paths, paths, args.image_size, args.batch_size, 0.05,
+                                lambda p, e: None, to_original, files.__getitem__):
+            pass
+        return len(paths)
+
+    out["forward"] = timed(forward)
+    if state == "cold":
+        cache = fresh("score")
+
+    def end_to_end() -> int:
+        buf = {path.name: d for path, d in predict_paths(det, paths, args.image_size, batch_size=args.batch_size,
+                                                         score_threshold=0.05, progress=False, feature_cache=cache)}
+        project.save_predictions(tag, buf, model="fcos_lite")
+        return len(paths)
+
+    out["end_to_end"] = timed(end_to_end)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image-size", type=int, default=320)
@@ -123,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     from boxloop.project import init_project
     from boxloop.store import Project
 
-    raw: dict[str, dict[str, list[float]]] = {v: {"train": [], "forward": [], "end_to_end": []} for v in variants}
+    raw: dict[str, dict[str, list[float]]] = {v: {"train": [], "forward": [], "end_to_end": []}
+                                              for v in [*variants, *CACHED]}
     flops: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="boxloop_cpu_speed_") as tmp:
         work = Path(tmp)
@@ -162,16 +246,30 @@ def main(argv: list[str] | None = None) -> int:
                     raw[v]["end_to_end"].append(timed(end_to_end))
                 finally:
                     proj.close()
+            lite = models["fcos_lite (new default)"]
+            for v, state in CACHED.items():
+                lite.load_state_dict(build("fcos_lite", {}, args.image_size).state_dict())
+                proj = Project.open(work / "project")
+                try:
+                    rates = cached_rates(lite, samples[:need], paths, args, work, state, proj,
+                                         1000 * rep + 100 + list(CACHED).index(v))
+                finally:
+                    proj.close()
+                for k, r in rates.items():
+                    raw[v][k].append(r)
             print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
 
     first = next(iter(variants))
     rows = []
-    for v in variants:
+    flops.update({v: flops["fcos_lite (new default)"] - body_gflops(models["fcos_lite (new default)"], args.image_size)
+                  for v in CACHED})
+    for v in [*variants, *CACHED]:
         row: dict[str, Any] = {"variant": v, "gflops_320": round(flops[v], 3)}
         for k in ("train", "forward", "end_to_end"):
             xs = raw[v][k]
             row[k] = {"median_img_s": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
             row[k]["x_vs_first"] = statistics.median(xs) / statistics.median(raw[first][k])
+            row[k]["x_vs_fcos_lite"] = statistics.median(xs) / statistics.median(raw["fcos_lite (new default)"][k])
         rows.append(row)
 
     print(f"\n{args.image_size} px, batch {args.batch_size}, {args.threads} threads, {args.repeats} interleaved "
@@ -184,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
                  for k in ("train", "forward", "end_to_end")]
         print(f"{r['variant']:<32} {r['gflops_320']:6.2f}  {cells[0]:>22}  {cells[1]:>22}  {cells[2]:>22}")
 
+    for r in rows[len(variants):]:
+        print(f"{r['variant']}: x fcos_lite (new default), same run: train {r['train']['x_vs_fcos_lite']:.2f}x, "
+              f"forward {r['forward']['x_vs_fcos_lite']:.2f}x, end-to-end {r['end_to_end']['x_vs_fcos_lite']:.2f}x")
+
     report = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
@@ -192,9 +294,11 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "settings": {k: getattr(args, k) for k in ("image_size", "batch_size", "threads", "repeats", "train_steps",
                                                    "images")},
-        "variants": {v: {"detector": n, "options": o, "bf16_training": b} for v, (n, o, b) in variants.items()},
+        "variants": {**{v: {"detector": n, "options": o, "bf16_training": b} for v, (n, o, b) in variants.items()},
+                     **{v: {"detector": "fcos_lite", "feature_cache": st} for v, st in CACHED.items()}},
         "rows": rows,
-        "targets": {"train_x": 4.0, "inference_x": 3.0, "gflops_320": 2.4},
+        "targets": {"train_x": 4.0, "inference_x": 3.0, "gflops_320": 2.4,
+                    "cached_vs_fcos_lite": {"train_x": 2.0, "forward_x": 4.0, "end_to_end_x": 2.5}},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

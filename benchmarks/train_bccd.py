@@ -33,6 +33,7 @@ import yaml
 from boxloop.metrics.calibration import quality_calibration
 from boxloop.train.data import Sample
 from boxloop.detectors import create_detector
+from boxloop.predict.feature_cache import FeatureCache
 from boxloop.metrics.evaluate import evaluate
 from boxloop.formats import load
 from boxloop.predict.inference import predict_paths, resolve_device
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="checkpoints (default /tmp/boxloop_bccd_<size>); an interrupted run resumes from it")
     ap.add_argument("--fresh", action="store_true", help="delete the workdir first instead of resuming")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_bccd.json")
+    ap.add_argument("--feature-cache", type=Path, default=None, metavar="DIR",
+                    help="train, validate and test on the frozen body's maps cached in DIR (issue 27)")
+    ap.add_argument("--no-jitter", action="store_true",
+                    help="train without scale and colour jitter (what the feature cache drops; flip kept)")
     ap.add_argument("--time-steps", type=int, default=None,
                     help="only time this many training steps (after one warm-up step), print s/image, exit")
     args = ap.parse_args(argv)
@@ -156,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                          optimizer=args.optimizer, lr=lr, warmup_steps=args.warmup_steps,
                          val_every=args.val_every, seed=args.seed, device=args.device,
-                         num_workers=args.num_workers)
+                         num_workers=args.num_workers,
+                         **({"scale_jitter": None, "color": False} if args.no_jitter else {}))
+    cache = FeatureCache(args.feature_cache) if args.feature_cache else None
     torch.manual_seed(args.seed)
     detector = build(class_names, args.image_size, args.backbone, args.detector, args.options)
     t0, c0 = time.perf_counter(), time.process_time()
-    result = fit(detector, train, val, class_names, config, workdir, progress=True)
+    result = fit(detector, train, val, class_names, config, workdir, progress=True, feature_cache=cache)
     train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     vals = [(h["epoch"], h["val_map50"]) for h in result.history if "val_map50" in h]
     print(f"trained {result.step} steps in {train_s:.0f} s (this call); val mAP50 by epoch: "
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     preds, dets = {}, {}
     for path, det in predict_paths(detector, [images_root / k for k in test_keys], args.image_size,
                                    batch_size=args.batch_size, score_threshold=0.01, progress=False,
-                                   num_workers=args.num_workers):
+                                   num_workers=args.num_workers, feature_cache=cache):
         key = path.relative_to(images_root).as_posix()
         preds[key] = det.to_annotation(key, class_names)
         dets[key] = det

@@ -22,7 +22,7 @@ from boxloop.cli.options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, 
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
                                  check_detector_options, detector_options, fill_defaults, loop_config, name_list,
                                  open_detector, ray_scoring, unit_float)
-from boxloop.cli.output import out, print_autolabel_rows, print_metrics, print_status, warn
+from boxloop.cli.output import out, print_autolabel_rows, print_metrics, show_status, warn
 
 app = typer.Typer(
     name="boxloop",
@@ -76,17 +76,13 @@ def init(
 def status(
     project: Annotated[Path, typer.Argument(help="Project folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the init warnings).")] = False,
+    clear_cache: Annotated[bool, typer.Option("--clear-cache", help="Delete the cached backbone features.")] = False,
 ) -> None:
-    """Counts of images, labels, boxes per class and source, and rounds."""
+    """Counts of images, labels, boxes per class and source, and rounds; the feature cache's size and hit rate."""
     from boxloop.store import Project
 
     with Project.open(project) as proj:
-        s = proj.status()
-        if as_json:
-            s["warning_messages"] = proj.warnings
-            typer.echo(json.dumps(s, indent=2))
-        else:
-            print_status(s)
+        show_status(proj, as_json, clear_cache)
 
 
 @app.command()

@@ -21,6 +21,23 @@ def warn(msg: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {escape(msg)}")
 
 
+def show_status(proj: Any, as_json: bool, clear_cache: bool) -> None:
+    """`boxloop status`: the project's counts and its feature cache (emptied first with `clear_cache`),
+    as JSON (with the init warnings) or as tables."""
+    import json
+
+    import typer
+
+    from boxloop.predict.feature_cache import cache_status
+
+    s = {**proj.status(), "feature_cache": cache_status(proj.dir, clear=clear_cache)}
+    if as_json:
+        s["warning_messages"] = proj.warnings
+        typer.echo(json.dumps(s, indent=2))
+    else:
+        print_status(s)
+
+
 def print_status(status: dict[str, Any]) -> None:
     """The human-readable form of `Project.status()`."""
     t = Table(title=f"boxloop project {status['project']}", show_header=False, title_justify="left")
@@ -53,6 +70,13 @@ def print_status(status: dict[str, Any]) -> None:
     if status.get("last_round"):
         r = status["last_round"]
         out.print(f"last round: {r['id']} ({r['status']}, step {r['step']})")
+    fc = status.get("feature_cache")
+    if fc and fc.get("freed"):
+        out.print(f"feature cache cleared: {fc['freed'] / 1e6:.1f} MB freed")
+    if fc and (fc["entries"] or fc["hits"] or fc["misses"]):
+        rate = "-" if fc["hit_rate"] is None else f"{100 * fc['hit_rate']:.0f}%"
+        out.print(f"feature cache: {fc['entries']} entries, {fc['bytes'] / 1e6:.1f} MB, hit rate {rate} "
+                  f"({fc['hits']} hits, {fc['misses']} misses; `boxloop status --clear-cache` empties it)")
     if status.get("warnings"):
         out.print(f"[yellow]{status['warnings']} warning(s) at init[/yellow] (see `boxloop status --json`)")
     if status.get("skipped_images"):

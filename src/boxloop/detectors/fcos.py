@@ -38,12 +38,14 @@ from torch import Tensor, nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection._utils import BoxLinearCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.ops import batched_nms, box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from boxloop.detectors.backbones import build_backbone
 from boxloop.detectors.base import TorchDetector
 from boxloop.detectors.common import check_targets, prepare_images, to_detections
+from boxloop.detectors.features import FeatureMixin, neck_of
 from boxloop.structures import Detections
 
 __all__ = ["FCOSDetector", "build_fcos", "match_locations", "own_box_iou", "quality_focal_loss", "varifocal_loss"]
@@ -98,8 +100,9 @@ class FCOSOutputs:
     box_dist_logits: Tensor | None = None  # (B, L, 4, bins + 1): fcos_lite's per-side distance distributions
 
 
-class FCOSDetector(TorchDetector):
-    """FCOS + IoU branch behind boxloop's Detector protocol (`loss`, `predict`)."""
+class FCOSDetector(FeatureMixin, TorchDetector):
+    """FCOS + IoU branch behind boxloop's Detector protocol (`loss`, `predict`); with a frozen body,
+    also the split forward of FeatureMixin (body maps cached, neck and head run)."""
 
     has_loc_quality = True
     # "positives": BCE towards the IoU on positive locations only (fcos); "varifocal" or
@@ -123,12 +126,18 @@ class FCOSDetector(TorchDetector):
         self.box_coder = BoxLinearCoder(normalize_by_size=True)
 
     # ------------------------------------------------------------------------------------------
-    def forward_outputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None,
-                        memory_format: torch.memory_format = torch.contiguous_format) -> FCOSOutputs:
-        """Resize/normalise (targets too), backbone, head, location points. Inputs already checked."""
+    def forward_outputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None) -> FCOSOutputs:
+        """Resize/normalise (targets too), body, neck, head, location points. Inputs already checked."""
+        batch, targets = self.model.transform(images, targets)
+        maps = self.model.backbone.body(batch.tensors.contiguous(memory_format=self.memory_format))
+        return self.outputs_from_maps(maps, batch, targets)
+
+    def outputs_from_maps(self, maps: dict[str, Tensor], batch: ImageList,
+                          targets: list[dict[str, Tensor]] | None) -> FCOSOutputs:
+        """Neck, head and location points on the body's maps of the transformed `batch` (FeatureMixin
+        hands in maps from the feature cache, with a stand-in batch of the right shape)."""
         m = self.model
-        batch, targets = m.transform(images, targets)
-        features = list(m.backbone(batch.tensors.contiguous(memory_format=memory_format)).values())
+        features = list(neck_of(m.backbone)(maps).values())
         out = m.head(features)
         # same for every image in the batch; made in float32 from the maps' shapes alone: in the
         # features' fp16/bf16 a location at 200 px would sit up to 1 px (bf16) off its true place

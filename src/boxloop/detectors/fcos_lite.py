@@ -81,7 +81,11 @@ class LitePAN(nn.Module):
         self.out_channels = channels
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        feats = [lat(f) for lat, f in zip(self.laterals, self.body(x).values())]
+        return self.neck(self.body(x))
+
+    def neck(self, maps: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        """Everything after the body (laterals, top-down, bottom-up): what runs on cached body maps."""
+        feats = [lat(f) for lat, f in zip(self.laterals, maps.values())]
         for i in range(len(feats) - 1, 0, -1):  # top-down
             feats[i - 1] = feats[i - 1] + F.interpolate(feats[i], size=feats[i - 1].shape[-2:], mode="bilinear",
                                                         align_corners=False)
@@ -176,7 +180,7 @@ class LiteFCOSModel(FCOS):
 
 
 class FCOSLiteDetector(FCOSDetector):
-    """FCOSDetector with a quality loss over every location and channels_last inputs."""
+    """FCOSDetector with a quality loss over every location (channels_last inputs: `memory_format`)."""
 
     def __init__(self, *args: Any, quality_loss: str = "own_box_iou", quality_weighting: str = "fit",
                  **kwargs: Any) -> None:
@@ -190,11 +194,6 @@ class FCOSLiteDetector(FCOSDetector):
         self.quality_weighting = quality_weighting
 
     box_loss_weight = 2.0
-
-    def forward_outputs(self, images, targets):  # type: ignore[override]
-        if getattr(self.model, "channels_last", False):
-            return super().forward_outputs(images, targets, memory_format=torch.channels_last)
-        return super().forward_outputs(images, targets)
 
 
 def build_fcos_lite(

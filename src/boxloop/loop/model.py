@@ -72,6 +72,13 @@ def load_round_detector(project: Project, round_id: int, config: LoopConfig):
     return det
 
 
+def project_feature_cache(project: Project):
+    """The project's cache of frozen-body maps (boxloop.predict.feature_cache), in PROJECT/cache/features."""
+    from boxloop.predict.feature_cache import FeatureCache, cache_dir
+
+    return FeatureCache(cache_dir(project.dir))
+
+
 def current_checkpoint(project: Project) -> Path:
     """The model `query`, `evaluate` and `predict` use: the last one trained on this project."""
     path = project.get_path_meta("current_checkpoint")
@@ -106,7 +113,8 @@ def train_project(project: Project, config: LoopConfig, out_dir: Path | None = N
         digest = hashlib.sha1(fingerprint.encode()).hexdigest()[:10]
         out_dir = project.dir / "models" / f"train_{config.detector.model}_{digest}"
     _, result = train_detector(config.detector_spec(), project.classes, train, val, config.train_config(0), out_dir,
-                               progress=progress, nproc=nproc, torchrun_args=torchrun_args)
+                               progress=progress, nproc=nproc, torchrun_args=torchrun_args,
+                               feature_cache=project_feature_cache(project))
     set_current_checkpoint(project, result.best_checkpoint)
     return result, len(train), len(val)
 
@@ -126,7 +134,8 @@ def step_train(project: Project, round_id: int, config: LoopConfig, progress: bo
     fits = {"with_pseudo": train, "without_pseudo": human} if len(human) < len(train) else {"": train}
     trained = {name: train_detector(config.detector_spec(), project.classes, samples, val,
                                     config.train_config(round_id, warm), out / name if name else out,
-                                    init=previous if warm else None, progress=progress)
+                                    init=previous if warm else None, progress=progress,
+                                    feature_cache=project_feature_cache(project))
                for name, samples in fits.items()}
     metrics: dict[str, Any] = {}
     chosen = ""
@@ -197,7 +206,7 @@ def test_metrics(project: Project, detector, image_size: int, device: str = "aut
     preds = {key: d.to_annotation(key, project.classes)
              for key, d in predict_paths(detector, [root / k for k in keys], image_size, batch_size=batch_size,
                                          device=device, score_threshold=score_threshold, progress=progress,
-                                         keys=keys)}
+                                         keys=keys, feature_cache=project_feature_cache(project))}
     return evaluate(truth, preds, project.classes)
 
 

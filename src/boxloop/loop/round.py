@@ -33,7 +33,7 @@ import numpy as np
 from boxloop.loop.config import LoopConfig
 from boxloop.loop.oracle import BoxOracle, Cost, ImageOracle, answers_by_image, partial_labels
 # run_round calls the steps by their names in this module (a test may replace loop.step_train)
-from boxloop.loop.model import load_round_detector, model_dir, step_evaluate, step_train
+from boxloop.loop.model import load_round_detector, model_dir, project_feature_cache, step_evaluate, step_train
 from boxloop.store import Project, Query
 from boxloop.structures import Annotation, Boxes, Detections, Provenance, Source, iou
 
@@ -105,11 +105,13 @@ def step_predict(project: Project, round_id: int, config: LoopConfig, progress: 
         record_skipped(project, bad)  # a kill before this: the rerun scores these again and records them
         return
     det = load_round_detector(project, round_id, config)
+    cache = project_feature_cache(project)  # the frozen body's maps: a pool scored again runs the head only
 
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         out = dict(predict_paths(det, [root / k for k in part], size, batch_size=batch, device=device,
-                                 score_threshold=threshold, progress=progress, on_skip=skip, keys=part))
+                                 score_threshold=threshold, progress=progress, on_skip=skip, keys=part,
+                                 feature_cache=cache))
         with project.transaction():
             project.save_predictions(round_id, out)
             record_skipped(project, bad)

@@ -24,6 +24,7 @@ from torchvision.transforms.v2 import functional as F
 
 from boxloop.images import resized_size
 from boxloop.detectors.base import Detector
+from boxloop.predict.feature_cache import FeatureCache
 from boxloop.structures import Boxes, Detections
 
 __all__ = ["predict_paths", "resolve_device", "to_original", "model_device"]
@@ -125,7 +126,7 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
                   skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
-                  keys: None = None) -> Iterator[tuple[Path, Detections]]: ...
+                  keys: None = None, feature_cache: FeatureCache | None = None) -> Iterator[tuple[Path, Detections]]: ...
 
 
 @overload
@@ -133,14 +134,15 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
                   skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
-                  keys: Sequence[K]) -> Iterator[tuple[K, Detections]]: ...
+                  keys: Sequence[K], feature_cache: FeatureCache | None = None) -> Iterator[tuple[K, Detections]]: ...
 
 
 def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: int, batch_size: int = 8,
                   device: str | torch.device | None = None, num_workers: int = 0,
                   score_threshold: float = 0.05, progress: bool = True,
                   skip_errors: bool = False, on_skip: Callable[[Path, str], None] | None = None, *,
-                  keys: Sequence[Any] | None = None) -> Iterator[tuple[Any, Detections]]:
+                  keys: Sequence[Any] | None = None,
+                  feature_cache: FeatureCache | None = None) -> Iterator[tuple[Any, Detections]]:
     """Yield (path, Detections in the original image's pixels), in the order of `paths`; with `keys`
     (one per path, e.g. the project's image keys) (key, Detections) instead: each result names its own
     image, so a skipped image never shifts the ones after it.
@@ -148,7 +150,9 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
     `device` None keeps the detector where it is; otherwise it is moved there. Images that fail to
     decode raise `boxloop.images.ImageError`, or with `skip_errors` are logged and left out; with
     `on_skip` they are left out and handed to it as (path, problem). Truncated images are decoded
-    as far as their data goes, with a warning naming them (`boxloop.images.load_rgb`).
+    as far as their data goes, with a warning naming them (`boxloop.images.load_rgb`). With a
+    `feature_cache` and a detector whose body is frozen, images whose body maps are cached run only the
+    neck and head (boxloop.predict.cached; decoding then happens in this process).
     """
     from boxloop.outputs import progress_bar
 
@@ -166,7 +170,32 @@ def predict_paths(detector: Detector, paths: Sequence[str | Path], image_size: i
     was_training = bool(getattr(detector, "training", False))
     if hasattr(detector, "eval"):
         detector.eval()
-    loader = DataLoader(_FileDataset(paths, image_size, skip_errors or on_skip is not None), batch_size=batch_size,
+    files = _FileDataset(paths, image_size, skip_errors or on_skip is not None)
+    bound = None
+    if feature_cache is not None:
+        from boxloop.predict.cached import bind, predict_cached, predict_precision
+
+        bound = bind(feature_cache, detector, predict_precision(detector, dev))
+    if bound is not None:
+        def skip(path: Path, problem: str) -> None:
+            if on_skip is not None:
+                on_skip(path, problem)
+            else:
+                log.warning("skipped %s: %s", path, problem)
+
+        bar = progress_bar(total=len(paths), desc="predict", unit="img", disable=not progress, leave=False)
+        try:
+            for name, det in predict_cached(detector, bound, paths, names, image_size, batch_size, score_threshold,
+                                            skip, to_original, files.__getitem__):
+                yield name, det
+                bar.update(1)
+        finally:
+            bar.close()
+            feature_cache.flush()
+            if was_training and hasattr(detector, "train"):
+                detector.train()
+        return
+    loader = DataLoader(files, batch_size=batch_size,
                         shuffle=False,
                         num_workers=num_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
                         persistent_workers=False)

@@ -16,8 +16,9 @@ The package, by what each part does:
   html.py        the gallery (Pillow) and the one self-contained page (every image a base64 PNG)
 No torch import (a project is read only when one is given) and no network.
 
-Owns: keys, sources, statistics, curves, plots, html. May import: store/ and loop.history,
-loop.config, loop.forecast (a project's rounds and the forecast).
+Owns: keys, sources, statistics, curves, plots, html. May import: the root modules (outputs: the
+report's file is written by the one output rule), store/ and loop.history, loop.config,
+loop.forecast (a project's rounds and the forecast).
 """
 
 from __future__ import annotations

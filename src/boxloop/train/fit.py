@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from boxloop.detectors.base import Detector
+from boxloop.predict.feature_cache import FeatureCache
 from boxloop.metrics.evaluate import evaluate
 from boxloop.predict.inference import predict_paths, resolve_device
 from boxloop.structures import Annotation
@@ -83,7 +84,8 @@ def _labelled(samples: Sequence[Sample]) -> list[Sample]:
 
 
 def validation_predictions(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
-                           config: TrainConfig, device: torch.device | None = None) -> dict[str, Annotation]:
+                           config: TrainConfig, device: torch.device | None = None,
+                           feature_cache: FeatureCache | None = None) -> dict[str, Annotation]:
     """Predictions of `detector` on `samples`, made as fit() validates (config's image size, batch and
     score threshold): what validation_map50 scores and the never-worse guards compare."""
     if device is not None:
@@ -91,14 +93,15 @@ def validation_predictions(detector: Detector, samples: Sequence[Sample], class_
     return {name: det.to_annotation(name, list(class_names)) for name, det in predict_paths(
         detector, [s.path for s in samples], config.image_size, batch_size=config.batch_size, device=None,
         num_workers=config.num_workers, score_threshold=config.val_score_threshold, progress=False,
-        keys=[s.name for s in samples])}
+        keys=[s.name for s in samples], feature_cache=feature_cache)}
 
 
 def validation_map50(detector: Detector, samples: Sequence[Sample], class_names: Sequence[str],
-                     config: TrainConfig, device: torch.device) -> float:
+                     config: TrainConfig, device: torch.device, feature_cache: FeatureCache | None = None) -> float:
     """mAP50 of `detector` on labelled `samples` (validation_predictions); 0.0 when they hold no box."""
     truth = {s.name: s.annotation for s in samples}
-    map50 = evaluate(truth, validation_predictions(detector, samples, class_names, config), class_names)["map50"]
+    preds = validation_predictions(detector, samples, class_names, config, feature_cache=feature_cache)
+    map50 = evaluate(truth, preds, class_names)["map50"]
     return 0.0 if map50 is None else float(map50)  # None: no ground-truth box in the validation images
 
 
@@ -163,7 +166,7 @@ def _restore(detector: Detector, opt: Optimisation, config: TrainConfig, class_n
 def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequence[Sample],
         class_names: Sequence[str], config: TrainConfig, out_dir: str | Path, progress: bool = True,
         resume: bool = True, stop_after: int | None = None, dist: DistContext | None = None,
-        hooks: FitHooks | None = None) -> FitResult:
+        hooks: FitHooks | None = None, feature_cache: FeatureCache | None = None) -> FitResult:
     """Train `detector` in place; write out_dir/last.pt and out_dir/best.pt; return what happened.
 
     Samples without an annotation are skipped (unlabelled); negatives train as negatives. With
@@ -172,7 +175,9 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     out_dir/last.pt from the same setup, training continues from it. `stop_after` ends this call
     after that many steps (last.pt saved), for time-sliced training and for tests of resuming.
     `dist`: this process is one rank of a torchrun job (see boxloop.train.ddp.fit_distributed). `hooks`:
-    what a training method adds to each step (FitHooks).
+    what a training method adds to each step (FitHooks). `feature_cache`: with a frozen body, train the
+    neck and head on the body's cached maps (boxloop.train.cached: flip kept, scale and colour
+    jitter dropped), and validate from them; strong augmentation, batch hooks and torchrun keep pixels.
     """
     from boxloop.outputs import progress_bar
 
@@ -211,13 +216,26 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         run = _Progress()
         torch.manual_seed(config.seed)
 
-    dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
-                                                                   scale_jitter=config.scale_jitter,
-                                                                   color=config.color, strong=config.strong),
-                               seed=config.seed)
+    bound = None
+    if feature_cache is not None and dist is None and hooks.batch is None and not config.strong:
+        from boxloop.train.cached import CachedTrainSet
+        from boxloop.predict.cached import bind
 
+        bound = bind(feature_cache, detector, "fp32")
+    dataset: Any
+    if bound is not None:
+        log.info("training the neck and head on the frozen body's cached maps: flip kept, scale and colour "
+                 "jitter (which need pixels) off")
+        dataset = CachedTrainSet(train, class_names, config.image_size, config.flip, bound, seed=config.seed)
+        opt.loss_fn = detector.loss_from_features  # type: ignore[attr-defined]
+    else:
+        dataset = DetectionDataset(train, class_names, train_transform(config.image_size, flip=config.flip,
+                                                                       scale_jitter=config.scale_jitter,
+                                                                       color=config.color, strong=config.strong),
+                                   seed=config.seed)
+        opt.loss_fn = dist.wrap(detector) if dist is not None else detector.loss
+    workers = 0 if bound is not None else config.num_workers  # a miss runs the body in this process
     main = dist is None or dist.is_main
-    opt.loss_fn = dist.wrap(detector) if dist is not None else detector.loss
 
     def checkpoint(path: Path, complete: bool) -> None:
         if not main:
@@ -247,7 +265,7 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 batches = dist.local_batches(len(train), config.seed, epoch, config.batch_size)
             # Its own generator: creating a loader must not draw from the global RNG (resume = same run).
             loader = DataLoader(dataset, batch_sampler=batches[pos:], collate_fn=collate,
-                                num_workers=config.num_workers, pin_memory=device.type == "cuda",
+                                num_workers=workers, pin_memory=device.type == "cuda" and bound is None,
                                 generator=torch.Generator().manual_seed(config.seed + epoch))
             for images, targets in loader:
                 if dist is not None:
@@ -272,7 +290,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 else:
                     due = run.step % config.val_every == 0
                 if val and (due or done):
-                    map50 = validation_map50(detector, val, class_names, config, device) if main else None
+                    map50 = (validation_map50(detector, val, class_names, config, device, feature_cache)
+                             if main else None)
                     if dist is not None:
                         map50 = dist.broadcast(map50)
                     detector.train()
@@ -304,6 +323,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
                 break
     finally:
         bar.close()
+        if feature_cache is not None:
+            feature_cache.flush()
     if dist is not None:
         dist.barrier()  # rank 0's checkpoints are on disk before any rank reads best.pt
     completed = run.step >= total_steps or run.stopped_early
