@@ -158,6 +158,7 @@ def main() -> None:
             while backend.trainings == before and (backend.training or time.perf_counter() - t < 5):
                 time.sleep(0.2)
             refresh_s = time.perf_counter() - t
+            assert backend.trainings == before + 1, "the training failed (see the log above)"
         server.shutdown()
         server.server_close()
     finally:
@@ -170,7 +171,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": _cpu(),
         "torch_threads": torch.get_num_threads(), "settings": vars(args),
         "predict_live": stats(live), "predict_pool": stats(cached), "ranking_pass_s": ranking_s,
-        "pool_images": len(pool), "nth_answer_to_fresh_scores_s": refresh_s,
+        "pool_images": len(pool), "nth_answer_to_fresh_scores_s": refresh_s, "model_version": backend.model_version,
         "burst": {"predict_calls": args.concurrent, "webhooks": args.webhooks, "seconds": burst_s,
                   "codes": {str(c): codes.count(c) for c in sorted(set(codes))}, "lost": lost, "doubled": doubled},
     }
