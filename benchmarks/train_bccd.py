@@ -1,14 +1,17 @@
 """Benchmark: train fcos + offline EfficientNet-Lite0 on BCCD and report test-set mAP (issue 3 target).
 
-    .venv/bin/python benchmarks/train_bccd.py                       # 480 px, the issue's setting
+    .venv/bin/python benchmarks/train_bccd.py                       # the size chosen from the boxes
     .venv/bin/python benchmarks/train_bccd.py --image-size 384 --epochs 20 --threads 2 --device cpu
     .venv/bin/python benchmarks/train_bccd.py --time-steps 3 --image-size 320   # seconds per image only
 
 BCCD (/work/shared/datasets/bccd, a VOC root): trainval = ImageSets/Main/trainval.txt (else every
 image not in test.txt), test = ImageSets/Main/test.txt (72 images). A seeded `--val-fraction` of
 trainval is held out to pick the best checkpoint (validation mAP50 every `--val-every` epochs); the
-test set is touched once, by the best checkpoint. Writes benchmarks/results/train_bccd.json (or
---out): the exact command, the machine, the training seconds and the metrics.
+test set is touched once, by the best checkpoint. Without --image-size the input size is chosen from
+the training boxes (boxloop.loop.input_size). Prints and writes benchmarks/results/train_bccd.json (or
+--out): the exact command, the machine, the size chosen and why, the object-size histogram at that
+size, the training seconds, the metrics with per-class AP50, and the predicted IoU's calibration
+before and after the quality map fitted on validation (train_dataset.test_report).
 
 Written here: the split, the timing and the report. boxloop does the rest (formats.load,
 create_detector, fit, predict_paths, evaluate).
@@ -30,16 +33,19 @@ import numpy as np
 import torch
 import yaml
 
-from boxloop.metrics.calibration import quality_calibration
-from boxloop.train.data import Sample
+from boxloop.defaults import run_defaults
 from boxloop.detectors import create_detector
 from boxloop.predict.feature_cache import FeatureCache
-from boxloop.metrics.evaluate import evaluate
 from boxloop.formats import load
-from boxloop.predict.inference import predict_paths, resolve_device
+from boxloop.loop.input_size import choose_input_size, object_fractions, size_histogram
+from boxloop.predict.inference import resolve_device
+from boxloop.train.data import Sample
 from boxloop.structures import Annotation
 from boxloop.train.config import TrainConfig
 from boxloop.train.fit import fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_dataset import machine as cpu_machine, print_report, test_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "datasets" / "bccd"
@@ -104,7 +110,8 @@ def build(class_names: list[str], image_size: int, backbone: str, detector: str 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BCCD VOC root")
-    ap.add_argument("--image-size", type=int, default=480, help="longer image side in pixels")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="longer image side in pixels (default: chosen from the training boxes)")
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
@@ -152,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(warnings)} loader warnings" + (f" (e.g. {warnings[0]})" if warnings else ""))
 
     args.options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.option)}
+    fractions = object_fractions(s.annotation for s in train + val)
+    choice = None if args.image_size else choose_input_size(fractions, run_defaults(str(device.type)))
+    args.image_size = args.image_size or choice.image_size  # type: ignore[union-attr]
     if args.time_steps:
         return time_steps(args, class_names, train, device, lr)
 
@@ -173,39 +183,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trained {result.step} steps in {train_s:.0f} s (this call); val mAP50 by epoch: "
           + ", ".join(f"{e:.0f}:{m:.3f}" for e, m in vals))
 
-    t1 = time.perf_counter()
-    preds, dets = {}, {}
-    for path, det in predict_paths(detector, [images_root / k for k in test_keys], args.image_size,
-                                   batch_size=args.batch_size, score_threshold=0.01, progress=False,
-                                   num_workers=args.num_workers, feature_cache=cache):
-        key = path.relative_to(images_root).as_posix()
-        preds[key] = det.to_annotation(key, class_names)
-        dets[key] = det
-    test_s = time.perf_counter() - t1
-    metrics = evaluate({k: anns[k] for k in test_keys}, preds, class_names)
-    calib = quality_calibration({k: anns[k] for k in test_keys}, dets, class_names, min_score=0.3)
-
+    test = {k: anns[k] for k in test_keys}
+    tested = test_report(detector, class_names, test, {k: images_root / k for k in test_keys}, args.image_size,
+                         args.batch_size, score_threshold=0.01)
+    metrics, calib, test_s = tested["metrics"], tested["calibration_before"], tested["test_inference_seconds"]
+    histogram = size_histogram(fractions, args.image_size)
     best = "none" if result.best_map50 is None else f"{result.best_map50:.4f}"
     print(f"\nBCCD test ({len(test_keys)} images), best checkpoint (val mAP50 {best}):")
-    print(f"  mAP50 (VOC) {metrics['map50']:.4f}   COCO AP {metrics['coco_ap']:.4f}   AP50 {metrics['ap50']:.4f}"
-          f"   AP75 {metrics['ap75']:.4f}")
-    print(f"  {'class':<10} {'AP50':>7} {'COCO AP':>8} {'gt':>5}")
-    for name, pc in metrics["per_class"].items():
-        print(f"  {name:<10} {pc['ap50']:>7.4f} {pc['coco_ap']:>8.4f} {pc['num_gt']:>5}")
-    if calib["n"]:
-        print(f"  predicted vs true IoU ({calib['n']} detections scoring >= 0.3): Spearman {calib['spearman']:.3f}, "
-              f"MAE {calib['mae']:.3f} (mean predicted {calib['mean_predicted']:.3f}, true {calib['mean_true']:.3f})")
-        m = calib["matched"]
-        if m["n"]:
-            print(f"    on a labelled box of their class (true IoU >= {calib['match_iou']}): {m['n']} detections, "
-                  f"Spearman {m['spearman'] if m['spearman'] is None else round(m['spearman'], 3)}, MAE {m['mae']:.3f}; "
-                  f"the other {calib['unmatched_share']:.0%} (unlabelled objects or false positives) carry "
-                  f"{calib['unmatched_mae_share']:.0%} of the MAE")
-    print(f"  training {train_s / 60:.1f} min ({train_cpu_s / 60:.1f} CPU-min over {torch.get_num_threads()} threads), test inference {test_s:.1f} s on {device}")
+    print_report(choice, args.image_size, histogram, tested, train_s)
+    print(f"  training {train_s / 60:.1f} min ({train_cpu_s / 60:.1f} CPU-min over {torch.get_num_threads()} threads), "
+          f"test inference {test_s:.1f} s on {device}")
 
     report = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "machine": machine(device),
+        "machine": {**machine(device), "cpu": cpu_machine()["cpu"]},
         "dataset": {"root": str(args.data), "classes": class_names, "train": len(train), "val": len(val),
                     "test": len(test_keys), "loader_warnings": warnings},
         "train_config": config.to_dict(), "detector_config": dict(detector.config),
@@ -215,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         "note": "train_seconds covers this call only; a resumed run adds to earlier calls",
         "val_map50_history": [{"epoch": round(e, 2), "map50": m} for e, m in vals],
         "best_val_map50": result.best_map50, "test_inference_seconds": round(test_s, 2),
-        "test": {k: metrics[k] for k in ("map50", "coco_ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
-                                         "per_class", "num_images", "num_gt", "num_predictions")},
-        "quality_calibration": calib,
+        "image_size": args.image_size, "size_choice": None if choice is None else choice.to_dict(),
+        "object_size_histogram": histogram, "test": metrics,
+        "quality_calibration": calib, "quality_calibration_after_map": tested["calibration_after"],
+        "quality_map_pairs": tested["quality_map_pairs"],
         "target_map50": 0.85,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -205,3 +205,45 @@ def test_resolve_device() -> None:
             resolve_device("cuda")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
+
+
+def test_quality_map_is_stored_with_the_checkpoint_and_reloaded(trained, tmp_path: Path) -> None:
+    from boxloop.train.fit import fit_quality_map
+    from boxloop.train.checkpoints import save_checkpoint
+
+    det, result, train, val, _ = trained
+    ckpt = load_checkpoint(result.best_checkpoint)
+    assert "quality_map" in ckpt  # fit() ended by fitting one on validation (None: too few detections)
+    qmap = fit_quality_map(det, train + val, CLASSES, SIZE, min_score=0.0, min_pairs=1)
+    assert qmap is not None and qmap.pairs > 0
+    ckpt["quality_map"] = qmap.to_dict()
+    path = tmp_path / "mapped.pt"
+    save_checkpoint(ckpt, path)
+    loaded, _, _ = load_detector(path, expect_classes=CLASSES)
+    assert loaded.quality_map == qmap
+    images = [torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    mapped = loaded.predict(images, score_threshold=0.0)
+    loaded.quality_map = None
+    raw = loaded.predict(images, score_threshold=0.0)
+    for m, r in zip(mapped, raw):
+        np.testing.assert_allclose(m.loc_quality, qmap(r.loc_quality), atol=1e-6)
+        np.testing.assert_allclose(m.scores, r.scores)  # the map changes the quality, never the scores
+
+
+def test_checkpoint_from_before_the_quality_map_loads_unmapped_with_a_note(trained, tmp_path: Path, caplog) -> None:
+    from boxloop.train.checkpoints import save_checkpoint
+
+    det, result, *_ = trained
+    ckpt = load_checkpoint(result.best_checkpoint)
+    ckpt.pop("quality_map", None)
+    path = tmp_path / "old.pt"
+    save_checkpoint(ckpt, path)
+    with caplog.at_level("WARNING", logger="boxloop"):
+        loaded, _, _ = load_detector(path, expect_classes=CLASSES)
+    assert loaded.quality_map is None
+    notes = [r.getMessage() for r in caplog.records if "before the quality map" in r.getMessage()]
+    assert len(notes) == 1 and "\n" not in notes[0]
+    images = [torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))]
+    det.quality_map = None
+    np.testing.assert_allclose(loaded.predict(images, score_threshold=0.0)[0].loc_quality,
+                               det.predict(images, score_threshold=0.0)[0].loc_quality, atol=1e-5)

@@ -2,7 +2,8 @@
 machine and model), and CertaintySSOD's pseudo-label settings.
 
 Every entry point (train, query, simulate, autolabel, the loop's config) asks `run_defaults` for
-what the user did not set, so a CPU user and a GPU user each get what serves their machine, and
+what the user did not set (`boxloop.loop.input_size` may raise the image size within `max_image_size`
+when the labelled objects are small), so a CPU user and a GPU user each get what serves their machine, and
 the numbers cannot drift apart between commands again (they had been 480, 320 and 512).
 
 Chosen by measurement (benchmarks/cpu_speed.py, benchmarks/train_bccd.py, 2 CPU cores): on a CPU,
@@ -34,10 +35,14 @@ class RunDefaults:
     # BCCD images took 5.05 min with 600 on 2 idle cores, over the 5 minutes a first model may take
     epochs: int = 12
     min_steps: int = 500
+    # the largest input size `boxloop.loop.input_size` may choose from the labelled boxes when they are
+    # small: the CPU cost per image grows as the square of the size, so 512 px costs 2.6x 320 px
+    # (0.069 s -> about 0.18 s per training image at 1 thread, benchmarks/README.md); a GPU has room
+    max_image_size: int = 512
 
 
-CPU = RunDefaults(detector=DETECTOR, image_size=320, batch_size=BATCH_SIZE, device="cpu")
-GPU = RunDefaults(detector=DETECTOR, image_size=480, batch_size=BATCH_SIZE, device="cuda")
+CPU = RunDefaults(detector=DETECTOR, image_size=320, batch_size=BATCH_SIZE, device="cpu", max_image_size=512)
+GPU = RunDefaults(detector=DETECTOR, image_size=480, batch_size=BATCH_SIZE, device="cuda", max_image_size=800)
 # What a checkpoint that recorded no image size was trained at (TrainConfig's default before issue 30).
 UNRECORDED_IMAGE_SIZE = 512
 

@@ -22,7 +22,7 @@ from boxloop.cli.options import (BackboneOpt, BatchOpt, DetectorOpt, DeviceOpt, 
                                  OverwriteOpt, RayAddressOpt, SeedOpt, SizeOpt, StepsOpt, StrictOpt, WorkersOpt,
                                  FORMATS_HELP, INITIAL_STRATEGY_HELP, LR_HELP, OPTIMIZER_HELP, STRATEGY_HELP,
                                  check_detector_options, detector_options, fill_defaults, loop_config, name_list,
-                                 open_detector, ray_scoring, unit_float)
+                                 open_detector, project_image_size, ray_scoring, unit_float)
 from boxloop.cli.output import out, print_autolabel_rows, print_metrics, show_status, warn, wrap_help_as_sentences
 from boxloop.defaults import CERTAINTY
 from boxloop.strategies import COLD_START_STRATEGY, DEFAULT_STRATEGY, SEED_SET_STRATEGY
@@ -64,6 +64,7 @@ def init(
                         test_fraction=test_fraction, seed=seed, force=force, val_fraction=val_fraction,
                         progress=True, log=warn, strict=strict)
     with proj:
+        project_image_size(proj, None)  # chosen from the labelled boxes, recorded and said
         s = proj.status()
     out.print(f"[green]created[/green] {escape(str(project))}: {s['images']} images, {s['labelled_images']} labelled "
               f"({s['negative_images']} negative), {s['test_images']} test, {s['boxes']} boxes, "
@@ -149,13 +150,13 @@ def train(
     from boxloop.store import Project
     from boxloop.train.checkpoints import load_detector
 
-    cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, image_size=image_size,
-                      batch_size=batch_size, device=device, seed=seed, no_pretrained=no_pretrained,
-                      detector_option=detector_option, lr=lr, optimizer=optimizer,
-                      semi="certainty" if semi else None)
     if nproc is not None and semi:
         raise ValueError("--nproc trains supervised only; drop --semi or --nproc")
     with Project.open(project) as proj, proj.writer_lock():
+        cfg = loop_config(model=model, backbone=backbone, epochs=epochs, steps=steps, batch_size=batch_size,
+                          image_size=project_image_size(proj, image_size, device), device=device, seed=seed,
+                          no_pretrained=no_pretrained, detector_option=detector_option, lr=lr, optimizer=optimizer,
+                          semi="certainty" if semi else None)
         if semi:
             from boxloop.semi.certainty import SemiConfig, fit_semi
 

@@ -31,7 +31,9 @@ BackboneOpt = Annotated[str, typer.Option(help="efficientnet_lite0 (offline Imag
 EpochsOpt = Annotated[Optional[int], typer.Option(min=1, help=f"Training epochs (default {CPU.epochs}, and at least {CPU.min_steps} steps, unless --steps).")]
 StepsOpt = Annotated[Optional[int], typer.Option(min=1, help="Training steps instead of epochs.")]
 SizeOpt = Annotated[Optional[int], typer.Option(min=1, help="Longer image side for training and prediction, pixels "
-                                                    f"(default: {CPU.image_size} on a CPU, {GPU.image_size} on a GPU).")]
+                                                    f"(default: {CPU.image_size} on a CPU, {GPU.image_size} on a GPU; "
+                                                    "`train` chooses it from the labelled boxes, up to "
+                                                    f"{CPU.max_image_size} on a CPU, {GPU.max_image_size} on a GPU).")]
 BatchOpt = Annotated[Optional[int], typer.Option(min=1, help=f"Images per batch (default {BATCH_SIZE}).")]
 
 
@@ -116,6 +118,19 @@ def loop_config(*, model: str | None = None, backbone: str = "efficientnet_lite0
     return LoopConfig.make(model=model, backbone=backbone, pretrained_backbone=not no_pretrained,
                            detector_options=options, epochs=epochs, steps=steps, image_size=image_size,
                            batch_size=batch_size, device=device, seed=seed, **settings)
+
+
+def project_image_size(project: Any, image_size: int | None, device: str = "auto") -> int:
+    """--image-size where given (it always wins), else the project's input size: chosen from its
+    labelled boxes and recorded (boxloop.loop.input_size), printed with the reason."""
+    if image_size is not None:
+        return image_size
+    from boxloop.cli.output import print_input_size
+    from boxloop.loop.input_size import project_input_size
+
+    choice = project_input_size(project, device)
+    print_input_size(choice.to_dict())
+    return choice.image_size
 
 
 def open_detector(project: Path | None, checkpoint: Path | None, device: str):

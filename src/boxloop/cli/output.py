@@ -79,11 +79,23 @@ def print_status(status: dict[str, Any]) -> None:
         rate = "-" if fc["hit_rate"] is None else f"{100 * fc['hit_rate']:.0f}%"
         out.print(f"feature cache: {fc['entries']} entries, {fc['bytes'] / 1e6:.1f} MB, hit rate {rate} "
                   f"({fc['hits']} hits, {fc['misses']} misses; `boxloop status --clear-cache` empties it)")
+    if "input_size" in status:
+        print_input_size(status["input_size"], "recorded ")
     if status.get("warnings"):
         out.print(f"[yellow]{status['warnings']} warning(s) at init[/yellow] (see `boxloop status --json`)")
     if status.get("skipped_images"):
         out.print(f"[yellow]{len(status['skipped_images'])} image(s) left out[/yellow] because they cannot be used "
                   "(see `boxloop status --json`, skipped_images)")
+
+
+def print_input_size(choice: dict[str, Any] | None, what: str = "") -> None:
+    """The project's input size (boxloop.loop.input_size) with its reason, and the warning of objects too small."""
+    if not choice:
+        out.print("input size: not chosen yet (`boxloop train` chooses it from the labelled boxes)")
+        return
+    out.print(f"{what}input size [bold]{choice['image_size']} px[/bold] ({escape(choice['reason'])})")
+    if choice.get("warning"):
+        warn(choice["warning"])
 
 
 def print_metrics(m: dict[str, Any], title: str) -> None:

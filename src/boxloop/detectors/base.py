@@ -14,13 +14,14 @@ Every detector is also a torch `nn.Module`; the protocol names the part of that 
 trainer, the checkpoints and inference use (mode, device, parameters, state), so callers need no
 casts. `TorchDetector` is the base class of boxloop's own detectors: what they share (the wrapped
 torchvision model, the rebuild config, the bounded-negatives settings) and the predict template
-(checked inputs, original sizes, eval mode, no grad, autocast), leaving each model its forward pass
+(checked inputs, original sizes, eval mode, no grad, autocast, the quality map), leaving each model its forward pass
 and post-processing (`predict_prepared`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Protocol, runtime_checkable
+import dataclasses
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,9 @@ from torch.nn import Parameter
 
 from boxloop.detectors.common import predict_context, prepare_images
 from boxloop.structures import Detections
+
+if TYPE_CHECKING:
+    from boxloop.metrics.calibration import QualityMap
 
 
 @runtime_checkable
@@ -64,6 +68,9 @@ class TorchDetector(nn.Module):
 
     has_loc_quality: bool = False
     cpu_bf16: bool = False  # predict in bfloat16 on a CPU that supports it (fcos_lite)
+    # predicted IoU -> IoU, fitted on validation at the end of training and kept in the checkpoint
+    # (boxloop.metrics.calibration); None: the quality branch's raw output
+    quality_map: QualityMap | None = None
 
     def __init__(self, model: nn.Module, num_classes: int, config: dict[str, Any], feature_dim: int,
                  max_negatives_per_positive: float | None = None, min_negatives_per_image: int = 0,
@@ -94,7 +101,11 @@ class TorchDetector(nn.Module):
         images = prepare_images(images)
         original = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         with predict_context(self, amp=self.amp, cpu_bf16=self.cpu_bf16) as device:
-            return self.predict_prepared([im.to(device, non_blocking=True) for im in images], original, thr)
+            dets = self.predict_prepared([im.to(device, non_blocking=True) for im in images], original, thr)
+        if self.quality_map is not None:
+            dets = [d if d.loc_quality is None else dataclasses.replace(d, loc_quality=self.quality_map(d.loc_quality))
+                    for d in dets]
+        return dets
 
     def predict_prepared(self, images: list[Tensor], original: list[tuple[int, int]],
                          score_threshold: float) -> list[Detections]:

@@ -11,7 +11,8 @@ image clipped, each with a warning; unknown class names listed with their files;
 escape the images folder refused; image stems matched once) and `load`/`dump`/`detect_format`, which
 dispatch to voc.py, coco.py and yolo.py. numpy does the box arithmetic.
 
-Owns: voc, coco, yolo, labelstudio, cvat. May import: the root modules structures and images.
+Owns: voc, coco, yolo, labelstudio, cvat, names (tool image names -> keys).
+May import: the root modules structures and images.
 """
 
 from __future__ import annotations

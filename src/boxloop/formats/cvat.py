@@ -35,13 +35,8 @@ import numpy as np
 
 from boxloop.formats import (FormatError, check_classes, clean_boxes, ellipse_box, only_other_shapes, outlines_note,
                              polygon_box, rotated_envelope, safe_relative)
-from boxloop.formats.labelstudio import (
-    NEGATIVE_FLAG,
-    SKIP_FLAG,
-    FlaggedLoadResult,
-    check_project,
-    match_image_key,
-)
+from boxloop.formats.labelstudio import NEGATIVE_FLAG, SKIP_FLAG, FlaggedLoadResult
+from boxloop.formats.names import check_project, match_image_key
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 __all__ = ["dump_cvat", "load_cvat", "BOXLOOP_ATTRIBUTES"]

@@ -34,18 +34,21 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import numpy as np
 
-from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, listing,
-                             only_other_shapes, outlines_note, polygon_box, read_json, rotated_envelope, safe_relative)
+from boxloop.formats import (FormatError, LoadResult, check_classes, clean_boxes, ellipse_box, only_other_shapes,
+                             outlines_note, polygon_box, read_json, rotated_envelope, safe_relative)
+from boxloop.formats.names import check_project, match_image_key
 from boxloop.structures import Annotation, Boxes, Provenance, Source
 
 __all__ = [
     "FlaggedLoadResult",
+    "box_results",
+    "config_labels",
+    "load_tasks",
+    "task_key",
     "LOCAL_FILES_PREFIX",
     "labeling_config",
     "dump_labelstudio_tasks",
     "load_labelstudio",
-    "check_project",
-    "match_image_key",
 ]
 
 LOCAL_FILES_PREFIX = "/data/local-files/?d="  # Label Studio's local-files storage URL
@@ -70,49 +73,6 @@ class FlaggedLoadResult(LoadResult):
     """
 
     flags: dict[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-# -- shared helpers (CVAT uses these too) --------------------------------------------------------
-
-def match_image_key(name: str, known: Mapping[str, object] | None, where: str | Path) -> str | None:
-    """The boxloop key a tool's image name stands for, or None if it matches no known image.
-
-    Tools rename paths: Label Studio's local-files URLs are relative to its document root and
-    uploads lose their folders; CVAT keeps either the relative path or the file name. So: exact key;
-    else the one known key that ends with `name` or that `name` ends with, on '/' boundaries. Two
-    candidates are an error (say which), never a guess.
-    """
-    rel = safe_relative(name, where, "image name")
-    if known is None:
-        return rel
-    if rel in known:
-        return rel
-    found = [k for k in known if rel.endswith("/" + k) or k.endswith("/" + rel)]
-    if len(found) > 1:
-        raise FormatError(where, f"image name {name!r} matches several images: {listing(sorted(found), 5)}",
-                          "give each image a unique path, or export with the full relative paths")
-    return found[0] if found else None
-
-
-def check_project(source: str | Path, unmatched: Sequence[str], used: Mapping[str, list[str]],
-                  classes: Sequence[str] | None, what: str) -> None:
-    """One FormatError listing every unknown image and every unknown class, or nothing.
-
-    A file exported from another project usually gets both wrong; the user should see all of it at
-    once, and nothing is returned (no partial import).
-    """
-    unknown = {} if classes is None else {n: f for n, f in used.items() if n not in set(classes)}
-    if not unmatched and not unknown:
-        return
-    parts = []
-    if unmatched:
-        parts.append(f"{len(unmatched)} {what} name images that are not in this project: {listing(unmatched)}")
-    if unknown:
-        names = [f"{n!r} (in {listing(sorted(set(f)), 3)})" for n, f in sorted(unknown.items())]
-        parts.append(f"{len(unknown)} class name(s) not in the project's classes {list(classes or [])}: "
-                     + "; ".join(names))
-    raise FormatError(source, "; and ".join(parts) + "; nothing was imported",
-                      "is this the export of another project? pass the right file, or add the classes")
 
 
 def _number(value: object, where: str, what: str) -> float:
@@ -149,8 +109,25 @@ def labeling_config(classes: Sequence[str], flags: Sequence[str] = DEFAULT_FLAGS
     return StdET.tostring(view, encoding="unicode")
 
 
-def _results(ann: Annotation, prefix: str, with_scores: bool) -> list[dict]:
-    """One rectanglelabels result per box, in percent of the image."""
+def config_labels(config: str, where: str = "label config") -> tuple[str, str, str, list[str]]:
+    """(from_name, to_name, image data field, label names) of a Label Studio labeling config: its one
+    RectangleLabels and the Image it points at, so predictions name both as the project does."""
+    try:
+        root = StdET.fromstring(config)
+    except StdET.ParseError as e:
+        raise FormatError(where, f"is not XML: {e}", "pass the project's labeling config") from None
+    rects = [el for el in root.iter() if el.tag in ("RectangleLabels", "Labels") and el.get("toName")]
+    if len(rects) != 1:
+        raise FormatError(where, f"has {len(rects)} RectangleLabels tags", "boxes need exactly one RectangleLabels")
+    image = next((el for el in root.iter("Image") if el.get("name") == rects[0].get("toName")), None)
+    if image is None or not (image.get("value") or "").startswith("$"):
+        raise FormatError(where, "RectangleLabels points at no Image with a $field", "use <Image value=\"$image\">")
+    return (str(rects[0].get("name")), str(image.get("name")), image.get("value", "")[1:],
+            [str(el.get("value")) for el in rects[0].iter("Label")])
+
+
+def box_results(ann: Annotation, prefix: str, with_scores: bool) -> list[dict]:
+    """One rectanglelabels result per box, in percent of the image (task files and `boxloop serve` alike)."""
     w, h = ann.image_size
     if len(ann) and (w <= 0 or h <= 0):
         raise FormatError(ann.image, f"image size {w}x{h} is unknown",
@@ -239,10 +216,10 @@ def dump_labelstudio_tasks(
             data["width"], data["height"] = int(size[0]), int(size[1])
         task: dict = {"data": data}
         if labels is not None:
-            task["annotations"] = [{"result": _results(labels, f"t{n}a", with_scores=True),
+            task["annotations"] = [{"result": box_results(labels, f"t{n}a", with_scores=True),
                                     "was_cancelled": False, "ground_truth": False}]
         if preds is not None:
-            result = _results(preds, f"t{n}p", with_scores=True)
+            result = box_results(preds, f"t{n}p", with_scores=True)
             scores = [r["score"] for r in result if "score" in r]
             prediction: dict = {"model_version": model_version, "result": result}
             if task_scores is not None and key in task_scores:
@@ -278,16 +255,17 @@ def _task_name(task: dict, i: int) -> str:
     return f"task {task.get('id', i + 1)}"
 
 
-def _task_key(task: dict, i: int, path: Path, known: Mapping[str, object] | None) -> tuple[str | None, str]:
-    """(key or None, the name the task used): data.boxloop_key first, else the image URL."""
+def task_key(task: dict, i: int, path: str | Path, known: Mapping[str, object] | None,
+             field: str = TO_NAME) -> tuple[str | None, str]:
+    """(key or None, the name the task used): data.boxloop_key first, else the image URL in data[field]."""
     data = task["data"]
     where = f"{path} {_task_name(task, i)}"
     if isinstance(data.get(KEY_FIELD), str) and data[KEY_FIELD].strip():
         name = data[KEY_FIELD]
         return match_image_key(name, known, where), name
-    url = data.get(TO_NAME)
+    url = data.get(field)
     if not isinstance(url, str) or not url.strip():
-        raise FormatError(where, f"has no data.{TO_NAME} (image URL) and no data.{KEY_FIELD}",
+        raise FormatError(where, f"has no data.{field} (image URL) and no data.{KEY_FIELD}",
                           "the tasks must come from a project whose Image tag reads $image")
     parsed = urlparse(url)
     query = parse_qs(parsed.query)
@@ -374,7 +352,13 @@ def load_labelstudio(
     carried over from a prediction is kept in its provenance.
     """
     path = Path(json_path)
-    tasks = _read_tasks(path)
+    return load_tasks(_read_tasks(path), path, known_images, classes)
+
+
+def load_tasks(tasks: list[dict], path: str | Path, known_images: Mapping[str, tuple[int, int]] | None = None,
+               classes: Sequence[str] | None = None) -> FlaggedLoadResult:
+    """`load_labelstudio` on tasks already parsed (an export file's, or a webhook's task with its
+    annotation); `path` names their source in messages."""
     warnings: list[str] = []
     out: dict[str, Annotation] = {}
     flags: dict[str, tuple[str, ...]] = {}
@@ -388,7 +372,7 @@ def load_labelstudio(
     for i, task in enumerate(tasks):
         tname = _task_name(task, i)
         where = f"{path} {tname}"
-        key, asked = _task_key(task, i, path, known_images)
+        key, asked = task_key(task, i, path, known_images)
         if key is None:
             unmatched.append(f"{tname} -> {asked}")
             continue

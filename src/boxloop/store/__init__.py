@@ -1,6 +1,6 @@
 """The project store: one SQLite database, PROJECT/boxloop.db, holding images, classes, boxes with
-their provenance, the fixed test set and train/val membership, rounds, queries, metrics and stored
-predictions.
+their provenance, the fixed test set and train/val membership, rounds, queries, metrics, stored
+predictions and the answers a labelling tool sent live (`tool`).
 
 Written by hand here: the schema and its migrations, the conversion between `Annotation` /
 `Detections` and rows, transaction and locking policy, and the aggregate queries behind `status()`.
@@ -17,7 +17,8 @@ hold PROJECT/.lock through `writer_lock()`, so a second loop on the same project
 Modules by concern: schema (migrations, constants, subsets), dbfile (opening checks, read-only
 access), core (connection, transactions, locks, meta), images (and the named image sets: the
 pool defined once), files (file records, skipped images), labels, rounds (with metrics and
-queries), predictions (with the blob format). `Project` joins them; only they touch SQL.
+queries), predictions (with the blob format), tool (live answers from Label Studio, with
+provenance). `Project` joins them; only they touch SQL.
 
 Owns: the database and every SQL statement. May import: the root modules (structures) and
 strategies.table (stored predictions come back as a DetectionTable).
@@ -31,11 +32,11 @@ from boxloop.store.dbfile import NotAProject, database_error, remove_database, r
 from boxloop.store.core import ProjectBusy, ProjectExists
 from boxloop.store.files import Files
 from boxloop.store.images import ImageRecord
-from boxloop.store.labels import Labels
 from boxloop.store.predictions import (Predictions, detection_table_from_blobs, detections_from_bytes,
                                        detections_to_bytes)
 from boxloop.store.rounds import Query, QueryState, Round, Rounds
 from boxloop.store.schema import DB_NAME, IMPORT_LOCK, LOCK_NAME, SCHEMA_VERSION, SOURCES, SPLITS, STATUSES, SUBSETS
+from boxloop.store.tool import ToolAnnotations
 
 __all__ = [
     "DB_NAME",
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 
-class Project(Labels, Predictions, Files, Rounds):
+class Project(ToolAnnotations, Predictions, Files, Rounds):
     """A boxloop project directory and its SQLite database.
 
     Use `Project.create(...)` for a new project and `Project.open(path)` for an existing one; both
@@ -120,4 +121,5 @@ class Project(Labels, Predictions, Files, Rounds):
             "warnings": len(self.warnings),
             "skipped_images": [{"path": p, "reason": r, "stage": s} for p, r, s in self.skipped_rows()],
             "schema_version": self.schema_version,
+            "input_size": self.get_meta("input_size"),  # chosen from the labelled boxes (boxloop.loop.input_size)
         }

@@ -104,6 +104,25 @@ MIGRATIONS: list[str] = [
         at     TEXT NOT NULL
     );
     """,
+    # 2 -> 3: answers a labelling tool sent live (`boxloop serve`): one row per tool annotation, with
+    # who and when, a digest of its content (the same webhook twice changes nothing) and the boxes it
+    # made (a deletion retires exactly those).
+    """
+    CREATE TABLE tool_annotations (
+        tool          TEXT NOT NULL,
+        task_id       TEXT NOT NULL,
+        annotation_id TEXT NOT NULL,
+        image_id      INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+        who           TEXT,
+        at            TEXT,
+        digest        TEXT NOT NULL,
+        box_ids_json  TEXT NOT NULL DEFAULT '[]',
+        deleted       INTEGER NOT NULL DEFAULT 0,
+        seq           INTEGER NOT NULL,
+        PRIMARY KEY (tool, task_id, annotation_id)
+    );
+    CREATE INDEX tool_annotations_image ON tool_annotations(image_id, deleted);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

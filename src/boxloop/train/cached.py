@@ -7,7 +7,7 @@ jitter change the pixels the body sees and are dropped. Measured on BCCD (train_
 recipe, 15 epochs, 320 px, 1 thread; benchmarks/README): test mAP50 0.863 cached against 0.861 with
 every augmentation on pixels (COCO AP 0.516 against 0.489) and 0.866 on pixels with flip only, with
 1.7x less CPU time, fills included.
-`strong` augmentation, FitHooks that rewrite batches and torchrun keep the pixel path. A miss decodes
+`strong` augmentation, hooks that rewrite batches and torchrun keep the pixel path. A miss decodes
 and resizes exactly as the pixel path does (DetectionDataset, eval recipe), runs the body in float32
 and stores the maps; the targets are the labelled boxes scaled to the resized image, flipped with it,
 clamped, and boxes under 1 px dropped (SanitizeBoundingBoxes' rule).

@@ -8,6 +8,7 @@ code); written here: the checks, the messages and the crash-safe write.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
@@ -20,6 +21,8 @@ import torch
 from boxloop.detectors import create_detector, saved_config
 from boxloop.detectors.base import Detector
 from boxloop.predict.inference import resolve_device
+
+log = logging.getLogger("boxloop")
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "TrainingDiverged", "save_checkpoint",
            "copy_checkpoint", "load_checkpoint", "load_detector"]
@@ -123,6 +126,8 @@ def load_detector(path: str | Path, expect_classes: Sequence[str] | None = None,
                   device: str | torch.device = "cpu") -> tuple[Detector, list[str], dict[str, Any]]:
     """Rebuild the detector a checkpoint was made with and load its weights.
 
+    The detector predicts its IoU through the checkpoint's quality map (boxloop.metrics.calibration); one
+    saved before the map existed loads as before, unmapped, with a one-line note.
     Returns (detector in eval mode on `device`, class names, the checkpoint's other entries:
     detector_config, train_config, step, epoch, history, best_map50...).
     """
@@ -143,5 +148,11 @@ def load_detector(path: str | Path, expect_classes: Sequence[str] | None = None,
         raise CheckpointError(f"checkpoint {path} does not fit the model it names ({name}, "
                               f"{ckpt['detector_config']}): {str(e).splitlines()[0]}") from e
     detector.to(resolve_device(device)).eval()
+    if ckpt.get("quality_map"):
+        from boxloop.metrics.calibration import QualityMap
+
+        detector.quality_map = QualityMap.from_dict(ckpt["quality_map"])
+    elif "quality_map" not in ckpt and getattr(detector, "has_loc_quality", False):
+        log.warning("%s was saved before the quality map: its predicted IoU is the raw quality branch's", path)
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
     return detector, class_names, meta

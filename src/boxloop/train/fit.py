@@ -3,7 +3,7 @@
 Written by hand: the step loop (one global step counter; epoch and position in the epoch derive
 from it, so resuming at any step is exact), the seeded per-epoch order and per-item augmentation
 (see data.py), the warm-up + cosine/step learning-rate factor, validation mAP every `val_every`
-with early stopping, atomic checkpoints holding everything a resume needs, `load_detector` with its
+with early stopping, the quality map fitted on validation at the end (boxloop.metrics.calibration), atomic checkpoints holding everything a resume needs, `load_detector` with its
 checks. One optimiser step (micro-batches, the batch halved on CUDA out-of-memory) is
 boxloop.train.step; torch does the optimisation (SGD/AdamW, LambdaLR, autocast, GradScaler,
 clip_grad_norm_), boxloop.outputs.progress_bar the progress bar (or lines in a log), boxloop.metrics.evaluate the mAP, boxloop.predict.inference the
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from boxloop.detectors.base import Detector
 from boxloop.predict.feature_cache import FeatureCache
+from boxloop.metrics.calibration import MAP_MIN_PAIRS, MAP_MIN_SCORE, QualityMap, matched_pairs
 from boxloop.metrics.evaluate import evaluate
 from boxloop.predict.inference import predict_paths, resolve_device
 from boxloop.structures import Annotation
@@ -44,7 +45,7 @@ from boxloop.train.step import Optimisation, build_optimisation, train_step as _
 if TYPE_CHECKING:
     from boxloop.train.ddp import DistContext
 
-__all__ = ["FitResult", "fit", "epoch_order", "validation_map50", "validation_predictions"]
+__all__ = ["FitResult", "fit", "epoch_order", "validation_map50", "validation_predictions", "fit_quality_map"]
 
 log = logging.getLogger("boxloop")
 
@@ -202,7 +203,8 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
         run, complete = _restore(detector, opt, config, class_names, last_path, hooks)
         if complete:
             return _finish(detector, device, FitResult(best_path, last_path, run.best_map50, run.history, run.step,
-                                                       total_steps, True, run.stopped_early))
+                                                       total_steps, True, run.stopped_early), val, class_names,
+                           config, dist is None or dist.is_main)
         log.info("resuming %s at step %d of %d", last_path, run.step, total_steps)
     else:
         run = _Progress()
@@ -327,12 +329,46 @@ def fit(detector: Detector, train_samples: Sequence[Sample], val_samples: Sequen
     completed = run.step >= total_steps or run.stopped_early
     result = FitResult(best_path, last_path, run.best_map50, run.history, run.step, total_steps, completed,
                        run.stopped_early if completed else False)
-    return _finish(detector, device, result) if completed else result
+    return _finish(detector, device, result, val, class_names, config, main) if completed else result
 
 
-def _finish(detector: Detector, device: torch.device, result: FitResult) -> FitResult:
-    """Load the best weights into the detector; return `result`."""
-    if result.best_checkpoint.exists():
-        detector.load_state_dict(load_checkpoint(result.best_checkpoint, map_location=device)["model"])
+def _finish(detector: Detector, device: torch.device, result: FitResult, val: Sequence[Sample] = (),
+            class_names: Sequence[str] = (), config: TrainConfig | None = None, main: bool = True) -> FitResult:
+    """Load the best weights into the detector, with the quality map best.pt holds; where it holds
+    none yet, fit one on the validation samples (boxloop.metrics.calibration) and store it in best.pt, so
+    that every later load predicts the calibrated IoU. Returns `result`."""
+    path = result.best_checkpoint
+    if not path.exists():
+        detector.eval()
+        return result
+    ckpt = load_checkpoint(path, map_location=device)
+    detector.load_state_dict(ckpt["model"])
     detector.eval()
+    if "quality_map" in ckpt:
+        detector.quality_map = QualityMap.from_dict(ckpt["quality_map"]) if ckpt["quality_map"] else None
+    elif main and val and config is not None and getattr(detector, "has_loc_quality", False):
+        qmap = fit_quality_map(detector, val, class_names, config.image_size, config.batch_size, config.num_workers)
+        detector.quality_map = qmap
+        ckpt["quality_map"] = None if qmap is None else qmap.to_dict()
+        save_checkpoint(ckpt, path)
+        log.info("quality map fitted on %d validation detections", 0 if qmap is None else qmap.pairs)
     return result
+
+
+def fit_quality_map(detector: Any, samples: Sequence[Any], class_names: Sequence[str], image_size: int,
+                    batch_size: int = 8, num_workers: int = 0, min_score: float = MAP_MIN_SCORE,
+                    min_pairs: int = MAP_MIN_PAIRS) -> QualityMap | None:
+    """The QualityMap (boxloop.metrics.calibration) of `detector` on labelled `samples` (validation,
+    never the test set), fitted on its detections scoring >= min_score on a labelled box; None with
+    fewer than `min_pairs` of them. Predicts with the raw quality (any map it holds is set aside)."""
+    labelled = [s for s in samples if s.annotation is not None]
+    truth = {s.name: s.annotation for s in labelled}
+    held, detector.quality_map = getattr(detector, "quality_map", None), None
+    try:
+        dets = dict(predict_paths(detector, [s.path for s in labelled], image_size, batch_size=batch_size,
+                                  score_threshold=min_score, progress=False, num_workers=num_workers,
+                                  keys=[s.name for s in labelled]))
+    finally:
+        detector.quality_map = held
+    p, t = matched_pairs(truth, dets, class_names, min_score)
+    return QualityMap.fit(p, t) if len(p) >= max(1, min_pairs) else None
