@@ -472,6 +472,8 @@ def test_serve_as_label_studio_ml_backend(server: Server, make_synthetic, tmp_pa
         while (h := _health(url))["training"] and time.monotonic() < deadline:
             time.sleep(1)
         assert h["model_version"] == "boxloop-v2", (h, _tail(tmp_path / "serve.log"))
+        with Project.open(project) as p:  # the train call replays every annotated task: nothing doubled
+            assert p.tool_annotations("label-studio") == rows
         by_key = _predictions(server, pid)
         assert server.call("GET", f"/api/ml/{ml['id']}")["model_version"] == "boxloop-v2"
         server.call("PATCH", f"/api/projects/{pid}", {"model_version": "boxloop-v2"})
