@@ -14,7 +14,9 @@ batch; over the REST API (urllib, `Authorization: Token ...`) a project is made 
 labeling_config.xml, tasks.json imported, the tasks and predictions read back, the images fetched through
 the URLs boxloop wrote, annotations posted as an annotator would (true boxes for two tasks, one skipped),
 the project exported as JSON and that file given to `boxloop import`. A second test imports predictions
-with boxes and scores (boxloop's writer), accepts them as annotations and reads the export back.
+with boxes and scores (boxloop's writer), accepts them as annotations and reads the export back. A third
+runs `boxloop serve` as the project's ML backend, connected through /api/ml (the server starts with
+ML_BLOCK_LOCAL_IP and SSRF_PROTECTION_ENABLED off, which a backend on 127.0.0.1 needs).
 """
 
 from __future__ import annotations
