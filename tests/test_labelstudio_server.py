@@ -14,7 +14,9 @@ batch; over the REST API (urllib, `Authorization: Token ...`) a project is made 
 labeling_config.xml, tasks.json imported, the tasks and predictions read back, the images fetched through
 the URLs boxloop wrote, annotations posted as an annotator would (true boxes for two tasks, one skipped),
 the project exported as JSON and that file given to `boxloop import`. A second test imports predictions
-with boxes and scores (boxloop's writer), accepts them as annotations and reads the export back.
+with boxes and scores (boxloop's writer), accepts them as annotations and reads the export back. A third
+runs `boxloop serve` as the project's ML backend, connected through /api/ml (the server starts with
+ML_BLOCK_LOCAL_IP and SSRF_PROTECTION_ENABLED off, which a backend on 127.0.0.1 needs).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -130,6 +133,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
            "LOCAL_FILES_DOCUMENT_ROOT": str(root),
            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(root),
            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",  # 1.19+: tokens given at start are 'legacy' tokens
+           "ML_BLOCK_LOCAL_IP": "false",  # the backend is on 127.0.0.1: Label Studio blocks local addresses by default
+           "SSRF_PROTECTION_ENABLED": "false",  # ... and refuses a local webhook URL (the ML backend's /webhook)
+           "SENTRY_DSN": "",  # no error reports sent out (and sentry-sdk 3 refuses the options Label Studio 1.23 passes)
+           "FRONTEND_SENTRY_DSN": "",
            "LATEST_VERSION_CHECK": "false",
            "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
            "COLLECT_ANALYTICS": "false",
@@ -349,3 +356,134 @@ def test_scored_predictions_survive_label_studio(server: Server, flow: Flow, tmp
         assert all(pr.source == Source.HUMAN for pr in ann.provenance)
         want_scores = sorted(pr.score for pr in preds[key].provenance)
         assert sorted(pr.score for pr in ann.provenance) == pytest.approx(want_scores)
+
+
+# -- boxloop serve as the project's ML backend ---------------------------------------------------------
+
+SERVE_LABELLED = 6  # of 10 images; the other 4 are the pool the backend ranks
+
+
+def _start_serve(project: Path, root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`boxloop serve` in a process of its own, as a user starts it; (process, its URL) once it answers."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "boxloop.cli", "serve", str(project), "--port", str(port),
+           "--local-files-root", str(root), "--retrain-every", "100", "--display-threshold", "0",
+           "--strategy", "least_confidence", *TRAIN]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while not _answers(url, "/health"):
+        assert proc.poll() is None and time.monotonic() < deadline, f"boxloop serve did not start:\n{_tail(log)}"
+        time.sleep(0.5)
+    return proc, url
+
+
+def _health(url: str) -> dict:
+    with urllib.request.urlopen(url + "/health", timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _predictions(server: Server, pid: int) -> dict[str, dict]:
+    """Retrieve predictions for every task (the Data Manager's action), then {image key: task}."""
+    server.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={pid}",
+                {"selectedItems": {"all": True, "excluded": []}})
+    return {t["data"]["image"].split("?d=serve/", 1)[1]: t for t in _tasks(server, pid)}
+
+
+def _of_version(task: dict, version: str) -> dict:
+    found = [p for p in task["predictions"] if p["model_version"] == version]
+    assert len(found) == 1, (version, task["predictions"])
+    return found[0]
+
+
+def test_serve_as_label_studio_ml_backend(server: Server, make_synthetic, tmp_path: Path) -> None:
+    """The loop inside Label Studio: a project made through its API with boxloop's labeling config, and
+    `boxloop serve` connected as its ML backend through /api/ml; predictions carry boxes with scores and
+    a task score that is the strategy's order (pool 1, 0.75, ...; labelled 0), so the Data Manager sorted
+    by prediction score is the loop's order; an annotation submitted through Label Studio's API reaches
+    the store by its webhook (human boxes, task and annotation ids); Label Studio's train call retrains,
+    and the next predictions come from the new model version."""
+    syn = make_synthetic(n_images=10, image_size=64, seed=5)
+    images = server.root / "serve"
+    shutil.copytree(syn.images, images)
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    for xml in sorted(syn.annotations_dir.glob("*.xml"))[:SERVE_LABELLED]:
+        shutil.copy(xml, ann / xml.name)
+    project = tmp_path / "proj"
+    cli("init", project, "--images", images, "--annotations", ann, "--test-fraction", "0.2")
+    cli("train", project, *TRAIN)
+    with Project.open(project) as p:
+        classes, sizes = p.classes, {r.path: r.size for r in p.images()}
+        labelled = set(p.annotations("labelled"))
+    pool = sorted(set(sizes) - labelled)
+    proc, url = _start_serve(project, server.root, tmp_path / "serve.log")
+    try:
+        pid = _new_project(server, "boxloop serve", labeling_config(classes), images)
+        tasks = [{"data": {"image": LOCAL_FILES_PREFIX + "serve/" + key}} for key in sorted(sizes)]
+        assert server.call("POST", f"/api/projects/{pid}/import", json.dumps(tasks).encode())["task_count"] == 10
+        ml = server.call("POST", "/api/ml", {"url": url, "project": pid, "title": "boxloop", "is_interactive": False})
+        assert ml["state"] == "CO" and ml["model_version"] == "boxloop-v1", ml  # healthy, and setup answered
+
+        by_key = _predictions(server, pid)
+        # the Data Manager's score column averages the predictions of the project's model version only, and a
+        # connected backend sets that to its title ('boxloop'), matching no prediction: pick boxloop's version
+        server.call("PATCH", f"/api/projects/{pid}", {"model_version": ml["model_version"]})
+        scores = {}
+        for key, task in by_key.items():
+            pred = _of_version(task, "boxloop-v1")
+            scores[key] = pred["score"]
+            for r in pred["result"]:  # boxes in the project's config, each with its score
+                assert r["from_name"] == "label" and r["to_name"] == "image" and 0 <= r["score"] <= 1, r
+                assert r["value"]["rectanglelabels"][0] in classes
+        assert all(scores[k] == 0 for k in labelled), scores  # nothing left to ask
+        assert sorted(scores[k] for k in pool) == pytest.approx([1 - i / len(pool) for i in range(len(pool))][::-1])
+        # (a 2-step model's boxes score below the prediction threshold: `result` is often empty here)
+
+        # the Data Manager sorted by prediction score: the loop's order
+        view = server.call("POST", "/api/dm/views", {"project": pid, "data": {
+            "title": "boxloop order", "ordering": ["-tasks:predictions_score"], "hiddenColumns": {}}})
+        ordered = server.call("GET", f"/api/tasks?view={view['id']}&project={pid}&page_size=100")["tasks"]
+        got = [t["data"]["image"].split("?d=serve/", 1)[1] for t in ordered]
+        assert got[:len(pool)] == sorted(pool, key=lambda k: -scores[k]), (got, scores)
+
+        # the annotator answers the first task in that order, through Label Studio's API
+        first = got[0]
+        made = server.call("POST", f"/api/tasks/{by_key[first]['id']}/annotations",
+                           {"result": _ls_result(syn.annotations[first], sizes[first]), "was_cancelled": False})
+        deadline = time.monotonic() + 60
+        while True:  # the webhook reaches the backend (Label Studio sends it as the annotation is saved)
+            with Project.open(project) as p:
+                rows = p.tool_annotations("label-studio")
+                human = p.annotations("labelled").get(first)
+            if rows or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert [(r["task_id"], r["annotation_id"], r["image"]) for r in rows] == \
+            [(str(by_key[first]["id"]), str(made["id"]), first)], (rows, _tail(tmp_path / "serve.log"))
+        assert rows[0]["who"] and rows[0]["at"]
+        assert human is not None
+        _same_boxes(human, syn.annotations[first])
+        assert all(pr.source == Source.HUMAN for pr in human.provenance)
+
+        # Label Studio's train call: one training in the background, then a new version on the next predictions
+        server.call("POST", f"/api/ml/{ml['id']}/train", {})
+        deadline = time.monotonic() + 600
+        while (h := _health(url))["training"] and time.monotonic() < deadline:
+            time.sleep(1)
+        assert h["model_version"] == "boxloop-v2", (h, _tail(tmp_path / "serve.log"))
+        with Project.open(project) as p:  # the train call replays every annotated task: nothing doubled
+            assert p.tool_annotations("label-studio") == rows
+        by_key = _predictions(server, pid)
+        assert server.call("GET", f"/api/ml/{ml['id']}")["model_version"] == "boxloop-v2"
+        server.call("PATCH", f"/api/projects/{pid}", {"model_version": "boxloop-v2"})
+        ordered = server.call("GET", f"/api/tasks?view={view['id']}&project={pid}&page_size=100")["tasks"]
+        assert ordered[0]["id"] != by_key[first]["id"]  # the answered image left the top
+        new = {k: _of_version(t, "boxloop-v2")["score"] for k, t in by_key.items()}
+        assert new[first] == 0 and all(new[k] == 0 for k in labelled), new
+        rest = [k for k in pool if k != first]
+        assert sorted(new[k] for k in rest) == pytest.approx([1 - i / len(rest) for i in range(len(rest))][::-1])
+    finally:
+        _stop(proc)

@@ -257,17 +257,42 @@ def _gated_training(monkeypatch: pytest.MonkeyPatch, map50: float | None = None)
 
 def test_predict_answers_while_training(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = _gated_training(monkeypatch)
-    assert client.call("POST", "/train", {})[1] == {"training": "started"}
+    assert client.call("POST", "/train", {})[1] == {"training": "started", "applied": 0}
     assert client.backend.training
     status, out = client.call("POST", "/predict", {"tasks": [_task(k, i) for i, k in enumerate(_pool(client))]})
     assert status == 200 and all("result" in r and "score" in r for r in out["results"])
     assert client.call("GET", "/health")[1]["training"] is True
-    assert client.call("POST", "/train", {})[1] == {"training": "running"}  # one at a time
+    assert client.call("POST", "/train", {})[1] == {"training": "running", "applied": 0}  # one at a time
     gate.set()
     client.backend.wait_training(300)
     assert client.backend.trainings == 1 and not client.backend.training
     version = client.call("GET", "/health")[1]["model_version"]
     assert version in ("boxloop-v1", "boxloop-v2")  # v2 only when the new model was kept
+
+
+def test_train_call_catches_up_missed_annotations(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label Studio 1.23's train call posts every annotated task (webhooks are sent once, 1 s timeout):
+    answers the backend missed are applied, idempotently, a cancelled one is not an answer, an unknown
+    image is skipped, then one training starts."""
+    gate = _gated_training(monkeypatch, -1.0)
+    pool = _pool(client)
+    cancelled = {**_annotation(32, 2, ["circle"]), "was_cancelled": True}
+    body = {"project": "7.1700000000", "label_config": labeling_config(client.backend.classes),
+            "params": {"login": None, "password": None},
+            "annotations": [{**_task(pool[0], 1), "annotations": [_annotation(31, 1, ["circle", "square"])]},
+                            {**_task(pool[1], 2), "annotations": [cancelled]},
+                            {**_task("no/such.png", 3), "annotations": [_annotation(33, 3, ["circle"])]}]}
+    status, out = client.call("POST", "/train", body)
+    assert status == 201 and out == {"training": "started", "applied": 1}, out
+    assert _human(client, pool[0]) == 2 and _human(client, pool[1]) == -1
+    with Project.open(client.project) as p:
+        assert [(r["task_id"], r["annotation_id"]) for r in p.tool_annotations()] == [("1", "31")]
+    gate.set()
+    client.backend.wait_training(300)
+    assert client.call("POST", "/train", body)[1]["applied"] == 0  # the same call again changes nothing
+    status, out = client.call("POST", "/train", {**body, "project": "99.1"})
+    assert status == 404 and "99" in out["error"]
+    client.backend.wait_training(300)
 
 
 @pytest.mark.parametrize("map50, version", [(-1.0, "boxloop-v1"), (2.0, "boxloop-v2")])

@@ -1,13 +1,22 @@
 """`boxloop serve`: the loop inside Label Studio, as a Label Studio ML backend.
 
-Protocol (checked against label-studio-ml-backend's label_studio_ml/api.py; neither `label-studio`
-nor `label-studio-ml` is installed in boxloop's environment): GET /health (and /) -> {"status": "UP",
-"model_class", "model_version"}; POST /setup {"project", "schema", ...} -> {"model_version"};
-POST /predict {"tasks", "label_config", "project"} -> {"results": [one entry per task, in the tasks'
-order], "model_version"}, each entry {"result": [rectanglelabels with per-box "score"], "score": the
-strategy's priority, "model_version"}; a task that cannot be answered gets {"task", "error"} and no
-"result"; POST /webhook {"action", "project", "task", "annotation"} -> 201 (ANNOTATION_CREATED,
-ANNOTATION_UPDATED, ANNOTATION_DELETED, START_TRAINING); POST /train (the older SDK's) starts a training.
+Protocol, checked against label-studio-ml-backend's label_studio_ml/api.py (commit d02cedf, Aug 2026)
+and the caller's side, label-studio 1.23.2's ml/api_connector.py and ml/models.py (installed in a venv
+of its own for tests/test_labelstudio_server.py; neither is in boxloop's environment):
+GET /health (and /) -> {"status": "UP", "model_class", "model_version"}; POST /setup {"project":
+"id.timestamp", "schema", "hostname", "access_token", "extra_params"} -> {"model_version"} (Label Studio
+calls it before every predict batch and takes the version from it); POST /predict {"tasks", "project",
+"label_config", "params"} -> {"results": [one entry per task, in the tasks' order]}, each entry {"result":
+[rectanglelabels with per-box "score"], "score": the strategy's priority, "model_version"}. Label Studio
+drops the whole batch when the count differs, and skips (logs) an entry without "result": so a task that
+cannot be answered gets {"task", "error"} and no "result", and is asked again next time (an empty
+"result" would be stored as the model's answer for this version). POST /webhook {"action", "project":
+{"id", "label_config", ...}, "task", "annotation"} -> 201 (ANNOTATION_CREATED, ANNOTATION_UPDATED,
+ANNOTATION_DELETED, ANNOTATIONS_DELETED with ids only, START_TRAINING; others ignored); Label Studio sends
+each once, 1 s timeout, no retry. POST /train: Label Studio 1.23's train call without the START_TRAINING
+flag, {"annotations": every annotated task, "project", "label_config", "params"}: the answers are applied
+(idempotent: what webhooks missed) and a training starts. Label Studio 1.23 calls a backend on 127.0.0.1
+only with ML_BLOCK_LOCAL_IP=false, and makes its webhook only with SSRF_PROTECTION_ENABLED=false.
 
 Chosen: a small server on the standard library (`http.server.ThreadingHTTPServer`), not the SDK.
 The SDK (`label-studio-ml`) brings Flask, gunicorn, rq and redis-style job handling and its own

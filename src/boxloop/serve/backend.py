@@ -263,7 +263,7 @@ class Backend:
         with self._write_lock, self.store() as project:
             return project.retract_tool_annotation(TOOL, None if task_id is None else str(task_id), str(annotation_id))
 
-    def _apply(self, task: dict, task_id: Any, annotation: dict, field: str) -> bool:
+    def _apply(self, task: dict, task_id: Any, annotation: dict, field: str, retrain: bool = True) -> bool:
         from boxloop.loop.round import assign_splits
 
         try:
@@ -289,9 +289,36 @@ class Backend:
                 if changed:
                     assign_splits(project, [key], self.settings.config, project.tool_seq())
             pending = project.tool_seq() - int(project.get_meta(TRAINED_META, 0))
-        if changed and pending >= self.settings.retrain_every:
+        if retrain and changed and pending >= self.settings.retrain_every:
             self.train()
         return changed
+
+    def train_request(self, payload: dict) -> dict:
+        """Label Studio's train call. Its older form (1.23 without the START_TRAINING flag) posts every
+        annotated task: apply them first (idempotent), since Label Studio sends each webhook once with a
+        1 s timeout and never again, so answers given while the backend was down arrive only here."""
+        tasks = payload.get("annotations")
+        applied = 0
+        if isinstance(tasks, list) and tasks:
+            ls_project = str(payload.get("project", "")).split(".")[0]
+            with self.store() as store:
+                known = set(store.get_meta(PROJECTS_META, []))
+            if ls_project not in known:
+                raise ServeError(404, f"Label Studio project {ls_project} is unknown here; connect it (setup) first")
+            config = payload.get("label_config")
+            field = self.check_config(config)[2] if isinstance(config, str) else TO_NAME
+            for task in tasks:
+                anns = task.get("annotations") if isinstance(task, dict) else None
+                if not isinstance(anns, list):
+                    continue
+                bare = {k: v for k, v in task.items() if k not in ("annotations", "predictions", "drafts")}
+                for ann in sorted((a for a in anns if isinstance(a, dict) and "id" in a),
+                                  key=lambda a: str(a.get("updated_at") or a.get("created_at") or "")):
+                    try:
+                        applied += self._apply(bare, task.get("id", ann.get("task")), ann, field, retrain=False)
+                    except ServeError as e:  # one bad task must not stop the others (the log says which)
+                        log.warning("train call: task %s: %s", task.get("id"), e)
+        return {"training": self.train(), "applied": applied}
 
     # -- training -------------------------------------------------------------------------------
     def pending(self) -> int:

@@ -97,7 +97,7 @@ def _handler(backend: Backend, auth: tuple[str, str] | None) -> type[BaseHTTPReq
                 "/setup": lambda d: (200, backend.setup(d)),
                 "/predict": lambda d: (200, backend.predict(d)),
                 "/webhook": lambda d: (201, backend.webhook(d)),
-                "/train": lambda d: (201, {"training": backend.train()}),
+                "/train": lambda d: (201, backend.train_request(d)),
             }
 
             def route() -> tuple[int, dict]:
