@@ -357,7 +357,8 @@ def report(args, spec, say) -> dict[str, Any]:
                  "forecast_markdown": format_forecast_table(fc), "target_check": check,
                  "per_class": per_class, "per_class_markdown": format_per_class_table(per_class),
                  "results_json": str(udir / "results.json"), "plots": str(udir / "plots"),
-                 "report_html": str(write_report(udir, udir / "report.html", title=f"label efficiency: {unit}")),
+                 "report_html": str(write_report(udir, udir / "report.html", title=f"label efficiency: {unit}",
+                                                  overwrite=True)),
                  "runs": results["runs"]}
         errs = [e["backtest"]["mae"] for e in fc.values() if e.get("backtest")]
         entry["forecast_error_mae"] = float(np.mean(errs)) if errs else None
