@@ -156,18 +156,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # -- running the jobs --------------------------------------------------------------------------------
 
-def loop_config(args, **over: Any):
-    from boxloop.loop.config import LoopConfig
-
-    options = json.loads(args.detector_options) if isinstance(args.detector_options, str) else args.detector_options
-    kw = dict(model=args.model, backbone=args.backbone, pretrained_backbone=not args.no_pretrained,
-              detector_options=options, epochs=None, steps=args.steps, warm_start=bool(args.warm_start),
-              warm_steps=args.warm_steps, image_size=args.image_size, batch_size=args.batch_size, lr=args.lr,
-              device=args.device, val_every=10 ** 6, seed=args.seed_list[0] if args.seed_list else 0)
-    kw.update(over)
-    return LoopConfig.make(**kw)
-
-
 def base_dir(workdir: Path, seed: int) -> Path:
     return workdir / "images" / f"seed{seed}" / "base"
 
