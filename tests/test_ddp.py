@@ -121,8 +121,12 @@ def test_cli_train_nproc(synthetic_project) -> None:
     from boxloop.store import Project
 
     with Project.open(d) as p:
-        ckpt = load_checkpoint(current_checkpoint(p))
+        best = current_checkpoint(p)
+    # validation now runs at both steps of a 2-step run (step_val_every), so best.pt may be step 1;
+    # last.pt beside it says the run trained its 2 steps
+    ckpt = load_checkpoint(best.with_name("last.pt"))
     assert ckpt["step"] == 2 and ckpt["train_config"]["batch_size"] == 4
+    assert load_checkpoint(best)["step"] in (1, 2)
     bad = CliRunner().invoke(app, ["train", str(d), "--nproc", "3", "--model", "fcos", "--steps", "2",
                                    "--batch-size", "4", "--backbone", "mobilenet_v3_large", "--no-pretrained",
                                    "--device", "cpu"])

@@ -186,7 +186,7 @@ def labelled(project: Path) -> set[str]:
 
 def test_disk_full_database_writes(data: Data, tmp_path: Path) -> None:
     """import and init --force on a full disk: a clear error, the old database intact, then both work."""
-    with tmpfs(tmp_path / "disk", "400k") as disk:
+    with tmpfs(tmp_path / "disk", "800k") as disk:  # today's database no longer fits beside the filler in 400k
         proj = new_project(data, disk / "proj")  # images live elsewhere; only the database is on the small disk
         keys, answers = open_batch(proj, data, tmp_path / "answers")
         before = snapshot(proj)
